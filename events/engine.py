@@ -1,0 +1,241 @@
+"""The engine: start a run, walk a sequence of nodes, defer containers, finish or fail the run.
+
+A *sequence* is an ordered list of sibling nodes from a run's snapshot: the
+top level (walked inline, in the request) or a container's children (walked
+by a worker). Walking a sequence ends in one of three ways: every node was
+handled (DONE), a node failed and nothing caught it (FAILED), or a node is
+waiting for something outside (SUSPENDED; the sequence resumes later at the
+next sibling).
+"""
+
+import enum
+import logging
+import traceback
+import uuid
+
+from django.db import transaction
+from django.utils import timezone
+
+from forms_app.models import RECORD_UPDATE, Record
+
+from . import tasks as queue
+from .models import Node, Run, RunTask
+from .nodes import registry
+from .nodes.base import NodeContext, NodeError
+
+logger = logging.getLogger("events.engine")
+
+
+class Outcome(enum.Enum):
+    DONE = "done"
+    FAILED = "failed"
+    SUSPENDED = "suspended"
+    STOPPED = "stopped"  # the run ended elsewhere (failed or cancelled) while we walked
+
+
+def run_start(*, record, event=RECORD_UPDATE, properties=None, parent_run=None, is_submission=False):
+    """Create a run pinned to the current tree of (form, event) and a pending task per node.
+
+    Call it inside the caller's transaction: the record, the run and its tasks
+    commit together. Nothing here has a side effect outside the database.
+    """
+    snapshot = Node.objects.snapshot(record.form, event)
+    run = Run.objects.create(
+        form_id=record.form_id,
+        record=record,
+        event=event,
+        is_submission=is_submission,
+        parent_run=parent_run,
+        snapshot=snapshot,
+        properties=properties or {},
+    )
+    RunTask.objects.bulk_create(_tasks_for(run, snapshot))
+    return run
+
+
+def _tasks_for(run, snapshot):
+    tasks = []
+
+    def add(nodes, parent_id):
+        for node in nodes:
+            node_type = registry.get(node["type"])
+            task = RunTask(
+                id=uuid.uuid4(),
+                run=run,
+                parent_id=parent_id,
+                node_id=node["id"],
+                position=len(tasks),
+                type=node["type"],
+                name=node.get("name", ""),
+                label=node.get("label", "")[:200],
+                visible=node.get("visible", False),
+                is_container=node_type.is_container,
+            )
+            tasks.append(task)
+            add(node.get("children", []), task.id)
+
+    add(snapshot, None)
+    return tasks
+
+
+def run_inline(*, run):
+    """The inline phase: walk the top level of the run in the request, then finish if nothing is left."""
+    outcome = sequence_walk(run=run, nodes=run.snapshot)
+    if outcome is Outcome.DONE:
+        run_finish_if_done(run=run)
+    return outcome
+
+
+def sequence_walk(*, run, nodes, start=0):
+    """Handle ``nodes[start:]`` in order: run actions now, hand containers to the queue."""
+    tasks = {task.node_id: task for task in run.tasks.filter(node_id__in=[node["id"] for node in nodes])}
+    for node in nodes[start:]:
+        if not Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).exists():
+            return Outcome.STOPPED
+        task = tasks[node["id"]]
+        if registry.get(node["type"]).is_container:
+            outcome = container_defer(run=run, task=task, node=node)
+        else:
+            outcome = action_execute(run=run, task=task, node=node)
+        if outcome is not Outcome.DONE:
+            return outcome
+    return Outcome.DONE
+
+
+def _context(run, task, node):
+    record = Record.objects.select_related("form").get(pk=run.record_id)
+    outputs = {
+        row["name"]: {"output": row["output"], "status": row["status"]}
+        for row in run.tasks.exclude(name="").values("name", "output", "status")
+    }
+    return NodeContext(run=run, task=task, record=record, node=node, outputs=outputs)
+
+
+def action_execute(*, run, task, node):
+    """Claim the task, run the action, record its outcome. A lost claim means someone else has it."""
+    if not task.claim():
+        task.refresh_from_db(fields=["status"])
+        return Outcome.DONE if task.status == RunTask.Status.COMPLETE else Outcome.STOPPED
+    ctx = _context(run, task, node)
+    try:
+        output = registry.get(node["type"])().execute(ctx)
+    except NodeError as exc:
+        return task_fail(run=run, task=task, error=str(exc), logs=ctx.logs)
+    except Exception as exc:
+        logger.exception("Task %s (%s) raised", task.pk, node["type"])
+        ctx.log(traceback.format_exc(limit=5))
+        return task_fail(run=run, task=task, error=f"{exc.__class__.__name__}: {exc}", logs=ctx.logs)
+    task.finish(RunTask.Status.COMPLETE, logs=ctx.logs, output=output or {})
+    return Outcome.DONE
+
+
+def container_defer(*, run, task, node):
+    """Give a container its due time and, if it is due now, hand it to the queue after commit."""
+    ctx = _context(run, task, node)
+    try:
+        due = registry.get(node["type"])().due_at(ctx)
+    except NodeError as exc:
+        task.claim()
+        return task_fail(run=run, task=task, error=str(exc))
+    RunTask.objects.filter(pk=task.pk, status=RunTask.Status.PENDING).update(due_at=due)
+    task.due_at = due
+    if due <= timezone.now():
+        try:
+            queue.container_enqueue(task_id=task.pk)
+        except Exception as exc:
+            logger.exception("Could not hand task %s to the queue", task.pk)
+            task.claim()
+            return task_fail(run=run, task=task, error=f"Could not schedule: {exc.__class__.__name__}: {exc}")
+    return Outcome.DONE
+
+
+def container_execute(*, task_id):
+    """A worker's part: claim a due container, walk its children, complete it, maybe finish the run.
+
+    A duplicate or early delivery loses the claim and returns without effect.
+    """
+    task = RunTask.objects.select_related("run").filter(pk=task_id).first()
+    if task is None:
+        return Outcome.STOPPED
+    if not task.claim(require_due=True):
+        # Early delivery: forget the hand-off so the dispatcher sends it again when due.
+        RunTask.objects.filter(pk=task_id, status=RunTask.Status.PENDING, due_at__gt=timezone.now()).update(
+            enqueued_at=None
+        )
+        return Outcome.STOPPED
+    run = task.run
+    node = snapshot_node(run.snapshot, task.node_id)
+    task.logs.append(RunTask.log_line(f"attempt {task.attempt} started"))
+    outcome = sequence_walk(run=run, nodes=node.get("children", []))
+    if outcome is Outcome.DONE:
+        task.finish(RunTask.Status.COMPLETE, logs=[RunTask.log_line("all steps handled")])
+        run_finish_if_done(run=run)
+    elif outcome is Outcome.FAILED:
+        task.finish(RunTask.Status.FAILED, logs=[RunTask.log_line("a step failed")], error="A step inside failed.")
+    elif outcome is Outcome.STOPPED:
+        task.finish(RunTask.Status.CANCELLED, logs=[RunTask.log_line("the run ended before this branch finished")])
+    return outcome
+
+
+def snapshot_node(nodes, node_id):
+    for node in nodes:
+        if node["id"] == node_id:
+            return node
+        found = snapshot_node(node.get("children", []) + node.get("on_error", []), node_id)
+        if found is not None:
+            return found
+    return None
+
+
+def task_fail(*, run, task, error, logs=()):
+    """Fail a claimed task. With nothing to catch it, the run fails too."""
+    task.finish(RunTask.Status.FAILED, logs=list(logs) + [RunTask.log_line(f"failed: {error}")], error=error)
+    run_fail(run=run, error=f"{task.label or task.type} failed: {error}")
+    return Outcome.FAILED
+
+
+def run_fail(*, run, error):
+    """running → failed: cancel every task still pending or awaiting; the record is complete."""
+    now = timezone.now()
+    with transaction.atomic():
+        won = Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).update(
+            status=Run.Status.FAILED, error=error, finished_at=now
+        )
+        if won:
+            run.tasks.filter(status__in=[RunTask.Status.PENDING, RunTask.Status.AWAITING]).update(
+                status=RunTask.Status.CANCELLED, finished_at=now
+            )
+            if run.is_submission:
+                Record.objects.filter(pk=run.record_id).update(is_complete=True)
+    return bool(won)
+
+
+def run_finish_if_done(*, run):
+    """running → complete once every task is terminal. Safe when two last tasks finish at once."""
+    with transaction.atomic():
+        # The row lock (PostgreSQL) or the IMMEDIATE write lock (SQLite) serialises the check.
+        Run.objects.select_for_update().filter(pk=run.pk).values_list("pk", flat=True).first()
+        if run.tasks.unfinished().exists():
+            return False
+        won = Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).update(
+            status=Run.Status.COMPLETE, finished_at=timezone.now()
+        )
+        if won and run.is_submission:
+            Record.objects.filter(pk=run.record_id).update(is_complete=True)
+    return bool(won)
+
+
+def run_cancel(*, run, reason="Cancelled by an admin."):
+    """Stop a run: pending and awaiting tasks are cancelled; active ones stop before their next step."""
+    now = timezone.now()
+    with transaction.atomic():
+        won = Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).update(
+            status=Run.Status.CANCELLED, error=reason, finished_at=now
+        )
+        if won:
+            run.tasks.filter(status__in=[RunTask.Status.PENDING, RunTask.Status.AWAITING]).update(
+                status=RunTask.Status.CANCELLED, finished_at=now
+            )
+            if run.is_submission:
+                Record.objects.filter(pk=run.record_id).update(is_complete=True)
+    return bool(won)

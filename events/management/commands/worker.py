@@ -1,0 +1,45 @@
+import logging
+import signal
+import time
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+from django.db import close_old_connections
+
+from events import tasks
+
+logger = logging.getLogger("events.worker")
+
+
+class Command(BaseCommand):
+    help = "Run the django-q2 cluster and our dispatcher of due delays, until SIGINT or SIGTERM."
+
+    def handle(self, *args, **options):
+        from django_q.cluster import Cluster
+
+        cluster = Cluster()
+        cluster.start()
+        stopping = []
+
+        def stop(signum, frame):
+            stopping.append(signum)
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        self.stdout.write(f"worker: cluster started; dispatching due tasks every {settings.EVENTS_DISPATCH_INTERVAL} s")
+        try:
+            while not stopping and cluster.sentinel.is_alive():
+                close_old_connections()
+                try:
+                    sent = tasks.dispatch_due()
+                except Exception:
+                    logger.exception("dispatch failed; trying again")
+                    sent = 0
+                if sent:
+                    logger.info("dispatched %s due task(s)", sent)
+                time.sleep(settings.EVENTS_DISPATCH_INTERVAL)
+        finally:
+            self.stdout.write("worker: stopping")
+            cluster.stop()
+        if not stopping:
+            raise SystemExit("worker: the django-q2 cluster stopped unexpectedly")

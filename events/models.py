@@ -1,0 +1,312 @@
+import uuid
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+from treebeard.mp_tree import MP_Node, MP_NodeManager, MP_NodeQuerySet
+
+from forms_app.models import RECORD_UPDATE, Form, Record
+
+from .nodes import registry
+
+
+def node_type_choices():
+    return registry.choices()
+
+
+class InvalidTreeOperation(ValidationError):
+    """A move or insert that would break the rules of an event tree."""
+
+
+class NodeQuerySet(MP_NodeQuerySet):
+    def of_tree(self, form, event=RECORD_UPDATE):
+        return self.filter(form=form, event=event).order_by("path")
+
+
+class NodeManager(MP_NodeManager):
+    """Tree operations that also enforce the rules of event trees.
+
+    treebeard's admin drag and drop calls ``move`` directly, skipping form
+    validation, so the rules live here: only containers have children, and a
+    node never leaves its own (form, event) tree.
+    """
+
+    def get_queryset(self):
+        return NodeQuerySet(self.model).order_by("path")
+
+    def of_tree(self, form, event=RECORD_UPDATE):
+        return self.get_queryset().of_tree(form, event)
+
+    def check_parent(self, node, parent):
+        if parent is None:
+            return
+        if (parent.form_id, parent.event) != (node.form_id, node.event):
+            raise InvalidTreeOperation("A node can only move within its own form's event tree.")
+        if not registry.get(parent.type).is_container:
+            raise InvalidTreeOperation(
+                f"“{parent}” is a {registry.get(parent.type).label} action; only containers "
+                "(Background, Delay) can have children."
+            )
+
+    def move(self, node, target, pos=None):
+        pos = pos or "last-sibling"
+        if pos.endswith("child"):
+            parent = target
+        else:
+            parent = self.get_parent(target)
+            if (target.form_id, target.event) != (node.form_id, node.event):
+                raise InvalidTreeOperation("A node can only move within its own form's event tree.")
+        self.check_parent(node, parent)
+        return super().move(node, target, pos)
+
+    def add_child(self, target, create_kwargs=None, *, instance=None):
+        node = instance if instance is not None else self.model(**(create_kwargs or {}))
+        self.check_parent(node, target)
+        return super().add_child(target, instance=node)
+
+    def add_sibling(self, target, pos=None, create_kwargs=None, *, instance=None):
+        node = instance if instance is not None else self.model(**(create_kwargs or {}))
+        if (target.form_id, target.event) != (node.form_id, node.event):
+            raise InvalidTreeOperation("A node can only be added to its own form's event tree.")
+        self.check_parent(node, self.get_parent(target))
+        return super().add_sibling(target, pos, instance=node)
+
+    def snapshot(self, form, event=RECORD_UPDATE):
+        """The tree of (form, event) as nested plain data: what a run is pinned to."""
+        roots, stack = [], []
+        for node in self.of_tree(form, event):
+            item = node.as_snapshot()
+            depth = node.depth
+            while stack and stack[-1][0] >= depth:
+                stack.pop()
+            if stack:
+                parent = stack[-1][1]
+                parent["on_error" if node.branch == Node.Branch.ON_ERROR else "children"].append(item)
+            else:
+                roots.append(item)
+            stack.append((depth, item))
+        return roots
+
+
+class Node(MP_Node):
+    """One element of an event tree: an action, a container or a marker.
+
+    The tree of a (form, event) is the forest of its root nodes. ``type`` is a
+    registry key; ``config`` is validated by that type's config form.
+    """
+
+    class Branch(models.TextChoices):
+        MAIN = "main", "runs in order"
+        ON_ERROR = "on_error", "runs when the parent fails"
+
+    form = models.ForeignKey(Form, on_delete=models.CASCADE, related_name="nodes")
+    event = models.CharField(max_length=100, default=RECORD_UPDATE)
+    type = models.CharField(max_length=50, choices=node_type_choices)
+    name = models.SlugField(
+        max_length=100, blank=True, help_text="Identifies the node in its tree: later steps read tasks.<name>.output."
+    )
+    label = models.CharField(max_length=200, blank=True, help_text="Shown in admin and on the waiting page.")
+    visible = models.BooleanField(default=False, help_text="Show this step on the waiting page.")
+    branch = models.CharField(max_length=10, choices=Branch, default=Branch.MAIN)
+    config = models.JSONField(default=dict, blank=True)
+
+    node_order_by = []
+    objects = NodeManager()
+
+    class Meta:
+        verbose_name = "event-tree node"
+
+    def __str__(self):
+        return self.label or self.name or f"{self.type_label} #{self.pk}"
+
+    @property
+    def node_type(self):
+        return registry.get(self.type)
+
+    @property
+    def type_label(self):
+        try:
+            return self.node_type.label
+        except registry.UnknownNodeType:
+            return self.type
+
+    def display_label(self):
+        return self.label or self.name or self.type_label
+
+    def as_snapshot(self):
+        return {
+            "id": self.pk,
+            "type": self.type,
+            "name": self.name,
+            "label": self.display_label(),
+            "visible": self.visible,
+            "config": self.config,
+            "children": [],
+            "on_error": [],
+        }
+
+    def clean(self):
+        if self.name:
+            clash = Node.objects.filter(form_id=self.form_id, event=self.event, name=self.name).exclude(pk=self.pk)
+            if clash.exists():
+                raise ValidationError({"name": f"Another node of this tree is already named “{self.name}”."})
+
+
+class RunQuerySet(models.QuerySet):
+    def running(self):
+        return self.filter(status=Run.Status.RUNNING)
+
+
+class Run(models.Model):
+    """One firing of one event for one record, pinned to a snapshot of the tree."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"  # tasks are being executed or wait their turn
+        COMPLETE = "complete", "Complete"  # every task terminal, none failed unhandled
+        FAILED = "failed", "Failed"  # a task failed without an error branch
+        CANCELLED = "cancelled", "Cancelled"  # stopped by an admin
+
+    TERMINAL = (Status.COMPLETE, Status.FAILED, Status.CANCELLED)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    form = models.ForeignKey(Form, on_delete=models.CASCADE, related_name="runs")
+    record = models.ForeignKey(Record, on_delete=models.CASCADE, related_name="runs")
+    event = models.CharField(max_length=100, default=RECORD_UPDATE)
+    is_submission = models.BooleanField(default=False, help_text="The run the submit fired; the record's completion flag follows it.")
+    parent_run = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="child_runs")
+    status = models.CharField(max_length=20, choices=Status, default=Status.RUNNING, db_index=True)
+    snapshot = models.JSONField(default=list)
+    properties = models.JSONField(default=dict, blank=True)
+    subtext = models.CharField(max_length=500, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = RunQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.event} run {self.reference}"
+
+    @property
+    def reference(self):
+        """A short reference an end user can quote to support."""
+        return self.id.hex[:8].upper()
+
+    @property
+    def is_finished(self):
+        return self.status in self.TERMINAL
+
+    def set_subtext(self, text):
+        Run.objects.filter(pk=self.pk).update(subtext=text[:500])
+        self.subtext = text[:500]
+
+
+class RunTaskQuerySet(models.QuerySet):
+    def unfinished(self):
+        return self.exclude(status__in=RunTask.TERMINAL)
+
+    def due_for_dispatch(self, now=None):
+        """Containers whose time has come and that no one has handed to the queue yet."""
+        now = now or timezone.now()
+        return self.filter(
+            status=RunTask.Status.PENDING, is_container=True, due_at__lte=now, enqueued_at__isnull=True
+        )
+
+
+class RunTask(models.Model):
+    """One execution of one node within a run.
+
+    Status changes are compare-and-set updates, so a duplicate queue delivery
+    or a second worker finds nothing to do. ``attempt`` is counted in the same
+    update that claims the task, before any side effect.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Queued"  # created, waiting for its turn or its due time
+        ACTIVE = "active", "Running"  # claimed by the request or a worker
+        AWAITING = "awaiting", "Waiting for a reply"  # sent; waits for an external callback
+        COMPLETE = "complete", "Done"  # finished successfully
+        FAILED = "failed", "Failed"  # raised, timed out or was failed by a callback
+        CANCELLED = "cancelled", "Cancelled"  # never ran: its run stopped first
+
+    TERMINAL = (Status.COMPLETE, Status.FAILED, Status.CANCELLED)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="tasks")
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
+    node_id = models.BigIntegerField(help_text="The node's id in the run's snapshot.")
+    position = models.PositiveIntegerField(help_text="Order of the node in the tree (pre-order).")
+    type = models.CharField(max_length=50)
+    name = models.CharField(max_length=100, blank=True)
+    label = models.CharField(max_length=200, blank=True)
+    visible = models.BooleanField(default=False)
+    is_container = models.BooleanField(default=False)
+    status = models.CharField(max_length=20, choices=Status, default=Status.PENDING, db_index=True)
+    attempt = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField(default=1)
+    due_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    logs = models.JSONField(default=list, blank=True)
+    output = models.JSONField(default=dict, blank=True)
+    subtext = models.CharField(max_length=500, blank=True)
+    error = models.TextField(blank=True)
+
+    objects = RunTaskQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["position"]
+        constraints = [models.UniqueConstraint(fields=["run", "node_id"], name="one_task_per_node_per_run")]
+        indexes = [models.Index(fields=["status", "is_container", "due_at"], name="task_dispatch_idx")]
+
+    def __str__(self):
+        return self.label or self.name or self.type
+
+    @property
+    def is_finished(self):
+        return self.status in self.TERMINAL
+
+    @staticmethod
+    def log_line(line, at=None):
+        return {"at": (at or timezone.now()).isoformat(timespec="milliseconds"), "line": str(line)}
+
+    def claim(self, *, now=None, require_due=False):
+        """Move pending → active and count the attempt. True for the one caller that wins."""
+        now = now or timezone.now()
+        lease = now + timedelta(seconds=settings.EVENTS_TASK_LEASE_SECONDS)
+        claimable = RunTask.objects.filter(pk=self.pk, status=self.Status.PENDING)
+        if require_due:
+            claimable = claimable.filter(Q(due_at__isnull=True) | Q(due_at__lte=now))
+        won = claimable.update(
+            status=self.Status.ACTIVE, attempt=F("attempt") + 1, started_at=now, lease_expires_at=lease
+        )
+        if won:
+            self.refresh_from_db(fields=["status", "attempt", "started_at", "lease_expires_at"])
+        return bool(won)
+
+    def finish(self, status, *, logs=(), output=None, error=""):
+        """active → complete | failed, appending logs. True if this call made the change."""
+        now = timezone.now()
+        changes = {"status": status, "finished_at": now, "lease_expires_at": None, "error": error}
+        if output is not None:
+            changes["output"] = output
+        if logs:
+            changes["logs"] = self.logs + list(logs)
+        won = RunTask.objects.filter(pk=self.pk, status=self.Status.ACTIVE).update(**changes)
+        if won:
+            for key, value in changes.items():
+                setattr(self, key, value)
+        return bool(won)
+
+    def set_subtext(self, text):
+        RunTask.objects.filter(pk=self.pk).update(subtext=text[:500])
+        self.subtext = text[:500]

@@ -1,0 +1,14 @@
+"""Node types. Each module registers one type; this list imports them all, in order."""
+
+from . import (  # noqa: F401
+    background,
+    delay,
+    fail,
+    http_request,
+    pause,
+    send_email,
+    set_flag,
+    set_subtext,
+    update_field,
+)
+from . import registry  # noqa: F401

@@ -1,0 +1,61 @@
+from django import forms
+
+from ..templating import TemplateCharField
+from .base import ConfigForm, NodeError, NodeType
+from .registry import register
+
+
+class UpdateFieldConfig(ConfigForm):
+    field = forms.SlugField(label="Field", help_text="The name of a field of this form (hidden fields too).")
+    value = TemplateCharField(label="Value", required=False, help_text="Text or a template, e.g. {{ record.email }}.")
+
+    def clean_field(self):
+        name = self.cleaned_data["field"]
+        if self.tree_form is not None and not self.tree_form.fields.filter(name=name).exists():
+            raise forms.ValidationError(f"This form has no field named “{name}”.")
+        return name
+
+    def to_config(self):
+        return {"field": self.cleaned_data["field"], "value": self.cleaned_data.get("value") or ""}
+
+
+@register
+class UpdateField(NodeType):
+    """Sets a field of the record to a value (a template over the record, properties and earlier outputs).
+
+    Config: ``field`` (a field name of the form), ``value`` (text or template).
+    Integer and checkbox fields store the rendered value as a number or a boolean.
+    Output: ``{"field": ..., "value": ...}``.
+    """
+
+    key = "update_field"
+    label = "Update field"
+    config_form = UpdateFieldConfig
+
+    @classmethod
+    def describe(cls, config):
+        return f"{config.get('field')} = {config.get('value')!s}"
+
+    def execute(self, ctx):
+        name = ctx.config["field"]
+        value = ctx.render(ctx.config.get("value", ""))
+        field = ctx.record.form.fields.filter(name=name).first()
+        if field is None:
+            raise NodeError(f"The form has no field named “{name}”.")
+        value = coerce(field.type, value)
+        ctx.record.set_value(name, value)
+        ctx.log(f"{name} set to {value!r}")
+        return {"field": name, "value": value}
+
+
+def coerce(field_type, value):
+    if not isinstance(value, str):
+        return value
+    if field_type == "integer":
+        try:
+            return int(value.strip())
+        except ValueError:
+            raise NodeError(f"“{value}” is not a whole number.") from None
+    if field_type == "checkbox":
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    return value

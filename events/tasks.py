@@ -1,0 +1,61 @@
+"""The queue boundary: the only module that imports django_q.
+
+Jobs carry ids only. Every entrypoint loads its task by id and lets the
+engine claim it with a compare-and-set, so a duplicate delivery does nothing.
+The queue is a doorbell; our RunTask table is the truth.
+"""
+
+import logging
+
+from django.db import transaction
+from django.utils import timezone
+from django_q.tasks import async_task
+
+from .models import RunTask
+
+logger = logging.getLogger("events.tasks")
+
+
+def container_enqueue(*, task_id):
+    """Mark a due container as handed off and ring the queue once the current transaction commits.
+
+    Returns False when someone else already handed it off.
+    """
+    marked = RunTask.objects.filter(pk=task_id, status=RunTask.Status.PENDING, enqueued_at__isnull=True).update(
+        enqueued_at=timezone.now()
+    )
+    if marked:
+        transaction.on_commit(lambda: _send(task_id))
+    return bool(marked)
+
+
+def _send(task_id):
+    try:
+        async_task("events.tasks.container_job", str(task_id), task_name=f"container-{task_id}")
+    except Exception:
+        # Un-mark so that the dispatcher tries again, then let the caller decide.
+        RunTask.objects.filter(pk=task_id, status=RunTask.Status.PENDING).update(enqueued_at=None)
+        raise
+
+
+def container_job(task_id):
+    """Queue entrypoint: run one container's children."""
+    from . import engine
+
+    outcome = engine.container_execute(task_id=task_id)
+    return outcome.value
+
+
+def dispatch_due(*, limit=200):
+    """Hand every container whose due time has come to the queue. Returns how many were sent.
+
+    Runs in ``manage.py worker`` several times a second: this, not the broker, is
+    what makes a delay fire on time.
+    """
+    sent = 0
+    for task_id in RunTask.objects.due_for_dispatch().values_list("pk", flat=True)[:limit]:
+        try:
+            sent += container_enqueue(task_id=task_id)
+        except Exception:
+            logger.exception("Could not hand task %s to the queue; will try again", task_id)
+    return sent

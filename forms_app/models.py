@@ -1,0 +1,149 @@
+import secrets
+
+from django.core.validators import RegexValidator
+from django.db import models, transaction
+from django.urls import reverse
+from django.utils import timezone
+
+RECORD_UPDATE = "record_update"
+
+field_name_validator = RegexValidator(
+    r"^[a-z][a-z0-9_]*$",
+    "Use lower-case letters, digits and underscores, starting with a letter.",
+)
+
+
+class FormQuerySet(models.QuerySet):
+    def published(self):
+        return self.filter(is_published=True)
+
+
+class Form(models.Model):
+    """An admin-defined form: its fields, its waiting page and its event trees."""
+
+    class WaitFor(models.TextChoices):
+        RUN = "run", "the submission run to finish"
+        FLAG = "flag", "a flag on the record"
+
+    slug = models.SlugField(unique=True)
+    title = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    submit_label = models.CharField(max_length=60, default="Submit")
+    is_published = models.BooleanField(default=True)
+
+    # The post-submission (waiting) page.
+    waiting_title = models.CharField(max_length=200, default="Thank you, we are processing your submission")
+    poll_seconds = models.PositiveSmallIntegerField(default=2, help_text="How often the waiting page checks.")
+    wait_for = models.CharField(max_length=10, choices=WaitFor, default=WaitFor.RUN)
+    wait_flag = models.CharField(
+        max_length=100, blank=True, help_text="With “a flag on the record”: the flag that means done."
+    )
+    max_wait_seconds = models.PositiveIntegerField(
+        default=120, help_text="After this long the page says the work is taking longer and polls less often."
+    )
+    done_message = models.TextField(
+        default="All done.", help_text="Template over the record: {{ record.email }}, {{ flags.paid }}."
+    )
+    done_redirect_url = models.CharField(
+        max_length=500, blank=True, help_text="If set, the finished page goes here instead of the done message."
+    )
+    failed_message = models.TextField(default="Sorry, something went wrong while processing your submission.")
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = FormQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["title"]
+
+    def __str__(self):
+        return self.title
+
+    def get_absolute_url(self):
+        return reverse("forms_app:form_detail", kwargs={"slug": self.slug})
+
+
+class Field(models.Model):
+    """One input of a form. ``name`` is the key in Record.data: never rename it once records exist."""
+
+    class Type(models.TextChoices):
+        TEXT = "text", "Text"
+        TEXTAREA = "textarea", "Text area"
+        EMAIL = "email", "Email"
+        INTEGER = "integer", "Integer"
+        DECIMAL = "decimal", "Decimal"
+        DATE = "date", "Date"
+        DATETIME = "datetime", "Date and time"
+        CHOICE = "choice", "Choice"
+        MULTIPLE_CHOICE = "multiple_choice", "Multiple choice"
+        CHECKBOX = "checkbox", "Checkbox"
+        URL = "url", "URL"
+        HIDDEN = "hidden", "Hidden (internal, set by actions)"
+
+    form = models.ForeignKey(Form, on_delete=models.CASCADE, related_name="fields")
+    name = models.CharField(max_length=100, validators=[field_name_validator])
+    label = models.CharField(max_length=200)
+    type = models.CharField(max_length=20, choices=Type, default=Type.TEXT)
+    required = models.BooleanField(default=False)
+    help_text = models.CharField(max_length=300, blank=True)
+    choices = models.JSONField(default=list, blank=True, help_text='For choice fields: ["Economy", "Business"].')
+    min_value = models.DecimalField(max_digits=20, decimal_places=6, null=True, blank=True)
+    max_value = models.DecimalField(max_digits=20, decimal_places=6, null=True, blank=True)
+    max_length = models.PositiveIntegerField(null=True, blank=True)
+    pattern = models.CharField(max_length=300, blank=True, help_text="A regular expression the value must match.")
+    default = models.CharField(max_length=300, blank=True, help_text="Initial value.")
+    position = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["position", "id"]
+        constraints = [models.UniqueConstraint(fields=["form", "name"], name="unique_field_name_per_form")]
+
+    def __str__(self):
+        return f"{self.label} ({self.name})"
+
+    @property
+    def is_shown(self):
+        return self.type != self.Type.HIDDEN
+
+
+def new_record_token():
+    return secrets.token_urlsafe(24)
+
+
+class Record(models.Model):
+    """One submission: its data keyed by field name, its flags, and a public token for the waiting page."""
+
+    form = models.ForeignKey(Form, on_delete=models.CASCADE, related_name="records")
+    token = models.CharField(max_length=64, unique=True, default=new_record_token, editable=False)
+    data = models.JSONField(default=dict, blank=True)
+    flags = models.JSONField(default=dict, blank=True)
+    # True exactly when the submission run is terminal.
+    is_complete = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.form.slug} #{self.pk}"
+
+    def get_absolute_url(self):
+        return reverse("forms_app:record_wait", kwargs={"token": self.token})
+
+    def set_value(self, name, value):
+        """Set one key of ``data``, keeping concurrent writes to other keys (row lock, then write)."""
+        self._update_json("data", name, value)
+
+    def set_flag(self, name, value=True):
+        self._update_json("flags", name, bool(value))
+
+    def _update_json(self, attname, key, value):
+        with transaction.atomic():
+            fresh = Record.objects.select_for_update().only(attname).get(pk=self.pk)
+            stored = getattr(fresh, attname)
+            stored[key] = value
+            Record.objects.filter(pk=self.pk).update(**{attname: stored, "updated_at": timezone.now()})
+        setattr(self, attname, stored)
+
