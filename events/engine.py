@@ -131,21 +131,23 @@ def action_execute(*, run, task, node):
 
 def container_defer(*, run, task, node):
     """Give a container its due time and, if it is due now, hand it to the queue after commit."""
-    ctx = _context(run, task, node)
+    record = Record.objects.get(pk=run.record_id)
+    ctx = NodeContext(run=run, task=task, record=record, node=node)
     try:
         due = registry.get(node["type"])().due_at(ctx)
     except NodeError as exc:
         task.claim()
         return task_fail(run=run, task=task, error=str(exc))
-    RunTask.objects.filter(pk=task.pk, status=RunTask.Status.PENDING).update(due_at=due)
     task.due_at = due
-    if due <= timezone.now():
-        try:
-            queue.container_enqueue(task_id=task.pk)
-        except Exception as exc:
-            logger.exception("Could not hand task %s to the queue", task.pk)
-            task.claim()
-            return task_fail(run=run, task=task, error=f"Could not schedule: {exc.__class__.__name__}: {exc}")
+    if due > timezone.now():
+        RunTask.objects.filter(pk=task.pk, status=RunTask.Status.PENDING).update(due_at=due)
+        return Outcome.DONE
+    try:
+        queue.container_enqueue(task_id=task.pk, due_at=due)
+    except Exception as exc:
+        logger.exception("Could not hand task %s to the queue", task.pk)
+        task.claim()
+        return task_fail(run=run, task=task, error=f"Could not schedule: {exc.__class__.__name__}: {exc}")
     return Outcome.DONE
 
 

@@ -16,13 +16,17 @@ from .models import RunTask
 logger = logging.getLogger("events.tasks")
 
 
-def container_enqueue(*, task_id):
+def container_enqueue(*, task_id, due_at=None):
     """Mark a due container as handed off and ring the queue once the current transaction commits.
 
-    Returns False when someone else already handed it off.
+    ``due_at``, when given, is stored in the same update. Returns False when
+    someone else already handed it off.
     """
+    changes = {"enqueued_at": timezone.now()}
+    if due_at is not None:
+        changes["due_at"] = due_at
     marked = RunTask.objects.filter(pk=task_id, status=RunTask.Status.PENDING, enqueued_at__isnull=True).update(
-        enqueued_at=timezone.now()
+        **changes
     )
     if marked:
         transaction.on_commit(lambda: _send(task_id))

@@ -1,5 +1,6 @@
 import secrets
 
+from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models, transaction
 from django.urls import reverse
@@ -105,6 +106,14 @@ class Field(models.Model):
     @property
     def is_shown(self):
         return self.type != self.Type.HIDDEN
+
+    def clean(self):
+        if self.pk and self.form_id:
+            stored = Field.objects.filter(pk=self.pk).values_list("name", flat=True).first()
+            if stored and stored != self.name and self.form.records.exists():
+                raise ValidationError(
+                    {"name": f"Records already store values under “{stored}”: a field's name cannot change once records exist."}
+                )
 
 
 def new_record_token():

@@ -1,5 +1,5 @@
 from django.http import HttpResponseRedirect
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET, require_http_methods
 from django_htmx.http import HttpResponseClientRedirect
 
@@ -9,13 +9,17 @@ from .services import record_submit
 from .waiting import record_progress
 
 
+class HttpResponseSeeOther(HttpResponseRedirect):
+    status_code = 303
+
+
 @require_http_methods(["GET", "POST"])
 def form_detail(request, slug):
     form = get_object_or_404(Form.objects.published(), slug=slug)
     submission = build_form_class(form)(request.POST or None)
     if request.method == "POST" and submission.is_valid():
         record = record_submit(form=form, data=record_data(form, submission.cleaned_data))
-        return redirect(record.get_absolute_url(), status=303)
+        return HttpResponseSeeOther(record.get_absolute_url())
     return render(request, "forms_app/form_detail.html", {"form_obj": form, "submission": submission})
 
 
