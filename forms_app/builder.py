@@ -11,12 +11,19 @@ from .models import Field
 T = Field.Type
 
 
+def _plain(number):
+    """A stored bound as the admin wrote it: 0.500000 → 0.5, 100.000000 → 100."""
+    if number == number.to_integral_value():
+        return decimal.Decimal(int(number))
+    return number.normalize()
+
+
 def _number_bounds(field):
     bounds = {}
     if field.min_value is not None:
-        bounds["min_value"] = field.min_value
+        bounds["min_value"] = _plain(field.min_value)
     if field.max_value is not None:
-        bounds["max_value"] = field.max_value
+        bounds["max_value"] = _plain(field.max_value)
     return bounds
 
 

@@ -64,6 +64,10 @@ class Form(models.Model):
     def get_absolute_url(self):
         return reverse("forms_app:form_detail", kwargs={"slug": self.slug})
 
+    def clean(self):
+        if self.wait_for == self.WaitFor.FLAG and not self.wait_flag:
+            raise ValidationError({"wait_flag": "Name the flag the waiting page waits for."})
+
 
 class Field(models.Model):
     """One input of a form. ``name`` is the key in Record.data: never rename it once records exist."""

@@ -16,7 +16,7 @@ class HttpResponseSeeOther(HttpResponseRedirect):
 @require_http_methods(["GET", "POST"])
 def form_detail(request, slug):
     form = get_object_or_404(Form.objects.published(), slug=slug)
-    submission = build_form_class(form)(request.POST or None)
+    submission = build_form_class(form)(request.POST if request.method == "POST" else None)
     if request.method == "POST" and submission.is_valid():
         record = record_submit(form=form, data=record_data(form, submission.cleaned_data))
         return HttpResponseSeeOther(record.get_absolute_url())

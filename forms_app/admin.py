@@ -1,0 +1,113 @@
+"""Admin: forms with their fields inline and links to their event trees; records, read-only."""
+
+import json
+from urllib.parse import urlencode
+
+from django.contrib import admin
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+
+from .models import RECORD_UPDATE, Field, Form, Record
+
+
+def tree_links(form_id, event):
+    editor = reverse("admin:events_node_changelist") + "?" + urlencode({"form__id__exact": form_id, "event": event})
+    overview = reverse("admin:events_node_overview", kwargs={"form_id": form_id, "event": event})
+    return editor, overview
+
+
+class FieldInline(admin.TabularInline):
+    model = Field
+    extra = 0
+    ordering = ["position", "id"]
+    fields = ["position", "name", "label", "type", "required", "help_text", "choices", "min_value", "max_value",
+              "max_length", "pattern", "default"]
+
+
+@admin.register(Form)
+class FormAdmin(admin.ModelAdmin):
+    list_display = ["title", "slug", "is_published", "public_link", "event_tree_links"]
+    list_filter = ["is_published"]
+    search_fields = ["title", "slug"]
+    prepopulated_fields = {"slug": ["title"]}
+    inlines = [FieldInline]
+    readonly_fields = ["public_link", "event_trees"]
+    fieldsets = [
+        (None, {"fields": ["title", "slug", "description", "submit_label", "is_published", "public_link"]}),
+        ("Event trees", {"fields": ["event_trees"]}),
+        ("Waiting page", {"fields": ["waiting_title", "poll_seconds", "wait_for", "wait_flag", "max_wait_seconds",
+                                     "done_message", "done_redirect_url", "failed_message"]}),
+    ]
+
+    @admin.display(description="public form")
+    def public_link(self, form):
+        if form.pk is None:
+            return "—"
+        url = form.get_absolute_url()
+        return format_html('<a href="{}" target="_blank" rel="noopener">{}</a>', url, url)
+
+    @admin.display(description="event tree")
+    def event_tree_links(self, form):
+        editor, overview = tree_links(form.pk, RECORD_UPDATE)
+        return format_html('<a href="{}">edit</a> · <a href="{}">overview</a>', editor, overview)
+
+    @admin.display(description="event trees")
+    def event_trees(self, form):
+        """One line per event of this form: record_update always, custom events once they have nodes."""
+        if form.pk is None:
+            return "Save the form first, then build its event trees."
+        events = [RECORD_UPDATE, *sorted(set(form.nodes.exclude(event=RECORD_UPDATE).values_list("event", flat=True)))]
+        add_url = reverse("admin:events_node_add") + "?" + urlencode({"form": form.pk})
+        lines = format_html_join(
+            "", '<li>{}: <a href="{}">edit the tree</a> · <a href="{}">overview</a></li>',
+            ((event, *tree_links(form.pk, event)) for event in events),
+        )
+        return format_html(
+            '<ul class="events-tree-links">{}</ul><p><a href="{}">Add a node</a> '
+            "(give it another event name to start a custom event's tree).</p>",
+            lines, add_url,
+        )
+
+
+def pretty_json(value):
+    text = json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+    return format_html('<pre class="events-json">{}</pre>', text)
+
+
+@admin.register(Record)
+class RecordAdmin(admin.ModelAdmin):
+    """Submissions, as they were stored: read-only."""
+
+    list_display = ["__str__", "form", "created_at", "is_complete"]
+    list_filter = ["form", "is_complete"]
+    list_select_related = ["form"]
+    search_fields = ["token", "form__title", "form__slug"]
+    date_hierarchy = "created_at"
+    fields = ["form", "created_at", "updated_at", "is_complete", "data_json", "flags_json", "runs_link",
+              "waiting_page_link"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="data")
+    def data_json(self, record):
+        return pretty_json(record.data)
+
+    @admin.display(description="flags")
+    def flags_json(self, record):
+        return pretty_json(record.flags)
+
+    @admin.display(description="runs")
+    def runs_link(self, record):
+        url = reverse("admin:events_run_changelist") + "?" + urlencode({"record__id__exact": record.pk})
+        count = record.runs.count()
+        return format_html('<a href="{}">{} run{}</a>', url, count, "" if count == 1 else "s")
+
+    @admin.display(description="waiting page")
+    def waiting_page_link(self, record):
+        url = record.get_absolute_url()
+        return format_html('<a href="{}" target="_blank" rel="noopener">{}</a>', url, url)

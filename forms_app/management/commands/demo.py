@@ -1,0 +1,63 @@
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+
+from events.formfile import FormFileError, document_parse, form_import_result
+
+DEMO_FILE = Path(settings.BASE_DIR) / "demo" / "booking.json"
+ADMIN_USERNAME = "admin"
+ADMIN_PASSWORD = "admin"
+BASE_URL = "http://127.0.0.1:8000"
+
+
+class Command(BaseCommand):
+    help = (
+        "Load the demo booking form (demo/booking.json) and create a development admin account "
+        "admin/admin if there is none. Safe to run again: the form is re-imported as it is in the file."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--force",
+            action="store_true",
+            help="Run although DEBUG is off (the admin account's password is “admin”: never on a public server).",
+        )
+
+    def handle(self, *args, force=False, **options):
+        if not settings.DEBUG and not force:
+            raise CommandError(
+                "Refusing to load the demo: DEBUG is off, and the demo creates an admin account whose "
+                "password is “admin”. Set DJANGO_DEBUG=1 for local development, or pass --force."
+            )
+        try:
+            document = document_parse(DEMO_FILE.read_bytes())
+            with transaction.atomic():
+                result = form_import_result(document)
+                admin_created = self.admin_ensure()
+        except FormFileError as exc:
+            raise CommandError(f"{DEMO_FILE} is not a valid form file:\n" + "\n".join(exc.lines())) from None
+
+        self.stdout.write(result.summary())
+        if admin_created:
+            self.stdout.write(f"Created the development admin account: {ADMIN_USERNAME} / {ADMIN_PASSWORD}")
+        else:
+            self.stdout.write(f"The admin account “{ADMIN_USERNAME}” already exists; its password was left as it is.")
+        self.stdout.write(
+            "\n"
+            f"  The form:  {BASE_URL}/f/{result.form.slug}/\n"
+            f"  Admin:     {BASE_URL}/admin/  (log in as {ADMIN_USERNAME} / {ADMIN_PASSWORD})\n"
+            "\n"
+            "Start the web server and a worker with `make run` (background steps need the worker: "
+            "`python manage.py worker`)."
+        )
+
+    def admin_ensure(self):
+        """Create admin/admin unless a user of that name exists. True if it was created."""
+        User = get_user_model()
+        if User.objects.filter(**{User.USERNAME_FIELD: ADMIN_USERNAME}).exists():
+            return False
+        User.objects.create_superuser(ADMIN_USERNAME, "admin@example.com", ADMIN_PASSWORD)
+        return True
