@@ -37,7 +37,7 @@ class DelayConfig(ConfigForm):
             raise forms.ValidationError("Choose when the delay is due (rule), or give after_seconds, at or field.")
         data["rule"] = rule
         required = {"after": "after_seconds", "at": "at", "field": "field"}.get(rule)
-        if required and data.get(required) in (None, ""):
+        if required and data.get(required) in (None, "") and required not in self.errors:
             self.add_error(required, f"Required when the delay is due {RULES[rule]}.")
         if rule == "field" and data.get("field") and self.tree_form is not None:
             field = self.tree_form.fields.filter(name=data["field"]).first()

@@ -39,7 +39,8 @@ class HttpRequestConfig(ConfigForm):
 
     def to_config(self):
         config = super().to_config()
-        config["fail_on_status"] = bool(self.cleaned_data.get("fail_on_status"))
+        # Left out of a config document it defaults to true; a form always sends it.
+        config["fail_on_status"] = bool(self.cleaned_data.get("fail_on_status")) if "fail_on_status" in self.data else True
         config.setdefault("timeout_seconds", 10.0)
         return config
 

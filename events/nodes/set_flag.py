@@ -9,7 +9,9 @@ class SetFlagConfig(ConfigForm):
     value = forms.BooleanField(label="Value", required=False, initial=True)
 
     def to_config(self):
-        return {"flag": self.cleaned_data["flag"], "value": bool(self.cleaned_data.get("value"))}
+        # Left out of a config document, the flag is set to true; a form always sends it.
+        value = self.cleaned_data.get("value") if "value" in self.data else True
+        return {"flag": self.cleaned_data["flag"], "value": bool(value)}
 
 
 @register

@@ -33,7 +33,11 @@ class Command(BaseCommand):
                 "password is “admin”. Set DJANGO_DEBUG=1 for local development, or pass --force."
             )
         try:
-            document = document_parse(DEMO_FILE.read_bytes())
+            text = DEMO_FILE.read_bytes()
+        except OSError as exc:
+            raise CommandError(f"Cannot read the demo form file {DEMO_FILE}: {exc.strerror or exc}") from None
+        try:
+            document = document_parse(text)
             with transaction.atomic():
                 result = form_import_result(document)
                 admin_created = self.admin_ensure()

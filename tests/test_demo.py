@@ -1,0 +1,138 @@
+import datetime
+import io
+import json
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import CommandError, call_command
+
+from events.formfile import form_check, form_export
+from events.models import Node
+from forms_app.management.commands.demo import DEMO_FILE
+from forms_app.models import Form
+from forms_app.services import record_submit
+
+
+@pytest.fixture
+def debug(settings):
+    settings.DEBUG = True
+    return settings
+
+
+def run_demo(*args):
+    out = io.StringIO()
+    call_command("demo", *args, stdout=out)
+    return out.getvalue()
+
+
+def shape(nodes):
+    """(type, name or label, [children shape]) for every node of a snapshot."""
+    return [
+        (node["type"], node["label"], shape(node["children"])) if node["children"] else (node["type"], node["label"])
+        for node in nodes
+    ]
+
+
+def test_demo_file_is_a_valid_form_file_in_canonical_form(db):
+    document = json.loads(DEMO_FILE.read_text())
+    assert form_check(document).slug == "booking"
+
+
+def test_demo_loads_the_booking_form_and_an_admin_once(db, debug):
+    output = run_demo()
+
+    assert "Created form “booking”" in output
+    assert "Created the development admin account: admin / admin" in output
+    assert "http://127.0.0.1:8000/f/booking/" in output and "http://127.0.0.1:8000/admin/" in output
+
+    output = run_demo()
+
+    assert "Replaced form “booking”" in output
+    assert "already exists" in output
+    assert Form.objects.filter(slug="booking").count() == 1
+    User = get_user_model()
+    assert User.objects.count() == 1
+    admin = User.objects.get(username="admin")
+    assert admin.is_superuser and admin.is_staff and admin.check_password("admin")
+
+
+def test_demo_booking_form_has_the_seed_tree(db, debug):
+    run_demo()
+    form = Form.objects.get(slug="booking")
+
+    assert form.title == "Book a flight"
+    assert [(f.name, f.type, f.required) for f in form.fields.all()] == [
+        ("name", "text", True),
+        ("email", "email", True),
+        ("origin", "text", True),
+        ("destination", "text", True),
+        ("departure", "date", True),
+        ("seats", "integer", True),
+        ("cabin", "choice", False),
+        ("notes", "textarea", False),
+        ("field_a", "hidden", False),
+        ("field_b", "hidden", False),
+        ("field_c", "hidden", False),
+        ("field_d", "hidden", False),
+        ("status", "hidden", False),
+    ]
+    seats = form.fields.get(name="seats")
+    assert (seats.min_value, seats.max_value) == (1, 9)
+    assert form.fields.get(name="cabin").choices == ["Economy", "Premium", "Business"]
+    assert (form.wait_for, form.wait_flag, form.poll_seconds, form.max_wait_seconds) == ("flag", "booked", 1, 60)
+    assert "{{ record.name }}" in form.done_message and "{{ record.email }}" in form.done_message
+
+    tree = Node.objects.snapshot(form)
+    assert shape(tree) == [
+        ("update_field", "Update Field A"),
+        ("background", "Confirm your booking", [
+            ("update_field", "Update Field B"),
+            ("update_field", "Update Field C"),
+            ("pause", "Reserve seats"),
+            ("send_email", "Send confirmation email"),
+            ("set_flag", "Booking confirmed"),
+        ]),
+        ("update_field", "Update Field D"),
+        ("delay", "Follow-up email", [("send_email", "Send follow-up email")]),
+    ]
+    assert tree[1]["name"] == "confirm" and tree[3]["name"] == "follow_up"
+    assert tree[3]["config"] == {"rule": "after", "after_seconds": 10}
+    assert tree[1]["children"][2]["config"] == {"seconds": 3}
+    assert tree[1]["children"][4]["config"] == {"flag": "booked", "value": True}
+    visible = [node["label"] for node in tree + tree[1]["children"] if node["visible"]]
+    assert visible == ["Update Field A", "Confirm your booking", "Reserve seats", "Send confirmation email"]
+
+
+def test_demo_file_is_what_an_export_of_the_demo_form_writes(db, debug):
+    run_demo()
+    assert form_export(Form.objects.get(slug="booking")) == json.loads(DEMO_FILE.read_text())
+
+
+def test_demo_refuses_without_debug_unless_forced(db, settings):
+    settings.DEBUG = False
+    with pytest.raises(CommandError, match="DEBUG is off"):
+        run_demo()
+    assert not Form.objects.exists() and not get_user_model().objects.exists()
+
+    run_demo("--force")
+    assert Form.objects.filter(slug="booking").exists()
+    assert get_user_model().objects.filter(username="admin").exists()
+
+
+def test_demo_booking_runs_to_the_booked_flag(db, debug, sync_queue, django_capture_on_commit_callbacks,
+                                              mailoutbox, monkeypatch):
+    monkeypatch.setattr("events.nodes.pause.time.sleep", lambda seconds: None)
+    run_demo()
+    form = Form.objects.get(slug="booking")
+    data = {"name": "Ann", "email": "ann@example.com", "origin": "Oslo", "destination": "Rome",
+            "departure": datetime.date(2030, 5, 1).isoformat(), "seats": 2, "cabin": "Business", "notes": ""}
+
+    with django_capture_on_commit_callbacks(execute=True):
+        record = record_submit(form=form, data=data)
+
+    record.refresh_from_db()
+    assert record.flags.get("booked") is True
+    assert record.data["field_a"] and record.data["field_b"] and record.data["field_d"]
+    assert record.data["field_c"] == "2 seat(s), Business"
+    assert [message.subject for message in mailoutbox] == ["Your flight Oslo to Rome is booked"]
+    assert mailoutbox[0].to == ["ann@example.com"]
