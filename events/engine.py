@@ -138,6 +138,10 @@ def container_defer(*, run, task, node):
     except NodeError as exc:
         task.claim()
         return task_fail(run=run, task=task, error=str(exc))
+    except Exception as exc:
+        logger.exception("Task %s (%s) could not compute its due time", task.pk, node["type"])
+        task.claim()
+        return task_fail(run=run, task=task, error=f"{exc.__class__.__name__}: {exc}")
     task.due_at = due
     if due > timezone.now():
         RunTask.objects.filter(pk=task.pk, status=RunTask.Status.PENDING).update(due_at=due)

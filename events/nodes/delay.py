@@ -73,12 +73,16 @@ def parse_moment(value):
         moment = value
     else:
         text = str(value or "").strip()
-        moment = parse_datetime(text)
-        if moment is None:
-            day = parse_date(text)
-            if day is None:
-                return None
-            moment = datetime.datetime.combine(day, datetime.time())
+        try:
+            # parse_* answer None for non-dates but raise for impossible ones (2027-02-30).
+            moment = parse_datetime(text)
+            if moment is None:
+                day = parse_date(text)
+                if day is None:
+                    return None
+                moment = datetime.datetime.combine(day, datetime.time())
+        except ValueError:
+            return None
     if timezone.is_naive(moment):
         moment = timezone.make_aware(moment, timezone.get_current_timezone())
     return moment

@@ -20,7 +20,7 @@ class HttpRequestConfig(ConfigForm):
     url = TemplateCharField(label="URL", max_length=2000, help_text="http:// or https://; templates allowed.")
     headers = forms.JSONField(label="Headers", required=False, help_text='A JSON object: {"X-Token": "..."}.')
     body = TemplateTextField(label="Body", required=False, help_text="Sent as is; templates allowed.")
-    timeout_seconds = forms.FloatField(label="Timeout (seconds)", min_value=0.1, max_value=120, initial=10)
+    timeout_seconds = forms.FloatField(label="Timeout (seconds)", min_value=0.1, max_value=120, initial=10, required=False)
     fail_on_status = forms.BooleanField(
         label="Fail on an error status", required=False, initial=True, help_text="Fail the step on a 4xx or 5xx answer."
     )

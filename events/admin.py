@@ -1,0 +1,446 @@
+"""Admin: the event-tree editor and its overview, and read-only runs and tasks."""
+
+import json
+from urllib.parse import urlencode
+
+from django.contrib import admin, messages
+from django.contrib.admin.views.main import IGNORED_PARAMS, PAGE_VAR, SEARCH_VAR
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
+from django.http import HttpResponseBadRequest, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.views.decorators.http import require_POST
+from treebeard.admin import TreeAdmin
+
+from forms_app.models import RECORD_UPDATE, Form
+
+from . import engine
+from .admin_forms import config_field_name, node_form_for, node_type_or_none
+from .models import InvalidTreeOperation, Node, Run, RunTask
+from .nodes import registry
+
+# Query parameters that choose *which* tree the editor shows; they keep the tree view (drag and drop).
+TREE_PARAMS = {"form__id__exact", "event", "event__exact"}
+
+
+def pretty_json(value):
+    """JSON as an escaped, indented <pre> block."""
+    text = json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+    return format_html('<pre class="events-json">{}</pre>', text)
+
+
+def tree_editor_url(form_id, event=RECORD_UPDATE):
+    return reverse("admin:events_node_changelist") + "?" + urlencode({"form__id__exact": form_id, "event": event})
+
+
+def tree_overview_url(form_id, event=RECORD_UPDATE):
+    return reverse("admin:events_node_overview", kwargs={"form_id": form_id, "event": event})
+
+
+# The event-tree editor -------------------------------------------------------------------------
+
+
+def node_mode(node_type, config, *, in_container):
+    """How a node runs, in the words of the overview: inline, background, in background, delay: …"""
+    if node_type is None:
+        return "unknown type"
+    if node_type.is_container:
+        if node_type.key == "delay":
+            return f"delay: {safe_describe(node_type, config)}"
+        return "background"
+    return "in background" if in_container else "inline"
+
+
+def safe_describe(node_type, config):
+    try:
+        return node_type.describe(config or {})
+    except Exception as exc:  # a stored config the type no longer understands
+        return f"(cannot describe: {exc.__class__.__name__})"
+
+
+def overview_tree(nodes):
+    """Nest the nodes of one tree (ordered by path) into items for the overview template."""
+    roots, stack = [], []
+    for node in nodes:
+        while stack and stack[-1]["node"].depth >= node.depth:
+            stack.pop()
+        parent = stack[-1] if stack else None
+        node_type = node_type_or_none(node.type)
+        in_container = parent is not None and parent["is_container"]
+        config = node.config or {}
+        markers = []
+        if node.branch == Node.Branch.ON_ERROR:
+            markers.append("error branch: runs when its parent fails")
+        if config.get("wait_for_callback"):
+            markers.append("waits for callback")
+        if node.visible:
+            markers.append("visible on the waiting page")
+        mode = node_mode(node_type, config, in_container=in_container)
+        summary = safe_describe(node_type, config) if node_type else ""
+        item = {
+            "node": node,
+            "label": node.display_label(),
+            "type_label": node.type_label,
+            "summary": "" if mode.endswith(summary) else summary,  # a delay's rule is already its mode
+            "mode": mode,
+            "is_container": bool(node_type and node_type.is_container),
+            "markers": markers,
+            "children": [],
+        }
+        (parent["children"] if parent else roots).append(item)
+        stack.append(item)
+    return roots
+
+
+@admin.register(Node)
+class NodeAdmin(TreeAdmin):
+    """Add, nest, reorder and move nodes; each type's config as real form fields."""
+
+    form = node_form_for(None)
+    list_display = ("display_label", "type_label", "summary", "visible", "form", "event")
+    list_display_links = ("display_label",)
+    list_filter = ("form", "event", "type")
+    search_fields = ("name", "label")
+    list_select_related = ("form",)
+    change_list_template = "admin/events/node/change_list.html"
+
+    @admin.display(description="node")
+    def display_label(self, node):
+        return node.display_label()
+
+    @admin.display(description="type")
+    def type_label(self, node):
+        return node.type_label
+
+    @admin.display(description="does")
+    def summary(self, node):
+        node_type = node_type_or_none(node.type)
+        return safe_describe(node_type, node.config) if node_type else ""
+
+    @admin.display(description="event tree")
+    def tree_links(self, node):
+        return format_html(
+            '{} · {} · <a href="{}">editor</a> · <a href="{}">overview</a>',
+            node.form, node.event, tree_editor_url(node.form_id, node.event),
+            tree_overview_url(node.form_id, node.event),
+        )
+
+    @admin.display(description="stored config")
+    def config_json(self, node):
+        return pretty_json(node.config)
+
+    # Which type a page is about -----------------------------------------------------------
+
+    def node_type_for(self, request, obj=None):
+        if obj is not None:
+            return node_type_or_none(obj.type)
+        return node_type_or_none(request.GET.get("type", ""))
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        kwargs["form"] = node_form_for(self.node_type_for(request, obj))
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_fieldsets(self, request, obj=None):
+        node_type = self.node_type_for(request, obj)
+        tree = ["form", "event"] if obj is None else ["tree_links"]
+        fieldsets = [(None, {"fields": [*tree, "type_label", "name", "label", "visible", "branch"]})]
+        if node_type is None:
+            fieldsets.append(("Configuration (unknown type: kept as is)", {"fields": ["config_json"]}))
+        elif node_type.config_form.base_fields:
+            fieldsets.append((
+                f"{node_type.label} settings",
+                {"fields": [config_field_name(name) for name in node_type.config_form.base_fields],
+                 "description": (node_type.__doc__ or "").strip().split("\n")[0]},
+            ))
+        fieldsets.append(("Place in the tree", {"fields": ["treebeard_position", "treebeard_ref_node"]}))
+        return fieldsets
+
+    def get_readonly_fields(self, request, obj=None):
+        readonly = ["type_label", "config_json"]
+        if obj is not None:
+            readonly.append("tree_links")
+        return readonly
+
+    # Views -----------------------------------------------------------------------------------
+
+    def get_urls(self):
+        return [
+            path("overview/<int:form_id>/<str:event>/", self.admin_site.admin_view(self.overview_view),
+                 name="events_node_overview"),
+            *super().get_urls(),
+        ]
+
+    def is_filtered(self, request):
+        """Choosing one (form, event) tree keeps the tree view; any other filter or a search lists matches."""
+        if request.GET.get(SEARCH_VAR):
+            return True
+        ignored = {*IGNORED_PARAMS, PAGE_VAR, SEARCH_VAR, *TREE_PARAMS}
+        return any(param not in ignored for param in request.GET)
+
+    def add_view(self, request, form_url="", extra_context=None):
+        if self.node_type_for(request) is None:
+            return self.choose_type_view(request)
+        return super().add_view(request, form_url, extra_context)
+
+    def choose_type_view(self, request):
+        """The first step of adding a node: pick its type (the rest of the query string is kept)."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Add a node: choose its type",
+            "type_links": self.add_links(request.GET),
+        }
+        return TemplateResponse(request, "admin/events/node/choose_type.html", context)
+
+    def add_links(self, params):
+        """One add link per node type, keeping the tree (form, event) and any position already chosen."""
+        keep = {key: value for key, value in params.items() if key != "type"}
+        if "form__id__exact" in keep:
+            keep["form"] = keep.pop("form__id__exact")
+        keep.pop("event__exact", None)
+        url = reverse("admin:events_node_add")
+        return [
+            {"label": node_type.label, "is_container": node_type.is_container,
+             "description": (node_type.__doc__ or "").strip().split("\n")[0],
+             "url": url + "?" + urlencode({**keep, "type": node_type.key})}
+            for node_type in registry.all_types()
+        ]
+
+    def changelist_view(self, request, extra_context=None):
+        form_id = request.GET.get("form__id__exact", "")
+        event = request.GET.get("event") or request.GET.get("event__exact") or RECORD_UPDATE
+        tree_params = {"form": form_id, "event": event} if form_id.isdigit() else {}
+        extra_context = {
+            **(extra_context or {}),
+            "type_links": self.add_links(tree_params),
+            "add_url": reverse("admin:events_node_add") + ("?" + urlencode(tree_params) if tree_params else ""),
+            "overview_url": tree_overview_url(int(form_id), event) if form_id.isdigit() else "",
+        }
+        return super().changelist_view(request, extra_context)
+
+    def overview_view(self, request, form_id, event):
+        """A read-only drawing of one tree: each node's label, type, what it does and how it runs."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        form = get_object_or_404(Form, pk=form_id)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": f"Event tree of “{form}”: {event}",
+            "tree_form": form,
+            "event": event,
+            "roots": overview_tree(Node.objects.of_tree(form, event)),
+            "editor_url": tree_editor_url(form.pk, event),
+            "add_url": reverse("admin:events_node_add") + "?" + urlencode({"form": form.pk, "event": event}),
+        }
+        return TemplateResponse(request, "admin/events/node/overview.html", context)
+
+    def response_post_save_add(self, request, obj):
+        return HttpResponseRedirect(tree_editor_url(obj.form_id, obj.event))
+
+    def response_post_save_change(self, request, obj):
+        return HttpResponseRedirect(tree_editor_url(obj.form_id, obj.event))
+
+    def response_add(self, request, obj, post_url_continue=None):
+        return self.add_another_in_same_tree(request, obj, super().response_add(request, obj, post_url_continue))
+
+    def response_change(self, request, obj):
+        return self.add_another_in_same_tree(request, obj, super().response_change(request, obj))
+
+    def add_another_in_same_tree(self, request, obj, response):
+        """Save and add another: ask for the next node's type, in the same tree."""
+        if "_addanother" in request.POST and isinstance(response, HttpResponseRedirect):
+            response["Location"] = reverse("admin:events_node_add") + "?" + urlencode(
+                {"form": obj.form_id, "event": obj.event}
+            )
+        return response
+
+    def move_node(self, request):
+        """Drag and drop. A move the tree rules refuse answers 400 with a message and changes nothing."""
+        try:
+            with transaction.atomic():
+                return super().move_node(request)
+        except InvalidTreeOperation as exc:
+            message = " ".join(exc.messages)
+            messages.error(request, message)
+            return HttpResponseBadRequest(message)
+
+
+# Runs and tasks --------------------------------------------------------------------------------
+
+
+def duration(task):
+    if task.started_at is None:
+        return ""
+    end = task.finished_at or timezone.now()
+    seconds = (end - task.started_at).total_seconds()
+    text = f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+    return text if task.finished_at else f"{text} so far"
+
+
+def timeline(tasks):
+    """The run's tasks in position order, each with its depth (indent by parent)."""
+    depth_of = {}
+    rows = []
+    for task in tasks:
+        depth = depth_of.get(task.parent_id, -1) + 1 if task.parent_id else 0
+        depth_of[task.pk] = depth
+        rows.append({
+            "task": task,
+            "depth": depth,
+            "indent": depth * 2,
+            "duration": duration(task),
+            "output": json.dumps(task.output, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+            if task.output else "",
+            "logs": [entry if isinstance(entry, dict) else {"at": "", "line": str(entry)} for entry in task.logs or []],
+        })
+    return rows
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows written by the engine only: nothing to add, change or delete by hand."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Run)
+class RunAdmin(ReadOnlyAdmin):
+    list_display = ("reference", "form", "record_link", "event", "status", "created_at", "finished_at")
+    list_filter = ("form", "event", "status", "is_submission")
+    list_select_related = ("form", "record__form")
+    date_hierarchy = "created_at"
+    actions = ["cancel_runs"]
+    change_form_template = "admin/events/run/change_form.html"
+    fieldsets = [
+        (None, {"fields": ["reference", "form", "record_link", "event", "status", "is_submission", "parent_run_link",
+                           "subtext", "error", "created_at", "finished_at"]}),
+        ("Data", {"fields": ["properties_json", "record_data_json"]}),
+        ("Snapshot of the tree", {"fields": ["snapshot_json"], "classes": ["collapse"]}),
+    ]
+    readonly_fields = ["reference", "record_link", "parent_run_link", "properties_json", "record_data_json",
+                       "snapshot_json"]
+
+    @admin.display(description="reference")
+    def reference(self, run):
+        return run.reference
+
+    @admin.display(description="record", ordering="record")
+    def record_link(self, run):
+        url = reverse("admin:forms_app_record_change", args=[run.record_id])
+        return format_html('<a href="{}">{}</a>', url, run.record)
+
+    @admin.display(description="parent run")
+    def parent_run_link(self, run):
+        if run.parent_run_id is None:
+            return "—"
+        url = reverse("admin:events_run_change", args=[run.parent_run_id])
+        return format_html('<a href="{}">{}</a>', url, run.parent_run)
+
+    @admin.display(description="properties")
+    def properties_json(self, run):
+        return pretty_json(run.properties)
+
+    @admin.display(description="record data")
+    def record_data_json(self, run):
+        return pretty_json({"data": run.record.data, "flags": run.record.flags})
+
+    @admin.display(description="snapshot")
+    def snapshot_json(self, run):
+        return pretty_json(run.snapshot)
+
+    def has_cancel_permission(self, request):
+        return request.user.has_perm("events.change_run")
+
+    @admin.action(description="Cancel the selected running runs", permissions=["cancel"])
+    def cancel_runs(self, request, queryset):
+        cancelled = sum(engine.run_cancel(run=run) for run in queryset.running())
+        skipped = queryset.count() - cancelled
+        messages.success(request, f"Cancelled {cancelled} run(s).")
+        if skipped:
+            messages.warning(request, f"{skipped} run(s) had already finished and were left as they were.")
+
+    def get_urls(self):
+        return [
+            path("<path:object_id>/cancel/", self.admin_site.admin_view(self.cancel_view), name="events_run_cancel"),
+            *super().get_urls(),
+        ]
+
+    def cancel_view(self, request, object_id):
+        return require_POST(self._cancel)(request, object_id)
+
+    def _cancel(self, request, object_id):
+        if not self.has_cancel_permission(request):
+            raise PermissionDenied
+        run = get_object_or_404(Run, pk=object_id)
+        if engine.run_cancel(run=run):
+            messages.success(request, f"Run {run.reference} cancelled.")
+        else:
+            messages.warning(request, f"Run {run.reference} had already finished; nothing was changed.")
+        return HttpResponseRedirect(reverse("admin:events_run_change", args=[run.pk]))
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        run = self.get_object(request, object_id)
+        extra_context = {**(extra_context or {})}
+        if run is not None:
+            extra_context.update(
+                timeline=timeline(run.tasks.order_by("position")),
+                can_cancel=run.status == Run.Status.RUNNING and self.has_cancel_permission(request),
+                cancel_url=reverse("admin:events_run_cancel", args=[run.pk]),
+                tasks_url=reverse("admin:events_runtask_changelist") + "?" + urlencode({"run__id__exact": run.pk}),
+            )
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
+@admin.register(RunTask)
+class RunTaskAdmin(ReadOnlyAdmin):
+    list_display = ("__str__", "run_link", "type", "status", "attempts", "due_at", "started_at", "finished_at")
+    list_filter = ("status", "type", "is_container")
+    list_select_related = ("run",)
+    fieldsets = [
+        (None, {"fields": ["run_link", "parent", "node_id", "position", "type", "name", "label", "visible",
+                           "is_container", "status", "attempts", "subtext", "error"]}),
+        ("Timing", {"fields": ["created_at", "due_at", "enqueued_at", "lease_expires_at", "started_at",
+                               "finished_at", "duration"]}),
+        ("Logs and output", {"fields": ["logs_text", "output_json"]}),
+    ]
+    readonly_fields = ["run_link", "attempts", "duration", "logs_text", "output_json"]
+
+    @admin.display(description="run", ordering="run")
+    def run_link(self, task):
+        url = reverse("admin:events_run_change", args=[task.run_id])
+        return format_html('<a href="{}">{}</a>', url, task.run.reference)
+
+    @admin.display(description="attempts")
+    def attempts(self, task):
+        return f"{task.attempt}/{task.max_attempts}"
+
+    @admin.display(description="duration")
+    def duration(self, task):
+        return duration(task) or "—"
+
+    @admin.display(description="logs")
+    def logs_text(self, task):
+        rows = timeline([task])[0]["logs"]
+        if not rows:
+            return "—"
+        return format_html(
+            '<pre class="events-logs">{}</pre>',
+            format_html_join("\n", "{}  {}", ((row.get("at", ""), row.get("line", "")) for row in rows)),
+        )
+
+    @admin.display(description="output")
+    def output_json(self, task):
+        return pretty_json(task.output)

@@ -1,0 +1,191 @@
+"""The event-tree editor's form: a node's own fields, its type's config as real fields, and its place in the tree.
+
+One form class is built per node type (``node_form_for``): the type's config
+fields are copied in under a ``config_`` prefix, so they can never clash with
+the node's own fields. Validation goes through the type (``clean_config``), and
+the tree rules are checked here, before anything is written, because
+treebeard's form writes to the database while it saves.
+"""
+
+import copy
+
+from django import forms
+from django.core.exceptions import ValidationError
+from treebeard.forms import MoveNodeForm, movenodeform_factory
+
+from .models import InvalidTreeOperation, Node
+from .nodes import registry
+
+CONFIG_PREFIX = "config_"
+
+
+def config_field_name(name):
+    return f"{CONFIG_PREFIX}{name}"
+
+
+class NodeAdminForm(MoveNodeForm):
+    """Add or change one node. Subclasses made by ``node_form_for`` set ``node_type``."""
+
+    node_type = None  # a NodeType class, or None when the stored type is no longer registered
+
+    def __init__(self, *args, initial=None, instance=None, **kwargs):
+        initial = dict(initial or {})
+        if instance is not None and self.node_type is not None:
+            for key, value in (instance.config or {}).items():
+                initial.setdefault(config_field_name(key), value)
+        super().__init__(*args, initial=initial, instance=instance, **kwargs)
+        if self.instance._state.adding and self.node_type is not None:
+            self.instance.type = self.node_type.key
+        self.fields["treebeard_ref_node"].help_text = (
+            "Only Background and Delay nodes can hold other nodes; a node stays in its own form's event tree."
+        )
+
+    # Where the node sits -------------------------------------------------------------------
+
+    def tree_key(self):
+        """(form id, event) of the tree this node belongs to, or None if the form is not known yet."""
+        if not self.instance._state.adding:
+            return self.instance.form_id, self.instance.event
+        source = self.data if self.is_bound else self.initial
+        form_id = source.get("form")
+        if hasattr(form_id, "pk"):
+            form_id = form_id.pk
+        event = source.get("event") or Node._meta.get_field("event").default
+        try:
+            return int(form_id), event
+        except (TypeError, ValueError):
+            return None
+
+    def _get_initial(self, instance):
+        """Like treebeard's, but the previous sibling of a root is looked for in this tree only."""
+        if instance.is_root():
+            previous = (
+                Node.objects.of_tree(instance.form_id, instance.event)
+                .filter(depth=1, path__lt=instance.path)
+                .last()
+            )
+            if previous is None:
+                return {"treebeard_ref_node": None, "treebeard_position": "first-child"}
+            return {"treebeard_ref_node": previous, "treebeard_position": "right"}
+        return super()._get_initial(instance)
+
+    def _set_ref_model_queryset(self, opts, instance):
+        """Offer the nodes of this node's own tree, without the node and its descendants."""
+        if instance is not None and not instance._state.adding:
+            queryset = Node.objects.of_tree(instance.form_id, instance.event).exclude(
+                path__startswith=instance.path
+            )
+        else:
+            key = self.tree_key()
+            queryset = Node.objects.of_tree(*key) if key else Node.objects.all()
+        self.fields["treebeard_ref_node"].queryset = queryset
+
+    # Validation ----------------------------------------------------------------------------
+
+    def raw_config(self):
+        """The submitted config values, keyed by the type's own field names, as the type's form expects them."""
+        raw = {}
+        for name in self.node_type.config_form.base_fields:
+            prefixed = config_field_name(name)
+            field = self.fields[prefixed]
+            raw[name] = field.widget.value_from_datadict(self.data, self.files, self.add_prefix(prefixed))
+        return raw
+
+    def clean(self):
+        cleaned = super().clean()
+        self.clean_tree_position(cleaned)
+        if self.node_type is None:
+            return cleaned
+        config_names = [config_field_name(name) for name in self.node_type.config_form.base_fields]
+        if any(name in self.errors for name in config_names):
+            return cleaned  # each field already says what is wrong with it
+        tree_form = cleaned.get("form") if self.instance._state.adding else self.instance.form
+        try:
+            self.instance.config = self.node_type.clean_config(self.raw_config(), tree_form=tree_form)
+        except ValidationError as exc:
+            for name, messages in exc.message_dict.items():
+                prefixed = config_field_name(name)
+                self.add_error(prefixed if prefixed in self.fields else None, messages)
+        return cleaned
+
+    def clean_tree_position(self, cleaned):
+        """Refuse, as form errors, the moves and inserts the NodeManager would refuse."""
+        ref = cleaned.get("treebeard_ref_node")
+        position = cleaned.get("treebeard_position")
+        if self.instance._state.adding:
+            form = cleaned.get("form")
+            if form is None:
+                return
+            probe = Node(form=form, event=cleaned.get("event") or "", type=self.instance.type)
+        else:
+            probe = self.instance
+        if ref is None:
+            parent = None
+        else:
+            try:
+                if (ref.form_id, ref.event) != (probe.form_id, probe.event):
+                    raise InvalidTreeOperation("A node can only be placed in its own form's event tree.")
+                parent = ref if position == "first-child" else Node.objects.get_parent(ref)
+                Node.objects.check_parent(probe, parent)
+            except InvalidTreeOperation as exc:
+                self.add_error("treebeard_ref_node", exc.messages)
+                return
+        if cleaned.get("branch") == Node.Branch.ON_ERROR and parent is None:
+            self.add_error("branch", "An error branch runs when its parent fails: place this node inside a container.")
+
+    # Saving --------------------------------------------------------------------------------
+
+    def save(self, commit=True):
+        """Insert or move the node where the position fields say, within its own tree.
+
+        treebeard's own save adds every new node as a child of the reference
+        node first (refused under an action, even for "before"/"after") and
+        moves "to the root" relative to the first root of *any* tree; here both
+        stay inside the node's tree. Like treebeard's, this writes at once.
+        """
+        ref = self.cleaned_data.pop("treebeard_ref_node", None)
+        position = self.cleaned_data.pop("treebeard_position")
+        manager = Node.objects
+        node = self.instance
+        if node._state.adding:
+            if ref is None:
+                node = manager.add_root(instance=node)
+            elif position == "first-child":
+                first = manager.get_first_child(ref)
+                node = (manager.add_sibling(first, "left", instance=node) if first
+                        else manager.add_child(ref, instance=node))
+            else:
+                node = manager.add_sibling(ref, position, instance=node)
+        else:
+            node.save()
+            if {"treebeard_ref_node", "treebeard_position"} & set(self.changed_data):
+                if ref is not None:
+                    manager.move(node, ref, pos=position)
+                else:
+                    first_root = manager.of_tree(node.form_id, node.event).filter(depth=1).first()
+                    if first_root is not None and first_root.pk != node.pk:
+                        manager.move(node, first_root, pos="left")
+        node.refresh_from_db()
+        self.instance = node
+        if commit:
+            self._save_m2m()
+        else:
+            self.save_m2m = self._save_m2m
+        return node
+
+
+def node_form_for(node_type):
+    """The editor form for one node type: NodeAdminForm plus the type's config fields."""
+    attrs = {"node_type": node_type}
+    if node_type is not None:
+        for name, field in node_type.config_form.base_fields.items():
+            attrs[config_field_name(name)] = copy.deepcopy(field)
+    base = type(f"{node_type.__name__ if node_type else 'Unknown'}NodeAdminForm", (NodeAdminForm,), attrs)
+    return movenodeform_factory(Node, form=base, exclude=("config", "type"))
+
+
+def node_type_or_none(key):
+    try:
+        return registry.get(key)
+    except registry.UnknownNodeType:
+        return None
