@@ -169,7 +169,7 @@ class NodeAdmin(TreeAdmin):
 
     def get_urls(self):
         return [
-            path("overview/<int:form_id>/<str:event>/", self.admin_site.admin_view(self.overview_view),
+            path("overview/<int:form_id>/<path:event>/", self.admin_site.admin_view(self.overview_view),
                  name="events_node_overview"),
             *super().get_urls(),
         ]
@@ -238,6 +238,7 @@ class NodeAdmin(TreeAdmin):
             "roots": overview_tree(Node.objects.of_tree(form, event)),
             "editor_url": tree_editor_url(form.pk, event),
             "add_url": reverse("admin:events_node_add") + "?" + urlencode({"form": form.pk, "event": event}),
+            "add_inside_params": urlencode({"form": form.pk, "event": event, "treebeard_position": "first-child"}),
         }
         return TemplateResponse(request, "admin/events/node/overview.html", context)
 

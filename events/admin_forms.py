@@ -9,7 +9,6 @@ treebeard's form writes to the database while it saves.
 
 import copy
 
-from django import forms
 from django.core.exceptions import ValidationError
 from treebeard.forms import MoveNodeForm, movenodeform_factory
 
