@@ -44,6 +44,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "ninja",
     "django_htmx",
     "django_q",
     "treebeard",
@@ -61,6 +62,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "events.middleware.ApiBodyLimitMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -155,6 +157,7 @@ EVENTS_HTTP_ALLOWED_HOSTS = env_list("EVENTS_HTTP_ALLOWED_HOSTS")
 EVENTS_TASK_LEASE_SECONDS = int(os.environ.get("EVENTS_TASK_LEASE_SECONDS", str(EVENTS_JOB_TIMEOUT)))
 EVENTS_DISPATCH_INTERVAL = float(os.environ.get("EVENTS_DISPATCH_INTERVAL", "0.2"))
 EVENTS_PAUSE_MAX_SECONDS = 60
+EVENTS_API_MAX_BODY_BYTES = int(os.environ.get("EVENTS_API_MAX_BODY_BYTES", str(1024 * 1024)))
 
 LOGGING = {
     "version": 1,

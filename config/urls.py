@@ -4,6 +4,8 @@ from django.http import JsonResponse
 from django.urls import include, path
 from django.views.decorators.http import require_GET
 
+from events.api import api
+
 
 @require_GET
 def healthz(request):
@@ -19,5 +21,6 @@ def healthz(request):
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
+    path("api/", api.urls),
     path("", include("forms_app.urls")),
 ]

@@ -9,19 +9,28 @@ next sibling).
 """
 
 import enum
+import hashlib
+import json
 import logging
+import secrets
 import traceback
 import uuid
+from dataclasses import dataclass
+from datetime import timedelta
 
+from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from forms_app.models import RECORD_UPDATE, Record
 
 from . import tasks as queue
-from .models import Node, Run, RunTask
+from .models import Node, Run, RunTask, secret_hash
 from .nodes import registry
-from .nodes.base import NodeContext, NodeError
+from .nodes.base import NodeContext, NodeError, Waiting
+
+CALLBACK_PATH = "/api/external-events/callback/"
 
 logger = logging.getLogger("events.engine")
 
@@ -29,8 +38,9 @@ logger = logging.getLogger("events.engine")
 class Outcome(enum.Enum):
     DONE = "done"
     FAILED = "failed"
-    SUSPENDED = "suspended"
+    SUSPENDED = "suspended"  # a step waits for a callback; the sequence resumes after it
     STOPPED = "stopped"  # the run ended elsewhere (failed or cancelled) while we walked
+    ELSEWHERE = "elsewhere"  # another walker holds this sequence (a duplicate delivery)
 
 
 def run_start(*, record, event=RECORD_UPDATE, properties=None, parent_run=None, is_submission=False):
@@ -115,18 +125,54 @@ def action_execute(*, run, task, node):
     """Claim the task, run the action, record its outcome. A lost claim means someone else has it."""
     if not task.claim():
         task.refresh_from_db(fields=["status"])
-        return Outcome.DONE if task.status == RunTask.Status.COMPLETE else Outcome.STOPPED
+        if task.status == RunTask.Status.COMPLETE:
+            return Outcome.DONE
+        if task.status in (RunTask.Status.ACTIVE, RunTask.Status.AWAITING):
+            return Outcome.ELSEWHERE
+        return Outcome.STOPPED
     ctx = _context(run, task, node)
+    ctx.awaiter = lambda *, timeout_seconds: task_await(task=task, timeout_seconds=timeout_seconds)
     try:
-        output = registry.get(node["type"])().execute(ctx)
+        result = registry.get(node["type"])().execute(ctx)
     except NodeError as exc:
         return task_fail(run=run, task=task, error=str(exc), logs=ctx.logs)
     except Exception as exc:
         logger.exception("Task %s (%s) raised", task.pk, node["type"])
         ctx.log(traceback.format_exc(limit=5))
         return task_fail(run=run, task=task, error=f"{exc.__class__.__name__}: {exc}", logs=ctx.logs)
-    task.finish(RunTask.Status.COMPLETE, logs=ctx.logs, output=output or {})
+    if isinstance(result, Waiting):
+        task_store_waiting(task=task, output=result.output, logs=ctx.logs)
+        return Outcome.SUSPENDED
+    task.finish(RunTask.Status.COMPLETE, logs=ctx.logs, output=result or {})
     return Outcome.DONE
+
+
+def task_await(*, task, timeout_seconds):
+    """active → awaiting with a deadline and a fresh callback token (only its hash is kept)."""
+    token = secrets.token_urlsafe(24)
+    deadline = timezone.now() + timedelta(seconds=timeout_seconds)
+    RunTask.objects.filter(pk=task.pk, status=RunTask.Status.ACTIVE).update(
+        status=RunTask.Status.AWAITING,
+        deadline_at=deadline,
+        callback_token_hash=secret_hash(token),
+        lease_expires_at=None,
+    )
+    task.status, task.deadline_at = RunTask.Status.AWAITING, deadline
+    return {
+        "task_id": str(task.pk),
+        "url": settings.EVENTS_PUBLIC_URL.rstrip("/") + CALLBACK_PATH,
+        "token": token,
+        "deadline": deadline.isoformat(),
+    }
+
+
+def task_store_waiting(*, task, output, logs):
+    """Keep what the waiting action produced, under any callback output that already arrived."""
+    with transaction.atomic():
+        row = RunTask.objects.select_for_update().only("output", "logs").get(pk=task.pk)
+        RunTask.objects.filter(pk=task.pk).update(
+            output={**(output or {}), **row.output}, logs=row.logs + list(logs)
+        )
 
 
 def container_defer(*, run, task, node):
@@ -168,11 +214,16 @@ def container_execute(*, task_id):
         RunTask.objects.filter(pk=task_id, status=RunTask.Status.PENDING, due_at__gt=timezone.now()).update(
             enqueued_at=None
         )
-        return Outcome.STOPPED
+        return Outcome.ELSEWHERE
     run = task.run
     node = snapshot_node(run.snapshot, task.node_id)
     task.logs.append(RunTask.log_line(f"attempt {task.attempt} started"))
     outcome = sequence_walk(run=run, nodes=node.get("children", []))
+    return container_conclude(run=run, task=task, outcome=outcome)
+
+
+def container_conclude(*, run, task, outcome):
+    """Record how a container's walk ended: done, failed, stopped, or parked while a step waits."""
     if outcome is Outcome.DONE:
         task.finish(RunTask.Status.COMPLETE, logs=[RunTask.log_line("all steps handled")])
         run_finish_if_done(run=run)
@@ -180,7 +231,117 @@ def container_execute(*, task_id):
         task.finish(RunTask.Status.FAILED, logs=[RunTask.log_line("a step failed")], error="A step inside failed.")
     elif outcome is Outcome.STOPPED:
         task.finish(RunTask.Status.CANCELLED, logs=[RunTask.log_line("the run ended before this branch finished")])
+    elif outcome is Outcome.SUSPENDED:
+        # Parked: no lease (no worker holds it); the callback's resume job finishes it.
+        RunTask.objects.filter(pk=task.pk, status=RunTask.Status.ACTIVE).update(
+            lease_expires_at=None, logs=task.logs + [RunTask.log_line("a step waits for a callback")]
+        )
     return outcome
+
+
+def sequence_resume(*, task_id):
+    """After a waiting step completed: walk its sequence on from the next sibling (in a worker).
+
+    Duplicates are harmless: later steps are claimed one by one, and a step
+    someone else holds ends this walk without touching anything.
+    """
+    task = RunTask.objects.select_related("run").filter(pk=task_id).first()
+    if task is None or task.status != RunTask.Status.COMPLETE:
+        return Outcome.STOPPED
+    run = task.run
+    parent = RunTask.objects.filter(pk=task.parent_id).first() if task.parent_id else None
+    nodes = snapshot_node(run.snapshot, parent.node_id).get("children", []) if parent else run.snapshot
+    index = next(i for i, node in enumerate(nodes) if node["id"] == task.node_id)
+    outcome = sequence_walk(run=run, nodes=nodes, start=index + 1)
+    if parent is not None:
+        if outcome is Outcome.ELSEWHERE:
+            return outcome
+        return container_conclude(run=run, task=parent, outcome=outcome)
+    if outcome is Outcome.DONE:
+        run_finish_if_done(run=run)
+    return outcome
+
+
+@dataclass
+class CallbackResult:
+    applied: bool
+    status: str
+    duplicate: bool = False
+
+
+def callback_digest(*, status, logs, output, subtext):
+    canonical = json.dumps({"status": status, "logs": logs, "output": output, "subtext": subtext}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def task_callback(*, task_id, status, logs=(), output=None, subtext=None, note=""):
+    """Apply an external system's answer to an awaiting task. The first valid one wins.
+
+    SUCCESS completes the task and resumes its sequence in the background;
+    FAILURE fails it (and, with nothing to catch it, the run). A repeat of the
+    applied callback changes nothing and says so; anything else on a task that
+    is no longer awaiting is refused with the task's current status.
+    """
+    digest = callback_digest(status=status, logs=list(logs), output=output, subtext=subtext)
+    now = timezone.now()
+    with transaction.atomic():
+        row = RunTask.objects.select_for_update().select_related("run").get(pk=task_id)
+        if row.status != RunTask.Status.AWAITING:
+            return CallbackResult(applied=False, status=row.status, duplicate=row.callback_digest == digest)
+        succeeded = status == "SUCCESS"
+        lines = [RunTask.log_line(line, at=now) for line in logs]
+        if note:
+            lines.append(RunTask.log_line(note, at=now))
+        changes = {
+            "status": RunTask.Status.COMPLETE if succeeded else RunTask.Status.FAILED,
+            "finished_at": now,
+            "output": {**row.output, **(output or {})},
+            "logs": row.logs + lines,
+            "callback_digest": digest,
+            "error": "" if succeeded else f"The external system reported FAILURE{': ' + subtext if subtext else ''}.",
+        }
+        if subtext is not None:
+            changes["subtext"] = subtext[:500]
+            Run.objects.filter(pk=row.run_id).update(subtext=subtext[:500])
+        RunTask.objects.filter(pk=row.pk, status=RunTask.Status.AWAITING).update(**changes)
+        if succeeded:
+            queue.sequence_resume_enqueue(task_id=row.pk)
+    if not succeeded:
+        run_fail(run=row.run, error=f"{row.label or row.type} failed: {changes['error']}")
+    return CallbackResult(applied=True, status=changes["status"])
+
+
+def task_progress(*, task_id, subtext, logs=()):
+    """Progress from outside while a task runs or awaits: its subtext (and its run's), more log lines.
+
+    Returns the task's status; nothing changes unless it is active or awaiting.
+    """
+    with transaction.atomic():
+        row = RunTask.objects.select_for_update().get(pk=task_id)
+        if row.status not in (RunTask.Status.ACTIVE, RunTask.Status.AWAITING):
+            return False, row.status
+        changes = {"logs": row.logs + [RunTask.log_line(line) for line in logs]}
+        if subtext is not None:
+            changes["subtext"] = subtext[:500]
+            Run.objects.filter(pk=row.run_id).update(subtext=subtext[:500])
+        RunTask.objects.filter(pk=row.pk).update(**changes)
+    return True, row.status
+
+
+def awaiting_expire(*, now=None):
+    """Fail every awaiting task whose deadline has passed (timed out). Returns how many."""
+    expired = 0
+    for task in RunTask.objects.awaiting_past_deadline(now).select_related("run"):
+        won = RunTask.objects.filter(pk=task.pk, status=RunTask.Status.AWAITING).update(
+            status=RunTask.Status.FAILED,
+            finished_at=timezone.now(),
+            error="Timed out: no callback arrived before the deadline.",
+            logs=task.logs + [RunTask.log_line(f"timed out waiting for a callback (deadline {task.deadline_at.isoformat()})")],
+        )
+        if won:
+            expired += 1
+            run_fail(run=task.run, error=f"{task.label or task.type} timed out waiting for a callback.")
+    return expired
 
 
 def snapshot_node(nodes, node_id):
@@ -208,12 +369,18 @@ def run_fail(*, run, error):
             status=Run.Status.FAILED, error=error, finished_at=now
         )
         if won:
-            run.tasks.filter(status__in=[RunTask.Status.PENDING, RunTask.Status.AWAITING]).update(
-                status=RunTask.Status.CANCELLED, finished_at=now
-            )
+            _cancel_open_tasks(run, now)
             if run.is_submission:
                 Record.objects.filter(pk=run.record_id).update(is_complete=True)
     return bool(won)
+
+
+def _cancel_open_tasks(run, now):
+    """Cancel what never ran or still waits, and containers parked behind a waiting step."""
+    run.tasks.filter(
+        Q(status__in=[RunTask.Status.PENDING, RunTask.Status.AWAITING])
+        | Q(status=RunTask.Status.ACTIVE, is_container=True, lease_expires_at__isnull=True)
+    ).update(status=RunTask.Status.CANCELLED, finished_at=now)
 
 
 def run_finish_if_done(*, run):
@@ -239,9 +406,7 @@ def run_cancel(*, run, reason="Cancelled by an admin."):
             status=Run.Status.CANCELLED, error=reason, finished_at=now
         )
         if won:
-            run.tasks.filter(status__in=[RunTask.Status.PENDING, RunTask.Status.AWAITING]).update(
-                status=RunTask.Status.CANCELLED, finished_at=now
-            )
+            _cancel_open_tasks(run, now)
             if run.is_submission:
                 Record.objects.filter(pk=run.record_id).update(is_complete=True)
     return bool(won)

@@ -1,3 +1,6 @@
+import hashlib
+import hmac
+import secrets
 import uuid
 from datetime import timedelta
 
@@ -211,6 +214,9 @@ class RunTaskQuerySet(models.QuerySet):
     def unfinished(self):
         return self.exclude(status__in=RunTask.TERMINAL)
 
+    def awaiting_past_deadline(self, now=None):
+        return self.filter(status=RunTask.Status.AWAITING, deadline_at__lte=now or timezone.now())
+
     def due_for_dispatch(self, now=None):
         """Containers whose time has come and that no one has handed to the queue yet."""
         now = now or timezone.now()
@@ -260,6 +266,11 @@ class RunTask(models.Model):
     output = models.JSONField(default=dict, blank=True)
     subtext = models.CharField(max_length=500, blank=True)
     error = models.TextField(blank=True)
+    # Waiting for a callback: the deadline, the hash of the per-task callback
+    # token, and a digest of the callback that was applied (to recognise repeats).
+    deadline_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    callback_token_hash = models.CharField(max_length=64, blank=True, editable=False)
+    callback_digest = models.CharField(max_length=64, blank=True, editable=False)
 
     objects = RunTaskQuerySet.as_manager()
 
@@ -294,14 +305,14 @@ class RunTask(models.Model):
         return bool(won)
 
     def finish(self, status, *, logs=(), output=None, error=""):
-        """active → complete | failed, appending logs. True if this call made the change."""
+        """active | awaiting → complete | failed | cancelled, appending logs. True if this call made the change."""
         now = timezone.now()
         changes = {"status": status, "finished_at": now, "lease_expires_at": None, "error": error}
         if output is not None:
             changes["output"] = output
         if logs:
             changes["logs"] = self.logs + list(logs)
-        won = RunTask.objects.filter(pk=self.pk, status=self.Status.ACTIVE).update(**changes)
+        won = RunTask.objects.filter(pk=self.pk, status__in=[self.Status.ACTIVE, self.Status.AWAITING]).update(**changes)
         if won:
             for key, value in changes.items():
                 setattr(self, key, value)
@@ -310,3 +321,66 @@ class RunTask(models.Model):
     def set_subtext(self, text):
         RunTask.objects.filter(pk=self.pk).update(subtext=text[:500])
         self.subtext = text[:500]
+
+
+def secret_hash(secret):
+    """SHA-256 of a high-entropy secret (an API key or a callback token): what we store."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class ApiKeyQuerySet(models.QuerySet):
+    def active(self):
+        return self.filter(revoked_at__isnull=True)
+
+
+class ApiKey(models.Model):
+    """A key for the JSON API. Only its hash is stored; the key itself is shown once, at creation."""
+
+    PREFIX_LENGTH = 12
+
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=PREFIX_LENGTH, db_index=True, editable=False)
+    key_hash = models.CharField(max_length=64, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ApiKeyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "API key"
+
+    def __str__(self):
+        return f"{self.name} ({self.prefix}…)"
+
+    @classmethod
+    def issue(cls, *, name):
+        """Create a key; returns (ApiKey, the key in clear). The clear key is never stored."""
+        raw = "fe_" + secrets.token_urlsafe(32)
+        key = cls.objects.create(name=name, prefix=raw[: cls.PREFIX_LENGTH], key_hash=secret_hash(raw))
+        return key, raw
+
+    @classmethod
+    def authenticate(cls, raw):
+        """The active key matching ``raw``, compared in constant time, or None. Records its use."""
+        if not raw or len(raw) > 200:
+            return None
+        digest = secret_hash(raw)
+        match = None
+        for candidate in cls.objects.active().filter(prefix=raw[: cls.PREFIX_LENGTH]):
+            if hmac.compare_digest(candidate.key_hash, digest):
+                match = candidate
+        if match is not None:
+            now = timezone.now()
+            cls.objects.filter(pk=match.pk).update(last_used_at=now)
+            match.last_used_at = now
+        return match
+
+    @property
+    def is_active(self):
+        return self.revoked_at is None
+
+    def revoke(self):
+        ApiKey.objects.filter(pk=self.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+        self.refresh_from_db(fields=["revoked_at"])

@@ -50,6 +50,20 @@ def container_job(task_id):
     return outcome.value
 
 
+def sequence_resume_enqueue(*, task_id):
+    """After a callback completed a waiting task: resume its sequence in a worker, once committed."""
+    transaction.on_commit(
+        lambda: async_task("events.tasks.resume_job", str(task_id), task_name=f"resume-{task_id}")
+    )
+
+
+def resume_job(task_id):
+    """Queue entrypoint: walk on after a completed waiting step."""
+    from . import engine
+
+    return engine.sequence_resume(task_id=task_id).value
+
+
 def dispatch_due(*, limit=200):
     """Hand every container whose due time has come to the queue. Returns how many were sent.
 

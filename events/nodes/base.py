@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from django import forms
+from django.conf import settings
 from django.core.exceptions import ValidationError
 
 from .. import templating
@@ -13,6 +14,17 @@ from .. import templating
 
 class NodeError(Exception):
     """An action failed; the message is shown to admins and kept in the task."""
+
+
+@dataclass
+class Waiting:
+    """What an action returns when it has sent its request and now waits for a callback.
+
+    ``output`` becomes the task's output (a callback's output is merged over it).
+    The engine suspends the sequence; a SUCCESS callback resumes it at the next sibling.
+    """
+
+    output: dict = field(default_factory=dict)
 
 
 class ConfigForm(forms.Form):
@@ -46,6 +58,8 @@ class NodeContext:
     node: dict
     outputs: dict = field(default_factory=dict)
     logs: list = field(default_factory=list)
+    # Set by the engine: moves the task to "awaiting" and returns its callback credentials.
+    awaiter: Any = None
 
     @property
     def config(self):
@@ -58,11 +72,12 @@ class NodeContext:
             "properties": self.run.properties,
             "tasks": self.outputs,
             "run": {"id": str(self.run.pk), "reference": self.run.reference, "event": self.run.event, "subtext": self.run.subtext},
+            "site": {"public_url": settings.EVENTS_PUBLIC_URL.rstrip("/")},
         }
 
-    def render(self, value):
+    def render(self, value, extra=None):
         """Render a config value (strings as templates, lists and dicts item by item)."""
-        context = self.template_context()
+        context = {**self.template_context(), **(extra or {})}
 
         def walk(item):
             if isinstance(item, str):
@@ -74,6 +89,14 @@ class NodeContext:
             return item
 
         return walk(value)
+
+    def await_callback(self, *, timeout_seconds):
+        """Before sending: make the task wait for a callback. Returns {"task_id", "url", "token"}.
+
+        Call it before the request goes out, so that a callback that comes back
+        at once finds the task already awaiting.
+        """
+        return self.awaiter(timeout_seconds=timeout_seconds)
 
     def log(self, line):
         from ..models import RunTask

@@ -8,10 +8,12 @@ from django import forms
 from django.conf import settings
 
 from ..templating import TemplateCharField, TemplateTextField
-from .base import ConfigForm, NodeError, NodeType
+from .base import ConfigForm, NodeError, NodeType, Waiting
 from .registry import register
 
 MAX_RESPONSE_BYTES = 1024 * 1024
+DEFAULT_CALLBACK_TIMEOUT_SECONDS = 3600
+MAX_CALLBACK_TIMEOUT_SECONDS = 30 * 24 * 3600
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
@@ -23,6 +25,18 @@ class HttpRequestConfig(ConfigForm):
     timeout_seconds = forms.FloatField(label="Timeout (seconds)", min_value=0.1, max_value=120, initial=10, required=False)
     fail_on_status = forms.BooleanField(
         label="Fail on an error status", required=False, initial=True, help_text="Fail the step on a 4xx or 5xx answer."
+    )
+    wait_for_callback = forms.BooleanField(
+        label="Wait for a callback",
+        required=False,
+        help_text="After the request, wait (status “awaiting”) until the external system calls back.",
+    )
+    callback_timeout_seconds = forms.IntegerField(
+        label="Callback deadline (seconds)",
+        required=False,
+        min_value=1,
+        max_value=MAX_CALLBACK_TIMEOUT_SECONDS,
+        help_text=f"With a callback: fail as timed out if none arrives in time (default {DEFAULT_CALLBACK_TIMEOUT_SECONDS}).",
     )
 
     def clean_url(self):
@@ -42,6 +56,11 @@ class HttpRequestConfig(ConfigForm):
         # Left out of a config document it defaults to true; a form always sends it.
         config["fail_on_status"] = bool(self.cleaned_data.get("fail_on_status")) if "fail_on_status" in self.data else True
         config.setdefault("timeout_seconds", 10.0)
+        if config.get("wait_for_callback"):
+            config.setdefault("callback_timeout_seconds", DEFAULT_CALLBACK_TIMEOUT_SECONDS)
+        else:
+            config.pop("wait_for_callback", None)
+            config.pop("callback_timeout_seconds", None)
         return config
 
 
@@ -75,6 +94,12 @@ class HttpRequest(NodeType):
     and body are templates. Redirects are not followed. Private and loopback addresses
     are refused unless the host is listed in ``EVENTS_HTTP_ALLOWED_HOSTS``.
     Output: ``{"status_code", "headers", "body", "json"}`` (``json`` when the answer parses).
+
+    With ``wait_for_callback`` the task moves to *awaiting* before the request goes
+    out, and its sequence waits until a callback arrives or ``callback_timeout_seconds``
+    (default 3600) pass. Templates then also see ``callback.task_id``, ``callback.url``
+    and ``callback.token``; an empty body becomes the JSON object
+    ``{"taskId", "callbackUrl", "callbackToken"}``.
     """
 
     key = "http_request"
@@ -83,14 +108,31 @@ class HttpRequest(NodeType):
 
     @classmethod
     def describe(cls, config):
-        return f"{config.get('method', 'POST')} {config.get('url')}"
+        described = f"{config.get('method', 'POST')} {config.get('url')}"
+        if config.get("wait_for_callback"):
+            described += f", then waits for a callback (up to {config.get('callback_timeout_seconds')} s)"
+        return described
 
     def execute(self, ctx):
         method = ctx.config.get("method", "POST")
+        waits = bool(ctx.config.get("wait_for_callback"))
+        extra = {}
         url = ctx.render(ctx.config["url"]).strip()
-        headers = ctx.render(ctx.config.get("headers") or {})
-        body = ctx.render(ctx.config.get("body") or "")
         check_destination(url)
+        if waits:
+            callback = ctx.await_callback(
+                timeout_seconds=int(ctx.config.get("callback_timeout_seconds") or DEFAULT_CALLBACK_TIMEOUT_SECONDS)
+            )
+            extra["callback"] = callback
+            ctx.log(f"waiting for a callback until {callback['deadline']}")
+        headers = ctx.render(ctx.config.get("headers") or {}, extra)
+        body = ctx.render(ctx.config.get("body") or "", extra)
+        if waits and not body:
+            body = json.dumps(
+                {"taskId": extra["callback"]["task_id"], "callbackUrl": extra["callback"]["url"],
+                 "callbackToken": extra["callback"]["token"]}
+            )
+            headers = {"Content-Type": "application/json", **headers}
         timeout = float(ctx.config.get("timeout_seconds", 10))
         ctx.log(f"{method} {url}")
         try:
@@ -113,4 +155,6 @@ class HttpRequest(NodeType):
             pass
         if ctx.config.get("fail_on_status", True) and response.status_code >= 400:
             raise NodeError(f"{method} {url} answered {response.status_code}: {text[:200]}")
+        if waits:
+            return Waiting(output=output)
         return output

@@ -87,7 +87,7 @@ def test_a_duplicate_delivery_changes_nothing(seed_tree, submit, mailoutbox):
     record.refresh_from_db()
     trail = record.data["trail"]
 
-    assert container_job(task_id) == "stopped"
+    assert container_job(task_id) == "elsewhere"
 
     record.refresh_from_db()
     assert record.data["trail"] == trail == "ADBC"
@@ -102,7 +102,7 @@ def test_a_delivery_while_another_worker_holds_the_task_runs_nothing(seed_tree, 
     task = task_of(record, seed_tree["background"])
     assert task.claim()  # another worker has it
 
-    assert container_job(str(task.pk)) == "stopped"
+    assert container_job(str(task.pk)) == "elsewhere"
 
     record.refresh_from_db()
     assert record.data["trail"] == "AD"
@@ -130,7 +130,7 @@ def test_an_early_delivery_of_a_delay_runs_nothing_and_clears_the_hand_off(delay
     task = task_of(record, delay_tree)
     RunTask.objects.filter(pk=task.pk).update(enqueued_at=timezone.now())  # a stray or early message
 
-    assert container_job(str(task.pk)) == "stopped"
+    assert container_job(str(task.pk)) == "elsewhere"
 
     task.refresh_from_db()
     assert task.status == RunTask.Status.PENDING

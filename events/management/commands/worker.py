@@ -6,13 +6,13 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import close_old_connections
 
-from events import tasks
+from events import engine, tasks
 
 logger = logging.getLogger("events.worker")
 
 
 class Command(BaseCommand):
-    help = "Run the django-q2 cluster and our dispatcher of due delays, until SIGINT or SIGTERM."
+    help = "Run the django-q2 cluster, our dispatcher of due delays and the expiry of callback deadlines, until SIGINT or SIGTERM."
 
     def handle(self, *args, **options):
         from django_q.cluster import Cluster
@@ -32,11 +32,14 @@ class Command(BaseCommand):
                 close_old_connections()
                 try:
                     sent = tasks.dispatch_due()
+                    expired = engine.awaiting_expire()
                 except Exception:
                     logger.exception("dispatch failed; trying again")
-                    sent = 0
+                    sent = expired = 0
                 if sent:
                     logger.info("dispatched %s due task(s)", sent)
+                if expired:
+                    logger.info("%s awaiting task(s) timed out", expired)
                 time.sleep(settings.EVENTS_DISPATCH_INTERVAL)
         finally:
             self.stdout.write("worker: stopping")
