@@ -1,0 +1,194 @@
+"""Fixtures for the full-stack tests: a real worker process and a real browser.
+
+The worker is ``manage.py worker`` in a subprocess that opens the same test
+database file as this process (see config/settings_test.py), so every test
+here needs ``django_db(transaction=True)``: rows must be committed for the
+worker to see them, and hand-offs to the queue happen on commit.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+WORKER_READY_LINE = "worker: cluster started"
+WORKER_START_SECONDS = 30
+WORKER_STOP_SECONDS = 15
+
+
+class WorkerProcess:
+    """A running ``manage.py worker``, its output going to ``log_path``."""
+
+    def __init__(self, process, log_path):
+        self.process = process
+        self.log_path = log_path
+
+    @property
+    def pid(self):
+        return self.process.pid
+
+    def output(self):
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def is_running(self):
+        return self.process.poll() is None
+
+    def stop(self):
+        """SIGTERM (the worker stops its cluster and exits), then SIGKILL its process group after a timeout."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=WORKER_STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                pass
+        # The cluster's own children (sentinel, pusher, workers, monitor) share
+        # the group we started the worker in; none may outlive the test.
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if self.process.poll() is None:
+            self.process.wait(timeout=WORKER_STOP_SECONDS)
+
+
+def _worker_env(database_name):
+    env = dict(os.environ)
+    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    env.update(
+        DATABASE_URL=f"sqlite:///{database_name}",
+        DJANGO_SETTINGS_MODULE="config.settings_test",
+        DJANGO_DEBUG="1",
+        PYTHONUNBUFFERED="1",
+        EVENTS_LOG_LEVEL="INFO",
+    )
+    return env
+
+
+@pytest.fixture
+def worker(transactional_db, tmp_path, request):
+    """``python manage.py worker`` against this test's database, started and ready; stopped afterwards.
+
+    Depends on ``transactional_db`` so that it stops before the database is flushed.
+    Its output is printed when the test fails.
+    """
+    assert connection.vendor == "sqlite", "the e2e worker fixture shares a SQLite test database file"
+    database_name = connection.settings_dict["NAME"]
+    assert database_name and not connection.is_in_memory_db(), (
+        f"the test database must be a file the worker can open, not {database_name!r}"
+    )
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "worker"],
+            cwd=settings.BASE_DIR,
+            env=_worker_env(database_name),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    running = WorkerProcess(process, log_path)
+    request.addfinalizer(lambda: _stop_and_report(running, request))
+
+    deadline = time.monotonic() + WORKER_START_SECONDS
+    while WORKER_READY_LINE not in running.output():
+        if not running.is_running():
+            pytest.fail(f"The worker exited with {process.returncode} before it was ready:\n{running.output()}")
+        if time.monotonic() >= deadline:
+            pytest.fail(f"The worker was not ready after {WORKER_START_SECONDS} s:\n{running.output()}")
+        time.sleep(0.1)
+    return running
+
+
+def _stop_and_report(running, request):
+    running.stop()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        print(f"\n----- worker output ({running.log_path}) -----\n{running.output()}\n----- end of worker output -----")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the item, so that fixtures can tell whether the test failed."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium driven by Playwright (never ``playwright install``: it cannot download here).
+
+    Module-scoped, so that Playwright's event loop never outlives the e2e modules
+    into other tests run by the same process. While it runs, Django must be told
+    that ORM calls from this thread are fine (DJANGO_ALLOW_ASYNC_UNSAFE).
+    """
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.fail("chromium is missing: install Debian's chromium package (make browser).")
+    from playwright.sync_api import sync_playwright
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        with sync_playwright() as playwright:
+            chromium = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+            try:
+                yield chromium
+            finally:
+                chromium.close()
+
+
+def _new_page(browser, **context_options):
+    context = browser.new_context(**context_options)
+    context.set_default_timeout(30_000)
+    context.set_default_navigation_timeout(30_000)
+    return context, context.new_page()
+
+
+@pytest.fixture
+def page(browser, request, tmp_path):
+    """A fresh page in a fresh browser context, JavaScript on. Its HTML and a screenshot are kept on failure."""
+    context, page = _new_page(browser)
+    yield page
+    _report_page(page, request, tmp_path)
+    context.close()
+
+
+@pytest.fixture
+def page_without_js(browser, request, tmp_path):
+    """A fresh page in a fresh browser context with JavaScript disabled."""
+    context, page = _new_page(browser, java_script_enabled=False)
+    yield page
+    _report_page(page, request, tmp_path)
+    context.close()
+
+
+def _report_page(page, request, tmp_path):
+    report = getattr(request.node, "rep_call", None)
+    if report is None or not report.failed:
+        return
+    try:
+        shot = Path(tmp_path) / "page.png"
+        page.screenshot(path=str(shot), full_page=True)
+        print(f"\n----- page {page.url} (screenshot: {shot}) -----\n{page.content()}\n----- end of page -----")
+    except Exception as exc:  # the page may be gone; the test's own report must still come out
+        print(f"\n(could not capture the page: {exc})")

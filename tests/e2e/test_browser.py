@@ -1,0 +1,103 @@
+"""The demo booking form in a real browser, served by live_server, with a real worker process.
+
+With JavaScript, htmx polls the status partial and swaps the finished status
+in without reloading the page; without it, the <noscript> meta refresh reloads
+the page until it is done.
+"""
+
+import io
+
+import pytest
+from django.core.management import call_command
+
+from events.models import Run
+from forms_app.models import Form, Record
+from forms_app.waiting import render_message
+
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e"), pytest.mark.django_db(transaction=True)]
+
+DONE_TIMEOUT_MS = 30_000
+BOOKING = {"name": "Ada Lovelace", "email": "ada@example.com", "origin": "London", "destination": "Turin",
+           "departure": "2031-05-04", "seats": "2", "notes": "Window seat, please"}
+
+
+@pytest.fixture
+def booking(transactional_db):
+    """The demo data, loaded by ``manage.py demo``: the ``booking`` form and its tree."""
+    # pytest-django turns DEBUG off, and demo refuses to run without DEBUG unless forced.
+    call_command("demo", force=True, stdout=io.StringIO())
+    return Form.objects.get(slug="booking")
+
+
+def submit_booking(page, live_server):
+    page.goto(f"{live_server.url}/f/booking/")
+    for name, value in BOOKING.items():
+        page.fill(f"[name={name}]", value)
+    page.select_option("[name=cabin]", label="Business")
+    with page.expect_navigation():
+        page.click("button[type=submit]")
+    assert "/r/" in page.url, f"the form did not redirect to the waiting page:\n{page.content()}"
+    return Record.objects.get(form__slug="booking")
+
+
+def assert_shows_visible_steps(page, record):
+    run = Run.objects.get(record=record, is_submission=True)
+    expected = list(run.tasks.filter(visible=True).values_list("label", flat=True))
+    assert expected, "the demo tree marks no step as visible"
+    assert page.locator("#status .steps .step-label").all_inner_texts() == expected
+
+
+def assert_done(page, record):
+    record.refresh_from_db()
+    assert record.flags.get("booked") is True
+    message = page.locator("#status .message.done")
+    assert message.inner_text().strip() == render_message(record.form.done_message, record).strip()
+    assert page.locator("#status").get_attribute("hx-trigger") is None
+
+
+def test_waiting_page_turns_done_without_reloading(live_server, worker, booking, page):
+    record = submit_booking(page, live_server)
+
+    assert record.data["name"] == BOOKING["name"]
+    assert record.data["cabin"] == "Business"
+    assert page.url == f"{live_server.url}{record.get_absolute_url()}"
+    assert page.locator("#status").get_attribute("data-state") == "working"
+    assert_shows_visible_steps(page, record)
+
+    # Anything that reloads or leaves the page would lose this marker and count a navigation.
+    page.evaluate("window.__e2eMarker = 'still here'")
+    navigations = []
+    page.on("framenavigated", lambda frame: navigations.append(frame.url) if frame == page.main_frame else None)
+    polls = []
+    page.on("request", lambda request: polls.append(request.url) if request.url.endswith("/status/") else None)
+
+    page.wait_for_selector('#status[data-state="done"]', timeout=DONE_TIMEOUT_MS)
+
+    assert page.evaluate("window.__e2eMarker") == "still here"
+    assert navigations == []
+    assert polls, "htmx never polled the status partial"
+    assert_done(page, record)
+    assert_shows_visible_steps(page, record)
+    # The finished markup has no trigger: polling stops.
+    polled = len(polls)
+    page.wait_for_timeout(2.5 * 1000 * max(1, booking.poll_seconds))
+    assert len(polls) == polled
+
+
+def test_waiting_page_refreshes_itself_to_done_without_javascript(live_server, worker, booking, page_without_js):
+    page = page_without_js
+    record = submit_booking(page, live_server)
+
+    assert page.locator("#status").get_attribute("data-state") == "working"
+    assert page.locator('noscript meta[http-equiv="refresh"]').count() == 1
+    assert_shows_visible_steps(page, record)
+    loads = []
+    page.on("load", lambda loaded: loads.append(loaded.url))
+
+    page.wait_for_selector('#status[data-state="done"]', timeout=DONE_TIMEOUT_MS)
+
+    assert loads, "the page got to done without reloading itself"
+    assert page.url == f"{live_server.url}{record.get_absolute_url()}"
+    assert_done(page, record)
+    assert page.locator('meta[http-equiv="refresh"]').count() == 0
+    assert_shows_visible_steps(page, record)
