@@ -157,6 +157,8 @@ EVENTS_HTTP_ALLOWED_HOSTS = env_list("EVENTS_HTTP_ALLOWED_HOSTS")
 EVENTS_TASK_LEASE_SECONDS = int(os.environ.get("EVENTS_TASK_LEASE_SECONDS", str(EVENTS_JOB_TIMEOUT)))
 EVENTS_DISPATCH_INTERVAL = float(os.environ.get("EVENTS_DISPATCH_INTERVAL", "0.2"))
 EVENTS_PAUSE_MAX_SECONDS = 60
+# The demo's stand-in external service (/demo/external-service/): on in development only.
+EVENTS_DEMO_SERVICE = env_bool("EVENTS_DEMO_SERVICE", DEBUG)
 EVENTS_API_MAX_BODY_BYTES = int(os.environ.get("EVENTS_API_MAX_BODY_BYTES", str(1024 * 1024)))
 
 LOGGING = {
