@@ -1,17 +1,21 @@
-"""Admin: the event-tree editor and its overview, and read-only runs and tasks."""
+"""Admin: the event-tree editor and its overview, runs and tasks (read-only, but for settling an
+awaiting task by hand), and API keys (shown once, stored hashed)."""
 
 import json
 from urllib.parse import urlencode
 
 from django.contrib import admin, messages
-from django.contrib.admin.views.main import IGNORED_PARAMS, PAGE_VAR, SEARCH_VAR
+from django.contrib.admin import helpers
+from django.contrib.admin.views.main import IGNORED_PARAMS, ORDER_VAR, PAGE_VAR, SEARCH_VAR
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.http import HttpResponseBadRequest, HttpResponseRedirect
+from django.http import Http404, HttpResponseBadRequest, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.cache import add_never_cache_headers
+from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_POST
 from treebeard.admin import TreeAdmin
@@ -20,7 +24,7 @@ from forms_app.models import RECORD_UPDATE, Form
 
 from . import engine
 from .admin_forms import config_field_name, node_form_for, node_type_or_none
-from .models import InvalidTreeOperation, Node, Run, RunTask
+from .models import ApiKey, InvalidTreeOperation, Node, Run, RunTask
 from .nodes import registry
 
 # Query parameters that choose *which* tree the editor shows; they keep the tree view (drag and drop).
@@ -285,8 +289,21 @@ def duration(task):
     return text if task.finished_at else f"{text} so far"
 
 
+def is_overdue(task, now=None):
+    """An awaiting task whose deadline has passed (the worker will soon fail it as timed out)."""
+    return (task.status == RunTask.Status.AWAITING and task.deadline_at is not None
+            and task.deadline_at <= (now or timezone.now()))
+
+
+def deadline_text(task):
+    if task.deadline_at is None:
+        return ""
+    return date_format(timezone.localtime(task.deadline_at), "Y-m-d H:i:s")
+
+
 def timeline(tasks):
     """The run's tasks in position order, each with its depth (indent by parent)."""
+    now = timezone.now()
     depth_of = {}
     rows = []
     for task in tasks:
@@ -297,6 +314,8 @@ def timeline(tasks):
             "depth": depth,
             "indent": depth * 2,
             "duration": duration(task),
+            "deadline": deadline_text(task),
+            "overdue": is_overdue(task, now),
             "output": json.dumps(task.output, indent=2, ensure_ascii=False, sort_keys=True, default=str)
             if task.output else "",
             "logs": [entry if isinstance(entry, dict) else {"at": "", "line": str(entry)} for entry in task.logs or []],
@@ -399,25 +418,84 @@ class RunAdmin(ReadOnlyAdmin):
             extra_context.update(
                 timeline=timeline(run.tasks.order_by("position")),
                 can_cancel=run.status == Run.Status.RUNNING and self.has_cancel_permission(request),
+                can_settle=request.user.has_perm("events.change_runtask"),
                 cancel_url=reverse("admin:events_run_cancel", args=[run.pk]),
                 tasks_url=reverse("admin:events_runtask_changelist") + "?" + urlencode({"run__id__exact": run.pk}),
             )
         return super().change_view(request, object_id, form_url, extra_context)
 
 
+class AwaitingFilter(admin.SimpleListFilter):
+    """Tasks waiting for a callback, all of them or by where they stand against their deadline."""
+
+    title = "waiting for a callback"
+    parameter_name = "awaiting"
+
+    def lookups(self, request, model_admin):
+        return [("all", "All awaiting"), ("overdue", "Past their deadline"), ("on_time", "Before their deadline")]
+
+    def queryset(self, request, queryset):
+        now = timezone.now()
+        awaiting = queryset.filter(status=RunTask.Status.AWAITING)
+        if self.value() == "all":
+            return awaiting
+        if self.value() == "overdue":
+            return queryset.awaiting_past_deadline(now)
+        if self.value() == "on_time":
+            return awaiting.exclude(deadline_at__lte=now)
+        return queryset
+
+
+# What "by hand" sends to the engine, per outcome: the callback status, the log note, the wording.
+BY_HAND = {
+    "complete": {"status": "SUCCESS", "note": "completed by hand by {user}", "verb": "Complete",
+                 "done": "Completed"},
+    "fail": {"status": "FAILURE", "note": "failed by hand by {user}", "verb": "Fail", "done": "Failed"},
+}
+
+
+def tasks_settle_by_hand(tasks, *, outcome, user):
+    """Answer each awaiting task as its callback would; first answer wins, as for a real callback.
+
+    Returns (applied, skipped): the tasks this call settled, and the others with their current status.
+    """
+    how = BY_HAND[outcome]
+    applied, skipped = [], []
+    for task in tasks:
+        note = how["note"].format(user=user)
+        result = engine.task_callback(task_id=task.pk, status=how["status"], logs=[], note=note,
+                                      error=f"Failed by hand by {user}." if outcome == "fail" else "")
+        if result.applied:
+            applied.append(task)
+        else:
+            skipped.append((task, RunTask.Status(result.status).label))
+    return applied, skipped
+
+
 @admin.register(RunTask)
 class RunTaskAdmin(ReadOnlyAdmin):
-    list_display = ("__str__", "run_link", "type", "status", "attempts", "due_at", "started_at", "finished_at")
-    list_filter = ("status", "type", "is_container")
+    """Tasks are the engine's rows; an admin may only answer an awaiting one by hand."""
+
+    list_display = ("__str__", "run_link", "type", "status", "attempts", "due_at", "deadline", "started_at",
+                    "finished_at")
+    list_filter = (AwaitingFilter, "status", "type", "is_container")
     list_select_related = ("run",)
+    actions = ["complete_by_hand", "fail_by_hand"]
+    change_form_template = "admin/events/runtask/change_form.html"
     fieldsets = [
         (None, {"fields": ["run_link", "parent", "node_id", "position", "type", "name", "label", "visible",
                            "is_container", "status", "attempts", "subtext", "error"]}),
-        ("Timing", {"fields": ["created_at", "due_at", "enqueued_at", "lease_expires_at", "started_at",
+        ("Timing", {"fields": ["created_at", "due_at", "deadline", "enqueued_at", "lease_expires_at", "started_at",
                                "finished_at", "duration"]}),
         ("Logs and output", {"fields": ["logs_text", "output_json"]}),
     ]
-    readonly_fields = ["run_link", "attempts", "duration", "logs_text", "output_json"]
+    readonly_fields = ["run_link", "attempts", "deadline", "duration", "logs_text", "output_json"]
+
+    def get_ordering(self, request):
+        """Awaiting tasks come soonest deadline first (a column header click still wins)."""
+        if request.GET.get(AwaitingFilter.parameter_name) and ORDER_VAR not in request.GET:
+            return ["deadline_at"]
+        return super().get_ordering(request)
 
     @admin.display(description="run", ordering="run")
     def run_link(self, task):
@@ -427,6 +505,15 @@ class RunTaskAdmin(ReadOnlyAdmin):
     @admin.display(description="attempts")
     def attempts(self, task):
         return f"{task.attempt}/{task.max_attempts}"
+
+    @admin.display(description="deadline", ordering="deadline_at")
+    def deadline(self, task):
+        text = deadline_text(task)
+        if not text:
+            return "—"
+        if is_overdue(task):
+            return format_html('{} <strong class="events-overdue">overdue</strong>', text)
+        return text
 
     @admin.display(description="duration")
     def duration(self, task):
@@ -445,3 +532,198 @@ class RunTaskAdmin(ReadOnlyAdmin):
     @admin.display(description="output")
     def output_json(self, task):
         return pretty_json(task.output)
+
+    # Settling an awaiting task by hand ----------------------------------------------------------
+
+    def has_settle_permission(self, request):
+        return request.user.has_perm("events.change_runtask")
+
+    @admin.action(description="Complete by hand (as a SUCCESS callback)", permissions=["settle"])
+    def complete_by_hand(self, request, queryset):
+        return self.settle_action(request, queryset, "complete")
+
+    @admin.action(description="Fail by hand (as a FAILURE callback)", permissions=["settle"])
+    def fail_by_hand(self, request, queryset):
+        return self.settle_action(request, queryset, "fail")
+
+    def settle_action(self, request, queryset, outcome):
+        """First a confirmation page (like delete), then the callbacks."""
+        tasks = list(queryset.select_related("run"))
+        if request.POST.get("post") != "yes" and any(task.status == RunTask.Status.AWAITING for task in tasks):
+            return self.settle_confirmation(request, tasks, outcome, action=f"{outcome}_by_hand")
+        self.settle(request, tasks, outcome)
+        return None
+
+    def settle(self, request, tasks, outcome):
+        applied, skipped = tasks_settle_by_hand(tasks, outcome=outcome, user=request.user)
+        how = BY_HAND[outcome]
+        if applied:
+            messages.success(request, f"{how['done']} {len(applied)} task(s) by hand: "
+                                      + ", ".join(f"{task} (run {task.run.reference})" for task in applied) + ".")
+        if skipped:
+            messages.warning(request, f"{len(skipped)} task(s) were no longer awaiting and were left as they were: "
+                                      + ", ".join(f"{task} ({status})" for task, status in skipped) + ".")
+
+    def settle_confirmation(self, request, tasks, outcome, *, action=None):
+        how = BY_HAND[outcome]
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": f"{how['verb']} by hand: are you sure?",
+            "how": how,
+            "outcome": outcome,
+            "awaiting": [task for task in tasks if task.status == RunTask.Status.AWAITING],
+            "not_awaiting": [task for task in tasks if task.status != RunTask.Status.AWAITING],
+            "tasks": tasks,
+            "action": action,  # None: the per-task page posts back to itself
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "note": how["note"].format(user=request.user),
+        }
+        return TemplateResponse(request, "admin/events/runtask/by_hand_confirmation.html", context)
+
+    def get_urls(self):
+        return [
+            path("<path:object_id>/by-hand/<str:outcome>/", self.admin_site.admin_view(self.by_hand_view),
+                 name="events_runtask_by_hand"),
+            *super().get_urls(),
+        ]
+
+    def by_hand_view(self, request, object_id, outcome):
+        """GET asks for confirmation; POST answers the task and goes back to it."""
+        if not self.has_settle_permission(request):
+            raise PermissionDenied
+        if outcome not in BY_HAND or request.method not in ("GET", "POST"):
+            return HttpResponseBadRequest("Unknown outcome.")
+        task = self.get_object(request, object_id)
+        if task is None:
+            raise Http404("No such task.")
+        if request.method == "GET":
+            return self.settle_confirmation(request, [task], outcome)
+        self.settle(request, [task], outcome)
+        return HttpResponseRedirect(reverse("admin:events_runtask_change", args=[task.pk]))
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        task = self.get_object(request, object_id)
+        extra_context = {**(extra_context or {})}
+        if task is not None and task.status == RunTask.Status.AWAITING and self.has_settle_permission(request):
+            extra_context["by_hand_urls"] = {
+                outcome: reverse("admin:events_runtask_by_hand", args=[task.pk, outcome]) for outcome in BY_HAND
+            }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
+# API keys ------------------------------------------------------------------------------------------
+
+
+class ApiKeyStateFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request, model_admin):
+        return [("active", "Active"), ("revoked", "Revoked")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "active":
+            return queryset.active()
+        if self.value() == "revoked":
+            return queryset.filter(revoked_at__isnull=False)
+        return queryset
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    """Adding a key asks only for a name; the key is shown once, on the page after saving, and never again.
+
+    Only its hash is stored, so no page can show it later: a lost key is revoked and replaced.
+    """
+
+    list_display = ("name", "prefix_display", "state", "created_at", "last_used_at", "revoked_at")
+    list_filter = (ApiKeyStateFilter,)
+    search_fields = ("name", "prefix")
+    actions = ["revoke_keys"]
+    change_form_template = "admin/events/apikey/change_form.html"
+    shown_fields = ["name", "prefix_display", "state", "created_at", "last_used_at", "revoked_at"]
+
+    @admin.display(description="key starts with", ordering="prefix")
+    def prefix_display(self, key):
+        return f"{key.prefix}…"
+
+    @admin.display(description="state", ordering="revoked_at")
+    def state(self, key):
+        if key.is_active:
+            return "active"
+        return format_html('<strong class="events-revoked">{}</strong>', "revoked")
+
+    def get_fields(self, request, obj=None):
+        return ["name"] if obj is None else self.shown_fields
+
+    def get_readonly_fields(self, request, obj=None):
+        return [] if obj is None else self.shown_fields[1:]
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            return super().save_model(request, obj, form, change)
+        issued, raw = ApiKey.issue(name=obj.name)
+        for field in ApiKey._meta.concrete_fields:
+            setattr(obj, field.attname, getattr(issued, field.attname))
+        obj._state.adding, obj._state.db = False, issued._state.db
+        obj.issued_key = raw  # lives for this request only; response_add shows it
+        return None
+
+    def response_add(self, request, obj, post_url_continue=None):
+        """The one page that ever shows the key: rendered in answer to the POST, not stored, not cached."""
+        raw = getattr(obj, "issued_key", None)
+        if raw is None:
+            return super().response_add(request, obj, post_url_continue)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "API key created",
+            "key": obj,
+            "raw_key": raw,
+            "change_url": reverse("admin:events_apikey_change", args=[obj.pk]),
+            "changelist_url": reverse("admin:events_apikey_changelist"),
+        }
+        response = TemplateResponse(request, "admin/events/apikey/created.html", context)
+        add_never_cache_headers(response)
+        return response
+
+    @admin.action(description="Revoke selected keys", permissions=["change"])
+    def revoke_keys(self, request, queryset):
+        active = list(queryset.active())
+        for key in active:
+            key.revoke()
+        messages.success(request, f"Revoked {len(active)} key(s).")
+        already = queryset.count() - len(active)
+        if already:
+            messages.warning(request, f"{already} key(s) were already revoked.")
+
+    def get_urls(self):
+        return [
+            path("<path:object_id>/revoke/", self.admin_site.admin_view(self.revoke_view),
+                 name="events_apikey_revoke"),
+            *super().get_urls(),
+        ]
+
+    def revoke_view(self, request, object_id):
+        return require_POST(self._revoke)(request, object_id)
+
+    def _revoke(self, request, object_id):
+        key = self.get_object(request, object_id)
+        if key is None:
+            raise Http404("No such key.")
+        if not self.has_change_permission(request, key):
+            raise PermissionDenied
+        if key.is_active:
+            key.revoke()
+            messages.success(request, f"API key {key} revoked: it no longer authenticates.")
+        else:
+            messages.warning(request, f"API key {key} was already revoked.")
+        return HttpResponseRedirect(reverse("admin:events_apikey_change", args=[key.pk]))
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        key = self.get_object(request, object_id)
+        extra_context = {**(extra_context or {})}
+        if key is not None and key.is_active and self.has_change_permission(request, key):
+            extra_context["revoke_url"] = reverse("admin:events_apikey_revoke", args=[key.pk])
+        return super().change_view(request, object_id, form_url, extra_context)

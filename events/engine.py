@@ -274,15 +274,17 @@ def callback_digest(*, status, logs, output, subtext):
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def task_callback(*, task_id, status, logs=(), output=None, subtext=None, note=""):
+def task_callback(*, task_id, status, logs=(), output=None, subtext=None, note="", error=""):
     """Apply an external system's answer to an awaiting task. The first valid one wins.
 
     SUCCESS completes the task and resumes its sequence in the background;
     FAILURE fails it (and, with nothing to catch it, the run). A repeat of the
     applied callback changes nothing and says so; anything else on a task that
-    is no longer awaiting is refused with the task's current status.
+    is no longer awaiting is refused with the task's current status. ``note``
+    (a log line) and ``error`` serve callers other than the external system, such
+    as an admin completing or failing a task by hand.
     """
-    digest = callback_digest(status=status, logs=list(logs), output=output, subtext=subtext)
+    digest = callback_digest(status=status, logs=list(logs) + ([note] if note else []), output=output, subtext=subtext)
     now = timezone.now()
     with transaction.atomic():
         row = RunTask.objects.select_for_update().select_related("run").get(pk=task_id)
@@ -298,7 +300,7 @@ def task_callback(*, task_id, status, logs=(), output=None, subtext=None, note="
             "output": {**row.output, **(output or {})},
             "logs": row.logs + lines,
             "callback_digest": digest,
-            "error": "" if succeeded else f"The external system reported FAILURE{': ' + subtext if subtext else ''}.",
+            "error": "" if succeeded else (error or f"The external system reported FAILURE{': ' + subtext if subtext else ''}."),
         }
         if subtext is not None:
             changes["subtext"] = subtext[:500]

@@ -117,14 +117,15 @@ class HttpRequest(NodeType):
         method = ctx.config.get("method", "POST")
         waits = bool(ctx.config.get("wait_for_callback"))
         extra = {}
-        url = ctx.render(ctx.config["url"]).strip()
-        check_destination(url)
         if waits:
+            # Awaiting before the request goes out: an instant answer finds the task ready.
             callback = ctx.await_callback(
                 timeout_seconds=int(ctx.config.get("callback_timeout_seconds") or DEFAULT_CALLBACK_TIMEOUT_SECONDS)
             )
             extra["callback"] = callback
             ctx.log(f"waiting for a callback until {callback['deadline']}")
+        url = ctx.render(ctx.config["url"], extra).strip()
+        check_destination(url)
         headers = ctx.render(ctx.config.get("headers") or {}, extra)
         body = ctx.render(ctx.config.get("body") or "", extra)
         if waits and not body:
