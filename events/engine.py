@@ -305,7 +305,9 @@ def task_callback(*, task_id, status, logs=(), output=None, subtext=None, note="
         if subtext is not None:
             changes["subtext"] = subtext[:500]
             Run.objects.filter(pk=row.run_id).update(subtext=subtext[:500])
-        RunTask.objects.filter(pk=row.pk, status=RunTask.Status.AWAITING).update(**changes)
+        if not RunTask.objects.filter(pk=row.pk, status=RunTask.Status.AWAITING).update(**changes):
+            row.refresh_from_db(fields=["status", "callback_digest"])
+            return CallbackResult(applied=False, status=row.status, duplicate=row.callback_digest == digest)
         if succeeded:
             queue.sequence_resume_enqueue(task_id=row.pk)
     if not succeeded:
@@ -358,7 +360,10 @@ def snapshot_node(nodes, node_id):
 
 def task_fail(*, run, task, error, logs=()):
     """Fail a claimed task. With nothing to catch it, the run fails too."""
-    task.finish(RunTask.Status.FAILED, logs=list(logs) + [RunTask.log_line(f"failed: {error}")], error=error)
+    if not task.finish(RunTask.Status.FAILED, logs=list(logs) + [RunTask.log_line(f"failed: {error}")], error=error):
+        # Already settled elsewhere (a callback answered while the request was in flight):
+        # the first outcome stands, and whoever settled it carries the sequence on.
+        return Outcome.ELSEWHERE
     run_fail(run=run, error=f"{task.label or task.type} failed: {error}")
     return Outcome.FAILED
 
