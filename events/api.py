@@ -6,6 +6,7 @@ from an unknown task: both are 401.
 """
 
 import hmac
+import re
 from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
@@ -21,6 +22,9 @@ from forms_app.models import Record
 
 from . import engine
 from .models import ApiKey, Run, RunTask, secret_hash
+
+
+TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class ApiError(Exception):
@@ -47,7 +51,15 @@ class Credential:
 
 class BearerCredential(HttpBearer):
     def authenticate(self, request, token):
-        return Credential(token) if token else None
+        if not token:
+            return None
+        credential = Credential(token)
+        if credential.api_key is None and request.headers.get("X-Api-Key"):
+            # A valid X-Api-Key still counts when the bearer value is not a key.
+            header = Credential(request.headers["X-Api-Key"])
+            if header.api_key is not None:
+                return header
+        return credential
 
 
 class HeaderCredential(APIKeyHeader):
@@ -102,6 +114,25 @@ class ErrorOut(Schema):
 ERRORS = {status: ErrorOut for status in (400, 401, 404, 409, 413, 422)}
 
 
+def storable(value, path="value"):
+    """Refuse text PostgreSQL cannot store (NUL characters, lone surrogates), anywhere in ``value``."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError(f"{path} contains a NUL character")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{path} contains an unpaired surrogate") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            storable(key, path)
+            storable(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            storable(item, f"{path}[{index}]")
+    return value
+
+
 class LogLine(Schema):
     at: datetime
     line: str
@@ -113,6 +144,11 @@ class CallbackIn(Schema):
     logs: str | list[str] | None = None
     output: dict[str, Any] | None = None
     subtext: str | None = Field(default=None, max_length=500)
+
+    @field_validator("taskId", "logs", "output", "subtext")
+    @classmethod
+    def text_is_storable(cls, value, info):
+        return storable(value, info.field_name)
 
     def log_lines(self):
         if self.logs is None:
@@ -132,10 +168,10 @@ class ProgressIn(Schema):
     subtext: str = Field(max_length=500)
     logs: str | list[str] | None = None
 
-    @field_validator("subtext")
+    @field_validator("subtext", "logs")
     @classmethod
-    def strip(cls, value):
-        return value
+    def text_is_storable(cls, value, info):
+        return storable(value, info.field_name)
 
 
 class TaskOut(Schema):
@@ -275,7 +311,7 @@ def run_detail(request, run_id: UUID):
 @api.get("/records/{token}", auth=key_only, response={200: RecordOut, **ERRORS},
          summary="Look up a record, its flags and runs", operation_id="record_detail")
 def record_detail(request, token: str):
-    record = Record.objects.select_related("form").filter(token=token).first()
+    record = Record.objects.select_related("form").filter(token=token).first() if TOKEN_PATTERN.fullmatch(token) else None
     if record is None:
         raise ApiError(404, "record_not_found", "No record has this token.")
     return {
