@@ -159,6 +159,7 @@ EVENTS_DISPATCH_INTERVAL = float(os.environ.get("EVENTS_DISPATCH_INTERVAL", "0.2
 EVENTS_PAUSE_MAX_SECONDS = 60
 # The demo's stand-in external service (/demo/external-service/): on in development only.
 EVENTS_DEMO_SERVICE = env_bool("EVENTS_DEMO_SERVICE", DEBUG)
+EVENTS_DEMO_SERVICE_STEP_SECONDS = float(os.environ.get("EVENTS_DEMO_SERVICE_STEP_SECONDS", "1.5"))
 EVENTS_API_MAX_BODY_BYTES = int(os.environ.get("EVENTS_API_MAX_BODY_BYTES", str(1024 * 1024)))
 
 LOGGING = {

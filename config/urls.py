@@ -5,6 +5,7 @@ from django.urls import include, path
 from django.views.decorators.http import require_GET
 
 from events.api import api
+from events.standin import external_service
 
 
 @require_GET
@@ -22,5 +23,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
     path("api/", api.urls),
+    path("demo/external-service/", external_service, name="demo_external_service"),
     path("", include("forms_app.urls")),
 ]

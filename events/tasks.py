@@ -77,3 +77,30 @@ def dispatch_due(*, limit=200):
         except Exception:
             logger.exception("Could not hand task %s to the queue; will try again", task_id)
     return sent
+
+
+def standin_enqueue(*, task_id, callback_url, callback_token, progress_url, step_seconds):
+    """Hand the demo stand-in service's work for one waiting task to the queue, once committed.
+
+    The job's arguments include the task's callback token: the stand-in plays an
+    external system, which holds that token too (demo only, see events/standin.py).
+    """
+    transaction.on_commit(
+        lambda: async_task(
+            "events.tasks.standin_job", task_id, callback_url, callback_token, progress_url, step_seconds,
+            task_name=f"standin-{task_id}",
+        )
+    )
+
+
+def standin_job(task_id, callback_url, callback_token, progress_url, step_seconds):
+    """Queue entrypoint: simulate the demo's external system answering one request.
+
+    Sends two progress updates, then the SUCCESS callback, over HTTP (events/standin.py).
+    """
+    from . import standin
+
+    return standin.standin_reply(
+        task_id=task_id, callback_url=callback_url, callback_token=callback_token,
+        progress_url=progress_url, step_seconds=step_seconds,
+    )

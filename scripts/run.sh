@@ -5,6 +5,11 @@ export DJANGO_DEBUG=${DJANGO_DEBUG:-1}
 PY=${PY:-.venv/bin/python}
 HOST=${HOST:-127.0.0.1}
 PORT=${PORT:-8000}
+# The demo form's "Checking seat availability" step calls the built-in stand-in
+# service (/demo/external-service/) on this very server, which then calls back:
+# the HTTP action may reach loopback only when it is allowed explicitly.
+export EVENTS_PUBLIC_URL=${EVENTS_PUBLIC_URL:-http://$HOST:$PORT}
+export EVENTS_HTTP_ALLOWED_HOSTS=${EVENTS_HTTP_ALLOWED_HOSTS:-127.0.0.1,localhost}
 
 "$PY" manage.py worker &
 worker=$!

@@ -7,10 +7,12 @@ from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 
 from events.formfile import form_check, form_export
-from events.models import Node
+from events.models import Node, RunTask
 from forms_app.management.commands.demo import DEMO_FILE
 from forms_app.models import Form
 from forms_app.services import record_submit
+from forms_app.waiting import render_message
+from tests.events.api_fixtures import callback_server  # noqa: F401 (a fixture)
 
 
 @pytest.fixture
@@ -75,12 +77,14 @@ def test_demo_booking_form_has_the_seed_tree(db, debug):
         ("field_c", "hidden", False),
         ("field_d", "hidden", False),
         ("status", "hidden", False),
+        ("seat", "hidden", False),
     ]
     seats = form.fields.get(name="seats")
     assert (seats.min_value, seats.max_value) == (1, 9)
     assert form.fields.get(name="cabin").choices == ["Economy", "Premium", "Business"]
     assert (form.wait_for, form.wait_flag, form.poll_seconds, form.max_wait_seconds) == ("flag", "booked", 1, 60)
     assert "{{ record.name }}" in form.done_message and "{{ record.email }}" in form.done_message
+    assert "your seat is {{ record.seat }}" in form.done_message
 
     tree = Node.objects.snapshot(form)
     assert shape(tree) == [
@@ -88,6 +92,8 @@ def test_demo_booking_form_has_the_seed_tree(db, debug):
         ("background", "Confirm your booking", [
             ("update_field", "Update Field B"),
             ("update_field", "Update Field C"),
+            ("http_request", "Checking seat availability"),
+            ("update_field", "Store the seat"),
             ("pause", "Reserve seats"),
             ("send_email", "Send confirmation email"),
             ("set_flag", "Booking confirmed"),
@@ -97,10 +103,18 @@ def test_demo_booking_form_has_the_seed_tree(db, debug):
     ]
     assert tree[1]["name"] == "confirm" and tree[3]["name"] == "follow_up"
     assert tree[3]["config"] == {"rule": "after", "after_seconds": 10}
-    assert tree[1]["children"][2]["config"] == {"seconds": 3}
-    assert tree[1]["children"][4]["config"] == {"flag": "booked", "value": True}
+    confirm = {node["label"]: node for node in tree[1]["children"]}
+    assert confirm["Reserve seats"]["config"] == {"seconds": 3}
+    assert confirm["Booking confirmed"]["config"] == {"flag": "booked", "value": True}
+    check_seat = confirm["Checking seat availability"]
+    assert check_seat["name"] == "check_seat"
+    assert check_seat["config"]["url"] == "{{ site.public_url }}/demo/external-service/"
+    assert check_seat["config"]["wait_for_callback"] is True
+    assert check_seat["config"]["callback_timeout_seconds"] == 120
+    assert confirm["Store the seat"]["config"] == {"field": "seat", "value": "{{ tasks.check_seat.output.seat }}"}
     visible = [node["label"] for node in tree + tree[1]["children"] if node["visible"]]
-    assert visible == ["Update Field A", "Confirm your booking", "Reserve seats", "Send confirmation email"]
+    assert visible == ["Update Field A", "Confirm your booking", "Checking seat availability", "Reserve seats",
+                       "Send confirmation email"]
 
 
 def test_demo_file_is_what_an_export_of_the_demo_form_writes(db, debug):
@@ -119,9 +133,13 @@ def test_demo_refuses_without_debug_unless_forced(db, settings):
     assert get_user_model().objects.filter(username="admin").exists()
 
 
-def test_demo_booking_runs_to_the_booked_flag(db, debug, sync_queue, django_capture_on_commit_callbacks,
-                                              mailoutbox, monkeypatch):
+def test_demo_booking_waits_for_the_seat_check_then_runs_to_the_booked_flag(
+    db, debug, sync_queue, django_capture_on_commit_callbacks, mailoutbox, monkeypatch, callback_server, client
+):
+    """The external service is a recording server here; the test answers as the stand-in service would."""
     monkeypatch.setattr("events.nodes.pause.time.sleep", lambda seconds: None)
+    debug.EVENTS_PUBLIC_URL = callback_server.url
+    debug.EVENTS_HTTP_ALLOWED_HOSTS = ["127.0.0.1"]
     run_demo()
     form = Form.objects.get(slug="booking")
     data = {"name": "Ann", "email": "ann@example.com", "origin": "Oslo", "destination": "Rome",
@@ -131,7 +149,28 @@ def test_demo_booking_runs_to_the_booked_flag(db, debug, sync_queue, django_capt
         record = record_submit(form=form, data=data)
 
     record.refresh_from_db()
+    check_seat = RunTask.objects.get(run__record=record, name="check_seat")
+    assert check_seat.status == RunTask.Status.AWAITING, (check_seat.error, check_seat.logs)
+    assert record.flags.get("booked") is None and mailoutbox == []
+    [sent] = callback_server.requests
+    assert (sent["method"], sent["path"]) == ("POST", "/demo/external-service/")
+    body = json.loads(sent["body"])
+    assert body["taskId"] == str(check_seat.pk)
+    assert body["callbackUrl"] == callback_server.url + "/api/external-events/callback/"
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            "/api/external-events/callback/",
+            {"taskId": body["taskId"], "status": "SUCCESS", "logs": ["Seat 14C held"], "output": {"seat": "14C"},
+             "subtext": "Seat 14C held"},
+            content_type="application/json", headers={"Authorization": f"Bearer {body['callbackToken']}"},
+        )
+
+    assert response.status_code == 200, response.content
+    record.refresh_from_db()
     assert record.flags.get("booked") is True
+    assert record.data["seat"] == "14C"
+    assert "your seat is 14C" in render_message(form.done_message, record)
     assert record.data["field_a"] and record.data["field_b"] and record.data["field_d"]
     assert record.data["field_c"] == "2 seat(s), Business"
     assert [message.subject for message in mailoutbox] == ["Your flight Oslo to Rome is booked"]

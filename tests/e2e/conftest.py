@@ -70,7 +70,7 @@ class WorkerProcess:
             self.process.wait(timeout=WORKER_STOP_SECONDS)
 
 
-def _worker_env(database_name):
+def _worker_env(database_name, extra):
     env = dict(os.environ)
     env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
     env.update(
@@ -80,15 +80,38 @@ def _worker_env(database_name):
         PYTHONUNBUFFERED="1",
         EVENTS_LOG_LEVEL="INFO",
     )
+    env.update(extra)
     return env
 
 
 @pytest.fixture
-def worker(transactional_db, tmp_path, request):
+def worker_env():
+    """Extra environment variables for the worker process. Override it in a module to add some."""
+    return {}
+
+
+@pytest.fixture
+def demo_service(live_server, settings):
+    """The demo's stand-in service reachable on the live server, for both processes.
+
+    This process (the live server) gets the settings; the returned variables are
+    for the worker process: return them from a module's ``worker_env`` fixture.
+    The live server becomes the public URL (callback URLs and ``{{ site.public_url }}``
+    point at it), the HTTP action may reach 127.0.0.1, and the stand-in view is on
+    although pytest-django turns DEBUG off.
+    """
+    settings.EVENTS_PUBLIC_URL = live_server.url
+    settings.EVENTS_HTTP_ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
+    settings.EVENTS_DEMO_SERVICE = True
+    return {"EVENTS_PUBLIC_URL": live_server.url, "EVENTS_HTTP_ALLOWED_HOSTS": "127.0.0.1,localhost"}
+
+
+@pytest.fixture
+def worker(transactional_db, tmp_path, request, worker_env):
     """``python manage.py worker`` against this test's database, started and ready; stopped afterwards.
 
     Depends on ``transactional_db`` so that it stops before the database is flushed.
-    Its output is printed when the test fails.
+    Its environment is this process's plus ``worker_env``. Its output is printed when the test fails.
     """
     assert connection.vendor == "sqlite", "the e2e worker fixture shares a SQLite test database file"
     database_name = connection.settings_dict["NAME"]
@@ -100,7 +123,7 @@ def worker(transactional_db, tmp_path, request):
         process = subprocess.Popen(
             [sys.executable, "manage.py", "worker"],
             cwd=settings.BASE_DIR,
-            env=_worker_env(database_name),
+            env=_worker_env(database_name, worker_env),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

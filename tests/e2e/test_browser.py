@@ -2,7 +2,9 @@
 
 With JavaScript, htmx polls the status partial and swaps the finished status
 in without reloading the page; without it, the <noscript> meta refresh reloads
-the page until it is done.
+the page until it is done. The demo's seat check calls the stand-in external
+service on the live server (see test_callback_demo.py), so both processes get
+the live server as their public URL.
 """
 
 import io
@@ -19,6 +21,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e"), pytest.mark.djang
 DONE_TIMEOUT_MS = 30_000
 BOOKING = {"name": "Ada Lovelace", "email": "ada@example.com", "origin": "London", "destination": "Turin",
            "departure": "2031-05-04", "seats": "2", "notes": "Window seat, please"}
+
+
+@pytest.fixture
+def worker_env(demo_service):
+    """The demo's seat check calls the stand-in service on the live server, which calls back."""
+    return demo_service
 
 
 @pytest.fixture
