@@ -44,8 +44,14 @@ demo: migrate
 run: demo
 	@DJANGO_DEBUG=1 HOST=$(HOST) PORT=$(PORT) PY=$(PY) bash scripts/run.sh
 
+# The whole suite on SQLite; and again on PostgreSQL when TEST_DATABASE_URL is set
+# (pytest-django creates and drops test_<name>_gwN databases there).
 test: install browser
 	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+	@if [ -n "$$TEST_DATABASE_URL" ]; then \
+	  echo "== The whole suite again, on PostgreSQL ($$TEST_DATABASE_URL)"; \
+	  DATABASE_URL="$$TEST_DATABASE_URL" $(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS); \
+	fi
 
 clean:
 	rm -rf $(VENV) db.sqlite3 db.sqlite3-wal db.sqlite3-shm staticfiles

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from django.conf import settings
@@ -70,11 +71,24 @@ class WorkerProcess:
             self.process.wait(timeout=WORKER_STOP_SECONDS)
 
 
-def _worker_env(database_name, extra):
+def _test_database_url():
+    """A DATABASE_URL naming this test run's database (SQLite file or PostgreSQL test database)."""
+    db = connection.settings_dict
+    if connection.vendor == "sqlite":
+        assert db["NAME"] and not connection.is_in_memory_db(), (
+            f"the test database must be a file the worker can open, not {db['NAME']!r}"
+        )
+        return f"sqlite:///{db['NAME']}"
+    assert connection.vendor == "postgresql", f"e2e tests run on SQLite or PostgreSQL, not {connection.vendor}"
+    credentials = quote(db["USER"] or "", safe="") + (":" + quote(db["PASSWORD"], safe="") if db["PASSWORD"] else "")
+    return f"postgres://{credentials}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def _worker_env(database_url, extra):
     env = dict(os.environ)
     env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
     env.update(
-        DATABASE_URL=f"sqlite:///{database_name}",
+        DATABASE_URL=database_url,
         DJANGO_SETTINGS_MODULE="config.settings_test",
         DJANGO_DEBUG="1",
         PYTHONUNBUFFERED="1",
@@ -113,17 +127,13 @@ def worker(transactional_db, tmp_path, request, worker_env):
     Depends on ``transactional_db`` so that it stops before the database is flushed.
     Its environment is this process's plus ``worker_env``. Its output is printed when the test fails.
     """
-    assert connection.vendor == "sqlite", "the e2e worker fixture shares a SQLite test database file"
-    database_name = connection.settings_dict["NAME"]
-    assert database_name and not connection.is_in_memory_db(), (
-        f"the test database must be a file the worker can open, not {database_name!r}"
-    )
+    database_url = _test_database_url()
     log_path = tmp_path / "worker.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "manage.py", "worker"],
             cwd=settings.BASE_DIR,
-            env=_worker_env(database_name, worker_env),
+            env=_worker_env(database_url, worker_env),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
