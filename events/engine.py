@@ -12,15 +12,18 @@ import enum
 import hashlib
 import json
 import logging
+import random
 import secrets
+import time
 import traceback
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Q
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import IntegrityError, transaction
+from django.db.models import F, Max, Q
 from django.utils import timezone
 
 from forms_app.models import RECORD_UPDATE, Record
@@ -43,30 +46,42 @@ class Outcome(enum.Enum):
     ELSEWHERE = "elsewhere"  # another walker holds this sequence (a duplicate delivery)
 
 
-def run_start(*, record, event=RECORD_UPDATE, properties=None, parent_run=None, is_submission=False):
+def run_start(*, record, event=RECORD_UPDATE, properties=None, parent_run=None, parent_task=None,
+              is_submission=False, snapshot=None):
     """Create a run pinned to the current tree of (form, event) and a pending task per node.
 
     Call it inside the caller's transaction: the record, the run and its tasks
     commit together. Nothing here has a side effect outside the database.
+    ``snapshot`` replaces the event's tree (a container's branch run as its own run).
     """
-    snapshot = Node.objects.snapshot(record.form, event)
+    depth = parent_run.depth + 1 if parent_run is not None else 0
+    if depth > settings.EVENTS_MAX_EVENT_DEPTH:
+        raise NodeError(
+            f"Stopped a runaway chain of events: “{event}” would be run number {depth + 1} in one chain "
+            f"(EVENTS_MAX_EVENT_DEPTH is {settings.EVENTS_MAX_EVENT_DEPTH})."
+        )
+    if snapshot is None:
+        snapshot = Node.objects.snapshot(record.form, event)
     run = Run.objects.create(
         form_id=record.form_id,
         record=record,
         event=event,
         is_submission=is_submission,
         parent_run=parent_run,
+        parent_task=parent_task,
+        depth=depth,
         snapshot=snapshot,
         properties=properties or {},
     )
-    RunTask.objects.bulk_create(_tasks_for(run, snapshot))
+    RunTask.objects.bulk_create(_tasks_for(run, snapshot, debug=record.form.collect_debug))
     return run
 
 
-def _tasks_for(run, snapshot):
+def _tasks_for(run, nodes, *, parent_id=None, branch="main", debug=False, position=0):
+    """Task rows for ``nodes`` and their main-branch descendants (error branches wait until needed)."""
     tasks = []
 
-    def add(nodes, parent_id):
+    def add(nodes, parent_id, branch, debug):
         for node in nodes:
             node_type = registry.get(node["type"])
             task = RunTask(
@@ -74,42 +89,102 @@ def _tasks_for(run, snapshot):
                 run=run,
                 parent_id=parent_id,
                 node_id=node["id"],
-                position=len(tasks),
+                position=position + len(tasks),
                 type=node["type"],
                 name=node.get("name", ""),
                 label=node.get("label", "")[:200],
                 visible=node.get("visible", False),
                 is_container=node_type.is_container,
+                branch=branch,
+                max_attempts=max(1, int(node.get("retry", {}).get("max_attempts", 1))),
+                collect_debug=debug or bool(node.get("config", {}).get("collect_debug")),
             )
             tasks.append(task)
-            add(node.get("children", []), task.id)
+            if not _runs_as_own_run(node):
+                add(node.get("children", []), task.id, "main", task.collect_debug)
 
-    add(snapshot, None)
+    add(nodes, parent_id, branch, debug)
     return tasks
+
+
+def _runs_as_own_run(node):
+    """A container with event_type or event_properties records its branch as a run of its own."""
+    config = node.get("config", {})
+    return registry.get(node["type"]).is_deferred and bool(config.get("event_type") or config.get("event_properties"))
 
 
 def run_inline(*, run):
     """The inline phase: walk the top level of the run in the request, then finish if nothing is left."""
-    outcome = sequence_walk(run=run, nodes=run.snapshot)
-    if outcome is Outcome.DONE:
-        run_finish_if_done(run=run)
-    return outcome
+    outcome = sequence_walk(run=run, nodes=run.snapshot, inline=True)
+    return sequence_finish(run=run, owner=None, branch="main", outcome=outcome, inline=True)
 
 
-def sequence_walk(*, run, nodes, start=0):
-    """Handle ``nodes[start:]`` in order: run actions now, hand containers to the queue."""
+def sequence_walk(*, run, nodes, start=0, inline=False):
+    """Handle ``nodes[start:]`` in order: run actions now, hand deferred containers to the queue.
+
+    ``inline`` is true in the request: a go_async marker then hands the rest
+    of the sequence to the queue and ends the walk.
+    """
     tasks = {task.node_id: task for task in run.tasks.filter(node_id__in=[node["id"] for node in nodes])}
     for node in nodes[start:]:
         if not Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).exists():
             return Outcome.STOPPED
         task = tasks[node["id"]]
-        if registry.get(node["type"]).is_container:
-            outcome = container_defer(run=run, task=task, node=node)
+        node_type = registry.get(node["type"])
+        if node_type.is_deferred:
+            outcome = container_defer(run=run, task=task, node=node, inline=inline)
+        elif node_type.is_container:
+            outcome = condition_execute(run=run, task=task, node=node, inline=inline)
+        elif node_type.is_marker:
+            outcome = marker_pass(run=run, task=task, inline=inline)
         else:
-            outcome = action_execute(run=run, task=task, node=node)
+            outcome = action_execute(run=run, task=task, node=node, inline=inline)
         if outcome is not Outcome.DONE:
             return outcome
     return Outcome.DONE
+
+
+def sequence_finish(*, run, owner, branch, outcome, inline=False):
+    """A sequence ended with ``outcome``: tell whoever owns it, and go on where that leads.
+
+    The top level finishes the run; a deferred container completes (its parent
+    sequence never waited for it); a condition completes and its own sequence
+    goes on; a failed step whose error branch is done goes on after the step.
+    """
+    if owner is None:
+        if outcome is Outcome.DONE:
+            run_finish_if_done(run=run)
+        return outcome
+    if branch == "on_error":
+        if outcome is Outcome.DONE:
+            return sequence_continue_after(run=run, task=owner, inline=inline)
+        return outcome
+    if registry.get(owner.type).is_deferred:
+        return container_conclude(run=run, task=owner, outcome=outcome)
+    outcome = _container_settle(owner, outcome, output={"matched": True})
+    if outcome is Outcome.DONE:
+        return sequence_continue_after(run=run, task=owner, inline=inline)
+    return outcome
+
+
+def _sequence_of(run, task):
+    """(owner task or None, branch, the snapshot nodes of the sequence ``task`` belongs to)."""
+    if task.parent_id is None:
+        return None, "main", run.snapshot
+    owner = RunTask.objects.get(pk=task.parent_id)
+    node = snapshot_node(run.snapshot, owner.node_id)
+    branch = "on_error" if task.branch == "on_error" else "main"
+    return owner, branch, node.get("on_error" if branch == "on_error" else "children", [])
+
+
+def sequence_continue_after(*, run, task, inline=False):
+    """Walk the rest of ``task``'s sequence, after it, and then tell the sequence's owner."""
+    owner, branch, nodes = _sequence_of(run, task)
+    index = next(i for i, node in enumerate(nodes) if node["id"] == task.node_id)
+    outcome = sequence_walk(run=run, nodes=nodes, start=index + 1, inline=inline)
+    if outcome is Outcome.ELSEWHERE:
+        return outcome
+    return sequence_finish(run=run, owner=owner, branch=branch, outcome=outcome, inline=inline)
 
 
 def _context(run, task, node):
@@ -118,33 +193,155 @@ def _context(run, task, node):
         row["name"]: {"output": row["output"], "status": row["status"]}
         for row in run.tasks.exclude(name="").values("name", "output", "status")
     }
-    return NodeContext(run=run, task=task, record=record, node=node, outputs=outputs)
+    ctx = NodeContext(run=run, task=task, record=record, node=node, outputs=outputs)
+    if task.branch == "on_error" and task.parent_id:
+        ctx.error = _error_context(run, RunTask.objects.get(pk=task.parent_id))
+    return ctx
 
 
-def action_execute(*, run, task, node):
+def _error_context(run, failed):
+    node = snapshot_node(run.snapshot, failed.node_id) or {}
+    return {
+        "message": failed.error,
+        "type": failed.failure or RunTask.Failure.RAISED,
+        "node": failed.name or failed.label or failed.type,
+        "payload": {"config": node.get("config", {}), "output": failed.output},
+    }
+
+
+def _claim_or_report(task, require_due=False):
+    """Claim a pending task, or say why not: done already, held elsewhere, or stopped."""
+    if task.claim(require_due=require_due):
+        return None
+    task.refresh_from_db(fields=["status", "due_at"])
+    if task.status in (RunTask.Status.COMPLETE, RunTask.Status.SKIPPED):
+        return Outcome.DONE
+    if task.status in (RunTask.Status.ACTIVE, RunTask.Status.AWAITING, RunTask.Status.PENDING):
+        return Outcome.ELSEWHERE
+    return Outcome.STOPPED
+
+
+def action_execute(*, run, task, node, inline=False, require_due=False):
     """Claim the task, run the action, record its outcome. A lost claim means someone else has it."""
-    if not task.claim():
-        task.refresh_from_db(fields=["status"])
-        if task.status == RunTask.Status.COMPLETE:
-            return Outcome.DONE
-        if task.status in (RunTask.Status.ACTIVE, RunTask.Status.AWAITING):
-            return Outcome.ELSEWHERE
-        return Outcome.STOPPED
+    lost = _claim_or_report(task, require_due=require_due)
+    if lost is not None:
+        return lost
     ctx = _context(run, task, node)
     ctx.awaiter = lambda *, timeout_seconds: task_await(task=task, timeout_seconds=timeout_seconds)
+    ctx.trigger = lambda *, event, properties: run_trigger(
+        run=run, task=task, record=ctx.record, event=event, properties=properties
+    )
+    started = time.monotonic()
     try:
         result = registry.get(node["type"])().execute(ctx)
     except NodeError as exc:
-        return task_fail(run=run, task=task, error=str(exc), logs=ctx.logs)
+        return task_fail(run=run, task=task, node=node, error=str(exc), logs=ctx.logs, inline=inline,
+                         debug=_trace(task, ctx, started, error=str(exc)))
     except Exception as exc:
         logger.exception("Task %s (%s) raised", task.pk, node["type"])
         ctx.log(traceback.format_exc(limit=5))
-        return task_fail(run=run, task=task, error=f"{exc.__class__.__name__}: {exc}", logs=ctx.logs)
+        error = f"{exc.__class__.__name__}: {exc}"
+        return task_fail(run=run, task=task, node=node, error=error, logs=ctx.logs, inline=inline,
+                         debug=_trace(task, ctx, started, error=error))
     if isinstance(result, Waiting):
-        task_store_waiting(task=task, output=result.output, logs=ctx.logs)
+        task_store_waiting(task=task, output=result.output, logs=ctx.logs,
+                           debug=_trace(task, ctx, started, output=result.output))
         return Outcome.SUSPENDED
-    task.finish(RunTask.Status.COMPLETE, logs=ctx.logs, output=result or {})
+    task.finish(RunTask.Status.COMPLETE, logs=ctx.logs, output=result or {},
+                debug=_trace(task, ctx, started, output=result or {}))
     return Outcome.DONE
+
+
+def _trace(task, ctx, started, *, output=None, error=""):
+    """With collect_debug: what one attempt saw and did. None otherwise (it costs storage)."""
+    if not task.collect_debug:
+        return None
+    try:
+        rendered = ctx.render(ctx.config)
+    except Exception as exc:
+        rendered = {"(could not render)": str(exc)}
+    trace = {
+        "attempt": task.attempt,
+        "at": timezone.now().isoformat(timespec="milliseconds"),
+        "duration_ms": round((time.monotonic() - started) * 1000, 1),
+        "rendered_config": rendered,
+        "inputs": ctx.template_context(),
+        "output": output,
+        "error": error,
+    }
+    return json.loads(json.dumps(trace, cls=DjangoJSONEncoder, default=str))
+
+
+def marker_pass(*, run, task, inline):
+    """go_async: in the request, the rest of the sequence goes to the queue as one job."""
+    lost = _claim_or_report(task)
+    if lost is not None:
+        return lost
+    if not inline:
+        task.finish(RunTask.Status.COMPLETE, logs=[RunTask.log_line("already in the background")])
+        return Outcome.DONE
+    task.finish(RunTask.Status.COMPLETE, logs=[RunTask.log_line("the rest of the sequence goes to the background")])
+    queue.sequence_resume_enqueue(task_id=task.pk)
+    return Outcome.SUSPENDED
+
+
+def condition_execute(*, run, task, node, inline):
+    """A condition: when its test holds, walk its children now, in this walk; else skip them."""
+    lost = _claim_or_report(task)
+    if lost is not None:
+        return lost
+    ctx = _context(run, task, node)
+    try:
+        holds = registry.get(node["type"])().holds(ctx)
+    except Exception as exc:
+        logger.exception("Condition %s raised", task.pk)
+        return task_fail(run=run, task=task, node=node, error=f"{exc.__class__.__name__}: {exc}", inline=inline)
+    logs = ctx.logs
+    if not holds:
+        skipped = _subtree_node_ids(node.get("children", []))
+        run.tasks.filter(node_id__in=skipped, status=RunTask.Status.PENDING).update(
+            status=RunTask.Status.SKIPPED, finished_at=timezone.now()
+        )
+        task.finish(RunTask.Status.COMPLETE, logs=logs + [RunTask.log_line("steps skipped")],
+                    output={"matched": False})
+        return Outcome.DONE
+    task.logs = task.logs + logs
+    RunTask.objects.filter(pk=task.pk).update(logs=task.logs)
+    outcome = sequence_walk(run=run, nodes=node.get("children", []), inline=inline)
+    return _container_settle(task, outcome, output={"matched": True})
+
+
+def _container_settle(task, outcome, *, output=None):
+    """Record how a walk of a container's children ended (without finishing the run)."""
+    if outcome is Outcome.DONE:
+        task.finish(RunTask.Status.COMPLETE, logs=[RunTask.log_line("all steps handled")], output=output)
+    elif outcome is Outcome.FAILED:
+        task.finish(RunTask.Status.FAILED, logs=[RunTask.log_line("a step failed")], error="A step inside failed.")
+    elif outcome is Outcome.STOPPED:
+        task.finish(RunTask.Status.CANCELLED, logs=[RunTask.log_line("the run ended before this branch finished")])
+    elif outcome is Outcome.SUSPENDED:
+        # Parked: no lease (no worker holds it); whoever resumes the waiting step finishes it.
+        RunTask.objects.filter(pk=task.pk, status=RunTask.Status.ACTIVE).update(
+            lease_expires_at=None, logs=task.logs + [RunTask.log_line("a step waits; this branch goes on later")]
+        )
+    return outcome
+
+
+def _subtree_node_ids(nodes):
+    ids = []
+    for node in nodes:
+        ids.append(node["id"])
+        ids.extend(_subtree_node_ids(node.get("children", [])))
+    return ids
+
+
+def run_trigger(*, run, task, record, event, properties):
+    """trigger_event: fire ``event`` for the same record as a child run, and walk its inline phase now."""
+    with transaction.atomic():
+        child = run_start(record=record, event=event, properties=properties, parent_run=run, parent_task=task)
+    outcome = run_inline(run=child)
+    child.refresh_from_db(fields=["status"])
+    return {"run_id": str(child.pk), "event": event, "status": child.status, "outcome": outcome.value}
 
 
 def task_await(*, task, timeout_seconds):
@@ -166,28 +363,28 @@ def task_await(*, task, timeout_seconds):
     }
 
 
-def task_store_waiting(*, task, output, logs):
+def task_store_waiting(*, task, output, logs, debug=None):
     """Keep what the waiting action produced, under any callback output that already arrived."""
     with transaction.atomic():
-        row = RunTask.objects.select_for_update().only("output", "logs").get(pk=task.pk)
-        RunTask.objects.filter(pk=task.pk).update(
-            output={**(output or {}), **row.output}, logs=row.logs + list(logs)
-        )
+        row = RunTask.objects.select_for_update().only("output", "logs", "debug").get(pk=task.pk)
+        changes = {"output": {**(output or {}), **row.output}, "logs": row.logs + list(logs)}
+        if debug is not None:
+            changes["debug"] = row.debug + [debug]
+        RunTask.objects.filter(pk=task.pk).update(**changes)
 
 
-def container_defer(*, run, task, node):
+def container_defer(*, run, task, node, inline=False):
     """Give a container its due time and, if it is due now, hand it to the queue after commit."""
     record = Record.objects.get(pk=run.record_id)
     ctx = NodeContext(run=run, task=task, record=record, node=node)
     try:
         due = registry.get(node["type"])().due_at(ctx)
-    except NodeError as exc:
-        task.claim()
-        return task_fail(run=run, task=task, error=str(exc))
     except Exception as exc:
-        logger.exception("Task %s (%s) could not compute its due time", task.pk, node["type"])
+        if not isinstance(exc, NodeError):
+            logger.exception("Task %s (%s) could not compute its due time", task.pk, node["type"])
         task.claim()
-        return task_fail(run=run, task=task, error=f"{exc.__class__.__name__}: {exc}")
+        error = str(exc) if isinstance(exc, NodeError) else f"{exc.__class__.__name__}: {exc}"
+        return task_fail(run=run, task=task, node=node, error=error, failure=RunTask.Failure.SCHEDULE, inline=inline)
     task.due_at = due
     if due > timezone.now():
         RunTask.objects.filter(pk=task.pk, status=RunTask.Status.PENDING).update(due_at=due)
@@ -197,69 +394,218 @@ def container_defer(*, run, task, node):
     except Exception as exc:
         logger.exception("Could not hand task %s to the queue", task.pk)
         task.claim()
-        return task_fail(run=run, task=task, error=f"Could not schedule: {exc.__class__.__name__}: {exc}")
+        return task_fail(run=run, task=task, node=node, error=f"Could not schedule: {exc.__class__.__name__}: {exc}",
+                         failure=RunTask.Failure.SCHEDULE, inline=inline)
     return Outcome.DONE
 
 
 def container_execute(*, task_id):
-    """A worker's part: claim a due container, walk its children, complete it, maybe finish the run.
+    """A worker's part, for a due container or a due retry of an action.
 
-    A duplicate or early delivery loses the claim and returns without effect.
+    A container: claim it, walk its children (or start its branch as a run of
+    its own), complete it, maybe finish the run. A retry: run the action again
+    and go on with its sequence. A duplicate or early delivery loses the claim
+    and returns without effect.
     """
     task = RunTask.objects.select_related("run").filter(pk=task_id).first()
     if task is None:
         return Outcome.STOPPED
-    if not task.claim(require_due=True):
-        # Early delivery: forget the hand-off so the dispatcher sends it again when due.
-        RunTask.objects.filter(pk=task_id, status=RunTask.Status.PENDING, due_at__gt=timezone.now()).update(
-            enqueued_at=None
-        )
-        return Outcome.ELSEWHERE
     run = task.run
     node = snapshot_node(run.snapshot, task.node_id)
+    if not task.is_container:
+        outcome = action_execute(run=run, task=task, node=node, require_due=True)
+        if outcome is Outcome.DONE:
+            return sequence_continue_after(run=run, task=task)
+        _forget_early_delivery(task_id)
+        return outcome
+    if not task.claim(require_due=True):
+        _forget_early_delivery(task_id)
+        return Outcome.ELSEWHERE
     task.logs.append(RunTask.log_line(f"attempt {task.attempt} started"))
+    if _runs_as_own_run(node):
+        return container_run_branch(run=run, task=task, node=node)
     outcome = sequence_walk(run=run, nodes=node.get("children", []))
     return container_conclude(run=run, task=task, outcome=outcome)
 
 
+def _forget_early_delivery(task_id):
+    """An early delivery: forget the hand-off so the dispatcher sends it again when due."""
+    RunTask.objects.filter(pk=task_id, status=RunTask.Status.PENDING, due_at__gt=timezone.now()).update(
+        enqueued_at=None
+    )
+
+
+def container_run_branch(*, run, task, node):
+    """event_type / event_properties: the container's children run as a run of their own."""
+    config = node.get("config", {})
+    record = Record.objects.select_related("form").get(pk=run.record_id)
+    ctx = NodeContext(run=run, task=task, record=record, node=node)
+    try:
+        properties = ctx.render(config["event_properties"]) if config.get("event_properties") else run.properties
+        result = run_trigger(run=run, task=task, record=record, event=config.get("event_type") or run.event,
+                             properties=properties)
+    except Exception as exc:
+        error = str(exc) if isinstance(exc, NodeError) else f"{exc.__class__.__name__}: {exc}"
+        return task_fail(run=run, task=task, node=node, error=error, failure=RunTask.Failure.SCHEDULE)
+    task.finish(RunTask.Status.COMPLETE, output=result,
+                logs=[RunTask.log_line(f"branch recorded as run {result['run_id']} of “{result['event']}”")])
+    run_finish_if_done(run=run)
+    return Outcome.DONE
+
+
 def container_conclude(*, run, task, outcome):
-    """Record how a container's walk ended: done, failed, stopped, or parked while a step waits."""
+    """Record how a deferred container's walk ended; when it is done, the run may be too."""
+    _container_settle(task, outcome)
     if outcome is Outcome.DONE:
-        task.finish(RunTask.Status.COMPLETE, logs=[RunTask.log_line("all steps handled")])
         run_finish_if_done(run=run)
-    elif outcome is Outcome.FAILED:
-        task.finish(RunTask.Status.FAILED, logs=[RunTask.log_line("a step failed")], error="A step inside failed.")
-    elif outcome is Outcome.STOPPED:
-        task.finish(RunTask.Status.CANCELLED, logs=[RunTask.log_line("the run ended before this branch finished")])
-    elif outcome is Outcome.SUSPENDED:
-        # Parked: no lease (no worker holds it); the callback's resume job finishes it.
-        RunTask.objects.filter(pk=task.pk, status=RunTask.Status.ACTIVE).update(
-            lease_expires_at=None, logs=task.logs + [RunTask.log_line("a step waits for a callback")]
-        )
     return outcome
 
 
 def sequence_resume(*, task_id):
-    """After a waiting step completed: walk its sequence on from the next sibling (in a worker).
+    """After a waiting step completed (or a go_async marker): walk its sequence on from the next sibling.
 
-    Duplicates are harmless: later steps are claimed one by one, and a step
-    someone else holds ends this walk without touching anything.
+    Runs in a worker. Duplicates are harmless: later steps are claimed one by
+    one, and a step someone else holds ends this walk without touching anything.
     """
     task = RunTask.objects.select_related("run").filter(pk=task_id).first()
     if task is None or task.status != RunTask.Status.COMPLETE:
         return Outcome.STOPPED
-    run = task.run
-    parent = RunTask.objects.filter(pk=task.parent_id).first() if task.parent_id else None
-    nodes = snapshot_node(run.snapshot, parent.node_id).get("children", []) if parent else run.snapshot
-    index = next(i for i, node in enumerate(nodes) if node["id"] == task.node_id)
-    outcome = sequence_walk(run=run, nodes=nodes, start=index + 1)
-    if parent is not None:
-        if outcome is Outcome.ELSEWHERE:
-            return outcome
-        return container_conclude(run=run, task=parent, outcome=outcome)
-    if outcome is Outcome.DONE:
-        run_finish_if_done(run=run)
+    return sequence_continue_after(run=task.run, task=task)
+
+
+def task_fail(*, run, task, node=None, error, logs=(), failure=RunTask.Failure.RAISED, inline=False, debug=None):
+    """A claimed step failed: retry it, run its error branch, or fail the run.
+
+    Returns DONE when an error branch handled it (the sequence goes on),
+    SUSPENDED when a retry or the error branch will go on later, FAILED when
+    the run failed.
+    """
+    node = node or snapshot_node(run.snapshot, task.node_id) or {}
+    if failure == RunTask.Failure.RAISED and task.attempt < task.max_attempts and task.status == RunTask.Status.ACTIVE:
+        return task_retry_later(task=task, node=node, error=error, logs=logs, debug=debug)
+    if failure == RunTask.Failure.RAISED and task.max_attempts > 1:
+        failure = RunTask.Failure.RETRIES
+        error = f"{error} (after {task.attempt} attempts)"
+    if not task.finish(RunTask.Status.FAILED, logs=list(logs) + [RunTask.log_line(f"failed: {error}")], error=error,
+                       failure=failure, debug=debug):
+        # Already settled elsewhere (a callback answered while the request was in flight):
+        # the first outcome stands, and whoever settled it carries the sequence on.
+        return Outcome.ELSEWHERE
+    return task_handle_failure(run=run, task=task, node=node, inline=inline)
+
+
+def task_handle_failure(*, run, task, node, inline=False):
+    """After a task failed: walk its error branch if it has one, else fail the run."""
+    if node.get("on_error"):
+        return error_branch_walk(run=run, task=task, node=node, inline=inline)
+    run_fail(run=run, error=f"{task.label or task.type} failed: {task.error}")
+    return Outcome.FAILED
+
+
+def error_branch_walk(*, run, task, node, inline=False):
+    """Create the error branch's tasks (once) and walk it. DONE means the failure is handled."""
+    start = (run.tasks.aggregate(last=Max("position"))["last"] or 0) + 1
+    branch = _tasks_for(run, node["on_error"], parent_id=task.pk, branch="on_error",
+                        debug=task.collect_debug, position=start)
+    try:
+        with transaction.atomic():
+            RunTask.objects.bulk_create(branch)
+    except IntegrityError:
+        return Outcome.ELSEWHERE  # someone else already runs this error branch
+    RunTask.objects.filter(pk=task.pk).update(
+        logs=task.logs + [RunTask.log_line("the error branch handles this failure")]
+    )
+    outcome = sequence_walk(run=run, nodes=node["on_error"], inline=inline)
     return outcome
+
+
+def error_branch_job(*, task_id):
+    """In a worker: the error branch of a task that failed outside a walk (callback FAILURE, deadline)."""
+    task = RunTask.objects.select_related("run").filter(pk=task_id).first()
+    if task is None or task.status != RunTask.Status.FAILED:
+        return Outcome.STOPPED
+    run = task.run
+    node = snapshot_node(run.snapshot, task.node_id)
+    outcome = error_branch_walk(run=run, task=task, node=node)
+    if outcome is Outcome.DONE:
+        return sequence_continue_after(run=run, task=task)
+    return outcome
+
+
+def _failed_outside_a_walk(task):
+    """A callback FAILURE or a passed deadline: hand the error branch to a worker, or fail the run."""
+    node = snapshot_node(task.run.snapshot, task.node_id) or {}
+    if node.get("on_error"):
+        queue.error_branch_enqueue(task_id=task.pk)
+    else:
+        task.refresh_from_db(fields=["error", "failure"])
+        if task.failure == RunTask.Failure.TIMEOUT:
+            run_fail(run=task.run, error=f"{task.label or task.type} timed out waiting for a callback.")
+        else:
+            run_fail(run=task.run, error=f"{task.label or task.type} failed: {task.error}")
+
+
+def task_retry_later(*, task, node, error, logs=(), debug=None):
+    """Put a failed attempt back to pending, due after an exponential backoff with jitter."""
+    retry = node.get("retry", {})
+    base = float(retry.get("backoff_seconds", 10))
+    cap = float(retry.get("backoff_max_seconds", 600))
+    delay = min(cap, base * (2 ** (task.attempt - 1))) * random.uniform(0.5, 1.0)
+    due = timezone.now() + timedelta(seconds=delay)
+    line = f"attempt {task.attempt} of {task.max_attempts} failed: {error}; next attempt at {due.isoformat(timespec='seconds')}"
+    changes = {
+        "status": RunTask.Status.PENDING, "due_at": due, "enqueued_at": None, "lease_expires_at": None,
+        "error": error, "logs": task.logs + list(logs) + [RunTask.log_line(line)],
+    }
+    if debug is not None:
+        changes["debug"] = task.debug + [debug]
+    RunTask.objects.filter(pk=task.pk, status=RunTask.Status.ACTIVE).update(**changes)
+    return Outcome.SUSPENDED
+
+
+def retry_delay_bounds(*, attempt, backoff_seconds, backoff_max_seconds):
+    """The (shortest, longest) wait before the attempt after ``attempt`` (for docs and tests)."""
+    longest = min(backoff_max_seconds, backoff_seconds * (2 ** (attempt - 1)))
+    return longest * 0.5, longest
+
+
+def task_redrive(*, task_id):
+    """Re-run a failed task (an admin's "retry"): the run goes on from that step; the failure stays on record.
+
+    The run and what its failure cancelled come back: the task is pending again
+    (one more attempt), the containers around it wait for it again, and the
+    tasks cancelled by the failure are pending again. Returns False when the
+    task is not failed or its run has moved on.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        task = RunTask.objects.select_for_update().select_related("run").get(pk=task_id)
+        run = task.run
+        if task.status != RunTask.Status.FAILED or run.status not in (Run.Status.FAILED, Run.Status.RUNNING):
+            return False
+        ancestors, parent_id = [], task.parent_id
+        while parent_id:
+            parent = RunTask.objects.get(pk=parent_id)
+            ancestors.append(parent.pk)
+            parent_id = parent.parent_id
+        if run.status == Run.Status.FAILED:
+            cancelled_by_failure = run.tasks.filter(status=RunTask.Status.CANCELLED, finished_at__gte=run.finished_at)
+            cancelled_by_failure.exclude(pk__in=ancestors).update(
+                status=RunTask.Status.PENDING, finished_at=None, enqueued_at=None
+            )
+            Run.objects.filter(pk=run.pk).update(status=Run.Status.RUNNING, error="", finished_at=None)
+            if run.is_submission:
+                Record.objects.filter(pk=run.record_id).update(is_complete=False)
+        RunTask.objects.filter(pk__in=ancestors, is_container=True).exclude(status=RunTask.Status.COMPLETE).update(
+            status=RunTask.Status.ACTIVE, finished_at=None, lease_expires_at=None, error=""
+        )
+        RunTask.objects.filter(pk=task.pk).update(
+            status=RunTask.Status.PENDING, due_at=now, enqueued_at=None, finished_at=None,
+            attempt=F("attempt") if task.attempt else 1, max_attempts=max(task.attempt, 1) + 1,
+            logs=task.logs + [RunTask.log_line("re-run by an admin; the failure above stays on record")],
+        )
+        queue.container_enqueue(task_id=task.pk)
+    return True
 
 
 @dataclass
@@ -311,7 +657,8 @@ def task_callback(*, task_id, status, logs=(), output=None, subtext=None, note="
         if succeeded:
             queue.sequence_resume_enqueue(task_id=row.pk)
     if not succeeded:
-        run_fail(run=row.run, error=f"{row.label or row.type} failed: {changes['error']}")
+        RunTask.objects.filter(pk=row.pk).update(failure=RunTask.Failure.CALLBACK)
+        _failed_outside_a_walk(row)
     return CallbackResult(applied=True, status=changes["status"])
 
 
@@ -340,11 +687,12 @@ def awaiting_expire(*, now=None):
             status=RunTask.Status.FAILED,
             finished_at=timezone.now(),
             error="Timed out: no callback arrived before the deadline.",
+            failure=RunTask.Failure.TIMEOUT,
             logs=task.logs + [RunTask.log_line(f"timed out waiting for a callback (deadline {task.deadline_at.isoformat()})")],
         )
         if won:
             expired += 1
-            run_fail(run=task.run, error=f"{task.label or task.type} timed out waiting for a callback.")
+            _failed_outside_a_walk(task)
     return expired
 
 
@@ -356,16 +704,6 @@ def snapshot_node(nodes, node_id):
         if found is not None:
             return found
     return None
-
-
-def task_fail(*, run, task, error, logs=()):
-    """Fail a claimed task. With nothing to catch it, the run fails too."""
-    if not task.finish(RunTask.Status.FAILED, logs=list(logs) + [RunTask.log_line(f"failed: {error}")], error=error):
-        # Already settled elsewhere (a callback answered while the request was in flight):
-        # the first outcome stands, and whoever settled it carries the sequence on.
-        return Outcome.ELSEWHERE
-    run_fail(run=run, error=f"{task.label or task.type} failed: {error}")
-    return Outcome.FAILED
 
 
 def run_fail(*, run, error):

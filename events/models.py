@@ -45,13 +45,17 @@ class NodeManager(MP_NodeManager):
 
     def check_parent(self, node, parent):
         if parent is None:
+            if node.branch == Node.Branch.ON_ERROR:
+                raise InvalidTreeOperation("An error-branch node must be placed under the node whose failure it handles.")
             return
         if (parent.form_id, parent.event) != (node.form_id, node.event):
             raise InvalidTreeOperation("A node can only move within its own form's event tree.")
+        if node.branch == Node.Branch.ON_ERROR:
+            return  # every node may have an error branch
         if not registry.get(parent.type).is_container:
             raise InvalidTreeOperation(
                 f"“{parent}” is a {registry.get(parent.type).label} action; only containers "
-                "(Background, Delay) can have children."
+                "(Background, Delay, Condition) hold steps. Put it in the error branch to handle its failure."
             )
 
     def move(self, node, target, pos=None):
@@ -115,6 +119,13 @@ class Node(MP_Node):
     visible = models.BooleanField(default=False, help_text="Show this step on the waiting page.")
     branch = models.CharField(max_length=10, choices=Branch, default=Branch.MAIN)
     config = models.JSONField(default=dict, blank=True)
+    max_attempts = models.PositiveSmallIntegerField(
+        default=1, help_text="Attempts before the step counts as failed (1 = no retry)."
+    )
+    retry_backoff_seconds = models.PositiveIntegerField(
+        default=10, help_text="Wait before the 2nd attempt; doubles for each further one, with jitter."
+    )
+    retry_backoff_max_seconds = models.PositiveIntegerField(default=600, help_text="The longest wait between attempts.")
 
     node_order_by = []
     objects = NodeManager()
@@ -147,11 +158,18 @@ class Node(MP_Node):
             "label": self.display_label(),
             "visible": self.visible,
             "config": self.config,
+            "retry": {
+                "max_attempts": self.max_attempts,
+                "backoff_seconds": self.retry_backoff_seconds,
+                "backoff_max_seconds": self.retry_backoff_max_seconds,
+            },
             "children": [],
             "on_error": [],
         }
 
     def clean(self):
+        if self.max_attempts < 1:
+            raise ValidationError({"max_attempts": "At least 1."})
         if self.name:
             clash = Node.objects.filter(form_id=self.form_id, event=self.event, name=self.name).exclude(pk=self.pk)
             if clash.exists():
@@ -180,6 +198,11 @@ class Run(models.Model):
     event = models.CharField(max_length=100, default=RECORD_UPDATE)
     is_submission = models.BooleanField(default=False, help_text="The run the submit fired; the record's completion flag follows it.")
     parent_run = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="child_runs")
+    parent_task = models.ForeignKey(
+        "RunTask", null=True, blank=True, on_delete=models.SET_NULL, related_name="child_runs",
+        help_text="The step (trigger_event or a container with event_type) that started this run.",
+    )
+    depth = models.PositiveSmallIntegerField(default=0, help_text="How many runs started this one, in a chain.")
     status = models.CharField(max_length=20, choices=Status, default=Status.RUNNING, db_index=True)
     snapshot = models.JSONField(default=list)
     properties = models.JSONField(default=dict, blank=True)
@@ -218,10 +241,11 @@ class RunTaskQuerySet(models.QuerySet):
         return self.filter(status=RunTask.Status.AWAITING, deadline_at__lte=now or timezone.now())
 
     def due_for_dispatch(self, now=None):
-        """Containers whose time has come and that no one has handed to the queue yet."""
+        """Containers and retries whose time has come and that no one has handed to the queue yet."""
         now = now or timezone.now()
         return self.filter(
-            status=RunTask.Status.PENDING, is_container=True, due_at__lte=now, enqueued_at__isnull=True
+            Q(is_container=True) | Q(attempt__gt=0),  # containers, and actions waiting to retry
+            status=RunTask.Status.PENDING, due_at__lte=now, enqueued_at__isnull=True,
         )
 
 
@@ -240,8 +264,16 @@ class RunTask(models.Model):
         COMPLETE = "complete", "Done"  # finished successfully
         FAILED = "failed", "Failed"  # raised, timed out or was failed by a callback
         CANCELLED = "cancelled", "Cancelled"  # never ran: its run stopped first
+        SKIPPED = "skipped", "Skipped"  # never ran: its condition did not hold
 
-    TERMINAL = (Status.COMPLETE, Status.FAILED, Status.CANCELLED)
+    TERMINAL = (Status.COMPLETE, Status.FAILED, Status.CANCELLED, Status.SKIPPED)
+
+    class Failure(models.TextChoices):
+        RAISED = "raised", "the step raised an error"
+        CALLBACK = "callback", "the callback reported FAILURE"
+        TIMEOUT = "timeout", "no callback before the deadline"
+        RETRIES = "retries", "every attempt failed"
+        SCHEDULE = "schedule", "could not be scheduled"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="tasks")
@@ -253,6 +285,7 @@ class RunTask(models.Model):
     label = models.CharField(max_length=200, blank=True)
     visible = models.BooleanField(default=False)
     is_container = models.BooleanField(default=False)
+    branch = models.CharField(max_length=10, default="main", help_text="“on_error” for a step of an error branch.")
     status = models.CharField(max_length=20, choices=Status, default=Status.PENDING, db_index=True)
     attempt = models.PositiveIntegerField(default=0)
     max_attempts = models.PositiveIntegerField(default=1)
@@ -266,6 +299,9 @@ class RunTask(models.Model):
     output = models.JSONField(default=dict, blank=True)
     subtext = models.CharField(max_length=500, blank=True)
     error = models.TextField(blank=True)
+    failure = models.CharField(max_length=20, choices=Failure, blank=True)
+    collect_debug = models.BooleanField(default=False)
+    debug = models.JSONField(default=list, blank=True, help_text="Per attempt: rendered config, inputs, output, timing.")
     # Waiting for a callback: the deadline, the hash of the per-task callback
     # token, and a digest of the callback that was applied (to recognise repeats).
     deadline_at = models.DateTimeField(null=True, blank=True, db_index=True)
@@ -304,14 +340,16 @@ class RunTask(models.Model):
             self.refresh_from_db(fields=["status", "attempt", "started_at", "lease_expires_at"])
         return bool(won)
 
-    def finish(self, status, *, logs=(), output=None, error=""):
+    def finish(self, status, *, logs=(), output=None, error="", failure="", debug=None):
         """active | awaiting → complete | failed | cancelled, appending logs. True if this call made the change."""
         now = timezone.now()
-        changes = {"status": status, "finished_at": now, "lease_expires_at": None, "error": error}
+        changes = {"status": status, "finished_at": now, "lease_expires_at": None, "error": error, "failure": failure}
         if output is not None:
             changes["output"] = output
         if logs:
             changes["logs"] = self.logs + list(logs)
+        if debug is not None:
+            changes["debug"] = self.debug + [debug]
         won = RunTask.objects.filter(pk=self.pk, status__in=[self.Status.ACTIVE, self.Status.AWAITING]).update(**changes)
         if won:
             for key, value in changes.items():

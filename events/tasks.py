@@ -43,7 +43,7 @@ def _send(task_id):
 
 
 def container_job(task_id):
-    """Queue entrypoint: run one container's children."""
+    """Queue entrypoint: run one container's children, or the next attempt of a retried action."""
     from . import engine
 
     outcome = engine.container_execute(task_id=task_id)
@@ -55,6 +55,20 @@ def sequence_resume_enqueue(*, task_id):
     transaction.on_commit(
         lambda: async_task("events.tasks.resume_job", str(task_id), task_name=f"resume-{task_id}")
     )
+
+
+def error_branch_enqueue(*, task_id):
+    """A task failed outside a walk (callback FAILURE, deadline): run its error branch in a worker."""
+    transaction.on_commit(
+        lambda: async_task("events.tasks.error_branch_job", str(task_id), task_name=f"error-branch-{task_id}")
+    )
+
+
+def error_branch_job(task_id):
+    """Queue entrypoint: a failed task's error branch, then the rest of its sequence."""
+    from . import engine
+
+    return engine.error_branch_job(task_id=task_id).value
 
 
 def resume_job(task_id):

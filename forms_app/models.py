@@ -49,6 +49,9 @@ class Form(models.Model):
         max_length=500, blank=True, help_text="If set, the finished page goes here instead of the done message."
     )
     failed_message = models.TextField(default="Sorry, something went wrong while processing your submission.")
+    collect_debug = models.BooleanField(
+        default=False, help_text="Store a debug trace of every step of this form's runs (costs storage)."
+    )
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

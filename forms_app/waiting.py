@@ -14,6 +14,7 @@ STEP_STATES = {
     RunTask.Status.COMPLETE: "done",
     RunTask.Status.FAILED: "failed",
     RunTask.Status.CANCELLED: "cancelled",
+    RunTask.Status.SKIPPED: "skipped",
 }
 SLOW_POLL_FACTOR = 5
 SLOW_POLL_MAX_SECONDS = 30

@@ -2,13 +2,16 @@
 
 from . import (  # noqa: F401
     background,
+    condition,
     delay,
     fail,
+    go_async,
     http_request,
     pause,
     send_email,
     set_flag,
     set_subtext,
+    trigger_event,
     update_field,
 )
 from . import registry  # noqa: F401

@@ -48,6 +48,39 @@ class ConfigForm(forms.Form):
         return config
 
 
+class ContainerConfig(ConfigForm):
+    """The options every deferred container takes (from the Run In Background seed)."""
+
+    event_type = forms.SlugField(
+        label="Event type", required=False, max_length=100,
+        help_text="Record this branch as a run of its own, under this event name.",
+    )
+    event_properties = forms.JSONField(
+        label="Event properties", required=False,
+        help_text='A JSON object the branch sees as its properties (values may be templates): {"source": "web"}.',
+    )
+    collect_debug = forms.BooleanField(
+        label="Collect debug traces", required=False,
+        help_text="Store each step's rendered config, inputs, output and timing (costs storage).",
+    )
+
+    def clean_event_properties(self):
+        value = self.cleaned_data.get("event_properties")
+        if value in (None, ""):
+            return None
+        if not isinstance(value, dict):
+            raise forms.ValidationError('Give the properties as a JSON object: {"name": "value"}.')
+        return value
+
+    def container_options(self):
+        """The options as stored: only those that are set."""
+        options = {}
+        for key in ("event_type", "event_properties", "collect_debug"):
+            if self.cleaned_data.get(key):
+                options[key] = self.cleaned_data[key]
+        return options
+
+
 @dataclass
 class NodeContext:
     """What an executing node sees. Built by the engine for one task."""
@@ -60,6 +93,10 @@ class NodeContext:
     logs: list = field(default_factory=list)
     # Set by the engine: moves the task to "awaiting" and returns its callback credentials.
     awaiter: Any = None
+    # Set by the engine: fires another event of the form for this record.
+    trigger: Any = None
+    # In an error branch: {"message", "type", "node", "payload"} of the step that failed.
+    error: Any = None
 
     @property
     def config(self):
@@ -73,6 +110,7 @@ class NodeContext:
             "tasks": self.outputs,
             "run": {"id": str(self.run.pk), "reference": self.run.reference, "event": self.run.event, "subtext": self.run.subtext},
             "site": {"public_url": settings.EVENTS_PUBLIC_URL.rstrip("/")},
+            "error": self.error or {},
         }
 
     def render(self, value, extra=None):
@@ -98,6 +136,10 @@ class NodeContext:
         """
         return self.awaiter(timeout_seconds=timeout_seconds)
 
+    def trigger_event(self, *, event, properties):
+        """Fire ``event`` for this record as a child run; returns {"run_id", "event", "status"}."""
+        return self.trigger(event=event, properties=properties)
+
     def log(self, line):
         from ..models import RunTask
 
@@ -108,15 +150,19 @@ class NodeType:
     """One kind of node. Subclasses set key, label, config_form and a docstring.
 
     Actions implement ``execute(ctx) -> dict | None`` (the task's output) and
-    raise NodeError to fail. Containers set ``is_container`` and implement
-    ``due_at(ctx)``: when their children may start. Neither touches the queue
-    or commits a transaction: the engine does.
+    raise NodeError to fail. Deferred containers set ``is_container`` and
+    ``is_deferred`` and implement ``due_at(ctx)``: when their children may
+    start. Inline containers (condition) implement ``holds(ctx)``. Markers set
+    ``is_marker``. None of them touches the queue or commits a transaction:
+    the engine does.
     """
 
     key: ClassVar[str]  # stored in the database: never rename
     label: ClassVar[str]
     config_form: ClassVar[type[ConfigForm]]
-    is_container: ClassVar[bool] = False
+    is_container: ClassVar[bool] = False  # may hold steps (its "children")
+    is_deferred: ClassVar[bool] = False  # a container whose children leave the walk for the queue
+    is_marker: ClassVar[bool] = False  # neither action nor container: changes how its sequence runs
 
     @classmethod
     def clean_config(cls, data, *, tree_form=None):

@@ -4,7 +4,7 @@ from django import forms
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from .base import ConfigForm, NodeError, NodeType
+from .base import ContainerConfig, NodeError, NodeType
 from .registry import register
 
 RULES = {
@@ -17,7 +17,7 @@ RULES = {
 }
 
 
-class DelayConfig(ConfigForm):
+class DelayConfig(ContainerConfig):
     rule = forms.ChoiceField(label="Due", choices=list(RULES.items()), required=False,
                              help_text="Left empty, it follows from the value given below.")
     after_seconds = forms.IntegerField(label="Seconds after the submit", min_value=0, required=False)
@@ -52,7 +52,7 @@ class DelayConfig(ConfigForm):
         keep = {"rule", {"after": "after_seconds", "at": "at", "field": "field"}.get(config["rule"])}
         if config["rule"] == "field":
             keep.add("offset_seconds")
-        return {key: value for key, value in config.items() if key in keep}
+        return {**{key: value for key, value in config.items() if key in keep}, **self.container_options()}
 
 
 def start_of_next_day(moment):
@@ -121,12 +121,14 @@ class Delay(NodeType):
     its value: ``after_seconds`` (after the submit), ``at`` (ISO datetime), ``field`` plus
     ``offset_seconds`` (a record date field, ± seconds). ``rule`` may be left out when one
     value says it: ``{"after_seconds": 600}``. Day and month starts use ``DJANGO_TIME_ZONE``.
+    Like Background, it also takes ``event_type``, ``event_properties`` and ``collect_debug``.
     """
 
     key = "delay"
     label = "Delay"
     config_form = DelayConfig
     is_container = True
+    is_deferred = True
 
     @classmethod
     def describe(cls, config):
