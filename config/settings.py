@@ -156,6 +156,13 @@ EVENTS_PUBLIC_URL = os.environ.get("EVENTS_PUBLIC_URL", "http://127.0.0.1:8000")
 EVENTS_HTTP_ALLOWED_HOSTS = env_list("EVENTS_HTTP_ALLOWED_HOSTS")
 EVENTS_TASK_LEASE_SECONDS = int(os.environ.get("EVENTS_TASK_LEASE_SECONDS", str(EVENTS_JOB_TIMEOUT)))
 EVENTS_DISPATCH_INTERVAL = float(os.environ.get("EVENTS_DISPATCH_INTERVAL", "0.2"))
+# The sweep (in every worker): how often, when a hand-off counts as lost, and how many
+# times a task whose worker died is tried again before it fails.
+EVENTS_SWEEP_INTERVAL = float(os.environ.get("EVENTS_SWEEP_INTERVAL", "5"))
+EVENTS_REQUEUE_AFTER_SECONDS = int(os.environ.get("EVENTS_REQUEUE_AFTER_SECONDS", "120"))
+EVENTS_LEASE_RETRY_LIMIT = int(os.environ.get("EVENTS_LEASE_RETRY_LIMIT", "3"))
+# The watchdog: the oldest ready job may wait this long while the cluster claims to run.
+EVENTS_WATCHDOG_SECONDS = int(os.environ.get("EVENTS_WATCHDOG_SECONDS", "60"))
 EVENTS_PAUSE_MAX_SECONDS = 60
 EVENTS_MAX_EVENT_DEPTH = int(os.environ.get("EVENTS_MAX_EVENT_DEPTH", "20"))
 EVENTS_HTTP_SIGNING_SECRET = os.environ.get("EVENTS_HTTP_SIGNING_SECRET", "")

@@ -532,7 +532,7 @@ def error_branch_job(*, task_id):
     return outcome
 
 
-def _failed_outside_a_walk(task):
+def failed_outside_a_walk(task):
     """A callback FAILURE or a passed deadline: hand the error branch to a worker, or fail the run."""
     node = snapshot_node(task.run.snapshot, task.node_id) or {}
     if node.get("on_error"):
@@ -658,7 +658,7 @@ def task_callback(*, task_id, status, logs=(), output=None, subtext=None, note="
             queue.sequence_resume_enqueue(task_id=row.pk)
     if not succeeded:
         RunTask.objects.filter(pk=row.pk).update(failure=RunTask.Failure.CALLBACK)
-        _failed_outside_a_walk(row)
+        failed_outside_a_walk(row)
     return CallbackResult(applied=True, status=changes["status"])
 
 
@@ -692,7 +692,7 @@ def awaiting_expire(*, now=None):
         )
         if won:
             expired += 1
-            _failed_outside_a_walk(task)
+            failed_outside_a_walk(task)
     return expired
 
 

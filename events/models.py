@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from treebeard.mp_tree import MP_Node, MP_NodeManager, MP_NodeQuerySet
@@ -243,10 +243,8 @@ class RunTaskQuerySet(models.QuerySet):
     def due_for_dispatch(self, now=None):
         """Containers and retries whose time has come and that no one has handed to the queue yet."""
         now = now or timezone.now()
-        return self.filter(
-            Q(is_container=True) | Q(attempt__gt=0),  # containers, and actions waiting to retry
-            status=RunTask.Status.PENDING, due_at__lte=now, enqueued_at__isnull=True,
-        )
+        # Actions get a due time only to be re-run by a worker (a retry, or a repair by the sweep).
+        return self.filter(status=RunTask.Status.PENDING, due_at__lte=now, enqueued_at__isnull=True)
 
 
 class RunTask(models.Model):
@@ -422,3 +420,29 @@ class ApiKey(models.Model):
     def revoke(self):
         ApiKey.objects.filter(pk=self.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
         self.refresh_from_db(fields=["revoked_at"])
+
+
+class Repair(models.Model):
+    """How many times the sweep repaired something, per kind: what an operator watches."""
+
+    kind = models.CharField(max_length=50, unique=True)
+    count = models.PositiveBigIntegerField(default=0)
+    last_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["kind"]
+
+    def __str__(self):
+        return f"{self.kind}: {self.count}"
+
+    @classmethod
+    def record(cls, kind, n=1):
+        if not n:
+            return
+        now = timezone.now()
+        if not cls.objects.filter(kind=kind).update(count=F("count") + n, last_at=now):
+            try:
+                with transaction.atomic():
+                    cls.objects.create(kind=kind, count=n, last_at=now)
+            except IntegrityError:
+                cls.objects.filter(kind=kind).update(count=F("count") + n, last_at=now)

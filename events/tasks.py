@@ -9,6 +9,7 @@ import logging
 
 from django.db import transaction
 from django.utils import timezone
+from django_q.models import OrmQ
 from django_q.tasks import async_task
 
 from .models import RunTask
@@ -118,3 +119,15 @@ def standin_job(task_id, callback_url, callback_token, progress_url, step_second
         task_id=task_id, callback_url=callback_url, callback_token=callback_token,
         progress_url=progress_url, step_seconds=step_seconds,
     )
+
+
+def queue_stats(*, now=None):
+    """What the broker holds: jobs ready to run, and how long the oldest ready one has waited (seconds)."""
+    now = now or timezone.now()
+    ready = OrmQ.objects.filter(lock__lt=now)
+    oldest = ready.order_by("lock").values_list("lock", flat=True).first()
+    return {
+        "ready": ready.count(),
+        "taken": OrmQ.objects.filter(lock__gte=now).count(),
+        "oldest_ready_age": (now - oldest).total_seconds() if oldest else 0.0,
+    }

@@ -115,14 +115,18 @@ def test_http_request_error_status_is_an_ordinary_answer_without_fail_on_status(
     assert outcome.run.status == "complete"
 
 
-def test_http_request_does_not_follow_redirects(form, submit, http_server, allow_local_http):
+def test_http_request_keeps_a_redirect_without_location_as_the_answer(form, submit, http_server, allow_local_http):
+    # Redirects are followed (test_http_request_ssrf.py); one with nowhere to go is the answer.
     http_server.status = 302
     add_node(form, "http_request", name="call", config={"method": "GET", "url": http_server.url + "/start"})
 
     outcome = submit({"email": "ann@example.com"})
 
     assert [request["path"] for request in http_server.requests] == ["/start"]
-    assert outcome.task("call").output["status_code"] == 302
+    output = outcome.task("call").output
+    assert output["status_code"] == 302
+    assert output["url"] == http_server.url + "/start"
+    assert output["redirects"] == []
 
 
 def test_http_request_refuses_a_header_value_with_a_line_break(form, submit, http_server, allow_local_http):
