@@ -33,8 +33,19 @@ if not SECRET_KEY:
         "DJANGO_SECRET_KEY is not set. Set it to a long random string, "
         "or set DJANGO_DEBUG=1 for local development."
     )
+if not DEBUG and (SECRET_KEY == DEVELOPMENT_SECRET_KEY or len(SECRET_KEY) < 32):
+    raise ImproperlyConfigured(
+        "DJANGO_SECRET_KEY is the development key or shorter than 32 characters: refusing to start in "
+        "production. Generate one with: python -c 'import secrets; print(secrets.token_urlsafe(50))'"
+    )
 
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]", "testserver"}
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost" if DEBUG else "")
+if DEBUG and not env_bool("DJANGO_DEBUG_ANY_HOST") and set(ALLOWED_HOSTS) - LOCAL_HOSTS:
+    raise ImproperlyConfigured(
+        f"DJANGO_DEBUG is on with non-local hosts {sorted(set(ALLOWED_HOSTS) - LOCAL_HOSTS)}: debug pages "
+        "leak settings and data. Turn DJANGO_DEBUG off for a served site."
+    )
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
 
 INSTALLED_APPS = [
@@ -91,10 +102,12 @@ SQLITE_OPTIONS = {
     "timeout": 20,
     "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
 }
+# PostgreSQL: persistent connections, checked before reuse (a restarted server is noticed).
 DATABASES = {
     "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
-        conn_max_age=600,
+        conn_max_age=int(os.environ.get("DJANGO_CONN_MAX_AGE", "600")),
+        conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -116,6 +129,13 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]
+if not DEBUG:
+    # Production: whitenoise serves collected, compressed, cache-busted files (run collectstatic).
+    STORAGES = {
+        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+        "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    }
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("DJANGO_BEHIND_HTTPS_PROXY") else None
 
 SESSION_COOKIE_SECURE = not DEBUG and env_bool("DJANGO_SECURE_COOKIES", True)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
@@ -163,6 +183,7 @@ EVENTS_REQUEUE_AFTER_SECONDS = int(os.environ.get("EVENTS_REQUEUE_AFTER_SECONDS"
 EVENTS_LEASE_RETRY_LIMIT = int(os.environ.get("EVENTS_LEASE_RETRY_LIMIT", "3"))
 # The watchdog: the oldest ready job may wait this long while the cluster claims to run.
 EVENTS_WATCHDOG_SECONDS = int(os.environ.get("EVENTS_WATCHDOG_SECONDS", "60"))
+EVENTS_RETENTION_DAYS = int(os.environ.get("EVENTS_RETENTION_DAYS", "30"))
 EVENTS_PAUSE_MAX_SECONDS = 60
 EVENTS_MAX_EVENT_DEPTH = int(os.environ.get("EVENTS_MAX_EVENT_DEPTH", "20"))
 EVENTS_HTTP_SIGNING_SECRET = os.environ.get("EVENTS_HTTP_SIGNING_SECRET", "")

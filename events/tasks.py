@@ -9,7 +9,7 @@ import logging
 
 from django.db import transaction
 from django.utils import timezone
-from django_q.models import OrmQ
+from django_q.models import OrmQ, Task
 from django_q.tasks import async_task
 
 from .models import RunTask
@@ -131,3 +131,9 @@ def queue_stats(*, now=None):
         "taken": OrmQ.objects.filter(lock__gte=now).count(),
         "oldest_ready_age": (now - oldest).total_seconds() if oldest else 0.0,
     }
+
+
+def prune_queue_results(*, before):
+    """Delete django-q2's stored results older than ``before`` (we keep our own in RunTask)."""
+    deleted, _ = Task.objects.filter(stopped__lt=before).delete()
+    return deleted
