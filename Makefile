@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test install browser migrate demo clean
+.PHONY: run test soak install browser migrate demo clean
 
 # Find a Python 3.12+: pyenv's, then python3.13 / python3.12 on PATH.
 $(PY):
@@ -46,12 +46,20 @@ run: demo
 
 # The whole suite on SQLite; and again on PostgreSQL when TEST_DATABASE_URL is set
 # (pytest-django creates and drops test_<name>_gwN databases there).
+# Then the fault tests (short version), one at a time, with their counts printed.
 test: install browser
-	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadgroup -m "not faults" $(PYTEST_ARGS)
 	@if [ -n "$$TEST_DATABASE_URL" ]; then \
 	  echo "== The whole suite again, on PostgreSQL ($$TEST_DATABASE_URL)"; \
-	  DATABASE_URL="$$TEST_DATABASE_URL" $(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS); \
+	  DATABASE_URL="$$TEST_DATABASE_URL" $(PY) -m pytest -n 2 --dist loadgroup -m "not faults" $(PYTEST_ARGS); \
 	fi
+	@if [ -z "$(PYTEST_ARGS)" ]; then \
+	  echo "== Fault tests (short)"; $(PY) -m pytest -p no:xdist -s -m faults tests/faults; \
+	fi
+
+# The long fault tests: bigger counts, longer runs.
+soak: install
+	FAULTS_SCALE=long $(PY) -m pytest -p no:xdist -s -m faults tests/faults
 
 clean:
 	rm -rf $(VENV) db.sqlite3 db.sqlite3-wal db.sqlite3-shm staticfiles
