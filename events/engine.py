@@ -335,10 +335,15 @@ def _subtree_node_ids(nodes):
     return ids
 
 
-def run_trigger(*, run, task, record, event, properties):
-    """trigger_event: fire ``event`` for the same record as a child run, and walk its inline phase now."""
+def run_trigger(*, run, task, record, event, properties, snapshot=None):
+    """trigger_event: fire ``event`` for the same record as a child run, and walk its inline phase now.
+
+    ``snapshot``: the steps the child run executes instead of the event's tree
+    (a container's branch recorded as a run of its own).
+    """
     with transaction.atomic():
-        child = run_start(record=record, event=event, properties=properties, parent_run=run, parent_task=task)
+        child = run_start(record=record, event=event, properties=properties, parent_run=run, parent_task=task,
+                          snapshot=snapshot)
     outcome = run_inline(run=child)
     child.refresh_from_db(fields=["status"])
     return {"run_id": str(child.pk), "event": event, "status": child.status, "outcome": outcome.value}
@@ -443,7 +448,7 @@ def container_run_branch(*, run, task, node):
     try:
         properties = ctx.render(config["event_properties"]) if config.get("event_properties") else run.properties
         result = run_trigger(run=run, task=task, record=record, event=config.get("event_type") or run.event,
-                             properties=properties)
+                             properties=properties, snapshot=node.get("children", []))
     except Exception as exc:
         error = str(exc) if isinstance(exc, NodeError) else f"{exc.__class__.__name__}: {exc}"
         return task_fail(run=run, task=task, node=node, error=error, failure=RunTask.Failure.SCHEDULE)
@@ -495,7 +500,15 @@ def task_fail(*, run, task, node=None, error, logs=(), failure=RunTask.Failure.R
 
 
 def task_handle_failure(*, run, task, node, inline=False):
-    """After a task failed: walk its error branch if it has one, else fail the run."""
+    """After a task failed: walk its error branch if it has one, else fail the run.
+
+    A failed container's own steps will never run: they are cancelled first,
+    so that a handled failure still lets the run complete.
+    """
+    if node.get("children"):
+        run.tasks.filter(node_id__in=_subtree_node_ids(node["children"]), status=RunTask.Status.PENDING).update(
+            status=RunTask.Status.CANCELLED, finished_at=timezone.now()
+        )
     if node.get("on_error"):
         return error_branch_walk(run=run, task=task, node=node, inline=inline)
     run_fail(run=run, error=f"{task.label or task.type} failed: {task.error}")

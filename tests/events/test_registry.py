@@ -14,17 +14,25 @@ NODE_TESTS = Path(__file__).resolve().parent / "nodes"
 # One valid config per type, as an admin would enter it. A new type needs one here.
 SAMPLE_CONFIGS = {
     "background": {},
+    "condition": {"match": "all", "rules": [{"field": "seats", "operator": "greater_than", "value": "2"}]},
     "delay": {"after_seconds": 600},
     "fail": {"message": "Failed on purpose"},
+    "go_async": {},
     "http_request": {"method": "POST", "url": "https://example.com/hook", "timeout_seconds": 5},
     "pause": {"seconds": 1},
     "send_email": {"to": "{{ record.email }}", "subject": "Hello", "body": "Thanks"},
     "set_flag": {"flag": "paid", "value": True},
     "set_subtext": {"text": "Working on it"},
+    "trigger_event": {"event": "x"},
     "update_field": {"field": "status", "value": "{{ record.email }}"},
 }
 
 TYPES = registry.all_types()
+
+
+def config_keys(node_type):
+    """The keys a type documents: its ``config_keys`` if it declares them, else its config form's fields."""
+    return getattr(node_type, "config_keys", None) or tuple(node_type.config_form.base_fields)
 
 
 def test_the_registry_is_not_empty():
@@ -43,6 +51,14 @@ def test_node_type_has_key_label_and_config_form(node_type):
 
 @pytest.mark.parametrize("node_type", TYPES, ids=lambda cls: cls.key)
 def test_node_type_implements_its_kind(node_type):
+    if node_type.is_marker:
+        # Changes how its sequence runs (go_async): the engine does it all, nothing to implement.
+        assert not node_type.is_container, f"{node_type.key} is a marker and a container at once"
+        return
+    if node_type.is_container and not getattr(node_type, "is_deferred", True):
+        # Runs its children at once, when it holds (the condition).
+        assert node_type.holds is not getattr(NodeType, "holds", None), f"{node_type.key} must implement holds()"
+        return
     method = "due_at" if node_type.is_container else "execute"
     assert getattr(node_type, method) is not getattr(NodeType, method), f"{node_type.key} must implement {method}()"
 
@@ -51,7 +67,7 @@ def test_node_type_implements_its_kind(node_type):
 def test_node_type_has_a_docstring_naming_its_config_fields(node_type):
     doc = node_type.__doc__ or ""
     assert doc.strip(), f"{node_type.key} has no docstring"
-    for name in node_type.config_form.base_fields:
+    for name in config_keys(node_type):
         assert f"``{name}``" in doc, f"the docstring of {node_type.key} does not mention ``{name}``"
 
 
@@ -78,7 +94,7 @@ def test_node_type_is_documented_in_the_readme(node_type):
     headings = [line for line in readme.splitlines() if line.lstrip().startswith("#")]
 
     assert any(f"`{node_type.key}`" in line for line in headings), f"README.md has no heading with `{node_type.key}`"
-    missing = [name for name in node_type.config_form.base_fields if f"`{name}`" not in readme]
+    missing = [name for name in config_keys(node_type) if f"`{name}`" not in readme]
     assert not missing, f"README.md does not mention the {node_type.key} config fields {missing}"
 
 
