@@ -1,5 +1,5 @@
 """Admin: the event-tree editor and its overview, runs and tasks (read-only, but for settling an
-awaiting task by hand), and API keys (shown once, stored hashed)."""
+awaiting task by hand and re-running a failed one), and API keys (shown once, stored hashed)."""
 
 import json
 from urllib.parse import urlencode
@@ -48,15 +48,19 @@ def tree_overview_url(form_id, event=RECORD_UPDATE):
 # The event-tree editor -------------------------------------------------------------------------
 
 
-def node_mode(node_type, config, *, in_container):
+def node_mode(node_type, config, *, in_background):
     """How a node runs, in the words of the overview: inline, background, in background, delay: …"""
     if node_type is None:
         return "unknown type"
-    if node_type.is_container:
+    if node_type.is_deferred:
         if node_type.key == "delay":
             return f"delay: {safe_describe(node_type, config)}"
         return "background"
-    return "in background" if in_container else "inline"
+    if node_type.is_container:
+        return "condition, in background" if in_background else "condition, inline"
+    if node_type.is_marker:
+        return "marker"
+    return "in background" if in_background else "inline"
 
 
 def safe_describe(node_type, config):
@@ -66,24 +70,54 @@ def safe_describe(node_type, config):
         return f"(cannot describe: {exc.__class__.__name__})"
 
 
+def retry_text(node):
+    """“up to 3 attempts, backoff 10 s doubling up to 600 s”, or "" without retries."""
+    if node.max_attempts <= 1:
+        return ""
+    return (f"up to {node.max_attempts} attempts, backoff {node.retry_backoff_seconds} s "
+            f"doubling up to {node.retry_backoff_max_seconds} s")
+
+
+def node_markers(node, node_type, config):
+    """The short notes the overview shows beside a node: retries, own runs, debug traces, waiting."""
+    markers = []
+    retry = retry_text(node)
+    if retry:
+        markers.append(retry)
+    if node_type is not None and node_type.is_deferred and (config.get("event_type") or config.get("event_properties")):
+        event = config.get("event_type") or node.event
+        markers.append(f"as its own run of “{event}”"
+                       + (" with its own properties" if config.get("event_properties") else ""))
+    if config.get("collect_debug"):
+        markers.append("collects debug traces")
+    if config.get("wait_for_callback"):
+        markers.append("waits for callback")
+    if node.visible:
+        markers.append("visible on the waiting page")
+    return markers
+
+
 def overview_tree(nodes):
-    """Nest the nodes of one tree (ordered by path) into items for the overview template."""
+    """Nest the nodes of one tree (ordered by path) into items for the overview template.
+
+    An item's ``children`` are its steps; ``on_error`` its error branch. A node runs in the
+    background under a deferred container, after a go_async marker in its sequence, or in the
+    error branch of a node that does.
+    """
     roots, stack = [], []
+    async_after = set()  # ids of items (None: the top level) whose sequence has passed a go_async
     for node in nodes:
         while stack and stack[-1]["node"].depth >= node.depth:
             stack.pop()
         parent = stack[-1] if stack else None
         node_type = node_type_or_none(node.type)
-        in_container = parent is not None and parent["is_container"]
         config = node.config or {}
-        markers = []
-        if node.branch == Node.Branch.ON_ERROR:
-            markers.append("error branch: runs when its parent fails")
-        if config.get("wait_for_callback"):
-            markers.append("waits for callback")
-        if node.visible:
-            markers.append("visible on the waiting page")
-        mode = node_mode(node_type, config, in_container=in_container)
+        is_error_step = parent is not None and node.branch == Node.Branch.ON_ERROR
+        sequence = (id(parent) if parent else None, node.branch)
+        in_background = sequence in async_after or bool(parent and (
+            parent["in_background"] or (not is_error_step and parent["is_deferred"])
+        ))
+        mode = node_mode(node_type, config, in_background=in_background)
         summary = safe_describe(node_type, config) if node_type else ""
         item = {
             "node": node,
@@ -92,10 +126,18 @@ def overview_tree(nodes):
             "summary": "" if mode.endswith(summary) else summary,  # a delay's rule is already its mode
             "mode": mode,
             "is_container": bool(node_type and node_type.is_container),
-            "markers": markers,
+            "is_deferred": bool(node_type and node_type.is_deferred),
+            "in_background": in_background,
+            "markers": node_markers(node, node_type, config),
             "children": [],
+            "on_error": [],
         }
-        (parent["children"] if parent else roots).append(item)
+        if parent is None:
+            roots.append(item)
+        else:
+            parent["on_error" if is_error_step else "children"].append(item)
+        if node_type is not None and node_type.is_marker and node_type.key == "go_async":
+            async_after.add(sequence)
         stack.append(item)
     return roots
 
@@ -160,6 +202,13 @@ class NodeAdmin(TreeAdmin):
                 {"fields": [config_field_name(name) for name in node_type.config_form.base_fields],
                  "description": (node_type.__doc__ or "").strip().split("\n")[0]},
             ))
+        fieldsets.append((
+            "Retries",
+            {"fields": ["max_attempts", "retry_backoff_seconds", "retry_backoff_max_seconds"],
+             "description": "When the step raises an error, try it again after a wait that doubles each time "
+                            "(with jitter), up to the longest wait. When every attempt failed, the error branch "
+                            "runs, or else the run fails."},
+        ))
         fieldsets.append(("Place in the tree", {"fields": ["treebeard_position", "treebeard_ref_node"]}))
         return fieldsets
 
@@ -301,8 +350,24 @@ def deadline_text(task):
     return date_format(timezone.localtime(task.deadline_at), "Y-m-d H:i:s")
 
 
-def timeline(tasks):
-    """The run's tasks in position order, each with its depth (indent by parent)."""
+def json_text(value):
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def debug_traces(task):
+    """The task's debug trace, one (title, pretty JSON) per attempt."""
+    traces = []
+    for index, trace in enumerate(task.debug or [], start=1):
+        attempt = trace.get("attempt", index) if isinstance(trace, dict) else index
+        traces.append({"title": f"attempt {attempt}", "json": json_text(trace)})
+    return traces
+
+
+def timeline(tasks, *, child_runs=None):
+    """The run's tasks in position order, each with its depth (indent by parent).
+
+    ``child_runs`` maps a task id to the runs it started (trigger_event, a container with event_type).
+    """
     now = timezone.now()
     depth_of = {}
     rows = []
@@ -316,11 +381,31 @@ def timeline(tasks):
             "duration": duration(task),
             "deadline": deadline_text(task),
             "overdue": is_overdue(task, now),
-            "output": json.dumps(task.output, indent=2, ensure_ascii=False, sort_keys=True, default=str)
-            if task.output else "",
+            "is_error_step": task.branch == Node.Branch.ON_ERROR,
+            "failure": task.get_failure_display() if task.failure else "",
+            "can_redrive": task.status == RunTask.Status.FAILED,
+            "child_runs": (child_runs or {}).get(task.pk, []),
+            "debug": debug_traces(task),
+            "output": json_text(task.output) if task.output else "",
             "logs": [entry if isinstance(entry, dict) else {"at": "", "line": str(entry)} for entry in task.logs or []],
         })
     return rows
+
+
+def runs_by_parent_task(run):
+    grouped = {}
+    for child in run.child_runs.order_by("created_at"):
+        grouped.setdefault(child.parent_task_id, []).append(child)
+    return grouped
+
+
+def redrive_message(task, redriven):
+    """(level, text) telling an admin what a re-run did."""
+    if redriven:
+        return messages.SUCCESS, (f"Re-running “{task}” (run {task.run.reference}): the run goes on from this step; "
+                                  "the failure stays on record in its log.")
+    return messages.WARNING, (f"“{task}” (run {task.run.reference}) was not re-run: it is no longer failed, "
+                              "or its run has moved on.")
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -346,12 +431,12 @@ class RunAdmin(ReadOnlyAdmin):
     change_form_template = "admin/events/run/change_form.html"
     fieldsets = [
         (None, {"fields": ["reference", "form", "record_link", "event", "status", "is_submission", "parent_run_link",
-                           "subtext", "error", "created_at", "finished_at"]}),
+                           "depth", "child_runs_links", "subtext", "error", "created_at", "finished_at"]}),
         ("Data", {"fields": ["properties_json", "record_data_json"]}),
         ("Snapshot of the tree", {"fields": ["snapshot_json"], "classes": ["collapse"]}),
     ]
-    readonly_fields = ["reference", "record_link", "parent_run_link", "properties_json", "record_data_json",
-                       "snapshot_json"]
+    readonly_fields = ["reference", "record_link", "parent_run_link", "child_runs_links", "properties_json",
+                       "record_data_json", "snapshot_json"]
 
     @admin.display(description="reference")
     def reference(self, run):
@@ -367,7 +452,22 @@ class RunAdmin(ReadOnlyAdmin):
         if run.parent_run_id is None:
             return "—"
         url = reverse("admin:events_run_change", args=[run.parent_run_id])
-        return format_html('<a href="{}">{}</a>', url, run.parent_run)
+        link = format_html('<a href="{}">{}</a>', url, run.parent_run)
+        if run.parent_task_id is None:
+            return link
+        step = reverse("admin:events_runtask_change", args=[run.parent_task_id])
+        return format_html('{}, started by its step <a href="{}">{}</a>', link, step, run.parent_task)
+
+    @admin.display(description="child runs")
+    def child_runs_links(self, run):
+        children = list(run.child_runs.order_by("created_at"))
+        if not children:
+            return "—"
+        return format_html_join(
+            ", ", '<a href="{}">{}</a> ({})',
+            ((reverse("admin:events_run_change", args=[child.pk]), child, child.get_status_display())
+             for child in children),
+        )
 
     @admin.display(description="properties")
     def properties_json(self, run):
@@ -416,9 +516,10 @@ class RunAdmin(ReadOnlyAdmin):
         extra_context = {**(extra_context or {})}
         if run is not None:
             extra_context.update(
-                timeline=timeline(run.tasks.order_by("position")),
+                timeline=timeline(run.tasks.order_by("position"), child_runs=runs_by_parent_task(run)),
                 can_cancel=run.status == Run.Status.RUNNING and self.has_cancel_permission(request),
                 can_settle=request.user.has_perm("events.change_runtask"),
+                can_redrive=request.user.has_perm("events.change_runtask"),
                 cancel_url=reverse("admin:events_run_cancel", args=[run.pk]),
                 tasks_url=reverse("admin:events_runtask_changelist") + "?" + urlencode({"run__id__exact": run.pk}),
             )
@@ -474,22 +575,26 @@ def tasks_settle_by_hand(tasks, *, outcome, user):
 
 @admin.register(RunTask)
 class RunTaskAdmin(ReadOnlyAdmin):
-    """Tasks are the engine's rows; an admin may only answer an awaiting one by hand."""
+    """Tasks are the engine's rows; an admin may only answer an awaiting one by hand, or re-run a failed one."""
 
+    # New columns go last: a column's number is in sort links (o=7 is the deadline).
     list_display = ("__str__", "run_link", "type", "status", "attempts", "due_at", "deadline", "started_at",
-                    "finished_at")
-    list_filter = (AwaitingFilter, "status", "type", "is_container")
+                    "finished_at", "failure", "branch_text")
+    list_filter = (AwaitingFilter, "status", "failure", "branch", "type", "is_container")
     list_select_related = ("run",)
-    actions = ["complete_by_hand", "fail_by_hand"]
+    actions = ["redrive_tasks", "complete_by_hand", "fail_by_hand"]
     change_form_template = "admin/events/runtask/change_form.html"
     fieldsets = [
         (None, {"fields": ["run_link", "parent", "node_id", "position", "type", "name", "label", "visible",
-                           "is_container", "status", "attempts", "subtext", "error"]}),
+                           "is_container", "branch_text", "status", "attempts", "failure", "subtext", "error",
+                           "child_runs_links"]}),
         ("Timing", {"fields": ["created_at", "due_at", "deadline", "enqueued_at", "lease_expires_at", "started_at",
                                "finished_at", "duration"]}),
         ("Logs and output", {"fields": ["logs_text", "output_json"]}),
+        ("Debug trace", {"fields": ["collect_debug", "debug_json"]}),
     ]
-    readonly_fields = ["run_link", "attempts", "deadline", "duration", "logs_text", "output_json"]
+    readonly_fields = ["run_link", "branch_text", "attempts", "deadline", "duration", "logs_text", "output_json",
+                       "child_runs_links", "debug_json"]
 
     def get_ordering(self, request):
         """Awaiting tasks come soonest deadline first (a column header click still wins)."""
@@ -505,6 +610,33 @@ class RunTaskAdmin(ReadOnlyAdmin):
     @admin.display(description="attempts")
     def attempts(self, task):
         return f"{task.attempt}/{task.max_attempts}"
+
+    @admin.display(description="branch", ordering="branch")
+    def branch_text(self, task):
+        if task.branch == Node.Branch.ON_ERROR:
+            return format_html('<strong class="events-error-step">{}</strong>', "error branch")
+        return "main"
+
+    @admin.display(description="runs it started")
+    def child_runs_links(self, task):
+        children = list(task.child_runs.order_by("created_at"))
+        if not children:
+            return "—"
+        return format_html_join(
+            ", ", '<a href="{}">{}</a> ({})',
+            ((reverse("admin:events_run_change", args=[child.pk]), child, child.get_status_display())
+             for child in children),
+        )
+
+    @admin.display(description="debug trace")
+    def debug_json(self, task):
+        traces = debug_traces(task)
+        if not traces:
+            return "—" if task.collect_debug else "— (off: collect_debug on the form or a container records one)"
+        return format_html_join(
+            "", '<h4 class="events-debug-title">{}</h4><pre class="events-json events-debug">{}</pre>',
+            ((trace["title"], trace["json"]) for trace in traces),
+        )
 
     @admin.display(description="deadline", ordering="deadline_at")
     def deadline(self, task):
@@ -533,10 +665,38 @@ class RunTaskAdmin(ReadOnlyAdmin):
     def output_json(self, task):
         return pretty_json(task.output)
 
-    # Settling an awaiting task by hand ----------------------------------------------------------
+    # Settling an awaiting task by hand, re-running a failed one -----------------------------------
 
     def has_settle_permission(self, request):
         return request.user.has_perm("events.change_runtask")
+
+    def has_redrive_permission(self, request):
+        return request.user.has_perm("events.change_runtask")
+
+    @admin.action(description="Re-run the selected failed tasks (the run goes on from there)",
+                  permissions=["redrive"])
+    def redrive_tasks(self, request, queryset):
+        for task in queryset.select_related("run"):
+            self.redrive(request, task)
+
+    def redrive(self, request, task):
+        level, text = redrive_message(task, engine.task_redrive(task_id=task.pk))
+        messages.add_message(request, level, text)
+
+    def redrive_view(self, request, object_id):
+        return require_POST(self._redrive)(request, object_id)
+
+    def _redrive(self, request, object_id):
+        """POST: re-run the failed task; back to its run's timeline when asked from there, else to the task."""
+        if not self.has_redrive_permission(request):
+            raise PermissionDenied
+        task = self.get_object(request, object_id)
+        if task is None:
+            raise Http404("No such task.")
+        self.redrive(request, task)
+        if request.POST.get("back_to") == "run":
+            return HttpResponseRedirect(reverse("admin:events_run_change", args=[task.run_id]) + f"#task-{task.pk}")
+        return HttpResponseRedirect(reverse("admin:events_runtask_change", args=[task.pk]))
 
     @admin.action(description="Complete by hand (as a SUCCESS callback)", permissions=["settle"])
     def complete_by_hand(self, request, queryset):
@@ -585,6 +745,8 @@ class RunTaskAdmin(ReadOnlyAdmin):
         return [
             path("<path:object_id>/by-hand/<str:outcome>/", self.admin_site.admin_view(self.by_hand_view),
                  name="events_runtask_by_hand"),
+            path("<path:object_id>/redrive/", self.admin_site.admin_view(self.redrive_view),
+                 name="events_runtask_redrive"),
             *super().get_urls(),
         ]
 
@@ -609,6 +771,8 @@ class RunTaskAdmin(ReadOnlyAdmin):
             extra_context["by_hand_urls"] = {
                 outcome: reverse("admin:events_runtask_by_hand", args=[task.pk, outcome]) for outcome in BY_HAND
             }
+        if task is not None and task.status == RunTask.Status.FAILED and self.has_redrive_permission(request):
+            extra_context["redrive_url"] = reverse("admin:events_runtask_redrive", args=[task.pk])
         return super().change_view(request, object_id, form_url, extra_context)
 
 

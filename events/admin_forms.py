@@ -12,10 +12,21 @@ import copy
 from django.core.exceptions import ValidationError
 from treebeard.forms import MoveNodeForm, movenodeform_factory
 
+from .formfile import MAX_ATTEMPTS_LIMIT, MAX_BACKOFF_SECONDS
 from .models import InvalidTreeOperation, Node
 from .nodes import registry
 
 CONFIG_PREFIX = "config_"
+RETRY_FIELDS = ("max_attempts", "retry_backoff_seconds", "retry_backoff_max_seconds")
+
+
+def position_help_text():
+    containers = [node_type.label for node_type in registry.all_types() if node_type.is_container]
+    names = ", ".join(containers[:-1]) + f" and {containers[-1]}" if len(containers) > 1 else "".join(containers)
+    return (
+        f"Only containers ({names}) hold steps that run in order; any node, an action too, may hold "
+        "error-branch steps (choose “runs when the parent fails” above). A node stays in its own form's event tree."
+    )
 
 
 def config_field_name(name):
@@ -30,14 +41,20 @@ class NodeAdminForm(MoveNodeForm):
     def __init__(self, *args, initial=None, instance=None, **kwargs):
         initial = dict(initial or {})
         if instance is not None and self.node_type is not None:
-            for key, value in (instance.config or {}).items():
+            for key, value in self.config_initial(instance.config or {}).items():
                 initial.setdefault(config_field_name(key), value)
         super().__init__(*args, initial=initial, instance=instance, **kwargs)
         if self.instance._state.adding and self.node_type is not None:
             self.instance.type = self.node_type.key
-        self.fields["treebeard_ref_node"].help_text = (
-            "Only Background and Delay nodes can hold other nodes; a node stays in its own form's event tree."
-        )
+        self.fields["treebeard_ref_node"].help_text = position_help_text()
+        for name in RETRY_FIELDS:
+            if name in self.fields:
+                self.fields[name].required = False  # left empty: the default (no retry, 10 s, 600 s)
+
+    def config_initial(self, config):
+        """A stored config as initial values of the type's own fields (a condition spreads its rules over rows)."""
+        from_config = getattr(self.node_type.config_form, "initial_from_config", None)
+        return from_config(config) if from_config is not None else config
 
     # Where the node sits -------------------------------------------------------------------
 
@@ -93,6 +110,7 @@ class NodeAdminForm(MoveNodeForm):
     def clean(self):
         cleaned = super().clean()
         self.clean_tree_position(cleaned)
+        self.clean_retry(cleaned)
         if self.node_type is None:
             return cleaned
         config_names = [config_field_name(name) for name in self.node_type.config_form.base_fields]
@@ -111,13 +129,16 @@ class NodeAdminForm(MoveNodeForm):
         """Refuse, as form errors, the moves and inserts the NodeManager would refuse."""
         ref = cleaned.get("treebeard_ref_node")
         position = cleaned.get("treebeard_position")
+        branch = cleaned.get("branch") or Node.Branch.MAIN
         if self.instance._state.adding:
             form = cleaned.get("form")
             if form is None:
                 return
-            probe = Node(form=form, event=cleaned.get("event") or "", type=self.instance.type)
+            probe = Node(form=form, event=cleaned.get("event") or "", type=self.instance.type, branch=branch)
         else:
-            probe = self.instance
+            # The instance still has its stored branch here; the rules must see the chosen one.
+            probe = Node(pk=self.instance.pk, form_id=self.instance.form_id, event=self.instance.event,
+                         type=self.instance.type, branch=branch)
         if ref is None:
             parent = None
         else:
@@ -129,8 +150,26 @@ class NodeAdminForm(MoveNodeForm):
             except InvalidTreeOperation as exc:
                 self.add_error("treebeard_ref_node", exc.messages)
                 return
-        if cleaned.get("branch") == Node.Branch.ON_ERROR and parent is None:
-            self.add_error("branch", "An error branch runs when its parent fails: place this node inside a container.")
+        if branch == Node.Branch.ON_ERROR and parent is None:
+            self.add_error("branch", "An error-branch step runs when its parent fails: place it under the node "
+                                     "whose failure it handles (any node: an action, a container or a marker).")
+
+    def clean_retry(self, cleaned):
+        """Retry settings as the form file allows them: 1 to 100 attempts, waits up to a year, the longest
+        wait no shorter than the first."""
+        for name in RETRY_FIELDS:
+            if name in self.fields and cleaned.get(name) is None and name not in self.errors:
+                cleaned[name] = Node._meta.get_field(name).get_default()
+        attempts = cleaned.get("max_attempts")
+        if attempts is not None and not 1 <= attempts <= MAX_ATTEMPTS_LIMIT:
+            self.add_error("max_attempts", f"Give 1 to {MAX_ATTEMPTS_LIMIT} attempts (1 = no retry).")
+        for name in ("retry_backoff_seconds", "retry_backoff_max_seconds"):
+            if (cleaned.get(name) or 0) > MAX_BACKOFF_SECONDS:
+                self.add_error(name, f"At most {MAX_BACKOFF_SECONDS} seconds (a year).")
+        first, cap = cleaned.get("retry_backoff_seconds"), cleaned.get("retry_backoff_max_seconds")
+        if first is not None and cap is not None and cap < first:
+            self.add_error("retry_backoff_max_seconds",
+                           f"The longest wait cannot be shorter than the first one ({first} s).")
 
     # Saving --------------------------------------------------------------------------------
 

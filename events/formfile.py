@@ -3,6 +3,7 @@
 The document::
 
     {"form": {"slug", "title", "description", "submit_label", "is_published",
+              "collect_debug" (only when true),
               "fields": [{"name", "label", "type", "required",
                           and, only when set: "help_text", "choices", "min", "max",
                           "max_length", "pattern", "default"}, ...],
@@ -11,12 +12,16 @@ The document::
      "events": {"<event name>": [node, ...], ...}}
 
     node = {"type", "name" (when set), "label" (when set), "visible" (when true), "config",
+            "retry": {"max_attempts", "backoff_seconds", "backoff_max_seconds"}
+                     (only when it is not the default: 1 attempt, 10 s, 600 s),
             "children": [node, ...]  (containers only; may be empty),
-            "on_error": [node, ...]  (the error branch; only when not empty)}
+            "on_error": [node, ...]  (the error branch, which any node may have; only when not empty)}
 
 ``form.slug`` and ``form.title``, a field's ``name`` and a node's ``type`` are required; every other
 key may be left out and then takes the model's default (a field's label defaults to its name, its
-type to ``text``; a node's config to ``{}``). A node's ``config`` holds exactly the keys of its type's
+type to ``text``; a node's config to ``{}``; a left-out key of ``retry`` takes its default).
+``retry.max_attempts`` is 1 to 100; the backoffs are whole seconds (0 to a year),
+``backoff_max_seconds`` at least ``backoff_seconds``. A node's ``config`` holds exactly the keys of its type's
 config form, and is stored as that form normalises it (``{"after_seconds": 600}`` on a delay is
 stored as ``{"rule": "after", "after_seconds": 600}``).
 
@@ -116,6 +121,13 @@ def _node_export(node):
     if node.visible:
         item["visible"] = True
     item["config"] = node.config if isinstance(node.config, dict) else {}
+    retry = {
+        "max_attempts": node.max_attempts,
+        "backoff_seconds": node.retry_backoff_seconds,
+        "backoff_max_seconds": node.retry_backoff_max_seconds,
+    }
+    if retry != RETRY_DEFAULTS:
+        item["retry"] = retry
     try:
         is_container = registry.get(node.type).is_container
     except registry.UnknownNodeType:
@@ -144,13 +156,18 @@ def _events_export(form):
 
 def form_export(form):
     """The form, its fields, its waiting page and all its event trees, as a JSON-ready dict."""
+    head = {
+        "slug": form.slug,
+        "title": form.title,
+        "description": form.description,
+        "submit_label": form.submit_label,
+        "is_published": form.is_published,
+    }
+    if form.collect_debug:
+        head["collect_debug"] = True
     return {
         "form": {
-            "slug": form.slug,
-            "title": form.title,
-            "description": form.description,
-            "submit_label": form.submit_label,
-            "is_published": form.is_published,
+            **head,
             "fields": [_field_export(row) for row in form.fields.order_by("position", "id")],
             "waiting": {
                 "poll_seconds": form.poll_seconds,
@@ -221,6 +238,7 @@ FORM_KEYS = {
     "description": ("description", "string", False),
     "submit_label": ("submit_label", "string", False),
     "is_published": ("is_published", "boolean", False),
+    "collect_debug": ("collect_debug", "boolean", False),
     "fields": (None, "list", False),
     "waiting": (None, "object", False),
 }
@@ -253,9 +271,19 @@ NODE_KEYS = {
     "label": ("label", "string", False),
     "visible": ("visible", "boolean", False),
     "config": ("config", "object", False),
+    "retry": (None, "object", False),
     "children": (None, "list", False),
     "on_error": (None, "list", False),
 }
+# document key -> (Node attribute, kind, required)
+RETRY_KEYS = {
+    "max_attempts": ("max_attempts", "integer", False),
+    "backoff_seconds": ("retry_backoff_seconds", "integer", False),
+    "backoff_max_seconds": ("retry_backoff_max_seconds", "integer", False),
+}
+RETRY_DEFAULTS = {key: Node._meta.get_field(attr).get_default() for key, (attr, _kind, _required) in RETRY_KEYS.items()}
+MAX_ATTEMPTS_LIMIT = 100
+MAX_BACKOFF_SECONDS = 365 * 24 * 3600
 CHOICE_TYPES = (Field.Type.CHOICE, Field.Type.MULTIPLE_CHOICE)
 
 
@@ -522,6 +550,8 @@ class _Checker:
         if node_type is not None and "config" not in bad:
             config = self.check_config(node_type, config, _key_path(path, "config"), stand_in)
 
+        retry = self.check_retry(values["retry"], _key_path(path, "retry")) if "retry" in values else {}
+
         children_path, on_error_path = _key_path(path, "children"), _key_path(path, "on_error")
         children = [self.check_node(child, f"{children_path}[{index}]", stand_in, names)
                     for index, child in enumerate(values.get("children", []))]
@@ -546,9 +576,34 @@ class _Checker:
             "label": label,
             "visible": values.get("visible", False),
             "config": config,
+            "retry": retry,
             "children": [child for child in children if child is not None],
             "on_error": [child for child in on_error if child is not None],
         }
+
+    def check_retry(self, raw, path):
+        """The retry policy as Node attributes (left-out keys take their defaults)."""
+        values, bad = self.read(raw, path, RETRY_KEYS)
+        if values is None:
+            return {}
+        retry = {**RETRY_DEFAULTS, **values}
+        if "max_attempts" in values and not 1 <= values["max_attempts"] <= MAX_ATTEMPTS_LIMIT:
+            self.problem(_key_path(path, "max_attempts"), f"must be 1 to {MAX_ATTEMPTS_LIMIT}")
+        for key in ("backoff_seconds", "backoff_max_seconds"):
+            if key not in values:
+                continue
+            if values[key] < 0:
+                self.problem(_key_path(path, key), "must be 0 or more")
+                bad.add(key)
+            elif values[key] > MAX_BACKOFF_SECONDS:
+                self.problem(_key_path(path, key), f"must be at most {MAX_BACKOFF_SECONDS} (a year)")
+                bad.add(key)
+        if not bad and retry["backoff_max_seconds"] < retry["backoff_seconds"]:
+            self.problem(
+                _key_path(path, "backoff_max_seconds"),
+                f"must be at least backoff_seconds ({retry['backoff_seconds']})",
+            )
+        return {RETRY_KEYS[key][0]: value for key, value in retry.items()}
 
     def check_config(self, node_type, config, path, stand_in):
         config_form = node_type.config_form(tree_form=stand_in)
@@ -569,13 +624,25 @@ class _Checker:
             for key, messages in errors.items():
                 if key in bad or (bad and key == NON_FIELD_ERRORS):  # follow from a value already reported
                     continue
-                where = path if key == NON_FIELD_ERRORS else _key_path(path, key)
+                where = path if key == NON_FIELD_ERRORS else _config_error_path(path, key, config)
                 label = config_form.fields[key].label if key in config_form.fields else None
                 for message in messages:
                     if label and message.startswith(f"{label}: "):
                         message = message[len(label) + 2:]
                     self.problem(where, message)
             return config
+
+
+def _config_error_path(path, key, config):
+    """Where a config form's error belongs in the document.
+
+    A condition's form reports rule N as the admin rows ``field_N``, ``operator_N``, ``value_N``;
+    a document that gave ``rules`` gets ``rules[N-1].field`` instead.
+    """
+    row = re.fullmatch(r"(field|operator|value)_(\d+)", key)
+    if row and "rules" in config:
+        return f"{_key_path(path, 'rules')}[{int(row[2]) - 1}].{row[1]}"
+    return _key_path(path, key)
 
 
 def _config_kind(form_field):
@@ -604,7 +671,7 @@ def form_check(document):
 
 def _node_create(form, event, plan, *, parent=None, branch=Node.Branch.MAIN):
     node = Node(form=form, event=event, type=plan["type"], name=plan["name"], label=plan["label"],
-                visible=plan["visible"], config=plan["config"], branch=branch)
+                visible=plan["visible"], config=plan["config"], branch=branch, **plan["retry"])
     node = Node.objects.add_root(instance=node) if parent is None else Node.objects.add_child(parent, instance=node)
     count = 1
     for child in plan["children"]:

@@ -26,15 +26,15 @@ class FieldInline(admin.TabularInline):
 
 @admin.register(Form)
 class FormAdmin(admin.ModelAdmin):
-    list_display = ["title", "slug", "is_published", "public_link", "event_tree_links"]
-    list_filter = ["is_published"]
+    list_display = ["title", "slug", "is_published", "collect_debug", "public_link", "event_tree_links"]
+    list_filter = ["is_published", "collect_debug"]
     search_fields = ["title", "slug"]
     prepopulated_fields = {"slug": ["title"]}
     inlines = [FieldInline]
     readonly_fields = ["public_link", "event_trees"]
     fieldsets = [
         (None, {"fields": ["title", "slug", "description", "submit_label", "is_published", "public_link"]}),
-        ("Event trees", {"fields": ["event_trees"]}),
+        ("Event trees", {"fields": ["event_trees", "collect_debug"]}),
         ("Waiting page", {"fields": ["waiting_title", "poll_seconds", "wait_for", "wait_flag", "max_wait_seconds",
                                      "done_message", "done_redirect_url", "failed_message"]}),
     ]

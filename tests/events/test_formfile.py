@@ -385,3 +385,157 @@ def test_records_survive_a_replacing_import(full_form):
     RecordFactory(form=full_form)
     form_import(form_export(full_form))
     assert Record.objects.filter(form=full_form).count() == 1
+
+
+# -- issue 4: retries, error branches under any node, conditions, go_async, custom events, debug ----
+
+
+@pytest.fixture
+def issue4_form(db):
+    """A form using every part the issue 4 engine added to trees and forms."""
+    form = FormFactory(slug="errors", title="Errors and retries", collect_debug=True)
+    FieldFactory(form=form, name="email", type="email")
+    FieldFactory(form=form, name="seats", type="integer")
+    FieldFactory(form=form, name="status", type="hidden")
+    call = add_node(form, "update_field", name="call", config={"field": "status", "value": "calling"},
+                    max_attempts=3, retry_backoff_seconds=5, retry_backoff_max_seconds=60)
+    add_node(form, "set_subtext", parent=call, branch=Node.Branch.ON_ERROR, name="tell",
+             config={"text": "Failed: {{ error.message }}"})
+    add_node(form, "fail", name="boom", config={"message": "no"}, retry_backoff_seconds=30)
+    condition = add_node(form, "condition", name="many", config={
+        "match": "any", "rules": [{"field": "seats", "operator": "greater_than", "value": "2"},
+                                  {"field": "flags.vip", "operator": "is_set"}]})
+    add_node(form, "set_flag", parent=condition, config={"flag": "group", "value": True})
+    add_node(form, "go_async", name="rest")
+    background = add_node(form, "background", name="own_run", config={
+        "event_type": "confirm", "event_properties": {"source": "{{ record.email }}"}, "collect_debug": True})
+    add_node(form, "trigger_event", parent=background, config={"event": "paid", "properties": {"plan": "gold"}})
+    add_node(form, "fail", parent=background, branch=Node.Branch.ON_ERROR, config={"message": "again"},
+             max_attempts=2)
+    add_node(form, "set_flag", event="paid", config={"flag": "paid", "value": True})
+    return form
+
+
+def test_export_writes_retry_only_when_not_the_default_and_collect_debug_only_when_on(issue4_form):
+    exported = form_export(issue4_form)
+
+    assert exported["form"]["collect_debug"] is True
+    tree = exported["events"]["record_update"]
+    assert tree[0] == {
+        "type": "update_field", "name": "call", "config": {"field": "status", "value": "calling"},
+        "retry": {"max_attempts": 3, "backoff_seconds": 5, "backoff_max_seconds": 60},
+        "on_error": [{"type": "set_subtext", "name": "tell", "config": {"text": "Failed: {{ error.message }}"}}],
+    }
+    assert tree[1]["retry"] == {"max_attempts": 1, "backoff_seconds": 30, "backoff_max_seconds": 600}
+    assert "retry" not in tree[2] and "retry" not in tree[2]["children"][0]
+    assert tree[2]["config"] == {"match": "any", "rules": [
+        {"field": "seats", "operator": "greater_than", "value": "2"}, {"field": "flags.vip", "operator": "is_set"}]}
+    assert tree[3] == {"type": "go_async", "name": "rest", "config": {}}
+    assert tree[4]["config"] == {"event_type": "confirm", "event_properties": {"source": "{{ record.email }}"},
+                                 "collect_debug": True}
+    assert tree[4]["children"] == [{"type": "trigger_event",
+                                    "config": {"event": "paid", "properties": {"plan": "gold"}}}]
+    assert tree[4]["on_error"][0]["retry"]["max_attempts"] == 2
+    assert list(exported["events"]) == ["record_update", "paid"]
+
+    issue4_form.collect_debug = False
+    issue4_form.save()
+    assert "collect_debug" not in form_export(issue4_form)["form"]
+
+
+def test_issue4_trees_round_trip_through_a_fresh_database(issue4_form):
+    exported = form_export(issue4_form)
+    text = json.dumps(exported)
+    issue4_form.delete()
+    assert row_counts() == (0, 0, 0)
+
+    form = form_import(json.loads(text))
+
+    assert form_export(form) == exported
+    assert form.collect_debug
+    call = Node.objects.get(form=form, name="call")
+    assert (call.max_attempts, call.retry_backoff_seconds, call.retry_backoff_max_seconds) == (3, 5, 60)
+    tell = Node.objects.get(form=form, name="tell")
+    assert tell.branch == Node.Branch.ON_ERROR and Node.objects.get_parent(tell) == call
+    snapshot = Node.objects.snapshot(form)
+    assert snapshot[0]["retry"] == {"max_attempts": 3, "backoff_seconds": 5, "backoff_max_seconds": 60}
+    assert [node["type"] for node in snapshot[0]["on_error"]] == ["set_subtext"]
+    assert [node["type"] for node in snapshot[4]["on_error"]] == ["fail"]
+    # and once more: importing the export of the import changes nothing
+    assert form_export(form_import(form_export(form))) == exported
+
+
+def test_an_error_branch_under_an_action_or_a_marker_imports(db):
+    document = {"form": {"slug": "s", "title": "T"}, "events": {"record_update": [
+        {"type": "fail", "config": {"message": "x"}, "on_error": [{"type": "go_async", "config": {}}]},
+        {"type": "go_async", "config": {}, "on_error": [
+            {"type": "fail", "config": {"message": "y"}, "on_error": [{"type": "set_flag", "config": {"flag": "z"}}]}]},
+    ]}}
+    form = form_import(document)
+    assert Node.objects.filter(form=form, branch=Node.Branch.ON_ERROR).count() == 3
+    assert form_export(form)["events"] == {"record_update": [
+        {"type": "fail", "config": {"message": "x"}, "on_error": [{"type": "go_async", "config": {}}]},
+        {"type": "go_async", "config": {}, "on_error": [
+            {"type": "fail", "config": {"message": "y"},
+             "on_error": [{"type": "set_flag", "config": {"flag": "z", "value": True}}]}]},
+    ]}
+
+
+def test_a_retry_may_give_only_some_keys(db):
+    document = {"form": {"slug": "s", "title": "T"},
+                "events": {"record_update": [
+                    {"type": "fail", "config": {"message": "x"}, "retry": {"max_attempts": 4}}]}}
+    node = Node.objects.get(form=form_import(document))
+    assert (node.max_attempts, node.retry_backoff_seconds, node.retry_backoff_max_seconds) == (4, 10, 600)
+
+
+@pytest.mark.parametrize(
+    "retry, expected",
+    [
+        ({"max_attempts": 0}, [("retry.max_attempts", "must be 1 to 100")]),
+        ({"max_attempts": 101}, [("retry.max_attempts", "must be 1 to 100")]),
+        ({"max_attempts": "3"}, [("retry.max_attempts", "expected a whole number, got a string")]),
+        ({"max_attempts": 2.5}, [("retry.max_attempts", "expected a whole number, got a number")]),
+        ({"backoff_seconds": -1}, [("retry.backoff_seconds", "must be 0 or more")]),
+        ({"backoff_max_seconds": -5}, [("retry.backoff_max_seconds", "must be 0 or more")]),
+        ({"backoff_seconds": 10**12}, [("retry.backoff_seconds", "must be at most 31536000 (a year)")]),
+        ({"backoff_seconds": 60, "backoff_max_seconds": 30},
+         [("retry.backoff_max_seconds", "must be at least backoff_seconds (60)")]),
+        ({"backoff_seconds": 900}, [("retry.backoff_max_seconds", "must be at least backoff_seconds (900)")]),
+        ({"attempts": 3}, [("retry.attempts", "unknown key (known keys: max_attempts, backoff_seconds, "
+                                              "backoff_max_seconds)")]),
+        (3, [("retry", "expected an object, got a number")]),
+    ],
+)
+def test_bad_retry_values_are_reported_with_their_paths(db, retry, expected):
+    document = {"form": {"slug": "s", "title": "T"}, "events": {"record_update": [
+        {"type": "set_flag", "config": {"flag": "ok"}},
+        {"type": "background", "children": [{"type": "fail", "config": {"message": "x"}, "retry": retry}]},
+    ]}}
+    prefix = "events.record_update[1].children[0]."
+    assert problems_of(document) == [(prefix + path, message) for path, message in expected]
+    assert row_counts() == (0, 0, 0)
+
+
+def test_bad_issue4_configs_are_reported_with_their_paths(db):
+    document = {"form": {"slug": "s", "title": "T", "collect_debug": "yes",
+                         "fields": [{"name": "seats", "type": "integer"}]},
+                "events": {"record_update": [
+                    {"type": "condition", "config": {"rules": [{"field": "nope", "operator": "equals", "value": "1"}]},
+                     "children": []},
+                    {"type": "go_async", "config": {}, "children": [{"type": "fail", "config": {"message": "x"}}]},
+                    {"type": "trigger_event", "config": {"properties": {"a": 1}}},
+                    {"type": "background", "config": {"event_type": "not a slug", "collect_debug": "on"},
+                     "children": []},
+                ]}}
+    problems = dict(problems_of(document))
+    assert set(problems) == {
+        "form.collect_debug",
+        "events.record_update[0].config.rules[0].field",
+        "events.record_update[1].children",
+        "events.record_update[2].config.event",
+        "events.record_update[3].config.event_type",
+        "events.record_update[3].config.collect_debug",
+    }
+    assert problems["events.record_update[1].children"].startswith('a node of type "go_async" cannot have children')
+    assert "no field named “nope”" in problems["events.record_update[0].config.rules[0].field"]
