@@ -5,7 +5,7 @@ from django.urls import include, path
 from django.views.decorators.http import require_GET
 
 from events.api import api
-from events.standin import external_service
+from events.standin import external_service, loyalty_service
 
 
 @require_GET
@@ -24,5 +24,6 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("api/", api.urls),
     path("demo/external-service/", external_service, name="demo_external_service"),
+    path("demo/loyalty-service/", loyalty_service, name="demo_loyalty_service"),
     path("", include("forms_app.urls")),
 ]

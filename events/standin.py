@@ -66,6 +66,15 @@ def external_service(request):
                          "message": "Checking seat availability; progress and the answer follow."}, status=202)
 
 
+@csrf_exempt
+def loyalty_service(request):
+    """A stand-in loyalty programme that is always down (503): the demo's step that fails, caught by
+    its error branch."""
+    if not standin_enabled():
+        raise Http404("The demo service is off.")
+    return JsonResponse({"error": "The loyalty programme is under maintenance."}, status=503)
+
+
 def standin_request_parse(body):
     """The job's arguments from a request body, or StandInRequestError saying what is wrong."""
     try:

@@ -78,6 +78,7 @@ def test_demo_booking_form_has_the_seed_tree(db, debug):
         ("field_d", "hidden", False),
         ("status", "hidden", False),
         ("seat", "hidden", False),
+        ("loyalty", "hidden", False),
     ]
     seats = form.fields.get(name="seats")
     assert (seats.min_value, seats.max_value) == (1, 9)
@@ -96,6 +97,7 @@ def test_demo_booking_form_has_the_seed_tree(db, debug):
             ("update_field", "Store the seat"),
             ("pause", "Reserve seats"),
             ("send_email", "Send confirmation email"),
+            ("http_request", "Add loyalty miles"),
             ("set_flag", "Booking confirmed"),
         ]),
         ("update_field", "Update Field D"),
@@ -114,7 +116,14 @@ def test_demo_booking_form_has_the_seed_tree(db, debug):
     assert confirm["Store the seat"]["config"] == {"field": "seat", "value": "{{ tasks.check_seat.output.seat }}"}
     visible = [node["label"] for node in tree + tree[1]["children"] if node["visible"]]
     assert visible == ["Update Field A", "Confirm your booking", "Checking seat availability", "Reserve seats",
-                       "Send confirmation email"]
+                       "Send confirmation email", "Add loyalty miles"]
+    loyalty = confirm["Add loyalty miles"]
+    assert loyalty["config"]["url"] == "{{ site.public_url }}/demo/loyalty-service/"
+    assert loyalty["retry"]["max_attempts"] == 2
+    assert [(step["type"], step["label"]) for step in loyalty["on_error"]] == [
+        ("update_field", "Remember the miles for later"),
+        ("set_subtext", "Loyalty miles: added later"),
+    ]
 
 
 def test_demo_file_is_what_an_export_of_the_demo_form_writes(db, debug):
