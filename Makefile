@@ -54,12 +54,12 @@ test: install browser
 	  DATABASE_URL="$$TEST_DATABASE_URL" $(PY) -m pytest -n 2 --dist loadgroup -m "not faults" $(PYTEST_ARGS); \
 	fi
 	@if [ -z "$(PYTEST_ARGS)" ]; then \
-	  echo "== Fault tests (short)"; $(PY) -m pytest -p no:xdist -s -m faults tests/faults; \
+	  echo "== Fault tests (short)"; $(PY) -m pytest -s -m faults tests/faults; \
 	fi
 
 # The long fault tests: bigger counts, longer runs.
 soak: install
-	FAULTS_SCALE=long $(PY) -m pytest -p no:xdist -s -m faults tests/faults
+	FAULTS_SCALE=long $(PY) -m pytest -s -m faults tests/faults
 
 clean:
 	rm -rf $(VENV) db.sqlite3 db.sqlite3-wal db.sqlite3-shm staticfiles

@@ -6,4 +6,4 @@ class EventsConfig(AppConfig):
     verbose_name = "Events"
 
     def ready(self):
-        from . import nodes  # noqa: F401  fills the node-type registry
+        from . import checks, nodes  # noqa: F401  registers the checks; fills the node-type registry

@@ -1,10 +1,14 @@
 """The submit workflow, across models."""
 
+import logging
+
 from django.db import transaction
 
 from events import engine
 
 from .models import RECORD_UPDATE, Record
+
+logger = logging.getLogger("forms_app.services")
 
 
 def record_submit(*, form, data):
@@ -17,5 +21,10 @@ def record_submit(*, form, data):
     with transaction.atomic(durable=True):
         record = Record.objects.create(form=form, data=data)
         run = engine.run_start(record=record, event=RECORD_UPDATE, is_submission=True)
-    engine.run_inline(run=run)
+    try:
+        engine.run_inline(run=run)
+    except Exception:
+        # The submission is stored: the user gets the waiting page, and the worker's sweep
+        # resumes a run whose inline phase broke off (say, the database went away).
+        logger.exception("The inline phase of run %s broke off; the sweep will resume it", run.pk)
     return record

@@ -12,7 +12,8 @@ from events import sweep, tasks
 from events.models import Repair, RunTask
 
 logger = logging.getLogger("events.worker")
-CLUSTER_STOP_SECONDS = 30
+CLUSTER_STOP_SECONDS = 30  # a normal stop lets running steps finish
+STALLED_STOP_SECONDS = 3  # a stalled cluster will not stop by itself
 
 
 class Command(BaseCommand):
@@ -48,7 +49,7 @@ class Command(BaseCommand):
                         Repair.record("cluster_restarted")
                         if exit_on_stall:
                             raise SystemExit(3)
-                        self.cluster_stop(cluster)
+                        self.cluster_stop(cluster, grace=STALLED_STOP_SECONDS)
                         cluster = self.cluster_start()
                         self.stdout.write("worker: cluster restarted by the watchdog")
                 time.sleep(settings.EVENTS_DISPATCH_INTERVAL)
@@ -69,15 +70,15 @@ class Command(BaseCommand):
     def request_stop(self, signum, frame):
         self.stopping.append(signum)
 
-    def cluster_stop(self, cluster):
+    def cluster_stop(self, cluster, grace=CLUSTER_STOP_SECONDS):
         """Stop the cluster; one that does not stop in time is killed (it may be the stalled one)."""
         sentinel = cluster.sentinel
         if sentinel is None or not sentinel.is_alive():
             return
         cluster.stop_event.set()
-        sentinel.join(CLUSTER_STOP_SECONDS)
+        sentinel.join(grace)
         if sentinel.is_alive():
-            logger.error("the cluster did not stop within %s s; killing it", CLUSTER_STOP_SECONDS)
+            logger.error("the cluster did not stop within %s s; killing it", grace)
             for child in _children(sentinel.pid):
                 _kill(child)
             sentinel.kill()
