@@ -16,6 +16,7 @@ STEP_STATES = {
     RunTask.Status.CANCELLED: "cancelled",
     RunTask.Status.SKIPPED: "skipped",
 }
+HANDLED_STATE = "skipped"
 SLOW_POLL_FACTOR = 5
 SLOW_POLL_MAX_SECONDS = 30
 _page_engine = Engine(builtins=["django.template.defaulttags", "django.template.defaultfilters"])
@@ -65,11 +66,17 @@ def record_progress(record):
     """The state of a record's submission run, as the waiting page shows it."""
     form = record.form
     run = Run.objects.filter(record=record, is_submission=True).only("id", "status", "subtext").first()
-    rows = list(run.tasks.values_list("label", "status", "visible", "subtext")) if run else []
-    finished_tasks = sum(1 for row in rows if row[1] in RunTask.TERMINAL)
+    rows = list(run.tasks.values_list("id", "parent_id", "branch", "label", "status", "visible", "subtext")) if run else []
+    finished_tasks = sum(1 for row in rows if row[4] in RunTask.TERMINAL)
+    # A failure that an error branch took care of is not the user's problem.
+    handled = {parent_id for _, parent_id, branch, *_ in rows if branch == "on_error"}
     progress = Progress(
         state="working",
-        steps=[Step(label, STEP_STATES[status], subtext) for label, status, visible, subtext in rows if visible],
+        steps=[
+            Step(label, HANDLED_STATE if task_id in handled and status == RunTask.Status.FAILED else STEP_STATES[status],
+                 subtext)
+            for task_id, _, _, label, status, visible, subtext in rows if visible
+        ],
         done_count=finished_tasks,
         total=len(rows),
         subtext=run.subtext if run else "",

@@ -381,3 +381,15 @@ def test_healthz_answers_ok(client, db):
 
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
+
+
+def test_a_failed_step_that_its_error_branch_handled_shows_as_skipped(client, form):
+    failing = add_node(form, "fail", label="Add loyalty miles", visible=True, config={"message": "down"})
+    add_node(form, "set_subtext", parent=failing, branch="on_error", config={"text": "Miles later"})
+    add_node(form, "fail", label="Unhandled", visible=True, config={"message": "really down"})
+
+    record = record_submit(form=form, data={"email": "a@example.com"})
+    html = client.get(f"/r/{record.token}/status/", HTTP_HX_REQUEST="true").content.decode()
+
+    assert re.search(r'step-skipped"><span class="step-label">Add loyalty miles</span> <span class="step-state">skipped', html)
+    assert re.search(r'step-failed"><span class="step-label">Unhandled</span> <span class="step-state">failed', html)
