@@ -417,12 +417,11 @@ def container_execute(*, task_id):
         return Outcome.STOPPED
     run = task.run
     node = snapshot_node(run.snapshot, task.node_id)
-    if not task.is_container:
-        outcome = action_execute(run=run, task=task, node=node, require_due=True)
-        if outcome is Outcome.DONE:
-            return sequence_continue_after(run=run, task=task)
-        _forget_early_delivery(task_id)
-        return outcome
+    if not registry.get(task.type).is_deferred:
+        if task.status == RunTask.Status.PENDING and task.due_at and task.due_at > timezone.now():
+            _forget_early_delivery(task_id)
+            return Outcome.ELSEWHERE
+        return sequence_walk_from(run=run, task=task)
     if not task.claim(require_due=True):
         _forget_early_delivery(task_id)
         return Outcome.ELSEWHERE
@@ -431,6 +430,31 @@ def container_execute(*, task_id):
         return container_run_branch(run=run, task=task, node=node)
     outcome = sequence_walk(run=run, nodes=node.get("children", []))
     return container_conclude(run=run, task=task, outcome=outcome)
+
+
+def sequence_walk_from(*, run, task):
+    """Walk ``task``'s sequence starting at ``task`` itself, then tell the sequence's owner.
+
+    For a step handed back to a worker: an action's next attempt, or a step the
+    sweep found abandoned (its worker died, or the request died before its
+    inline phase). Each step is handled as in any walk: a delay computes its due
+    time, a condition is tested, an action is claimed (a duplicate loses).
+    """
+    RunTask.objects.filter(pk=task.pk, status=RunTask.Status.PENDING).update(enqueued_at=None)
+    owner, branch, nodes = _sequence_of(run, task)
+    index = next(i for i, node in enumerate(nodes) if node["id"] == task.node_id)
+    outcome = sequence_walk(run=run, nodes=nodes, start=index)
+    if outcome is Outcome.ELSEWHERE:
+        return outcome
+    return sequence_finish(run=run, owner=owner, branch=branch, outcome=outcome)
+
+
+def sequence_walk_from_job(*, task_id):
+    """In a worker: a stalled run goes on from its first pending step."""
+    task = RunTask.objects.select_related("run").filter(pk=task_id).first()
+    if task is None or task.status != RunTask.Status.PENDING:
+        return Outcome.ELSEWHERE
+    return sequence_walk_from(run=task.run, task=task)
 
 
 def _forget_early_delivery(task_id):

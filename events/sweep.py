@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from . import engine
+from . import engine, tasks
 from .models import Repair, Run, RunTask
 
 logger = logging.getLogger("events.sweep")
@@ -92,7 +92,7 @@ def _lost_handoffs(now):
 def _stalled_runs(now):
     """Runs whose request died between its commit and its inline phase: nothing holds, waits or is due.
 
-    The first pending top-level step is given a due time, so a worker walks on from it.
+    A worker walks on from the first pending top-level step, as the request would have.
     """
     cutoff = now - timedelta(seconds=settings.EVENTS_REQUEUE_AFTER_SECONDS)
     moving = RunTask.objects.filter(run=OuterRef("pk")).filter(
@@ -105,9 +105,8 @@ def _stalled_runs(now):
     resumed = 0
     for run in stalled[:BATCH]:
         first = run.tasks.filter(status=RunTask.Status.PENDING, parent__isnull=True, branch="main").order_by("position").first()
-        if first and RunTask.objects.filter(pk=first.pk, status=RunTask.Status.PENDING, due_at__isnull=True,
-                                            enqueued_at__isnull=True).update(due_at=now):
-            resumed += 1
+        if first is not None:
+            resumed += tasks.walk_from_enqueue(task_id=first.pk)
     return resumed
 
 

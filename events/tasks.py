@@ -72,6 +72,25 @@ def error_branch_job(task_id):
     return engine.error_branch_job(task_id=task_id).value
 
 
+def walk_from_enqueue(*, task_id):
+    """The sweep found a stalled run: walk on from this step in a worker (marked as handed off)."""
+    marked = RunTask.objects.filter(pk=task_id, status=RunTask.Status.PENDING, enqueued_at__isnull=True).update(
+        enqueued_at=timezone.now()
+    )
+    if marked:
+        transaction.on_commit(
+            lambda: async_task("events.tasks.walk_from_job", str(task_id), task_name=f"walk-from-{task_id}")
+        )
+    return bool(marked)
+
+
+def walk_from_job(task_id):
+    """Queue entrypoint: a stalled run goes on from its first pending step."""
+    from . import engine
+
+    return engine.sequence_walk_from_job(task_id=task_id).value
+
+
 def resume_job(task_id):
     """Queue entrypoint: walk on after a completed waiting step."""
     from . import engine

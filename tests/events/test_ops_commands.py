@@ -1,0 +1,276 @@
+"""Operators' commands: events_health, events_prune, and the lease system check."""
+
+import io
+import json
+from datetime import timedelta
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+from django_q.models import OrmQ, Task
+
+from events import engine
+from events.checks import lease_covers_job_timeout
+from events.models import Repair, Run, RunTask
+from forms_app.models import Record
+from tests.factories import RecordFactory, add_node
+
+HEALTH_KEYS = {
+    "healthy", "problems", "queue_ready_jobs", "queue_taken_jobs", "queue_oldest_ready_age_seconds",
+    "stuck_tasks", "overdue_tasks", "awaiting_past_deadline", "awaiting", "repairs",
+}
+
+
+def run_command(name, *args):
+    """(exit code, stdout, stderr) of a management command."""
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        call_command(name, *args, stdout=out, stderr=err)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def step(form):
+    """A started run of a one-step tree; returns the step's task."""
+    node = add_node(form, "set_flag", name="flag", config={"flag": "done"})
+    record = RecordFactory(form=form, data={"email": "ann@example.com"})
+    run = engine.run_start(record=record, is_submission=True)
+    return RunTask.objects.get(run=run, node_id=node.pk)
+
+
+# events_health ----------------------------------------------------------------------------------
+
+
+def test_health_on_an_empty_database_is_healthy_and_exits_0(db):
+    code, out, _ = run_command("events_health")
+
+    assert code == 0
+    assert "healthy: True" in out
+    assert "problems: none" in out
+    assert "repairs by the sweep: none" in out
+
+
+def test_health_with_running_work_in_order_is_healthy(step):
+    assert step.claim()  # held by a live worker: its lease runs
+
+    code, out, _ = run_command("events_health")
+
+    assert code == 0
+    assert "healthy: True" in out
+
+
+def test_a_stuck_task_makes_health_exit_1_and_is_named(step):
+    assert step.claim()
+    RunTask.objects.filter(pk=step.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=5))
+
+    code, out, _ = run_command("events_health")
+
+    assert code == 1
+    assert "healthy: False" in out
+    assert "1 task(s) held by a worker that stopped (lease expired)" in out
+    assert "stuck tasks: 1" in out
+
+
+def test_an_overdue_pending_task_makes_health_exit_1(step):
+    RunTask.objects.filter(pk=step.pk).update(due_at=timezone.now() - timedelta(seconds=300))
+
+    code, out, _ = run_command("events_health")
+
+    assert code == 1
+    assert "1 task(s) due more than 60 s ago" in out
+    assert "overdue tasks: 1" in out
+
+
+def test_overdue_seconds_sets_when_a_due_task_counts_as_overdue(step):
+    RunTask.objects.filter(pk=step.pk).update(due_at=timezone.now() - timedelta(seconds=300))
+
+    code, out, _ = run_command("events_health", "--overdue-seconds", "600")
+
+    assert code == 0
+    assert "overdue tasks: 0" in out
+
+
+def test_an_awaiting_task_past_its_deadline_makes_health_exit_1(step):
+    RunTask.objects.filter(pk=step.pk).update(
+        status=RunTask.Status.AWAITING, deadline_at=timezone.now() - timedelta(seconds=5)
+    )
+
+    code, out, _ = run_command("events_health")
+
+    assert code == 1
+    assert "1 awaiting task(s) past their deadline" in out
+
+
+def test_an_old_ready_queue_job_makes_health_exit_1(settings, db):
+    settings.EVENTS_WATCHDOG_SECONDS = 60
+    OrmQ.objects.create(key="events", payload="stand-in", lock=timezone.now() - timedelta(seconds=300))
+
+    code, out, _ = run_command("events_health")
+
+    assert code == 1
+    assert "the oldest ready job has waited" in out
+    assert "queue ready jobs: 1" in out
+
+
+def test_health_json_parses_and_names_every_problem(step):
+    assert step.claim()
+    RunTask.objects.filter(pk=step.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=5))
+    Repair.record("lease_expired_retried", 3)
+
+    code, out, _ = run_command("events_health", "--json")
+
+    assert code == 1
+    report = json.loads(out)
+    assert set(report) == HEALTH_KEYS
+    assert report["healthy"] is False
+    assert report["stuck_tasks"] == 1
+    assert "lease expired" in report["problems"]
+    assert report["repairs"]["lease_expired_retried"]["count"] == 3
+    assert report["repairs"]["lease_expired_retried"]["last_at"]
+
+
+def test_health_json_on_a_healthy_database(db):
+    code, out, _ = run_command("events_health", "--json")
+
+    assert code == 0
+    report = json.loads(out)
+    assert set(report) == HEALTH_KEYS
+    assert report["healthy"] is True
+    assert report["repairs"] == {}
+
+
+def test_health_prints_the_sweeps_repairs(db):
+    Repair.record("lease_expired_retried", 2)
+    Repair.record("run_finished")
+
+    code, out, _ = run_command("events_health")
+
+    assert code == 0  # repairs are history, not a problem
+    assert "  lease_expired_retried: 2 (last " in out
+    assert "  run_finished: 1 (last " in out
+
+
+# events_prune -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def runs(form):
+    """Runs of one form: finished 40 days ago, finished yesterday, and running for 40 days."""
+    add_node(form, "set_flag", name="flag", config={"flag": "done"})
+    now = timezone.now()
+
+    def make(status, finished_days_ago=None, created_days_ago=0):
+        record = RecordFactory(form=form, data={"email": "ann@example.com"})
+        run = engine.run_start(record=record, is_submission=True)
+        Run.objects.filter(pk=run.pk).update(
+            status=status,
+            created_at=now - timedelta(days=created_days_ago),
+            finished_at=None if finished_days_ago is None else now - timedelta(days=finished_days_ago),
+        )
+        return run
+
+    return {
+        "old": make(Run.Status.COMPLETE, finished_days_ago=40, created_days_ago=40),
+        "old_failed": make(Run.Status.FAILED, finished_days_ago=35, created_days_ago=35),
+        "recent": make(Run.Status.COMPLETE, finished_days_ago=1, created_days_ago=1),
+        "running": make(Run.Status.RUNNING, created_days_ago=40),
+    }
+
+
+def left(runs):
+    return {name for name, run in runs.items() if Run.objects.filter(pk=run.pk).exists()}
+
+
+def test_prune_deletes_finished_runs_older_than_days_and_their_tasks_and_keeps_the_rest(runs):
+    records = Record.objects.count()
+    old_ids = [runs["old"].pk, runs["old_failed"].pk]
+
+    code, out, _ = run_command("events_prune", "--days", "30")
+
+    assert code == 0
+    assert left(runs) == {"recent", "running"}
+    assert not RunTask.objects.filter(run_id__in=old_ids).exists()
+    assert RunTask.objects.filter(run=runs["recent"]).exists()
+    assert RunTask.objects.filter(run=runs["running"]).exists()
+    assert Record.objects.count() == records
+    assert "Deleted 2 finished run(s) older than 30 days" in out
+
+
+def test_prune_defaults_to_the_retention_setting(settings, runs):
+    settings.EVENTS_RETENTION_DAYS = 38
+
+    code, out, _ = run_command("events_prune")
+
+    assert code == 0
+    assert left(runs) == {"old_failed", "recent", "running"}
+    assert "older than 38 days" in out
+
+
+def test_prune_dry_run_counts_and_deletes_nothing(runs):
+    tasks = RunTask.objects.count()
+
+    code, out, _ = run_command("events_prune", "--days", "30", "--dry-run")
+
+    assert code == 0
+    assert "2 finished run(s) older than 30 days would be deleted" in out
+    assert left(runs) == set(runs)
+    assert RunTask.objects.count() == tasks
+
+
+def test_prune_refuses_zero_days(runs):
+    code, _, err = run_command("events_prune", "--days", "0")
+
+    assert code == 2
+    assert "Keep at least one day" in err
+    assert left(runs) == set(runs)
+
+
+def test_prune_deletes_old_queue_results_and_keeps_recent_ones(db):
+    now = timezone.now()
+    for name, days in (("old", 40), ("recent", 1)):
+        Task.objects.create(id=f"{name:0<32}", name=name, func="events.tasks.container_job",
+                            started=now - timedelta(days=days), stopped=now - timedelta(days=days), success=True)
+
+    code, out, _ = run_command("events_prune", "--days", "30")
+
+    assert code == 0
+    assert list(Task.objects.values_list("name", flat=True)) == ["recent"]
+    assert "and 1 queue result(s)" in out
+
+
+# The lease check --------------------------------------------------------------------------------
+
+
+def test_check_warns_when_the_lease_is_shorter_than_the_job_timeout(settings, db):
+    settings.EVENTS_TASK_LEASE_SECONDS = 60
+    settings.EVENTS_JOB_TIMEOUT = 600
+
+    code, out, err = run_command("check")
+
+    assert code == 0  # a warning, not an error
+    assert "events.W001" in out + err
+    assert "EVENTS_TASK_LEASE_SECONDS (60) is shorter than EVENTS_JOB_TIMEOUT (600)" in out + err
+
+
+def test_check_is_quiet_when_the_lease_covers_the_job_timeout(settings, db):
+    settings.EVENTS_TASK_LEASE_SECONDS = 600
+    settings.EVENTS_JOB_TIMEOUT = 600
+
+    code, out, err = run_command("check")
+
+    assert code == 0
+    assert "events.W001" not in out + err
+    assert lease_covers_job_timeout(None) == []
+
+
+def test_the_lease_check_returns_one_warning_with_its_id(settings):
+    settings.EVENTS_TASK_LEASE_SECONDS = 30
+    settings.EVENTS_JOB_TIMEOUT = 31
+
+    [warning] = lease_covers_job_timeout(None)
+
+    assert warning.id == "events.W001"
+    assert warning.hint

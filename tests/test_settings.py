@@ -1,0 +1,84 @@
+"""Production settings refuse unsafe configurations: each case starts ``manage.py`` in a fresh process."""
+
+import os
+import secrets
+import subprocess
+import sys
+
+import pytest
+from django.conf import settings
+
+from config.settings import DEVELOPMENT_SECRET_KEY
+
+TIMEOUT = 60
+GOOD_KEY = secrets.token_urlsafe(50)[:50]
+
+
+@pytest.fixture
+def manage(tmp_path):
+    """``manage("check", DJANGO_SECRET_KEY=...)``: run manage.py with a clean production environment."""
+
+    def run(*args, **env):
+        clean = {
+            name: value for name, value in os.environ.items()
+            if not name.startswith(("DJANGO_", "EVENTS_")) and name != "DATABASE_URL"
+        }
+        clean.update(DJANGO_SETTINGS_MODULE="config.settings", DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}")
+        clean.update(env)
+        return subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=settings.BASE_DIR, env=clean,
+            capture_output=True, text=True, timeout=TIMEOUT,
+        )
+
+    return run
+
+
+def test_production_without_a_secret_key_refuses_to_start(manage):
+    result = manage("check")
+
+    assert result.returncode != 0
+    assert "DJANGO_SECRET_KEY is not set" in result.stderr
+
+
+def test_production_with_the_development_key_refuses_to_start(manage):
+    result = manage("check", DJANGO_SECRET_KEY=DEVELOPMENT_SECRET_KEY, DJANGO_ALLOWED_HOSTS="example.com")
+
+    assert result.returncode != 0
+    assert "DJANGO_SECRET_KEY is the development key" in result.stderr
+
+
+def test_production_with_a_short_key_refuses_to_start(manage):
+    result = manage("check", DJANGO_SECRET_KEY="0123456789", DJANGO_ALLOWED_HOSTS="example.com")
+
+    assert result.returncode != 0
+    assert "shorter than 32 characters" in result.stderr
+
+
+def test_debug_on_a_served_host_refuses_to_start(manage):
+    result = manage("check", DJANGO_DEBUG="1", DJANGO_SECRET_KEY=GOOD_KEY, DJANGO_ALLOWED_HOSTS="example.com")
+
+    assert result.returncode != 0
+    assert "DJANGO_DEBUG is on with non-local hosts ['example.com']" in result.stderr
+
+
+def test_debug_on_localhost_starts(manage):
+    result = manage("check", DJANGO_DEBUG="1")
+
+    assert result.returncode == 0, result.stderr
+
+
+def test_production_with_a_good_key_starts_with_secure_cookies_and_debug_off(manage):
+    env = {"DJANGO_SECRET_KEY": GOOD_KEY, "DJANGO_ALLOWED_HOSTS": "example.com"}
+
+    check = manage("check", **env)
+    assert check.returncode == 0, check.stderr
+    assert "System check identified no issues" in check.stdout
+
+    shown = manage(
+        "shell", "-c",
+        "from django.conf import settings; "
+        "print(settings.SESSION_COOKIE_SECURE, settings.CSRF_COOKIE_SECURE, settings.DEBUG, settings.ALLOWED_HOSTS)",
+        **env,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip().splitlines()[-1] == "True True False ['example.com']"
