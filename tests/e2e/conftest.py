@@ -8,16 +8,15 @@ worker to see them, and hand-offs to the queue happen on commit.
 
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 from django.conf import settings
 from django.db import connection
+
+from tests.support.processes import ManagedProcess
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -31,44 +30,6 @@ CHROMIUM_ARGS = [
 WORKER_READY_LINE = "worker: cluster started"
 WORKER_START_SECONDS = 30
 WORKER_STOP_SECONDS = 15
-
-
-class WorkerProcess:
-    """A running ``manage.py worker``, its output going to ``log_path``."""
-
-    def __init__(self, process, log_path):
-        self.process = process
-        self.log_path = log_path
-
-    @property
-    def pid(self):
-        return self.process.pid
-
-    def output(self):
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def is_running(self):
-        return self.process.poll() is None
-
-    def stop(self):
-        """SIGTERM (the worker stops its cluster and exits), then SIGKILL its process group after a timeout."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=WORKER_STOP_SECONDS)
-            except subprocess.TimeoutExpired:
-                pass
-        # The cluster's own children (sentinel, pusher, workers, monitor) share
-        # the group we started the worker in; none may outlive the test.
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        if self.process.poll() is None:
-            self.process.wait(timeout=WORKER_STOP_SECONDS)
 
 
 def _test_database_url():
@@ -127,28 +88,15 @@ def worker(transactional_db, tmp_path, request, worker_env):
     Depends on ``transactional_db`` so that it stops before the database is flushed.
     Its environment is this process's plus ``worker_env``. Its output is printed when the test fails.
     """
-    database_url = _test_database_url()
-    log_path = tmp_path / "worker.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", "worker"],
-            cwd=settings.BASE_DIR,
-            env=_worker_env(database_url, worker_env),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    running = WorkerProcess(process, log_path)
+    # Its own session: stop() SIGKILLs the group, so the cluster's children (sentinel,
+    # pusher, workers, monitor) cannot outlive the test.
+    running = ManagedProcess(
+        "The worker", [sys.executable, "manage.py", "worker"], cwd=settings.BASE_DIR,
+        env=_worker_env(_test_database_url(), worker_env), log_path=tmp_path / "worker.log",
+        start_seconds=WORKER_START_SECONDS, stop_seconds=WORKER_STOP_SECONDS,
+    )
     request.addfinalizer(lambda: _stop_and_report(running, request))
-
-    deadline = time.monotonic() + WORKER_START_SECONDS
-    while WORKER_READY_LINE not in running.output():
-        if not running.is_running():
-            pytest.fail(f"The worker exited with {process.returncode} before it was ready:\n{running.output()}")
-        if time.monotonic() >= deadline:
-            pytest.fail(f"The worker was not ready after {WORKER_START_SECONDS} s:\n{running.output()}")
-        time.sleep(0.1)
+    running.wait_for_line(WORKER_READY_LINE)
     return running
 
 

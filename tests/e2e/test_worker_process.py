@@ -1,6 +1,7 @@
 """A submit against a real ``manage.py worker`` process sharing the test database."""
 
 import datetime
+import functools
 import time
 
 import pytest
@@ -10,6 +11,7 @@ from django.urls import reverse
 from events.models import Run, RunTask
 from forms_app.models import Record
 from tests.factories import FieldFactory, FormFactory, add_node
+from tests.support import processes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e"), pytest.mark.django_db(transaction=True)]
 
@@ -17,16 +19,8 @@ PAUSE_SECONDS = 2
 DELAY_SECONDS = 3
 
 
-def wait_until(condition, *, timeout=30.0, interval=0.1, message="condition"):
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail(f"Timed out after {timeout} s waiting for {message}")
-        time.sleep(interval)
+# Poll a condition until truthy; fail the test after ``timeout`` seconds.
+wait_until = functools.partial(processes.wait_until, timeout=30.0, interval=0.1)
 
 
 @pytest.fixture

@@ -7,9 +7,7 @@ with ``wait_for_callback`` to a real HTTP server on 127.0.0.1, submitted with
 """
 
 import json
-import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -17,6 +15,8 @@ from events.models import ApiKey, Run, RunTask
 from forms_app.models import Record
 from forms_app.services import record_submit
 from tests.factories import add_node
+from tests.support import servers
+from tests.support.servers import recording_handler, recording_server
 
 __all__ = [
     "CALLBACK_URL",
@@ -38,51 +38,20 @@ def progress_url(task_id):
     return f"/api/event-workflow-tasks/{task_id}"
 
 
-class Recorder:
+class Recorder(servers.Recorder):
     """Requests the test server received; it answers 200 with a small JSON body."""
 
     def __init__(self):
-        self.requests = []
-        self.body = b'{"accepted": true, "job": "j-1"}'
-
-
-def _handler(recorder):
-    class Handler(BaseHTTPRequestHandler):
-        def _handle(self):
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            recorder.requests.append(
-                {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
-            )
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(recorder.body)))
-            self.end_headers()
-            self.wfile.write(recorder.body)
-
-        do_GET = do_POST = do_PUT = _handle
-
-        def log_message(self, format, *args):
-            pass
-
-    return Handler
+        super().__init__(body=b'{"accepted": true, "job": "j-1"}')
 
 
 @pytest.fixture
 def callback_server():
     """A real HTTP server on 127.0.0.1 (a free port) standing in for the external system."""
     recorder = Recorder()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(recorder))
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    recorder.url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with recording_server(recording_handler(recorder, methods=("GET", "POST", "PUT"))) as server:
+        recorder.url = server.url
         yield recorder
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ the live server with the real callback and progress API.
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -22,6 +21,7 @@ from tests.events.api_fixtures import (  # noqa: F401 (fixtures)
     make_awaiting,
     waiting_form,
 )
+from tests.support.servers import QuietHandler, recording_server
 
 URL = "/demo/external-service/"
 PUBLIC_URL = "http://127.0.0.1:8000"
@@ -134,10 +134,9 @@ class Recorder:
 
 
 def _handler(recorder):
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def _handle(self):
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
+            body = self.read_body()
             with recorder.lock:
                 dropped = recorder.drop > 0
                 recorder.drop -= dropped
@@ -147,17 +146,9 @@ def _handler(recorder):
             if dropped:
                 self.close_connection = True
                 return
-            answer = b'{"ok": true}'
-            self.send_response(recorder.status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
+            self.answer(recorder.status, b'{"ok": true}', {"Content-Type": "application/json"})
 
         do_POST = do_PUT = _handle
-
-        def log_message(self, format, *args):
-            pass
 
     return Handler
 
@@ -166,17 +157,9 @@ def _handler(recorder):
 def external_api():
     """A recording HTTP server on 127.0.0.1 (a free port), playing this app's API for the job."""
     recorder = Recorder()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(recorder))
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    recorder.url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with recording_server(_handler(recorder)) as server:
+        recorder.url = server.url
         yield recorder
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def run_job(base_url, *, step_seconds=0.05, task_id="task-1", token="secret-token"):

@@ -1,9 +1,7 @@
 """The engine side of waiting for a callback: suspend, resume at the next sibling, fail, time out."""
 
 import json
-import threading
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.db import connection
@@ -17,6 +15,7 @@ from events.tasks import dispatch_due, resume_job
 from forms_app.services import record_submit
 from tests.events.nodes.conftest import allow_local_http, http_server  # noqa: F401  (shared fixtures)
 from tests.factories import RecordFactory, add_node
+from tests.support.servers import QuietHandler, recording_server
 
 CALLBACK_OUTPUT = {"seat": "12A", "body": "from the callback"}
 
@@ -541,7 +540,7 @@ def calling_back_server():
     """A local server that, like a very fast external system, calls back before it answers the request."""
     seen = {}
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             try:
@@ -551,27 +550,11 @@ def calling_back_server():
                 )
             finally:
                 connection.close()
-            answer = b'{"accepted": true}'
-            self.send_response(seen.get("answer_status", 202))
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
+            self.answer(seen.get("answer_status", 202), b'{"accepted": true}', {"Content-Type": "application/json"})
 
-        def log_message(self, format, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    seen["url"] = f"http://127.0.0.1:{server.server_address[1]}/start"
-    try:
+    with recording_server(Handler) as server:
+        seen["url"] = f"{server.url}/start"
         yield seen
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 @pytest.mark.django_db(transaction=True)

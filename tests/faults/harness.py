@@ -8,8 +8,6 @@ tests never share pytest-django's test database.
 import json
 import os
 import re
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -18,10 +16,13 @@ import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+
+from tests.support import processes
+from tests.support.processes import ManagedProcess, free_port
+from tests.support.servers import LocalServer, QuietHandler
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -40,22 +41,13 @@ SHORT_SETTINGS = {
 }
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _raise_assertion(message):
+    raise AssertionError(message)
 
 
 def wait_until(condition, *, timeout, interval=0.2, message="condition"):
-    """Poll ``condition`` until truthy; raise AssertionError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
-        time.sleep(interval)
+    """Poll ``condition`` until truthy; raise AssertionError after ``timeout`` seconds (callers catch it)."""
+    return processes.wait_until(condition, timeout=timeout, interval=interval, message=message, fail=_raise_assertion)
 
 
 def parse_dt(value):
@@ -85,12 +77,11 @@ class Recorder:
         self.hold_seconds = hold_seconds
         recorder = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
 
             def do_POST(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                self.rfile.read(length)
+                self.read_body()
                 key = self.headers.get("Idempotency-Key", "")
                 with recorder.lock:
                     recorder.hits[key].append((self.path, time.monotonic(), self.client_address[1]))
@@ -98,22 +89,10 @@ class Recorder:
                     recorder.held_port = self.client_address[1]
                     recorder.held.set()
                     recorder.release_event.wait(recorder.hold_seconds)
-                body = b'{"ok": true}'
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Connection", "close")
-                self.end_headers()
-                self.wfile.write(body)
+                self.answer(200, b'{"ok": true}', {"Content-Type": "application/json", "Connection": "close"})
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.server = LocalServer(Handler).start()
+        self.port = self.server.port
 
     def url(self, path):
         return f"http://127.0.0.1:{self.port}{path}"
@@ -131,8 +110,7 @@ class Recorder:
 
     def close(self):
         self.release_event.set()
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
 
 # --- processes ---------------------------------------------------------------------------------
@@ -185,51 +163,20 @@ def pid_with_local_port(port, candidates):
     return None
 
 
-class Proc:
-    """A process started in its own session (so its whole group can be killed), output in a log file."""
+class Proc(ManagedProcess):
+    """A process started in its own session (so its whole group can be killed), output appended to a log file."""
 
     def __init__(self, name, args, env, log_path):
-        self.name = name
-        self.log_path = log_path
-        self.log = open(log_path, "ab")
-        self.process = subprocess.Popen(
-            args, cwd=BASE_DIR, env=env, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    @property
-    def pid(self):
-        return self.process.pid
-
-    def output(self):
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        super().__init__(name, args, cwd=BASE_DIR, env=env, log_path=log_path, append=True,
+                         start_seconds=START_SECONDS, stop_seconds=STOP_SECONDS)
 
     def running(self):
-        return self.process.poll() is None
-
-    def kill_group(self):
-        """SIGKILL the whole process group (the worker and every child of its cluster)."""
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            self.process.wait(timeout=STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            pass
+        return self.is_running()
 
     def stop(self):
-        if self.running():
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=STOP_SECONDS)
-            except subprocess.TimeoutExpired:
-                pass
+        """SIGTERM, then SIGKILL of the group; unlike ``ManagedProcess.stop`` it never raises."""
+        self.terminate()
         self.kill_group()
-        self.log.close()
 
 
 class Stack:

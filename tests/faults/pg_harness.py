@@ -11,19 +11,19 @@ import json
 import os
 import re
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
+
+from tests.support.processes import ManagedProcess, free_port, wait_until  # noqa: F401 (h.wait_until in the tests)
+from tests.support.servers import LocalServer, QuietHandler
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 PG_HOST = os.environ.get("FAULTS_PG_HOST", "127.0.0.1")
@@ -46,24 +46,6 @@ SHORT_SETTINGS = {
 
 def scale(short, long):
     return long if LONG else short
-
-
-def wait_until(condition, *, timeout, interval=0.2, message="condition"):
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail(f"Timed out after {timeout} s waiting for {message}")
-        time.sleep(interval)
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --- PostgreSQL -----------------------------------------------------------------------------
@@ -160,54 +142,12 @@ def import_form(database, document, tmp_path):
 # --- Processes ------------------------------------------------------------------------------
 
 
-class Process:
+class Process(ManagedProcess):
     """One started process (its own session), its output in ``log_path``."""
 
     def __init__(self, name, args, env, log_path):
-        self.name = name
-        self.log_path = log_path
-        with open(log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                args, cwd=BASE_DIR, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    @property
-    def pid(self):
-        return self.process.pid
-
-    def output(self):
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def is_running(self):
-        return self.process.poll() is None
-
-    def wait_for_line(self, text, timeout=START_SECONDS):
-        deadline = time.monotonic() + timeout
-        while text not in self.output():
-            if not self.is_running():
-                pytest.fail(f"{self.name} exited with {self.process.returncode} before {text!r}:\n{self.output()}")
-            if time.monotonic() >= deadline:
-                pytest.fail(f"{self.name}: no {text!r} after {timeout} s:\n{self.output()}")
-            time.sleep(0.1)
-
-    def stop(self):
-        """SIGTERM, then SIGKILL of its process group (only the group this harness started)."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=STOP_SECONDS)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        if self.process.poll() is None:
-            self.process.wait(timeout=STOP_SECONDS)
+        super().__init__(name, args, cwd=BASE_DIR, env=env, log_path=log_path,
+                         start_seconds=START_SECONDS, stop_seconds=STOP_SECONDS)
 
 
 class Stack:
@@ -304,25 +244,16 @@ class Recorder:
         self.lock = threading.Lock()
         recorder = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
 
             def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = self.read_body()
                 recorder.record(self.headers.get("Idempotency-Key", ""), self.headers.get("X-Signature", ""), body)
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", "11")
-                self.end_headers()
-                self.wfile.write(b'{"ok":true}')
+                self.answer(200, b'{"ok":true}', {"Content-Type": "application/json"})
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/record"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.server = LocalServer(Handler)
+        self.url = f"{self.server.url}/record"
 
     def record(self, key, sig, body):
         sender = "?"
@@ -335,12 +266,11 @@ class Recorder:
             self.by_worker[sender][key] += 1
 
     def __enter__(self):
-        self.thread.start()
+        self.server.start()
         return self
 
     def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
     def snapshot(self):
         with self.lock:

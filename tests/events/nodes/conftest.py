@@ -1,8 +1,6 @@
 """Fixtures for node-type tests: submit a record for real, and a real HTTP server to call."""
 
-import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.db import transaction
@@ -11,6 +9,8 @@ from events import engine
 from events.models import Run
 from forms_app.models import RECORD_UPDATE, Record
 from forms_app.services import record_submit
+from tests.support import servers
+from tests.support.servers import recording_handler, recording_server
 
 
 @dataclass
@@ -58,54 +58,21 @@ def submit(form, sync_queue, django_capture_on_commit_callbacks):
     return submit
 
 
-class Recorder:
+class Recorder(servers.Recorder):
     """Requests a test server received, and the answer it gives next."""
 
     def __init__(self):
-        self.requests = []
-        self.status = 200
-        self.body = b'{"ok": true, "id": 42}'
-        self.content_type = "application/json"
-
-
-def _handler(recorder):
-    class Handler(BaseHTTPRequestHandler):
-        def _handle(self):
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            recorder.requests.append(
-                {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
-            )
-            self.send_response(recorder.status)
-            self.send_header("Content-Type", recorder.content_type)
-            self.send_header("Content-Length", str(len(recorder.body)))
-            self.end_headers()
-            self.wfile.write(recorder.body)
-
-        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
-
-        def log_message(self, format, *args):
-            pass
-
-    return Handler
+        super().__init__(status=200, body=b'{"ok": true, "id": 42}', content_type="application/json")
 
 
 @pytest.fixture
 def http_server():
     """A real HTTP server on 127.0.0.1 (a free port), recording what it receives."""
     recorder = Recorder()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(recorder))
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    recorder.url = f"http://127.0.0.1:{server.server_address[1]}"
-    recorder.port = server.server_address[1]
-    try:
+    with recording_server(recording_handler(recorder)) as server:
+        recorder.url = server.url
+        recorder.port = server.port
         yield recorder
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 @pytest.fixture

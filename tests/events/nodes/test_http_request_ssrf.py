@@ -11,7 +11,6 @@ import json
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -22,6 +21,7 @@ from events.nodes import registry
 from events.nodes.base import NodeContext, NodeError
 from events.nodes.http_request import check_destination
 from tests.factories import add_node
+from tests.support.servers import QuietHandler, recording_server
 
 HttpRequest = registry.get("http_request")
 
@@ -66,47 +66,24 @@ class Site:
 
 
 def _site_handler(site):
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def _handle(self):
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            site.requests.append({"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body})
+            site.requests.append(self.received(self.read_body()))
             status, headers, answer = site.routes.get(self.path.split("?")[0], (200, {}, b"ok"))
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
+            self.answer(status, answer, headers)
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
-        def log_message(self, format, *args):
-            pass
-
     return Handler
-
-
-def _serve(site, host):
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    server_class = type("Server", (ThreadingHTTPServer,), {"address_family": family, "daemon_threads": True})
-    server = server_class((host, 0), _site_handler(site))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    site.port = server.server_address[1]
-    site.url = f"http://{'[' + host + ']' if family == socket.AF_INET6 else host}:{site.port}"
-    return server, thread
 
 
 @pytest.fixture
 def site():
     """A routed server on 127.0.0.1."""
     site = Site()
-    server, thread = _serve(site, "127.0.0.1")
-    yield site
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    with recording_server(_site_handler(site), "127.0.0.1") as server:
+        site.port, site.url = server.port, server.url
+        yield site
 
 
 @pytest.fixture
@@ -115,11 +92,9 @@ def site6():
     if not has_ipv6_loopback():
         pytest.skip("no IPv6 loopback on this machine")
     site = Site()
-    server, thread = _serve(site, "::1")
-    yield site
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    with recording_server(_site_handler(site), "::1") as server:
+        site.port, site.url = server.port, server.url
+        yield site
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""Test harness pieces shared by several test packages: local HTTP servers and managed processes."""
