@@ -119,22 +119,28 @@ def run_inline(*, run):
     return sequence_finish(run=run, owner=None, branch="main", outcome=outcome, inline=True)
 
 
-def sequence_walk(*, run, nodes, start=0, inline=False):
+def sequence_walk(*, run, nodes, start=0, inline=False, holders=()):
     """Handle ``nodes[start:]`` in order: run actions now, hand deferred containers to the queue.
 
     ``inline`` is true in the request: a go_async marker then hands the rest
-    of the sequence to the queue and ends the walk.
+    of the sequence to the queue and ends the walk. ``holders`` are the ids of
+    the containers this walk holds: their leases are renewed before each step,
+    so a long branch is not taken for abandoned while it still runs.
     """
     tasks = {task.node_id: task for task in run.tasks.filter(node_id__in=[node["id"] for node in nodes])}
     for node in nodes[start:]:
         if not Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).exists():
             return Outcome.STOPPED
+        if holders:
+            RunTask.objects.filter(pk__in=holders, status=RunTask.Status.ACTIVE).update(
+                lease_expires_at=timezone.now() + timedelta(seconds=settings.EVENTS_TASK_LEASE_SECONDS)
+            )
         task = tasks[node["id"]]
         node_type = registry.get(node["type"])
         if node_type.is_deferred:
             outcome = container_defer(run=run, task=task, node=node, inline=inline)
         elif node_type.is_container:
-            outcome = condition_execute(run=run, task=task, node=node, inline=inline)
+            outcome = condition_execute(run=run, task=task, node=node, inline=inline, holders=holders)
         elif node_type.is_marker:
             outcome = marker_pass(run=run, task=task, inline=inline)
         else:
@@ -285,7 +291,7 @@ def marker_pass(*, run, task, inline):
     return Outcome.SUSPENDED
 
 
-def condition_execute(*, run, task, node, inline):
+def condition_execute(*, run, task, node, inline, holders=()):
     """A condition: when its test holds, walk its children now, in this walk; else skip them."""
     lost = _claim_or_report(task)
     if lost is not None:
@@ -307,7 +313,7 @@ def condition_execute(*, run, task, node, inline):
         return Outcome.DONE
     task.logs = task.logs + logs
     RunTask.objects.filter(pk=task.pk).update(logs=task.logs)
-    outcome = sequence_walk(run=run, nodes=node.get("children", []), inline=inline)
+    outcome = sequence_walk(run=run, nodes=node.get("children", []), inline=inline, holders=(*holders, task.pk))
     return _container_settle(task, outcome, output={"matched": True})
 
 
@@ -428,7 +434,7 @@ def container_execute(*, task_id):
     task.logs.append(RunTask.log_line(f"attempt {task.attempt} started"))
     if _runs_as_own_run(node):
         return container_run_branch(run=run, task=task, node=node)
-    outcome = sequence_walk(run=run, nodes=node.get("children", []))
+    outcome = sequence_walk(run=run, nodes=node.get("children", []), holders=(task.pk,))
     return container_conclude(run=run, task=task, outcome=outcome)
 
 

@@ -526,3 +526,37 @@ def test_a_false_condition_whose_worker_died_skips_its_steps_when_re_run(trail_f
     dispatch()
 
     assert trail(run) == "D"
+
+
+def test_a_long_branch_renews_its_lease_before_each_step_so_the_sweep_leaves_it_alone(
+    settings, trail_form, add_mark, monkeypatch, sync_queue, django_capture_on_commit_callbacks
+):
+    from events.nodes import registry
+    from events.nodes.base import NodeType
+
+    settings.EVENTS_TASK_LEASE_SECONDS = 60
+    seen = []
+
+    class LeaseProbe(NodeType):
+        """Records its container's lease when it runs (test only)."""
+
+        key, label, config_form = "lease_probe", "Lease probe", registry.get("go_async").config_form
+
+        def execute(self, ctx):
+            seen.append(RunTask.objects.get(pk=ctx.task.parent_id).lease_expires_at)
+            return {}
+
+    monkeypatch.setitem(registry._types, "lease_probe", LeaseProbe)
+    background = add_node(trail_form, "background", name="bg")
+    for _ in range(3):
+        add_node(trail_form, "lease_probe", parent=background)
+    with django_capture_on_commit_callbacks(execute=True):
+        with transaction.atomic():
+            record = RecordFactory(form=trail_form, data={"trail": ""})
+            run = engine.run_start(record=record, is_submission=True)
+        engine.run_inline(run=run)
+
+    assert len(seen) == 3
+    assert seen[0] < seen[1] < seen[2]  # renewed before every step
+    run.refresh_from_db()
+    assert run.status == Run.Status.COMPLETE
