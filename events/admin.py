@@ -421,6 +421,18 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+def child_runs_html(started_by):
+    """Links to the runs a run or a step started, with their status."""
+    children = list(started_by.child_runs.order_by("created_at"))
+    if not children:
+        return "—"
+    return format_html_join(
+        ", ", '<a href="{}">{}</a> ({})',
+        ((reverse("admin:events_run_change", args=[child.pk]), child, child.get_status_display())
+         for child in children),
+    )
+
+
 @admin.register(Run)
 class RunAdmin(ReadOnlyAdmin):
     list_display = ("reference", "form", "record_link", "event", "status", "created_at", "finished_at")
@@ -460,14 +472,7 @@ class RunAdmin(ReadOnlyAdmin):
 
     @admin.display(description="child runs")
     def child_runs_links(self, run):
-        children = list(run.child_runs.order_by("created_at"))
-        if not children:
-            return "—"
-        return format_html_join(
-            ", ", '<a href="{}">{}</a> ({})',
-            ((reverse("admin:events_run_change", args=[child.pk]), child, child.get_status_display())
-             for child in children),
-        )
+        return child_runs_html(run)
 
     @admin.display(description="properties")
     def properties_json(self, run):
@@ -619,14 +624,7 @@ class RunTaskAdmin(ReadOnlyAdmin):
 
     @admin.display(description="runs it started")
     def child_runs_links(self, task):
-        children = list(task.child_runs.order_by("created_at"))
-        if not children:
-            return "—"
-        return format_html_join(
-            ", ", '<a href="{}">{}</a> ({})',
-            ((reverse("admin:events_run_change", args=[child.pk]), child, child.get_status_display())
-             for child in children),
-        )
+        return child_runs_html(task)
 
     @admin.display(description="debug trace")
     def debug_json(self, task):
