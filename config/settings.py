@@ -66,6 +66,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "events.middleware.ApiPathMiddleware",  # before CommonMiddleware: it settles the path first
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -178,12 +179,21 @@ Q_CLUSTER = {
 # Our own settings (read at call time through django.conf.settings).
 EVENTS_PUBLIC_URL = os.environ.get("EVENTS_PUBLIC_URL", "http://127.0.0.1:8000")
 EVENTS_HTTP_ALLOWED_HOSTS = env_list("EVENTS_HTTP_ALLOWED_HOSTS")
-EVENTS_TASK_LEASE_SECONDS = int(os.environ.get("EVENTS_TASK_LEASE_SECONDS", str(EVENTS_JOB_TIMEOUT)))
+# A step's lease: a worker's heartbeat renews it every third of its length while the step
+# runs, so it can be short; a step whose worker was killed runs again about this long after.
+EVENTS_TASK_LEASE_SECONDS = int(os.environ.get("EVENTS_TASK_LEASE_SECONDS", "60"))
+# How often the worker hands due work to the queue and fails callbacks past their deadline.
 EVENTS_DISPATCH_INTERVAL = float(os.environ.get("EVENTS_DISPATCH_INTERVAL", "0.2"))
-# The sweep (in every worker): how often, when a hand-off counts as lost, and how many
-# times a task whose worker died is tried again before it fails.
+# The sweep (in every worker): how often; after how long a hand-off whose job is gone from the
+# broker is sent again; after how long a job a worker took but never started is sent again (and
+# a run nothing moves on is repaired); how many times a task whose worker died is tried again.
 EVENTS_SWEEP_INTERVAL = float(os.environ.get("EVENTS_SWEEP_INTERVAL", "5"))
+EVENTS_HANDOFF_CHECK_SECONDS = int(os.environ.get("EVENTS_HANDOFF_CHECK_SECONDS", "10"))
 EVENTS_REQUEUE_AFTER_SECONDS = int(os.environ.get("EVENTS_REQUEUE_AFTER_SECONDS", "120"))
+# A job that loses the database waits this long for it to answer again, then hands its work back.
+EVENTS_DATABASE_WAIT_SECONDS = int(os.environ.get("EVENTS_DATABASE_WAIT_SECONDS", "300"))
+# On SIGTERM or SIGINT a worker stops claiming and lets running steps finish for this long.
+EVENTS_STOP_GRACE_SECONDS = int(os.environ.get("EVENTS_STOP_GRACE_SECONDS", "30"))
 EVENTS_LEASE_RETRY_LIMIT = int(os.environ.get("EVENTS_LEASE_RETRY_LIMIT", "3"))
 # The watchdog: the oldest ready job may wait this long while the cluster claims to run.
 EVENTS_WATCHDOG_SECONDS = int(os.environ.get("EVENTS_WATCHDOG_SECONDS", "60"))
@@ -195,6 +205,13 @@ EVENTS_HTTP_SIGNING_SECRET = os.environ.get("EVENTS_HTTP_SIGNING_SECRET", "")
 EVENTS_DEMO_SERVICE = env_bool("EVENTS_DEMO_SERVICE", DEBUG)
 EVENTS_DEMO_SERVICE_STEP_SECONDS = float(os.environ.get("EVENTS_DEMO_SERVICE_STEP_SECONDS", "1.5"))
 EVENTS_API_MAX_BODY_BYTES = int(os.environ.get("EVENTS_API_MAX_BODY_BYTES", str(1024 * 1024)))
+# Task logs: an API call may add at most this many lines (more is refused with 413); a longer
+# line is cut, with a marker; past the total, the oldest lines make way, behind one marker line.
+EVENTS_TASK_LOG_MAX_LINES_PER_CALL = int(os.environ.get("EVENTS_TASK_LOG_MAX_LINES_PER_CALL", "500"))
+EVENTS_TASK_LOG_MAX_LINE_CHARS = int(os.environ.get("EVENTS_TASK_LOG_MAX_LINE_CHARS", "2000"))
+EVENTS_TASK_LOG_MAX_LINES = int(os.environ.get("EVENTS_TASK_LOG_MAX_LINES", "1000"))
+# While the database is unreachable: the Retry-After (seconds) of the 503 answers.
+EVENTS_UNAVAILABLE_RETRY_AFTER_SECONDS = int(os.environ.get("EVENTS_UNAVAILABLE_RETRY_AFTER_SECONDS", "5"))
 
 LOGGING = {
     "version": 1,

@@ -23,7 +23,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
-from django.db.models import F, Max, Q
+from django.db.models import Exists, F, Max, OuterRef, Q
 from django.utils import timezone
 
 from forms_app.models import RECORD_UPDATE, Record
@@ -47,12 +47,13 @@ class Outcome(enum.Enum):
 
 
 def run_start(*, record, event=RECORD_UPDATE, properties=None, parent_run=None, parent_task=None,
-              is_submission=False, snapshot=None):
+              is_submission=False, snapshot=None, debug=False):
     """Create a run pinned to the current tree of (form, event) and a pending task per node.
 
     Call it inside the caller's transaction: the record, the run and its tasks
     commit together. Nothing here has a side effect outside the database.
     ``snapshot`` replaces the event's tree (a container's branch run as its own run).
+    ``debug``: every task collects a debug trace (the container's collect_debug), as the form's switch does.
     """
     depth = parent_run.depth + 1 if parent_run is not None else 0
     if depth > settings.EVENTS_MAX_EVENT_DEPTH:
@@ -73,7 +74,7 @@ def run_start(*, record, event=RECORD_UPDATE, properties=None, parent_run=None, 
         snapshot=snapshot,
         properties=properties or {},
     )
-    RunTask.objects.bulk_create(_tasks_for(run, snapshot, debug=record.form.collect_debug))
+    RunTask.objects.bulk_create(_tasks_for(run, snapshot, debug=debug or record.form.collect_debug))
     return run
 
 
@@ -124,20 +125,21 @@ def sequence_walk(*, run, nodes, start=0, inline=False, holders=()):
 
     ``inline`` is true in the request: a go_async marker then hands the rest
     of the sequence to the queue and ends the walk. ``holders`` are the ids of
-    the containers this walk holds: their leases are renewed before each step,
-    so a long branch is not taken for abandoned while it still runs.
+    the containers this walk holds (a worker's heartbeat renews their leases):
+    when the worker stops, they are put back and the walk ends before its next step.
     """
     tasks = {task.node_id: task for task in run.tasks.filter(node_id__in=[node["id"] for node in nodes])}
     for node in nodes[start:]:
         if not Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).exists():
             return Outcome.STOPPED
-        if holders:
-            RunTask.objects.filter(pk__in=holders, status=RunTask.Status.ACTIVE).update(
-                lease_expires_at=timezone.now() + timedelta(seconds=settings.EVENTS_TASK_LEASE_SECONDS)
-            )
         task = tasks[node["id"]]
         node_type = registry.get(node["type"])
-        if node_type.is_deferred:
+        if task.status == RunTask.Status.PENDING and not inline and queue.worker_stopping():
+            return walk_hand_back(task=task, holders=holders)
+        if task.status == RunTask.Status.FAILED:
+            # Met again by a later walk (a duplicate, a repair): the failure's consequence stands.
+            outcome = failure_walk_on(run=run, task=task, node=node, inline=inline)
+        elif node_type.is_deferred:
             outcome = container_defer(run=run, task=task, node=node, inline=inline)
         elif node_type.is_container:
             outcome = condition_execute(run=run, task=task, node=node, inline=inline, holders=holders)
@@ -286,8 +288,9 @@ def marker_pass(*, run, task, inline):
     if not inline:
         task.finish(RunTask.Status.COMPLETE, logs=[RunTask.log_line("already in the background")])
         return Outcome.DONE
-    task.finish(RunTask.Status.COMPLETE, logs=[RunTask.log_line("the rest of the sequence goes to the background")])
-    queue.sequence_resume_enqueue(task_id=task.pk)
+    with transaction.atomic():
+        task.finish(RunTask.Status.COMPLETE, logs=[RunTask.log_line("the rest of the sequence goes to the background")])
+        sequence_hand_on(run=run, task=task)
     return Outcome.SUSPENDED
 
 
@@ -311,7 +314,7 @@ def condition_execute(*, run, task, node, inline, holders=()):
         task.finish(RunTask.Status.COMPLETE, logs=logs + [RunTask.log_line("steps skipped")],
                     output={"matched": False})
         return Outcome.DONE
-    task.logs = task.logs + logs
+    task.logs = RunTask.capped_logs(task.logs, logs)
     RunTask.objects.filter(pk=task.pk).update(logs=task.logs)
     outcome = sequence_walk(run=run, nodes=node.get("children", []), inline=inline, holders=(*holders, task.pk))
     return _container_settle(task, outcome, output={"matched": True})
@@ -328,7 +331,8 @@ def _container_settle(task, outcome, *, output=None):
     elif outcome is Outcome.SUSPENDED:
         # Parked: no lease (no worker holds it); whoever resumes the waiting step finishes it.
         RunTask.objects.filter(pk=task.pk, status=RunTask.Status.ACTIVE).update(
-            lease_expires_at=None, logs=task.logs + [RunTask.log_line("a step waits; this branch goes on later")]
+            lease_expires_at=None,
+            logs=RunTask.capped_logs(task.logs, [RunTask.log_line("a step waits; this branch goes on later")]),
         )
     return outcome
 
@@ -341,18 +345,27 @@ def _subtree_node_ids(nodes):
     return ids
 
 
-def run_trigger(*, run, task, record, event, properties, snapshot=None):
+def run_trigger(*, run, task, record, event, properties, snapshot=None, debug=False):
     """trigger_event: fire ``event`` for the same record as a child run, and walk its inline phase now.
 
     ``snapshot``: the steps the child run executes instead of the event's tree
-    (a container's branch recorded as a run of its own).
+    (a container's branch recorded as a run of its own); ``debug``: its tasks collect debug traces.
     """
     with transaction.atomic():
-        child = run_start(record=record, event=event, properties=properties, parent_run=run, parent_task=task,
-                          snapshot=snapshot)
+        child = run_child_start(run=run, task=task, record=record, event=event, properties=properties,
+                                snapshot=snapshot, debug=debug)
     outcome = run_inline(run=child)
     child.refresh_from_db(fields=["status"])
     return {"run_id": str(child.pk), "event": event, "status": child.status, "outcome": outcome.value}
+
+
+def run_child_start(*, run, task, record, event, properties, snapshot=None, debug=False):
+    """The child run ``task`` fires, created once: an attempt run again after a crash finds the first one."""
+    child = Run.objects.filter(parent_task=task).first()
+    if child is None:
+        child = run_start(record=record, event=event, properties=properties, parent_run=run, parent_task=task,
+                          snapshot=snapshot, debug=debug)
+    return child
 
 
 def task_await(*, task, timeout_seconds):
@@ -378,7 +391,7 @@ def task_store_waiting(*, task, output, logs, debug=None):
     """Keep what the waiting action produced, under any callback output that already arrived."""
     with transaction.atomic():
         row = RunTask.objects.select_for_update().only("output", "logs", "debug").get(pk=task.pk)
-        changes = {"output": {**(output or {}), **row.output}, "logs": row.logs + list(logs)}
+        changes = {"output": {**(output or {}), **row.output}, "logs": RunTask.capped_logs(row.logs, logs)}
         if debug is not None:
             changes["debug"] = row.debug + [debug]
         RunTask.objects.filter(pk=task.pk).update(**changes)
@@ -386,6 +399,11 @@ def task_store_waiting(*, task, output, logs, debug=None):
 
 def container_defer(*, run, task, node, inline=False):
     """Give a container its due time and, if it is due now, hand it to the queue after commit."""
+    if task.due_at is not None:
+        # Deferred before (a repair walks past it again): its due time stands.
+        if task.due_at <= timezone.now():
+            queue.task_enqueue(task_id=task.pk)
+        return Outcome.DONE
     record = Record.objects.get(pk=run.record_id)
     ctx = NodeContext(run=run, task=task, record=record, node=node)
     try:
@@ -410,21 +428,24 @@ def container_defer(*, run, task, node, inline=False):
     return Outcome.DONE
 
 
-def container_execute(*, task_id):
-    """A worker's part, for a due container or a due retry of an action.
+def task_job(*, task_id):
+    """A worker's part for one handed-off task: what it does follows from the task's state.
 
-    A container: claim it, walk its children (or start its branch as a run of
-    its own), complete it, maybe finish the run. A retry: run the action again
-    and go on with its sequence. A duplicate or early delivery loses the claim
-    and returns without effect.
+    A deferred container with a due time: claim it, walk its children (or start
+    its branch as a run of its own), complete it, maybe finish the run. Anything
+    else (an action's next attempt, a step a walk or the sweep handed back, the
+    first step of an error branch, the step after a callback): walk its sequence
+    from it. A duplicate or early delivery loses the claim and returns without effect.
     """
     task = RunTask.objects.select_related("run").filter(pk=task_id).first()
     if task is None:
         return Outcome.STOPPED
     run = task.run
     node = snapshot_node(run.snapshot, task.node_id)
-    if not registry.get(task.type).is_deferred:
-        if task.status == RunTask.Status.PENDING and task.due_at and task.due_at > timezone.now():
+    if not registry.get(task.type).is_deferred or task.due_at is None:
+        if task.status != RunTask.Status.PENDING or task.enqueued_at is None:
+            return Outcome.ELSEWHERE  # done, held elsewhere, or never handed off (a stray delivery)
+        if task.due_at and task.due_at > timezone.now():
             _forget_early_delivery(task_id)
             return Outcome.ELSEWHERE
         return sequence_walk_from(run=run, task=task)
@@ -438,6 +459,9 @@ def container_execute(*, task_id):
     return container_conclude(run=run, task=task, outcome=outcome)
 
 
+container_execute = task_job
+
+
 def sequence_walk_from(*, run, task):
     """Walk ``task``'s sequence starting at ``task`` itself, then tell the sequence's owner.
 
@@ -446,21 +470,15 @@ def sequence_walk_from(*, run, task):
     inline phase). Each step is handled as in any walk: a delay computes its due
     time, a condition is tested, an action is claimed (a duplicate loses).
     """
-    RunTask.objects.filter(pk=task.pk, status=RunTask.Status.PENDING).update(enqueued_at=None)
+    if registry.get(task.type).is_deferred:
+        # Not deferred yet: the walk gives it a due time and hands it off as a container.
+        RunTask.objects.filter(pk=task.pk, status=RunTask.Status.PENDING).update(enqueued_at=None)
     owner, branch, nodes = _sequence_of(run, task)
     index = next(i for i, node in enumerate(nodes) if node["id"] == task.node_id)
     outcome = sequence_walk(run=run, nodes=nodes, start=index)
     if outcome is Outcome.ELSEWHERE:
         return outcome
     return sequence_finish(run=run, owner=owner, branch=branch, outcome=outcome)
-
-
-def sequence_walk_from_job(*, task_id):
-    """In a worker: a stalled run goes on from its first pending step."""
-    task = RunTask.objects.select_related("run").filter(pk=task_id).first()
-    if task is None or task.status != RunTask.Status.PENDING:
-        return Outcome.ELSEWHERE
-    return sequence_walk_from(run=task.run, task=task)
 
 
 def _forget_early_delivery(task_id):
@@ -477,13 +495,21 @@ def container_run_branch(*, run, task, node):
     ctx = NodeContext(run=run, task=task, record=record, node=node)
     try:
         properties = ctx.render(config["event_properties"]) if config.get("event_properties") else run.properties
-        result = run_trigger(run=run, task=task, record=record, event=config.get("event_type") or run.event,
-                             properties=properties, snapshot=node.get("children", []))
+        event = config.get("event_type") or run.event
+        # The child run and this container's completion commit together: a crash can neither
+        # lose the branch nor start it twice. The child's inline phase runs after the commit.
+        with transaction.atomic():
+            child = run_child_start(run=run, task=task, record=record, event=event, properties=properties,
+                                    snapshot=node.get("children", []), debug=task.collect_debug)
+            task.finish(RunTask.Status.COMPLETE, output={"run_id": str(child.pk), "event": event},
+                        logs=[RunTask.log_line(f"branch recorded as run {child.pk} of “{event}”")])
     except Exception as exc:
         error = str(exc) if isinstance(exc, NodeError) else f"{exc.__class__.__name__}: {exc}"
         return task_fail(run=run, task=task, node=node, error=error, failure=RunTask.Failure.SCHEDULE)
-    task.finish(RunTask.Status.COMPLETE, output=result,
-                logs=[RunTask.log_line(f"branch recorded as run {result['run_id']} of “{result['event']}”")])
+    try:
+        run_inline(run=child)
+    except Exception:
+        logger.exception("The inline phase of run %s broke off; the sweep will resume it", child.pk)
     run_finish_if_done(run=run)
     return Outcome.DONE
 
@@ -511,9 +537,11 @@ def sequence_resume(*, task_id):
 def task_fail(*, run, task, node=None, error, logs=(), failure=RunTask.Failure.RAISED, inline=False, debug=None):
     """A claimed step failed: retry it, run its error branch, or fail the run.
 
-    Returns DONE when an error branch handled it (the sequence goes on),
-    SUSPENDED when a retry or the error branch will go on later, FAILED when
-    the run failed.
+    The failure and what follows from it (the run failing, or the error branch's
+    tasks existing) commit in one transaction, so no crash can leave a failed
+    step that a later walk or the sweep would walk past. Returns DONE when an
+    error branch handled it (the sequence goes on), SUSPENDED when a retry or the
+    error branch will go on later, FAILED when the run failed.
     """
     node = node or snapshot_node(run.snapshot, task.node_id) or {}
     if failure == RunTask.Failure.RAISED and task.attempt < task.max_attempts and task.status == RunTask.Status.ACTIVE:
@@ -521,32 +549,52 @@ def task_fail(*, run, task, node=None, error, logs=(), failure=RunTask.Failure.R
     if failure == RunTask.Failure.RAISED and task.max_attempts > 1:
         failure = RunTask.Failure.RETRIES
         error = f"{error} (after {task.attempt} attempts)"
-    if not task.finish(RunTask.Status.FAILED, logs=list(logs) + [RunTask.log_line(f"failed: {error}")], error=error,
-                       failure=failure, debug=debug):
-        # Already settled elsewhere (a callback answered while the request was in flight):
-        # the first outcome stands, and whoever settled it carries the sequence on.
-        return Outcome.ELSEWHERE
-    return task_handle_failure(run=run, task=task, node=node, inline=inline)
+    with transaction.atomic():
+        if not task.finish(RunTask.Status.FAILED, logs=list(logs) + [RunTask.log_line(f"failed: {error}")],
+                           error=error, failure=failure, debug=debug):
+            # Already settled elsewhere (a callback answered while the request was in flight):
+            # the first outcome stands, and whoever settled it carries the sequence on.
+            return Outcome.ELSEWHERE
+        handled = failure_consequence(run=run, task=task, node=node)
+    if not handled:
+        return Outcome.FAILED
+    return error_branch_walk(run=run, task=task, node=node, inline=inline)
 
 
-def task_handle_failure(*, run, task, node, inline=False):
-    """After a task failed: walk its error branch if it has one, else fail the run.
+def failure_consequence(*, run, task, node, hand_off=False):
+    """Decide what follows a failure, inside the transaction that records it. True if an error branch handles it.
 
-    A failed container's own steps will never run: they are cancelled first,
-    so that a handled failure still lets the run complete.
+    A failed container's own steps will never run: they are cancelled, so that
+    a handled failure still lets the run complete. With an error branch, its
+    tasks are created (pending) now; with ``hand_off`` (a failure outside any
+    walk: a callback, a deadline, a worker lost for good) its first step is
+    handed to the queue in the same transaction. Without one, the run fails.
     """
     if node.get("children"):
         run.tasks.filter(node_id__in=_subtree_node_ids(node["children"]), status=RunTask.Status.PENDING).update(
             status=RunTask.Status.CANCELLED, finished_at=timezone.now()
         )
-    if node.get("on_error"):
-        return error_branch_walk(run=run, task=task, node=node, inline=inline)
-    run_fail(run=run, error=f"{task.label or task.type} failed: {task.error}")
-    return Outcome.FAILED
+    if not node.get("on_error"):
+        run_fail(run=run, error=_failure_message(task))
+        return False
+    first = error_branch_open(run=run, task=task, node=node)
+    if hand_off:
+        queue.task_enqueue(task_id=first.pk)
+    return True
 
 
-def error_branch_walk(*, run, task, node, inline=False):
-    """Create the error branch's tasks (once) and walk it. DONE means the failure is handled."""
+def _failure_message(task):
+    if task.failure == RunTask.Failure.TIMEOUT:
+        return f"{task.label or task.type} timed out waiting for a callback."
+    return f"{task.label or task.type} failed: {task.error}"
+
+
+def error_branch_open(*, run, task, node):
+    """Create the error branch's tasks, once. Returns the task of the branch's first step."""
+    first_node_id = node["on_error"][0]["id"]
+    first = run.tasks.filter(node_id=first_node_id).first()
+    if first is not None:
+        return first
     start = (run.tasks.aggregate(last=Max("position"))["last"] or 0) + 1
     branch = _tasks_for(run, node["on_error"], parent_id=task.pk, branch="on_error",
                         debug=task.collect_debug, position=start)
@@ -554,38 +602,175 @@ def error_branch_walk(*, run, task, node, inline=False):
         with transaction.atomic():
             RunTask.objects.bulk_create(branch)
     except IntegrityError:
-        return Outcome.ELSEWHERE  # someone else already runs this error branch
+        return run.tasks.get(node_id=first_node_id)  # opened by someone else just now
     RunTask.objects.filter(pk=task.pk).update(
-        logs=task.logs + [RunTask.log_line("the error branch handles this failure")]
+        logs=RunTask.capped_logs(task.logs, [RunTask.log_line("the error branch handles this failure")])
     )
-    outcome = sequence_walk(run=run, nodes=node["on_error"], inline=inline)
-    return outcome
+    return branch[0]
+
+
+def error_branch_walk(*, run, task, node, inline=False):
+    """Walk a failed step's error branch (created if need be). DONE means the failure is handled."""
+    error_branch_open(run=run, task=task, node=node)
+    return sequence_walk(run=run, nodes=node["on_error"], inline=inline)
+
+
+def failure_walk_on(*, run, task, node, inline=False):
+    """A walk met a step that failed before: its error branch runs (once) and the walk goes on, or the run fails."""
+    if node.get("on_error"):
+        return error_branch_walk(run=run, task=task, node=node, inline=inline)
+    run_fail(run=run, error=_failure_message(task))
+    return Outcome.FAILED
 
 
 def error_branch_job(*, task_id):
-    """In a worker: the error branch of a task that failed outside a walk (callback FAILURE, deadline)."""
+    """In a worker (a job of earlier versions): a failed task's error branch, then the rest of its sequence."""
     task = RunTask.objects.select_related("run").filter(pk=task_id).first()
     if task is None or task.status != RunTask.Status.FAILED:
         return Outcome.STOPPED
     run = task.run
-    node = snapshot_node(run.snapshot, task.node_id)
-    outcome = error_branch_walk(run=run, task=task, node=node)
+    outcome = failure_walk_on(run=run, task=task, node=snapshot_node(run.snapshot, task.node_id) or {})
     if outcome is Outcome.DONE:
         return sequence_continue_after(run=run, task=task)
     return outcome
 
 
-def failed_outside_a_walk(task):
-    """A callback FAILURE or a passed deadline: hand the error branch to a worker, or fail the run."""
-    node = snapshot_node(task.run.snapshot, task.node_id) or {}
-    if node.get("on_error"):
-        queue.error_branch_enqueue(task_id=task.pk)
-    else:
-        task.refresh_from_db(fields=["error", "failure"])
-        if task.failure == RunTask.Failure.TIMEOUT:
-            run_fail(run=task.run, error=f"{task.label or task.type} timed out waiting for a callback.")
+def sequence_hand_on(*, run, task):
+    """A step finished outside any walk (its callback came, a go_async marker passed): decide what follows.
+
+    Call it in the transaction that finished the step. The next step of its
+    sequence is handed to the queue; at the end of a sequence, its owner is
+    settled as a walk would settle it (a deferred container completes and,
+    with it, maybe the run; a condition completes; an error branch lets the
+    sequence of the step it handled go on) and the climb goes on from there.
+    """
+    while True:
+        owner, branch, nodes = _sequence_of(run, task)
+        index = next((i for i, node in enumerate(nodes) if node["id"] == task.node_id), None)
+        if index is None:
+            logger.error("Task %s has no node %s in its run's snapshot; nothing follows it", task.pk, task.node_id)
+            run_finish_if_done(run=run)
+            return
+        if index + 1 < len(nodes):
+            following = run.tasks.filter(node_id=nodes[index + 1]["id"]).values_list("pk", flat=True).first()
+            if following is not None:
+                queue.task_enqueue(task_id=following, only_unsent=False)
+            return
+        if owner is None:
+            run_finish_if_done(run=run)
+            return
+        if branch != "on_error":
+            if registry.get(owner.type).is_deferred:
+                container_conclude(run=run, task=owner, outcome=Outcome.DONE)
+                return
+            _container_settle(owner, Outcome.DONE, output={"matched": True})
+        task = owner
+
+
+def walk_hand_back(*, task, holders):
+    """The worker is stopping: put back the containers this walk holds and hand the rest of the walk to the queue.
+
+    The containers go back to pending without counting the attempt (nothing
+    failed); the outermost is handed off and walks its children again (what is
+    done is skipped). A walk that holds nothing hands off its next step.
+    """
+    with transaction.atomic():
+        if holders:
+            RunTask.objects.filter(pk__in=holders, status=RunTask.Status.ACTIVE).update(
+                status=RunTask.Status.PENDING, lease_expires_at=None, lease_owner="", enqueued_at=None,
+                attempt=F("attempt") - 1,
+            )
+            queue.task_enqueue(task_id=holders[0], only_unsent=False)
         else:
-            run_fail(run=task.run, error=f"{task.label or task.type} failed: {task.error}")
+            queue.task_enqueue(task_id=task.pk, only_unsent=False)
+    return Outcome.ELSEWHERE
+
+
+def leases_release(*, tasks, reason, now=None):
+    """Put back steps whose worker no longer holds them: pending again (bounded), or failed past the bound.
+
+    ``tasks``: active tasks whose lease ran out (the sweep), or whose holder is
+    gone (a stopped worker, a job that lost the database). A step inside a
+    container that is itself put back waits for that container's walk; any
+    other step is due now and runs again on its own, then its sequence goes on.
+    Past max(its attempts, EVENTS_LEASE_RETRY_LIMIT) it fails, and the failure's
+    consequence commits with it. Returns (put back, failed).
+    """
+    now = now or timezone.now()
+    retried = failed = 0
+    held = list(tasks.filter(status=RunTask.Status.ACTIVE, lease_expires_at__isnull=False).select_related("run")[:200])
+    held_ids = {task.pk for task in held}
+    for task in held:
+        limit = max(task.max_attempts, settings.EVENTS_LEASE_RETRY_LIMIT)
+        still = RunTask.objects.filter(pk=task.pk, status=RunTask.Status.ACTIVE, lease_expires_at=task.lease_expires_at)
+        if task.attempt >= limit:
+            error = f"Its worker stopped while running it ({reason}), {task.attempt} times; given up."
+            with transaction.atomic():
+                if still.update(status=RunTask.Status.FAILED, finished_at=now, lease_expires_at=None, error=error,
+                                failure=RunTask.Failure.RAISED,
+                                logs=RunTask.capped_logs(task.logs, [RunTask.log_line(error)])):
+                    failed += 1
+                    task.status, task.error, task.failure = RunTask.Status.FAILED, error, RunTask.Failure.RAISED
+                    failure_consequence(run=task.run, task=task, hand_off=True,
+                                        node=snapshot_node(task.run.snapshot, task.node_id) or {})
+            continue
+        walked_by_parent = task.parent_id in held_ids and task.branch == "main"
+        if still.update(status=RunTask.Status.PENDING, lease_expires_at=None, lease_owner="", enqueued_at=None,
+                        due_at=None if walked_by_parent else now,
+                        logs=RunTask.capped_logs(task.logs, [RunTask.log_line(f"{reason}: it will run again")])):
+            retried += 1
+    return retried, failed
+
+
+def tree_order(nodes):
+    """The snapshot's nodes in the order they run: each node, its children, then its error branch."""
+    for node in nodes:
+        yield node
+        yield from tree_order(node.get("children", []))
+        yield from tree_order(node.get("on_error", []))
+
+
+def run_repair(*, run):
+    """The sweep found ``run`` stalled: nothing runs, waits or is handed off. Decide how it goes on.
+
+    Never past an unhandled failure: a failed step without an error branch
+    fails the run, one with an error branch gets its branch (once). Then the
+    first pending step in tree order (one whose container is not itself
+    pending) is handed to the queue; with none, a container left waiting for a
+    step that is done is settled, or the run is finished. Returns what it did.
+    """
+    with transaction.atomic():
+        Run.objects.select_for_update().filter(pk=run.pk).values_list("pk", flat=True).first()
+        if not Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).exists():
+            return "nothing"
+        order = list(tree_order(run.snapshot))
+        tasks = {task.node_id: task for task in run.tasks.all()}
+        for node in order:
+            task = tasks.get(node["id"])
+            if task is not None and task.status == RunTask.Status.FAILED:
+                if not node.get("on_error"):
+                    run_fail(run=run, error=_failure_message(task))
+                    return "failed"
+                error_branch_open(run=run, task=task, node=node)
+        tasks = {task.node_id: task for task in run.tasks.all()}
+        by_id = {task.pk: task for task in tasks.values()}
+        for node in order:
+            task = tasks.get(node["id"])
+            parent = by_id.get(task.parent_id) if task is not None else None
+            if task is not None and task.status == RunTask.Status.PENDING and (
+                parent is None or parent.status != RunTask.Status.PENDING
+            ):
+                queue.task_enqueue(task_id=task.pk, only_unsent=False)
+                return "resumed"
+        for node in reversed(order):
+            task = tasks.get(node["id"])
+            if task is None or not (task.is_container and task.status == RunTask.Status.ACTIVE):
+                continue
+            children = [tasks[child["id"]] for child in node.get("children", []) if child["id"] in tasks]
+            if children and all(child.is_finished for child in children):
+                sequence_hand_on(run=run, task=children[-1])
+                return "resumed"
+        return "finished" if run_finish_if_done(run=run) else "nothing"
 
 
 def task_retry_later(*, task, node, error, logs=(), debug=None):
@@ -598,7 +783,7 @@ def task_retry_later(*, task, node, error, logs=(), debug=None):
     line = f"attempt {task.attempt} of {task.max_attempts} failed: {error}; next attempt at {due.isoformat(timespec='seconds')}"
     changes = {
         "status": RunTask.Status.PENDING, "due_at": due, "enqueued_at": None, "lease_expires_at": None,
-        "error": error, "logs": task.logs + list(logs) + [RunTask.log_line(line)],
+        "error": error, "logs": RunTask.capped_logs(task.logs, [*logs, RunTask.log_line(line)]),
     }
     if debug is not None:
         changes["debug"] = task.debug + [debug]
@@ -645,7 +830,7 @@ def task_redrive(*, task_id):
         RunTask.objects.filter(pk=task.pk).update(
             status=RunTask.Status.PENDING, due_at=now, enqueued_at=None, finished_at=None,
             attempt=F("attempt") if task.attempt else 1, max_attempts=max(task.attempt, 1) + 1,
-            logs=task.logs + [RunTask.log_line("re-run by an admin; the failure above stays on record")],
+            logs=RunTask.capped_logs(task.logs, [RunTask.log_line("re-run by an admin; the failure above stays on record")]),
         )
         queue.container_enqueue(task_id=task.pk)
     return True
@@ -687,9 +872,10 @@ def task_callback(*, task_id, status, logs=(), output=None, subtext=None, note="
             "status": RunTask.Status.COMPLETE if succeeded else RunTask.Status.FAILED,
             "finished_at": now,
             "output": {**row.output, **(output or {})},
-            "logs": row.logs + lines,
+            "logs": RunTask.capped_logs(row.logs, lines),
             "callback_digest": digest,
             "error": "" if succeeded else (error or f"The external system reported FAILURE{': ' + subtext if subtext else ''}."),
+            "failure": "" if succeeded else RunTask.Failure.CALLBACK,
         }
         if subtext is not None:
             changes["subtext"] = subtext[:500]
@@ -697,11 +883,14 @@ def task_callback(*, task_id, status, logs=(), output=None, subtext=None, note="
         if not RunTask.objects.filter(pk=row.pk, status=RunTask.Status.AWAITING).update(**changes):
             row.refresh_from_db(fields=["status", "callback_digest"])
             return CallbackResult(applied=False, status=row.status, duplicate=row.callback_digest == digest)
+        for key, value in changes.items():
+            setattr(row, key, value)
+        # What follows commits with the answer: the next step handed off, or the failure's consequence.
         if succeeded:
-            queue.sequence_resume_enqueue(task_id=row.pk)
-    if not succeeded:
-        RunTask.objects.filter(pk=row.pk).update(failure=RunTask.Failure.CALLBACK)
-        failed_outside_a_walk(row)
+            sequence_hand_on(run=row.run, task=row)
+        else:
+            failure_consequence(run=row.run, task=row, node=snapshot_node(row.run.snapshot, row.node_id) or {},
+                                hand_off=True)
     return CallbackResult(applied=True, status=changes["status"])
 
 
@@ -714,7 +903,7 @@ def task_progress(*, task_id, subtext, logs=()):
         row = RunTask.objects.select_for_update().get(pk=task_id)
         if row.status not in (RunTask.Status.ACTIVE, RunTask.Status.AWAITING):
             return False, row.status
-        changes = {"logs": row.logs + [RunTask.log_line(line) for line in logs]}
+        changes = {"logs": RunTask.capped_logs(row.logs, [RunTask.log_line(line) for line in logs])}
         if subtext is not None:
             changes["subtext"] = subtext[:500]
             Run.objects.filter(pk=row.run_id).update(subtext=subtext[:500])
@@ -725,17 +914,22 @@ def task_progress(*, task_id, subtext, logs=()):
 def awaiting_expire(*, now=None):
     """Fail every awaiting task whose deadline has passed (timed out). Returns how many."""
     expired = 0
-    for task in RunTask.objects.awaiting_past_deadline(now).select_related("run"):
-        won = RunTask.objects.filter(pk=task.pk, status=RunTask.Status.AWAITING).update(
-            status=RunTask.Status.FAILED,
-            finished_at=timezone.now(),
-            error="Timed out: no callback arrived before the deadline.",
-            failure=RunTask.Failure.TIMEOUT,
-            logs=task.logs + [RunTask.log_line(f"timed out waiting for a callback (deadline {task.deadline_at.isoformat()})")],
-        )
-        if won:
-            expired += 1
-            failed_outside_a_walk(task)
+    for task in RunTask.objects.awaiting_past_deadline(now).select_related("run")[:200]:
+        error = "Timed out: no callback arrived before the deadline."
+        with transaction.atomic():
+            won = RunTask.objects.filter(pk=task.pk, status=RunTask.Status.AWAITING).update(
+                status=RunTask.Status.FAILED,
+                finished_at=timezone.now(),
+                error=error,
+                failure=RunTask.Failure.TIMEOUT,
+                logs=RunTask.capped_logs(task.logs, [
+                    RunTask.log_line(f"timed out waiting for a callback (deadline {task.deadline_at.isoformat()})")]),
+            )
+            if won:
+                expired += 1
+                task.status, task.error, task.failure = RunTask.Status.FAILED, error, RunTask.Failure.TIMEOUT
+                failure_consequence(run=task.run, task=task, hand_off=True,
+                                    node=snapshot_node(task.run.snapshot, task.node_id) or {})
     return expired
 
 
@@ -777,6 +971,13 @@ def run_finish_if_done(*, run):
         # The row lock (PostgreSQL) or the IMMEDIATE write lock (SQLite) serialises the check.
         Run.objects.select_for_update().filter(pk=run.pk).values_list("pk", flat=True).first()
         if run.tasks.unfinished().exists():
+            return False
+        unhandled = run.tasks.filter(status=RunTask.Status.FAILED).exclude(
+            Exists(RunTask.objects.filter(parent=OuterRef("pk"), branch="on_error"))
+        ).first()
+        if unhandled is not None:
+            # Never complete past a failure nothing handled (a crash between two commits of an older version).
+            run_fail(run=run, error=_failure_message(unhandled))
             return False
         won = Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).update(
             status=Run.Status.COMPLETE, finished_at=timezone.now()

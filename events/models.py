@@ -1,6 +1,9 @@
 import hashlib
 import hmac
+import math
+import os
 import secrets
+import socket
 import uuid
 from datetime import timedelta
 
@@ -232,6 +235,37 @@ class Run(models.Model):
         Run.objects.filter(pk=self.pk).update(subtext=text[:500])
         self.subtext = text[:500]
 
+    def tree_order(self):
+        """Each node of the snapshot (by id) → its place in the tree read from top to bottom.
+
+        A node comes before its steps, its steps before its error branch, and its error branch
+        before the node's next sibling: the order in which they run.
+        """
+        order = {}
+
+        def visit(nodes):
+            for node in nodes:
+                order[node["id"]] = len(order)
+                visit(node.get("children", []))
+                visit(node.get("on_error", []))
+
+        visit(self.snapshot or [])
+        return order
+
+    def in_tree_order(self, tasks, *, key=lambda task: (task.node_id, task.position)):
+        """``tasks`` of this run (objects, or rows: ``key`` gives their node id and position), in tree order.
+
+        Not by ``position``: an error branch's tasks are created when it runs, so their positions
+        come after every other task's. A task whose node is not in the snapshot comes last.
+        """
+        order = self.tree_order()
+
+        def place(task):
+            node_id, position = key(task)
+            return order.get(node_id, len(order)), position
+
+        return sorted(tasks, key=place)
+
 
 class RunTaskQuerySet(models.QuerySet):
     def unfinished(self):
@@ -289,7 +323,14 @@ class RunTask(models.Model):
     max_attempts = models.PositiveIntegerField(default=1)
     due_at = models.DateTimeField(null=True, blank=True, db_index=True)
     enqueued_at = models.DateTimeField(null=True, blank=True)
+    handoff_id = models.BigIntegerField(
+        null=True, blank=True, editable=False,
+        help_text="The broker row of the job this pending task was handed to (the sweep checks it before re-sending).",
+    )
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    lease_owner = models.CharField(
+        max_length=120, blank=True, editable=False, help_text="The process that holds the lease (worker id / pid)."
+    )
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -311,7 +352,11 @@ class RunTask(models.Model):
     class Meta:
         ordering = ["position"]
         constraints = [models.UniqueConstraint(fields=["run", "node_id"], name="one_task_per_node_per_run")]
-        indexes = [models.Index(fields=["status", "is_container", "due_at"], name="task_dispatch_idx")]
+        indexes = [
+            models.Index(fields=["status", "is_container", "due_at"], name="task_dispatch_idx"),
+            # The sweep asks, per run, whether anything is still moving.
+            models.Index(fields=["run", "status"], name="task_run_status_idx"),
+        ]
 
     def __str__(self):
         return self.label or self.name or self.type
@@ -324,6 +369,74 @@ class RunTask(models.Model):
     def log_line(line, at=None):
         return {"at": (at or timezone.now()).isoformat(timespec="milliseconds"), "line": str(line)}
 
+    @staticmethod
+    def capped_logs(logs, added):
+        """``logs`` followed by the lines ``added``, within the caps: every append to a task's logs goes here.
+
+        A line longer than EVENTS_TASK_LOG_MAX_LINE_CHARS is cut there, with a marker saying how
+        much was cut. Past EVENTS_TASK_LOG_MAX_LINES lines in all, the oldest lines are dropped
+        and the first line becomes one marker counting every line dropped so far (it carries
+        ``"dropped": n``). Refusing a caller that sends too many lines at once
+        (EVENTS_TASK_LOG_MAX_LINES_PER_CALL) is the API's part.
+        """
+        max_chars = settings.EVENTS_TASK_LOG_MAX_LINE_CHARS
+        max_lines = max(2, settings.EVENTS_TASK_LOG_MAX_LINES)
+        lines = list(logs or [])
+        marker = lines.pop(0) if lines and isinstance(lines[0], dict) and "dropped" in lines[0] else None
+        dropped = marker["dropped"] if marker else 0
+        added = list(added)
+        if len(added) > max_lines:  # only the newest of them could stay anyway
+            dropped += len(added) - max_lines
+            added = added[-max_lines:]
+        lines.extend(RunTask._cut_line(entry, max_chars) for entry in added)
+        if len(lines) > max_lines - (1 if dropped else 0):  # the marker line counts too
+            keep = max_lines - 1
+            dropped += len(lines) - keep
+            lines = lines[-keep:]
+        if marker is None or dropped != marker["dropped"]:
+            marker = None if not dropped else {
+                **RunTask.log_line(f"[{dropped} earlier log lines dropped: a task keeps its last {max_lines - 1} "
+                                   "lines (EVENTS_TASK_LOG_MAX_LINES)]"),
+                "dropped": dropped,
+            }
+        return [marker, *lines] if marker else lines
+
+    @staticmethod
+    def storage_problem(value, path="value"):
+        """Why ``value`` cannot go into a task's JSON fields on every database we run on, or None.
+
+        PostgreSQL refuses NUL characters and unpaired surrogates in text, and both PostgreSQL
+        and SQLite's JSON check refuse NaN and ±Infinity (``1e999`` parses as Infinity).
+        """
+        pending = [(path, value)]
+        while pending:  # no recursion: an answer may nest deeper than Python's stack allows
+            where, item = pending.pop()
+            if isinstance(item, str):
+                if "\x00" in item:
+                    return f"{where} contains a NUL character"
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return f"{where} contains an unpaired surrogate"
+            elif isinstance(item, float):
+                if not math.isfinite(item):
+                    return f"{where} is not a finite number"
+            elif isinstance(item, dict):
+                for key, element in item.items():
+                    pending.append((f"{where} (a key)", key))
+                    pending.append((f"{where}.{key}", element))
+            elif isinstance(item, (list, tuple)):
+                pending.extend((f"{where}[{index}]", element) for index, element in enumerate(item))
+        return None
+
+    @staticmethod
+    def _cut_line(entry, max_chars):
+        text = entry.get("line") if isinstance(entry, dict) else entry
+        if not isinstance(text, str) or len(text) <= max_chars:
+            return entry
+        cut = f"{text[:max_chars]} … [line cut: {len(text) - max_chars} more characters]"
+        return {**entry, "line": cut} if isinstance(entry, dict) else cut
+
     def claim(self, *, now=None, require_due=False):
         """Move pending → active and count the attempt. True for the one caller that wins."""
         now = now or timezone.now()
@@ -332,10 +445,11 @@ class RunTask(models.Model):
         if require_due:
             claimable = claimable.filter(Q(due_at__isnull=True) | Q(due_at__lte=now))
         won = claimable.update(
-            status=self.Status.ACTIVE, attempt=F("attempt") + 1, started_at=now, lease_expires_at=lease
+            status=self.Status.ACTIVE, attempt=F("attempt") + 1, started_at=now, lease_expires_at=lease,
+            lease_owner=lease_owner(),
         )
         if won:
-            self.refresh_from_db(fields=["status", "attempt", "started_at", "lease_expires_at"])
+            self.refresh_from_db(fields=["status", "attempt", "started_at", "lease_expires_at", "lease_owner"])
         return bool(won)
 
     def finish(self, status, *, logs=(), output=None, error="", failure="", debug=None):
@@ -345,7 +459,7 @@ class RunTask(models.Model):
         if output is not None:
             changes["output"] = output
         if logs:
-            changes["logs"] = self.logs + list(logs)
+            changes["logs"] = RunTask.capped_logs(self.logs, logs)
         if debug is not None:
             changes["debug"] = self.debug + [debug]
         won = RunTask.objects.filter(pk=self.pk, status__in=[self.Status.ACTIVE, self.Status.AWAITING]).update(**changes)
@@ -357,6 +471,52 @@ class RunTask(models.Model):
     def set_subtext(self, text):
         RunTask.objects.filter(pk=self.pk).update(subtext=text[:500])
         self.subtext = text[:500]
+
+
+def failures_handled(tasks):
+    """Of one run's ``tasks`` (objects or rows with id, parent_id, branch and status), the failed ones
+    that have an error branch: task id → True once the branch is done, False while it still runs.
+
+    A failure whose branch failed too (unhandled) or was cancelled is not handled, and is left out.
+    """
+    branches = {}
+    for task in tasks:
+        if task.branch == Node.Branch.ON_ERROR and task.parent_id is not None:
+            branches.setdefault(task.parent_id, []).append(task)
+    handled = {}
+
+    def settle(task):
+        if task.id not in branches:
+            return None
+        if task.id in handled:
+            return handled[task.id]
+        done = True
+        for step in branches[task.id]:
+            if step.status == RunTask.Status.CANCELLED:
+                return None
+            if step.status == RunTask.Status.FAILED:
+                inner = settle(step)
+                if inner is None:
+                    return None
+                done = done and inner
+            elif step.status not in RunTask.TERMINAL:
+                done = False
+        handled[task.id] = done
+        return done
+
+    for task in tasks:
+        if task.status == RunTask.Status.FAILED:
+            settle(task)
+    return handled
+
+
+def lease_owner():
+    """Who holds a lease taken now: this process, named under the worker that started it.
+
+    ``manage.py worker`` sets EVENTS_WORKER_ID before it starts its cluster, so
+    on a stop it can find and release every lease its processes still hold.
+    """
+    return f"{os.environ.get('EVENTS_WORKER_ID') or socket.gethostname()}/{os.getpid()}"[:120]
 
 
 def secret_hash(secret):

@@ -10,7 +10,7 @@ import logging
 from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from . import engine, tasks
@@ -31,72 +31,58 @@ def sweep(*, now=None):
         "deadline_expired": engine.awaiting_expire(now=now),
         "run_finished": 0,
     }
-    repairs["lease_expired_retried"], repairs["lease_expired_failed"] = _expired_leases(now)
+    repairs["lease_expired_retried"], repairs["lease_expired_failed"] = engine.leases_release(
+        tasks=RunTask.objects.filter(lease_expires_at__lt=now), reason="its worker stopped (lease expired)", now=now
+    )
     repairs["handoff_lost_requeued"] = _lost_handoffs(now)
     repairs["run_stalled_resumed"] = _stalled_runs(now)
     repairs["run_finished"] = _finished_runs()
+    record_repairs(repairs)
+    return repairs
+
+
+def record_repairs(repairs):
     for kind, count in repairs.items():
         if count:
             Repair.record(kind, count)
             logger.warning("sweep: %s × %s", kind, count)
-    return repairs
-
-
-def _expired_leases(now):
-    """Tasks whose worker died holding them: back to pending (bounded), or failed past the bound.
-
-    A step inside a container that is itself being re-run waits for that
-    container's walk; any other step is re-run on its own, then its sequence
-    goes on.
-    """
-    retried = failed = 0
-    expired = list(RunTask.objects.filter(status=RunTask.Status.ACTIVE, lease_expires_at__lt=now)
-                   .select_related("run")[:BATCH])
-    expired_ids = {task.pk for task in expired}
-    for task in expired:
-        limit = max(task.max_attempts, settings.EVENTS_LEASE_RETRY_LIMIT)
-        still = RunTask.objects.filter(pk=task.pk, status=RunTask.Status.ACTIVE, lease_expires_at=task.lease_expires_at)
-        if task.attempt >= limit:
-            error = f"Its worker stopped while running it, {task.attempt} times (lease expired); given up."
-            if still.update(status=RunTask.Status.FAILED, finished_at=now, lease_expires_at=None, error=error,
-                            failure=RunTask.Failure.RAISED,
-                            logs=task.logs + [RunTask.log_line(f"lease expired: {error}")]):
-                failed += 1
-                engine.failed_outside_a_walk(task)
-            continue
-        walked_by_parent = task.parent_id in expired_ids and task.branch == "main"
-        if still.update(status=RunTask.Status.PENDING, lease_expires_at=None, enqueued_at=None,
-                        due_at=None if walked_by_parent else now,
-                        logs=task.logs + [RunTask.log_line("its worker stopped (lease expired): it will run again")]):
-            retried += 1
-    return retried, failed
 
 
 def _lost_handoffs(now):
-    """Handed to the queue long ago and still pending: the message was lost. Send it again.
+    """Handed to the queue and still pending, but the queue no longer has the job: send it again.
 
-    A container is sent again as soon as its hand-off mark is cleared; an
-    action (a retry, or a repaired step) also needs its due time.
+    The broker row of each hand-off is looked up first. A job still waiting in
+    the broker is left alone however long the backlog; one whose row is gone
+    (it ran and failed before it could claim, say while the database was down)
+    is sent again after EVENTS_HANDOFF_CHECK_SECONDS; one a worker took but never
+    claimed (the worker died holding it) after EVENTS_REQUEUE_AFTER_SECONDS.
     """
-    cutoff = now - timedelta(seconds=settings.EVENTS_REQUEUE_AFTER_SECONDS)
-    lost = RunTask.objects.filter(status=RunTask.Status.PENDING, enqueued_at__lt=cutoff)
+    check = now - timedelta(seconds=settings.EVENTS_HANDOFF_CHECK_SECONDS)
+    taken_cutoff = now - timedelta(seconds=settings.EVENTS_REQUEUE_AFTER_SECONDS)
+    candidates = list(
+        RunTask.objects.filter(status=RunTask.Status.PENDING, enqueued_at__lt=check)
+        .order_by("enqueued_at").values_list("pk", "enqueued_at", "handoff_id")[:BATCH]
+    )
+    in_broker = tasks.handoffs_in_broker([handoff_id for _, _, handoff_id in candidates], now=now)
     requeued = 0
-    for task_id, enqueued_at, is_container in lost.values_list("pk", "enqueued_at", "is_container")[:BATCH]:
-        changes = {"enqueued_at": None} if is_container else {"enqueued_at": None, "due_at": now}
-        requeued += RunTask.objects.filter(
-            pk=task_id, status=RunTask.Status.PENDING, enqueued_at=enqueued_at
-        ).update(**changes)
+    for task_id, enqueued_at, handoff_id in candidates:
+        state = in_broker.get(handoff_id)
+        if state == "ready" or (state == "taken" and enqueued_at >= taken_cutoff):
+            continue
+        requeued += tasks.task_resend(task_id=task_id, enqueued_at=enqueued_at)
     return requeued
 
 
 def _stalled_runs(now):
-    """Runs whose request died between its commit and its inline phase: nothing holds, waits or is due.
+    """Runs that nothing moves on: no step runs (with a lease), waits for a callback, or is handed off or due.
 
-    A worker walks on from the first pending top-level step, as the request would have.
+    Say the request died between its commit and its inline phase, or a worker
+    between two steps. The engine decides how each goes on (``run_repair``):
+    never past a failure nothing handled.
     """
     cutoff = now - timedelta(seconds=settings.EVENTS_REQUEUE_AFTER_SECONDS)
     moving = RunTask.objects.filter(run=OuterRef("pk")).filter(
-        status__in=[RunTask.Status.ACTIVE, RunTask.Status.AWAITING]
+        Q(status=RunTask.Status.AWAITING) | Q(status=RunTask.Status.ACTIVE, lease_expires_at__isnull=False)
     )
     scheduled = RunTask.objects.filter(run=OuterRef("pk"), status=RunTask.Status.PENDING).exclude(
         due_at__isnull=True, enqueued_at__isnull=True
@@ -104,9 +90,7 @@ def _stalled_runs(now):
     stalled = Run.objects.running().filter(created_at__lt=cutoff).exclude(Exists(moving)).exclude(Exists(scheduled))
     resumed = 0
     for run in stalled[:BATCH]:
-        first = run.tasks.filter(status=RunTask.Status.PENDING, parent__isnull=True, branch="main").order_by("position").first()
-        if first is not None:
-            resumed += tasks.walk_from_enqueue(task_id=first.pk)
+        resumed += engine.run_repair(run=run) != "nothing"
     return resumed
 
 

@@ -3,103 +3,117 @@
 Jobs carry ids only. Every entrypoint loads its task by id and lets the
 engine claim it with a compare-and-set, so a duplicate delivery does nothing.
 The queue is a doorbell; our RunTask table is the truth.
+
+A hand-off is written in the caller's transaction: the task's mark
+(``enqueued_at``, ``handoff_id``) and django-q2's broker row (the database
+broker, ``OrmQ``) commit or roll back together, so a committed hand-off is
+never lost before a worker sees it, and a rolled-back one never reaches a
+worker. The sweep checks ``handoff_id`` against the broker before it sends a
+hand-off again.
 """
 
 import logging
+import multiprocessing
+import os
+import threading
+import time
+import uuid
+from datetime import timedelta
 
-from django.db import transaction
+from django.conf import settings
+from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connection, transaction
 from django.utils import timezone
+from django_q.brokers import get_broker
+from django_q.conf import Conf
 from django_q.models import OrmQ, Task
+from django_q.signing import SignedPackage
 from django_q.tasks import async_task
 
-from .models import RunTask
+from .models import RunTask, lease_owner
 
 logger = logging.getLogger("events.tasks")
 
+TASK_JOB = "events.tasks.task_job"
 
-def container_enqueue(*, task_id, due_at=None):
-    """Mark a due container as handed off and ring the queue once the current transaction commits.
 
-    ``due_at``, when given, is stored in the same update. Returns False when
-    someone else already handed it off.
+# --- Sending -------------------------------------------------------------------------------
+
+
+def task_enqueue(*, task_id, due_at=None, only_unsent=True):
+    """Hand a pending task to the queue, as part of the current transaction (one is opened if none is).
+
+    What the worker does with it depends on the task (``engine.task_job``): a
+    deferred container that has a due time runs its children; anything else is
+    walked from, with its sequence. ``due_at``, when given, is stored in the same
+    update. ``only_unsent``: leave alone a task someone already handed off.
+    Returns False when the task is not pending (or was already handed off).
     """
-    changes = {"enqueued_at": timezone.now()}
-    if due_at is not None:
-        changes["due_at"] = due_at
-    marked = RunTask.objects.filter(pk=task_id, status=RunTask.Status.PENDING, enqueued_at__isnull=True).update(
-        **changes
-    )
-    if marked:
-        transaction.on_commit(lambda: _send(task_id))
-    return bool(marked)
+    with transaction.atomic():
+        changes = {"enqueued_at": timezone.now()}
+        if due_at is not None:
+            changes["due_at"] = due_at
+        pending = RunTask.objects.filter(pk=task_id, status=RunTask.Status.PENDING)
+        if only_unsent:
+            pending = pending.filter(enqueued_at__isnull=True)
+        if not pending.update(**changes):
+            return False
+        handoff_id = _send(TASK_JOB, str(task_id), name=f"task-{task_id}")
+        if handoff_id is not None:
+            RunTask.objects.filter(pk=task_id).update(handoff_id=handoff_id)
+    return True
 
 
-def _send(task_id):
-    try:
-        async_task("events.tasks.container_job", str(task_id), task_name=f"container-{task_id}")
-    except Exception:
-        # Un-mark so that the dispatcher tries again, then let the caller decide.
-        RunTask.objects.filter(pk=task_id, status=RunTask.Status.PENDING).update(enqueued_at=None)
-        raise
+def task_resend(*, task_id, enqueued_at):
+    """The sweep: send a hand-off again (compare-and-set on the hand-off it saw). True if sent."""
+    with transaction.atomic():
+        if not RunTask.objects.filter(pk=task_id, status=RunTask.Status.PENDING, enqueued_at=enqueued_at).update(
+            enqueued_at=None
+        ):
+            return False
+        return task_enqueue(task_id=task_id)
 
 
-def container_job(task_id):
-    """Queue entrypoint: run one container's children, or the next attempt of a retried action."""
-    from . import engine
-
-    outcome = engine.container_execute(task_id=task_id)
-    return outcome.value
-
-
-def sequence_resume_enqueue(*, task_id):
-    """After a callback completed a waiting task: resume its sequence in a worker, once committed."""
-    transaction.on_commit(
-        lambda: async_task("events.tasks.resume_job", str(task_id), task_name=f"resume-{task_id}")
-    )
-
-
-def error_branch_enqueue(*, task_id):
-    """A task failed outside a walk (callback FAILURE, deadline): run its error branch in a worker."""
-    transaction.on_commit(
-        lambda: async_task("events.tasks.error_branch_job", str(task_id), task_name=f"error-branch-{task_id}")
-    )
-
-
-def error_branch_job(task_id):
-    """Queue entrypoint: a failed task's error branch, then the rest of its sequence."""
-    from . import engine
-
-    return engine.error_branch_job(task_id=task_id).value
+# Older names of the one job entry (messages sent by earlier versions may still be queued).
+def container_enqueue(*, task_id, due_at=None):
+    return task_enqueue(task_id=task_id, due_at=due_at)
 
 
 def walk_from_enqueue(*, task_id):
-    """The sweep found a stalled run: walk on from this step in a worker (marked as handed off)."""
-    marked = RunTask.objects.filter(pk=task_id, status=RunTask.Status.PENDING, enqueued_at__isnull=True).update(
-        enqueued_at=timezone.now()
-    )
-    if marked:
-        transaction.on_commit(
-            lambda: async_task("events.tasks.walk_from_job", str(task_id), task_name=f"walk-from-{task_id}")
-        )
-    return bool(marked)
+    return task_enqueue(task_id=task_id)
 
 
-def walk_from_job(task_id):
-    """Queue entrypoint: a stalled run goes on from its first pending step."""
-    from . import engine
+def _send(func, *args, name):
+    """Put one job in django-q2's database broker, inside the current transaction. Returns its row id.
 
-    return engine.sequence_walk_from_job(task_id=task_id).value
+    In django-q2's sync mode (tests) the job runs in this process once the
+    transaction commits, as ``async_task`` would run it; there is no row then.
+    """
+    if Conf.SYNC:
+        transaction.on_commit(lambda: async_task(func, *args, task_name=name))
+        return None
+    package = {
+        "id": uuid.uuid4().hex,
+        "name": name,
+        "func": func,
+        "args": args,
+        "kwargs": {},
+        "started": timezone.now(),
+        "ack_failure": Conf.ACK_FAILURES,
+    }
+    # Inside an atomic block django-q2's database broker writes with our
+    # connection and leaves it open (outside one, it would close it first).
+    return get_broker().enqueue(SignedPackage.dumps(package))
 
 
-def resume_job(task_id):
-    """Queue entrypoint: walk on after a completed waiting step."""
-    from . import engine
-
-    return engine.sequence_resume(task_id=task_id).value
+def handoffs_in_broker(handoff_ids, *, now=None):
+    """{row id: "ready" | "taken"} for the broker rows among ``handoff_ids`` that still exist."""
+    now = now or timezone.now()
+    rows = OrmQ.objects.filter(pk__in=[pk for pk in handoff_ids if pk is not None]).values_list("pk", "lock")
+    return {pk: ("taken" if lock and lock > now else "ready") for pk, lock in rows}
 
 
 def dispatch_due(*, limit=200):
-    """Hand every container whose due time has come to the queue. Returns how many were sent.
+    """Hand every container or retry whose due time has come to the queue. Returns how many were sent.
 
     Runs in ``manage.py worker`` several times a second: this, not the broker, is
     what makes a delay fire on time.
@@ -107,24 +121,150 @@ def dispatch_due(*, limit=200):
     sent = 0
     for task_id in RunTask.objects.due_for_dispatch().values_list("pk", flat=True)[:limit]:
         try:
-            sent += container_enqueue(task_id=task_id)
+            sent += task_enqueue(task_id=task_id)
         except Exception:
             logger.exception("Could not hand task %s to the queue; will try again", task_id)
     return sent
 
 
+# --- Receiving -----------------------------------------------------------------------------
+
+
+def task_job(task_id):
+    """Queue entrypoint: run one container's children, or walk a sequence on from one step."""
+    from . import engine
+
+    return _job(engine.task_job, task_id)
+
+
+def container_job(task_id):
+    return task_job(task_id)
+
+
+def walk_from_job(task_id):
+    return task_job(task_id)
+
+
+def resume_job(task_id):
+    """Queue entrypoint of earlier versions: walk on after a completed waiting step."""
+    from . import engine
+
+    return _job(engine.sequence_resume, task_id)
+
+
+def error_branch_job(task_id):
+    """Queue entrypoint of earlier versions: a failed task's error branch, then the rest of its sequence."""
+    from . import engine
+
+    return _job(engine.error_branch_job, task_id)
+
+
+def _job(entry, task_id):
+    """Run one job in a worker: hand it back if the worker is stopping; survive the database going away.
+
+    A job that loses the database mid-way waits for it to answer again (within
+    EVENTS_DATABASE_WAIT_SECONDS), puts back what this process held (its leases)
+    and sends its hand-off again, so the work resumes as soon as the database
+    is back instead of after a lease or re-queue timeout.
+    """
+    if worker_stopping():
+        return "handed back" if task_enqueue(task_id=task_id, only_unsent=False) else "stopping"
+    _heartbeat_start()
+    try:
+        return entry(task_id=task_id).value
+    except (OperationalError, InterfaceError) as exc:
+        logger.warning("Job for task %s lost the database (%s); waiting for it to come back", task_id, exc)
+        database_wait(deadline=time.monotonic() + settings.EVENTS_DATABASE_WAIT_SECONDS)
+        from . import engine
+
+        engine.leases_release(tasks=RunTask.objects.filter(lease_owner=lease_owner()),
+                              reason="its worker lost the database")
+        task_enqueue(task_id=task_id, only_unsent=False)
+        return "database lost; handed back"
+
+
+def database_wait(*, deadline):
+    """Block until the database answers or ``deadline`` (time.monotonic) passes, then raise its error."""
+    pause = 0.2
+    while True:
+        try:
+            connection.close()
+            connection.ensure_connection()
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            return
+        except DatabaseError:
+            if time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+
+# --- Worker lifecycle: the stop flag and the lease heartbeat -------------------------------
+
+_stopping = None
+_heartbeat = {"pid": None}
+
+
+def worker_prepare():
+    """In ``manage.py worker``, before its cluster forks: a stop flag every cluster process shares."""
+    global _stopping
+    _stopping = multiprocessing.get_context("fork").Event()
+
+
+def worker_stop_claiming():
+    """From now on no step is claimed in this worker's processes; walks hand the rest back."""
+    if _stopping is not None:
+        _stopping.set()
+
+
+def worker_stopping():
+    return _stopping is not None and _stopping.is_set()
+
+
+def _heartbeat_start():
+    """In a cluster process: renew the leases this process holds, every third of a lease, until it exits.
+
+    So a single step may run longer than the lease (up to EVENTS_JOB_TIMEOUT)
+    without the sweep taking it for abandoned, and the lease can be short: a
+    step whose worker was killed is run again within about one lease.
+    """
+    if _stopping is None or _heartbeat["pid"] == os.getpid():
+        return  # not in a worker (the request, tests), or already beating in this process
+    _heartbeat["pid"] = os.getpid()
+    threading.Thread(target=_heartbeat_loop, args=(lease_owner(),), name="lease-heartbeat", daemon=True).start()
+
+
+def _heartbeat_loop(owner):
+    while True:
+        time.sleep(max(0.5, settings.EVENTS_TASK_LEASE_SECONDS / 3))
+        try:
+            leases_renew(owner=owner)
+        except Exception:
+            logger.warning("lease heartbeat: the database did not answer; trying again", exc_info=True)
+        finally:
+            close_old_connections()
+
+
+def leases_renew(*, owner):
+    """One heartbeat: a full lease again for every running step ``owner`` holds. Returns how many."""
+    return RunTask.objects.filter(
+        status=RunTask.Status.ACTIVE, lease_owner=owner, lease_expires_at__isnull=False
+    ).update(lease_expires_at=timezone.now() + timedelta(seconds=settings.EVENTS_TASK_LEASE_SECONDS))
+
+
+# --- The demo's stand-in service, and what the operator's commands read ---------------------
+
+
 def standin_enqueue(*, task_id, callback_url, callback_token, progress_url, step_seconds):
-    """Hand the demo stand-in service's work for one waiting task to the queue, once committed.
+    """Hand the demo stand-in service's work for one waiting task to the queue, in this transaction.
 
     The job's arguments include the task's callback token: the stand-in plays an
     external system, which holds that token too (demo only, see events/standin.py).
     """
-    transaction.on_commit(
-        lambda: async_task(
-            "events.tasks.standin_job", task_id, callback_url, callback_token, progress_url, step_seconds,
-            task_name=f"standin-{task_id}",
-        )
-    )
+    with transaction.atomic():
+        _send("events.tasks.standin_job", task_id, callback_url, callback_token, progress_url, step_seconds,
+              name=f"standin-{task_id}")
 
 
 def standin_job(task_id, callback_url, callback_token, progress_url, step_seconds):

@@ -15,7 +15,7 @@ from django_q.models import OrmQ
 
 from events import engine
 from events.models import ApiKey, Run, RunTask
-from events.tasks import resume_job
+from events.tasks import task_job
 from forms_app.services import record_submit
 from tests.events.nodes.conftest import allow_local_http, http_server  # noqa: F401  (shared fixtures)
 from tests.factories import add_node
@@ -51,7 +51,8 @@ def in_threads(count, work):
 
 
 def resume_jobs():
-    return [job for job in OrmQ.objects.all() if job.func() == "events.tasks.resume_job"]
+    """The jobs that walk on after the waiting step (the next step, handed off with the callback)."""
+    return [job for job in OrmQ.objects.all() if job.func() == "events.tasks.task_job"]
 
 
 def run_queued_jobs():
@@ -110,7 +111,7 @@ def test_concurrent_callbacks_apply_once_and_resume_once(awaiting, round_):
     assert [entry["line"] for entry in task.logs if "found" in entry["line"]] == payload(winner)["logs"]
     assert task.subtext == Run.objects.get(record=record).subtext == payload(winner)["subtext"]
     [job] = resume_jobs()
-    assert job.args() == (str(task.pk),)
+    assert job.args() == (str(RunTask.objects.get(run__record=record, name="b").pk),)
 
     run_queued_jobs()
 
@@ -150,7 +151,8 @@ def test_concurrent_resume_deliveries_run_each_later_step_once(awaiting):
     engine.task_callback(task_id=task.pk, status="SUCCESS", output={"seat": "12A"})
     OrmQ.objects.all().delete()
 
-    outcomes = in_threads(4, lambda i: resume_job(str(task.pk)))
+    b = RunTask.objects.get(run__record=record, name="b")
+    outcomes = in_threads(4, lambda i: task_job(str(b.pk)))
 
     assert "done" in outcomes
     assert set(outcomes) <= {"done", "elsewhere", "stopped"}

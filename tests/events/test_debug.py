@@ -125,3 +125,33 @@ def test_error_branch_steps_inherit_collect_debug_from_the_failed_step(form, sub
     [trace] = tasks_of(record)["catch"].debug
     assert trace["inputs"]["error"]["message"] == "x"
     assert trace["rendered_config"]["value"] == "x"
+
+
+def test_a_container_recorded_as_its_own_run_keeps_collect_debug_for_that_run(form, submit_now):
+    # The README's own example: collect_debug together with event_type (a run of its own).
+    background = add_node(form, "background", name="bg",
+                          config={"collect_debug": True, "event_type": "confirmation"})
+    add_greeting(form, parent=background, name="inside")
+    nested = add_node(form, "background", parent=background, name="nested")
+    add_greeting(form, parent=nested, name="deeper")
+
+    record = submit_now()
+
+    branch_run = record.runs.get(event="confirmation")
+    assert branch_run.status == branch_run.Status.COMPLETE
+    steps = {task.name: task for task in branch_run.tasks.all()}
+    assert all(task.collect_debug for task in steps.values())
+    [trace] = steps["inside"].debug
+    assert TRACE_KEYS <= set(trace)
+    assert trace["rendered_config"] == {"field": "status", "value": "hello ann@example.com"}
+    assert len(steps["deeper"].debug) == 1
+
+
+def test_a_container_recorded_as_its_own_run_without_collect_debug_stores_no_trace(form, submit_now):
+    background = add_node(form, "background", name="bg", config={"event_type": "confirmation"})
+    add_greeting(form, parent=background, name="inside")
+
+    record = submit_now()
+
+    branch_run = record.runs.get(event="confirmation")
+    assert [task.debug for task in branch_run.tasks.all()] == [[]]

@@ -83,7 +83,7 @@ def test_a_background_is_handed_to_the_queue_after_commit(trail_form, add_mark, 
     assert task.enqueued_at is not None
     assert task.due_at <= timezone.now()
     [job] = OrmQ.objects.all()
-    assert job.func() == "events.tasks.container_job"
+    assert job.func() == "events.tasks.task_job"
     assert job.args() == (str(task.pk),)
 
 
@@ -227,7 +227,7 @@ def test_a_container_that_cannot_be_handed_to_the_queue_fails_the_run(trail_form
     def broker_down(*args, **kwargs):
         raise ConnectionError("broker down")
 
-    monkeypatch.setattr("events.tasks.async_task", broker_down)
+    monkeypatch.setattr("events.tasks._send", broker_down)
     background = add_node(trail_form, "background", label="Work")
     add_mark("B", parent=background)
     add_mark("C")

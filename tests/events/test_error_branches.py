@@ -267,14 +267,17 @@ def test_a_failure_callback_hands_the_error_branch_to_the_queue(
     with django_capture_on_commit_callbacks(execute=True):
         engine.task_callback(task_id=waiting.tasks["book"].pk, status="FAILURE")
 
-    queued = [job.func() for job in OrmQ.objects.all()]
-    assert queued == ["events.tasks.error_branch_job"]
+    # The error branch's first step is handed off in the callback's own transaction.
+    job = OrmQ.objects.get()
+    assert job.func() == "events.tasks.task_job"
+    first_step = RunTask.objects.get(pk=job.args()[0])
+    assert (first_step.branch, first_step.parent_id) == ("on_error", waiting.tasks["book"].pk)
+    assert first_step.handoff_id == job.pk
     assert Submitted.of(record).run.status == Run.Status.RUNNING
 
-    job = OrmQ.objects.get()
     job.delete()
     with django_capture_on_commit_callbacks(execute=True):
-        tasks.error_branch_job(*job.args())
+        tasks.task_job(*job.args())
 
     done = Submitted.of(record)
     assert done.record.data["caught"].startswith("callback|book|")
@@ -371,7 +374,7 @@ def test_an_enqueue_that_raises_runs_the_containers_error_branch_and_keeps_recor
     def broker_down(*args, **kwargs):
         raise ConnectionError("broker down")
 
-    monkeypatch.setattr("events.tasks.async_task", broker_down)
+    monkeypatch.setattr("events.tasks._send", broker_down)
     background = add_node(errors_form, "background", name="bg", label="Work")
     add_node(errors_form, "set_flag", parent=background, name="inside", config={"flag": "inside"})
     add_catcher(errors_form, background)
@@ -397,7 +400,7 @@ def test_an_enqueue_that_raises_without_an_error_branch_fails_the_run_but_keeps_
     def broker_down(*args, **kwargs):
         raise ConnectionError("broker down")
 
-    monkeypatch.setattr("events.tasks.async_task", broker_down)
+    monkeypatch.setattr("events.tasks._send", broker_down)
     background = add_node(errors_form, "background", name="bg")
     add_node(errors_form, "set_flag", parent=background, name="inside", config={"flag": "inside"})
 

@@ -253,7 +253,7 @@ def test_dispatch_due_sends_a_due_retry_and_the_job_runs_it_and_continues_the_se
     with django_capture_on_commit_callbacks(execute=True):
         assert tasks.dispatch_due() == 1
     [job] = OrmQ.objects.all()
-    assert job.func() == "events.tasks.container_job"
+    assert job.func() == "events.tasks.task_job"
     assert job.args() == (str(task(record, "flaky").pk),)
     job.delete()
     with django_capture_on_commit_callbacks(execute=True):
@@ -262,7 +262,7 @@ def test_dispatch_due_sends_a_due_retry_and_the_job_runs_it_and_continues_the_se
     assert task(record, "flaky").status == RunTask.Status.COMPLETE
     assert task(record, "after").status == RunTask.Status.COMPLETE
     # The background after it was handed to the queue in turn.
-    assert [job.func() for job in OrmQ.objects.all()] == ["events.tasks.container_job"]
+    assert [job.func() for job in OrmQ.objects.all()] == ["events.tasks.task_job"]
     record.refresh_from_db()
     assert record.flags == {"after": True}
 

@@ -8,7 +8,7 @@ from django.utils import timezone
 from django_q.models import OrmQ
 
 from events import engine, tasks
-from events.models import Repair, Run, RunTask
+from events.models import Repair, Run, RunTask, lease_owner
 from events.sweep import sweep
 from tests.factories import RecordFactory, add_node
 
@@ -233,60 +233,110 @@ def test_a_step_whose_lease_runs_out_after_its_containers_is_re_run_on_its_own_a
 # Lost hand-offs ---------------------------------------------------------------------------------
 
 
-def handed_off(run, node, *, seconds_ago):
-    """The container was marked as handed to the queue ``seconds_ago``; the message never arrived."""
+def handed_off(run, node, *, seconds_ago, in_broker=False, taken=False):
+    """The container was handed to the queue ``seconds_ago``; its job is gone from the broker unless ``in_broker``.
+
+    ``taken``: a worker took the job from the broker (and, say, died before it started it).
+    """
     task = row(run, node)
-    with transaction.atomic():  # the on-commit send is discarded with the test's transaction
-        assert tasks.container_enqueue(task_id=task.pk, due_at=timezone.now() - timedelta(seconds=seconds_ago))
+    assert tasks.container_enqueue(task_id=task.pk, due_at=timezone.now() - timedelta(seconds=seconds_ago))
     RunTask.objects.filter(pk=task.pk).update(enqueued_at=timezone.now() - timedelta(seconds=seconds_ago))
+    job = OrmQ.objects.get(pk=row(run, node).handoff_id)
+    if not in_broker:
+        job.delete()  # it ran and failed before it could claim (the database was down, say)
+    elif taken:
+        OrmQ.objects.filter(pk=job.pk).update(lock=timezone.now() + timedelta(seconds=600))
     return row(run, node)
 
 
-def test_a_lost_hand_off_is_cleared_and_dispatch_sends_it_again(settings, trail_form, add_mark, start, dispatch):
-    settings.EVENTS_REQUEUE_AFTER_SECONDS = 120
+def run_the_queue(django_capture_on_commit_callbacks):
+    """What a worker would do with every job in the broker, one by one."""
+    ran = 0
+    while job := OrmQ.objects.order_by("pk").first():
+        job.delete()
+        with django_capture_on_commit_callbacks(execute=True):
+            tasks.task_job(*job.args())
+        ran += 1
+    return ran
+
+
+def test_a_hand_off_whose_job_is_gone_from_the_broker_is_sent_again(
+    settings, trail_form, add_mark, start, django_capture_on_commit_callbacks
+):
+    settings.EVENTS_HANDOFF_CHECK_SECONDS = 10
     background = add_node(trail_form, "background", name="bg")
     add_mark("B", parent=background)
     run = start()
-    lost = handed_off(run, background, seconds_ago=180)
-    assert dispatch() == 0  # marked as handed off: the dispatcher trusts the mark
+    lost = handed_off(run, background, seconds_ago=30)
+    assert not OrmQ.objects.exists()
 
     assert sweep()["handoff_lost_requeued"] == 1
 
     task = row(run, background)
-    assert task.enqueued_at is None
+    [job] = OrmQ.objects.all()
+    assert task.handoff_id == job.pk and job.args() == (str(task.pk),)
+    assert task.enqueued_at > lost.enqueued_at
     assert task.due_at == lost.due_at  # a container keeps its due time
-    assert dispatch() == 1
+    assert run_the_queue(django_capture_on_commit_callbacks) == 1
     run.refresh_from_db()
     assert run.status == Run.Status.COMPLETE
     assert trail(run) == "B"
 
 
-def test_a_lost_hand_off_of_an_action_gets_a_due_time_as_well(settings, add_mark, start):
-    settings.EVENTS_REQUEUE_AFTER_SECONDS = 120
+def test_a_lost_hand_off_of_a_step_is_sent_again_as_it_was(settings, add_mark, start, django_capture_on_commit_callbacks):
+    settings.EVENTS_HANDOFF_CHECK_SECONDS = 10
     a = add_mark("A")
+    add_mark("B")
     run = start()
-    old = timezone.now() - timedelta(seconds=300)
-    RunTask.objects.filter(pk=row(run, a).pk).update(enqueued_at=old, due_at=None)
-    now = timezone.now()
+    RunTask.objects.filter(pk=row(run, a).pk).update(enqueued_at=timezone.now() - timedelta(seconds=300), due_at=None)
 
-    assert sweep(now=now)["handoff_lost_requeued"] == 1
+    assert sweep()["handoff_lost_requeued"] == 1
 
-    task = row(run, a)
-    assert task.enqueued_at is None
-    assert task.due_at == now
+    assert row(run, a).due_at is None  # still "walk on from here", not a retry
+    assert run_the_queue(django_capture_on_commit_callbacks) == 1
+    run.refresh_from_db()
+    assert (run.status, trail(run)) == (Run.Status.COMPLETE, "AB")
 
 
-def test_a_recent_hand_off_is_left_alone(settings, trail_form, add_mark, start, dispatch):
+def test_a_hand_off_still_waiting_in_the_broker_is_never_sent_again(settings, trail_form, add_mark, start):
     settings.EVENTS_REQUEUE_AFTER_SECONDS = 120
     background = add_node(trail_form, "background", name="bg")
     add_mark("B", parent=background)
     run = start()
-    sent = handed_off(run, background, seconds_ago=10)
+    sent = handed_off(run, background, seconds_ago=3600, in_broker=True)  # a long backlog
 
     assert sweep() == NOTHING
 
     assert row(run, background).enqueued_at == sent.enqueued_at
-    assert dispatch() == 0
+    assert OrmQ.objects.count() == 1
+
+
+def test_a_hand_off_a_worker_took_but_never_started_is_sent_again_after_the_requeue_time(
+    settings, trail_form, add_mark, start
+):
+    settings.EVENTS_REQUEUE_AFTER_SECONDS = 120
+    background = add_node(trail_form, "background", name="bg")
+    add_mark("B", parent=background)
+    recent, old = start(), start()
+    handed_off(recent, background, seconds_ago=60, in_broker=True, taken=True)
+    handed_off(old, background, seconds_ago=300, in_broker=True, taken=True)
+
+    assert sweep()["handoff_lost_requeued"] == 1
+
+    assert OrmQ.objects.filter(pk=row(old, background).handoff_id).exists()
+    assert OrmQ.objects.count() == 3
+
+
+def test_a_recent_hand_off_is_left_alone(settings, trail_form, add_mark, start):
+    settings.EVENTS_HANDOFF_CHECK_SECONDS = 10
+    background = add_node(trail_form, "background", name="bg")
+    add_mark("B", parent=background)
+    run = start()
+    sent = handed_off(run, background, seconds_ago=2)
+
+    assert sweep() == NOTHING
+
+    assert row(run, background).enqueued_at == sent.enqueued_at
     run.refresh_from_db()
     assert run.status == Run.Status.RUNNING
 
@@ -429,7 +479,7 @@ def test_each_kind_of_repair_is_counted_in_the_repair_table(one_of_each, sweep_n
     assert all(r.last_at >= before for r in Repair.objects.all())
     statuses = {name: Run.objects.get(pk=run.pk).status for name, run in one_of_each.items()}
     assert statuses == {
-        "retried": Run.Status.RUNNING, "failed": Run.Status.FAILED, "lost": Run.Status.RUNNING,
+        "retried": Run.Status.RUNNING, "failed": Run.Status.FAILED, "lost": Run.Status.COMPLETE,
         "stalled": Run.Status.COMPLETE, "finished": Run.Status.COMPLETE, "late": Run.Status.FAILED,
     }
 
@@ -528,35 +578,17 @@ def test_a_false_condition_whose_worker_died_skips_its_steps_when_re_run(trail_f
     assert trail(run) == "D"
 
 
-def test_a_long_branch_renews_its_lease_before_each_step_so_the_sweep_leaves_it_alone(
-    settings, trail_form, add_mark, monkeypatch, sync_queue, django_capture_on_commit_callbacks
-):
-    from events.nodes import registry
-    from events.nodes.base import NodeType
-
+def test_the_heartbeat_renews_the_leases_its_process_holds_and_no_others(settings, add_mark, start):
     settings.EVENTS_TASK_LEASE_SECONDS = 60
-    seen = []
+    a, b = add_mark("A"), add_mark("B")
+    run = start()
+    soon = timezone.now() + timedelta(seconds=5)
+    RunTask.objects.filter(pk=row(run, a).pk).update(
+        status=RunTask.Status.ACTIVE, lease_expires_at=soon, lease_owner=lease_owner())
+    RunTask.objects.filter(pk=row(run, b).pk).update(
+        status=RunTask.Status.ACTIVE, lease_expires_at=soon, lease_owner="elsewhere:1:x/2")
 
-    class LeaseProbe(NodeType):
-        """Records its container's lease when it runs (test only)."""
+    assert tasks.leases_renew(owner=lease_owner()) == 1
 
-        key, label, config_form = "lease_probe", "Lease probe", registry.get("go_async").config_form
-
-        def execute(self, ctx):
-            seen.append(RunTask.objects.get(pk=ctx.task.parent_id).lease_expires_at)
-            return {}
-
-    monkeypatch.setitem(registry._types, "lease_probe", LeaseProbe)
-    background = add_node(trail_form, "background", name="bg")
-    for _ in range(3):
-        add_node(trail_form, "lease_probe", parent=background)
-    with django_capture_on_commit_callbacks(execute=True):
-        with transaction.atomic():
-            record = RecordFactory(form=trail_form, data={"trail": ""})
-            run = engine.run_start(record=record, is_submission=True)
-        engine.run_inline(run=run)
-
-    assert len(seen) == 3
-    assert seen[0] < seen[1] < seen[2]  # renewed before every step
-    run.refresh_from_db()
-    assert run.status == Run.Status.COMPLETE
+    assert row(run, a).lease_expires_at > timezone.now() + timedelta(seconds=55)
+    assert row(run, b).lease_expires_at == soon

@@ -15,23 +15,21 @@ def task_of(record, node):
     return RunTask.objects.get(run__record=record, node_id=node.pk)
 
 
-def test_nothing_is_handed_to_the_queue_before_commit(trail_form, add_mark, django_capture_on_commit_callbacks):
+def test_a_hand_off_and_its_broker_row_are_written_in_one_transaction(trail_form, add_mark):
     background = add_node(trail_form, "background")
     add_mark("B", parent=background)
 
-    with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        with transaction.atomic():
-            record = RecordFactory(form=trail_form, data={"trail": ""})
-            run = engine.run_start(record=record, is_submission=True)
-            engine.run_inline(run=run)
-            assert not OrmQ.objects.exists()
-        assert not OrmQ.objects.exists()
+    with transaction.atomic():
+        record = RecordFactory(form=trail_form, data={"trail": ""})
+        run = engine.run_start(record=record, is_submission=True)
+        engine.run_inline(run=run)
+        # Workers read committed rows only: until this block commits, they see neither.
+        [job] = OrmQ.objects.all()
+        task = task_of(record, background)
+        assert task.enqueued_at is not None and task.handoff_id == job.pk
 
-    assert len(callbacks) == 1
-    assert not OrmQ.objects.exists()
-    callbacks[0]()
-    [job] = OrmQ.objects.all()
-    assert job.args() == (str(task_of(record, background).pk),)
+    assert job.args() == (str(task.pk),)
+    assert job.func() == "events.tasks.task_job"
 
 
 def test_a_rolled_back_hand_off_never_reaches_the_queue(trail_form, add_mark, django_capture_on_commit_callbacks):
@@ -72,7 +70,7 @@ def test_jobs_carry_the_task_id_only(seed_tree, submit):
     record = submit()
 
     [job] = OrmQ.objects.all()
-    assert job.func() == "events.tasks.container_job"
+    assert job.func() == "events.tasks.task_job"
     assert job.args() == (str(task_of(record, seed_tree["background"]).pk),)
     assert all(isinstance(arg, str) for arg in job.args())
     assert not job.kwargs()
@@ -228,7 +226,7 @@ def test_a_failed_hand_off_is_unmarked_so_the_next_dispatch_tries_again(delay_tr
     def broker_down(*args, **kwargs):
         raise ConnectionError("broker down")
 
-    monkeypatch.setattr("events.tasks.async_task", broker_down)
+    monkeypatch.setattr("events.tasks._send", broker_down)
     assert dispatch_due() == 0
     task.refresh_from_db()
     assert task.enqueued_at is None

@@ -11,7 +11,7 @@ from django_q.models import OrmQ
 
 from events import engine
 from events.models import Run, RunTask
-from events.tasks import dispatch_due, resume_job
+from events.tasks import dispatch_due, resume_job, task_job
 from forms_app.services import record_submit
 from tests.events.nodes.conftest import allow_local_http, http_server  # noqa: F401  (shared fixtures)
 from tests.factories import RecordFactory, add_node
@@ -107,8 +107,8 @@ def test_a_success_callback_resumes_the_inline_sequence_at_the_next_sibling(
     assert (result.applied, result.status, result.duplicate) == (True, RunTask.Status.COMPLETE, False)
     record.refresh_from_db()
     assert record.data["trail"] == "A"  # the resume happens in a worker, not in the callback
-    [job] = jobs("events.tasks.resume_job")
-    assert job.args() == (str(task_of(record, wait).pk),)
+    [job] = jobs("events.tasks.task_job")
+    assert job.args() == (str(task_of(record, b).pk),)  # the next step, handed off with the callback
 
     run_queued_jobs()
 
@@ -298,7 +298,7 @@ def test_a_failure_callback_fails_the_task_and_the_run_and_nothing_after_it_runs
     run_queued_jobs()
 
     assert (result.applied, result.status) == (True, RunTask.Status.FAILED)
-    assert not jobs("events.tasks.resume_job")
+    assert not jobs("events.tasks.task_job")
     record.refresh_from_db()
     assert record.data["trail"] == "A"
     waited = task_of(record, wait)
@@ -448,7 +448,8 @@ def test_a_repeated_callback_is_recognised_and_changes_nothing(add_wait, submit,
     assert (different.applied, different.duplicate, different.status) == (False, False, RunTask.Status.COMPLETE)
     after = task_of(record, wait)
     assert (after.output, after.logs, after.finished_at) == (before.output, before.logs, before.finished_at)
-    assert len(jobs("events.tasks.resume_job")) == 1
+    assert not OrmQ.objects.exists()  # nothing followed the step: the first callback finished the run
+    assert run_of(record).status == Run.Status.COMPLETE
 
 
 def test_a_duplicate_resume_delivery_runs_each_later_step_once(
@@ -461,9 +462,9 @@ def test_a_duplicate_resume_delivery_runs_each_later_step_once(
     with django_capture_on_commit_callbacks(execute=True):
         callback(task_of(record, wait))
 
-    assert resume_job(str(task_of(record, wait).pk)) == "done"
+    assert task_job(str(task_of(record, b).pk)) == "done"
     first = {task.pk: (task.status, task.attempt, task.logs, task.finished_at) for task in RunTask.objects.all()}
-    resume_job(str(task_of(record, wait).pk))
+    assert task_job(str(task_of(record, b).pk)) == "elsewhere"
 
     record.refresh_from_db()
     assert record.data["trail"] == "BC"
@@ -485,9 +486,9 @@ def test_a_duplicate_resume_delivery_inside_a_background_runs_each_later_step_on
     with django_capture_on_commit_callbacks(execute=True):
         callback(task_of(record, wait))
 
-    resume_job(str(task_of(record, wait).pk))
+    task_job(str(task_of(record, b).pk))
     first = {task.pk: (task.status, task.attempt, task.logs, task.finished_at) for task in RunTask.objects.all()}
-    resume_job(str(task_of(record, wait).pk))
+    task_job(str(task_of(record, b).pk))
 
     record.refresh_from_db()
     assert record.data["trail"] == "B"
@@ -497,12 +498,13 @@ def test_a_duplicate_resume_delivery_inside_a_background_runs_each_later_step_on
     assert run_of(record).status == Run.Status.RUNNING
 
 
-def test_a_resume_delivery_before_the_callback_does_nothing(add_mark, add_wait, submit):
+def test_a_delivery_for_a_step_nobody_handed_off_does_nothing(add_mark, add_wait, submit):
     wait = add_wait("book")
     b = add_mark("B")
     record = submit()
 
-    assert resume_job(str(task_of(record, wait).pk)) == "stopped"
+    assert task_job(str(task_of(record, b).pk)) == "elsewhere"
+    assert resume_job(str(task_of(record, wait).pk)) == "stopped"  # the older job, too
 
     assert task_of(record, b).status == RunTask.Status.PENDING
     assert task_of(record, wait).status == RunTask.Status.AWAITING
@@ -580,7 +582,7 @@ def test_an_instant_callback_finds_the_task_awaiting_and_keeps_its_output(
     lines = [entry["line"] for entry in waited.logs]
     assert "instant" in lines and "answered 202" in lines
 
-    [job] = jobs("events.tasks.resume_job")
+    [job] = jobs("events.tasks.task_job")
     run_queued_jobs()
 
     record.refresh_from_db()

@@ -1,19 +1,26 @@
+import ctypes
 import logging
+import multiprocessing
+import os
+import secrets
 import signal
+import socket
 import time
 from datetime import timedelta
+from multiprocessing.util import register_after_fork
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import close_old_connections
 from django.utils import timezone
+from django_q import cluster as q_cluster
 
-from events import sweep, tasks
+from events import engine, sweep, tasks
 from events.models import Repair, RunTask
 
 logger = logging.getLogger("events.worker")
-CLUSTER_STOP_SECONDS = 30  # a normal stop lets running steps finish
 STALLED_STOP_SECONDS = 3  # a stalled cluster will not stop by itself
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 class Command(BaseCommand):
@@ -31,6 +38,12 @@ class Command(BaseCommand):
 
     def handle(self, *args, exit_on_stall=False, **options):
         self.stopping = []
+        # Every lease this worker's processes take is named under this id (events.models.lease_owner),
+        # so that on a stop it can put back what they still hold.
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        os.environ["EVENTS_WORKER_ID"] = self.worker_id
+        tasks.worker_prepare()
+        register_after_fork(self, _die_with_parent)
         cluster = self.cluster_start()
         self.stdout.write(f"worker: cluster started; dispatching due tasks every {settings.EVENTS_DISPATCH_INTERVAL} s")
         next_sweep = time.monotonic() + settings.EVENTS_SWEEP_INTERVAL
@@ -50,17 +63,40 @@ class Command(BaseCommand):
                         if exit_on_stall:
                             raise SystemExit(3)
                         self.cluster_stop(cluster, grace=STALLED_STOP_SECONDS)
+                        close_old_connections()
+                        self.release_held()
                         cluster = self.cluster_start()
                         self.stdout.write("worker: cluster restarted by the watchdog")
                 time.sleep(settings.EVENTS_DISPATCH_INTERVAL)
         finally:
-            self.stdout.write("worker: stopping")
-            self.cluster_stop(cluster)
+            self.stdout.write("worker: stopping; running steps may finish, nothing new starts")
+            self.stop(cluster)
+
+    def stop(self, cluster):
+        """Stop claiming, let running steps finish (within the grace period), put back what is left."""
+        tasks.worker_stop_claiming()
+        self.cluster_stop(cluster, grace=settings.EVENTS_STOP_GRACE_SECONDS)
+        close_old_connections()
+        released = self.release_held()
+        self.stdout.write(f"worker: stopped; {released} unfinished step(s) put back for the next worker")
+
+    def release_held(self):
+        """Once the cluster is gone: what its processes still held goes back to pending, due now."""
+        try:
+            released, failed = engine.leases_release(
+                tasks=RunTask.objects.filter(lease_owner__startswith=f"{self.worker_id}/"), reason="its worker stopped"
+            )
+        except Exception:
+            logger.exception("could not put back the steps this worker held; their leases will run out")
+            return 0
+        if released or failed:
+            logger.warning("put back %s step(s) this worker had not finished (%s given up)", released, failed)
+            sweep.record_repairs({"lease_released_on_stop": released, "lease_expired_failed": failed})
+        return released
 
     def cluster_start(self):
-        from django_q.cluster import Cluster
-
-        cluster = Cluster()
+        q_cluster.Sentinel = EventsSentinel  # Cluster.start() looks the name up in its module
+        cluster = q_cluster.Cluster()
         cluster.start()
         # Cluster() installs its own handlers; ours stop the loop, which then stops the cluster.
         signal.signal(signal.SIGINT, self.request_stop)
@@ -70,7 +106,7 @@ class Command(BaseCommand):
     def request_stop(self, signum, frame):
         self.stopping.append(signum)
 
-    def cluster_stop(self, cluster, grace=CLUSTER_STOP_SECONDS):
+    def cluster_stop(self, cluster, grace):
         """Stop the cluster; one that does not stop in time is killed (it may be the stalled one)."""
         sentinel = cluster.sentinel
         if sentinel is None or not sentinel.is_alive():
@@ -85,13 +121,17 @@ class Command(BaseCommand):
             sentinel.join(5)
 
     def dispatch(self):
+        """Due containers and retries go to the queue; callbacks past their deadline fail (each tick)."""
         try:
             sent = tasks.dispatch_due()
+            expired = engine.awaiting_expire()
         except Exception:
             logger.exception("dispatch failed; trying again")
             return
         if sent:
             logger.info("dispatched %s due task(s)", sent)
+        if expired:
+            sweep.record_repairs({"deadline_expired": expired})
 
     def sweep(self):
         try:
@@ -116,6 +156,36 @@ class Command(BaseCommand):
             )
             return True
         return False
+
+
+def _die_with_parent(command):
+    """In every process of the cluster, just after it forks: die when the process that forked it dies.
+
+    So a worker killed with SIGKILL leaves no headless cluster behind (no
+    dispatcher, sweep or watchdog) pulling jobs beside the one that replaces it.
+    """
+    parent = multiprocessing.parent_process()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        logger.warning("prctl(PR_SET_PDEATHSIG) is not available: cluster processes may outlive a killed worker")
+        return
+    if parent is not None and os.getppid() != parent.pid:
+        os._exit(0)  # the parent died before the signal was armed
+
+
+class EventsSentinel(q_cluster.Sentinel):
+    """django-q2's sentinel, deaf to SIGTERM: ``manage.py worker`` alone decides how its cluster stops.
+
+    A SIGTERM sent to the whole process group (a supervisor, a terminal) would
+    otherwise end every cluster process at once (django-q2 restores the default
+    action in the sentinel), cutting running steps short; the worker instead
+    stops claiming and lets them finish. Its processes inherit this.
+    """
+
+    def start(self):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        super().start()
 
 
 def _children(pid):

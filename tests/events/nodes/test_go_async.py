@@ -59,7 +59,7 @@ def test_go_async_at_the_top_level_leaves_the_later_siblings_for_one_background_
     }
     assert record.is_complete is False
     assert record.runs.get().status == Run.Status.RUNNING
-    assert queued() == ["events.tasks.resume_job"]
+    assert queued() == ["events.tasks.task_job"]
 
     assert run_queued_jobs(django_capture_on_commit_callbacks) == 1
 
@@ -94,7 +94,7 @@ def test_go_async_inside_a_background_changes_nothing(trail_form, add_mark, djan
 
     record = submit_without_worker(trail_form, django_capture_on_commit_callbacks)
     assert record.data["trail"] == "C"
-    assert queued() == ["events.tasks.container_job"]
+    assert queued() == ["events.tasks.task_job"]
 
     assert run_queued_jobs(django_capture_on_commit_callbacks) == 1  # no second job for the marker
 
