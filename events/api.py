@@ -6,23 +6,30 @@ from an unknown task: both are 401.
 """
 
 import hmac
+import json
+import logging
+import math
 import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeAliasType
 from uuid import UUID
 
+from django.conf import settings
 from django.http import Http404
 from ninja import NinjaAPI, Schema
 from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.parser import Parser
 from ninja.responses import Status
 from ninja.security import APIKeyHeader, HttpBearer
-from pydantic import Field, field_validator
+from pydantic import Field, PlainValidator, WithJsonSchema, field_validator
 
 from forms_app.models import Record
 
 from . import engine
+from .middleware import DATABASE_UNAVAILABLE
 from .models import ApiKey, Run, RunTask, secret_hash
 
+logger = logging.getLogger("events.api")
 
 TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -84,17 +91,47 @@ class HeaderKey(APIKeyHeader):
 key_or_token = [BearerCredential(), HeaderCredential()]
 key_only = [BearerKey(), HeaderKey()]
 
+
+class NonFiniteNumber(ValueError):
+    """NaN, Infinity, -Infinity, or a number beyond a double's range such as ``1e999``."""
+
+
+def _finite_number(text):
+    number = float(text)
+    if not math.isfinite(number):
+        raise NonFiniteNumber(text)
+    return number
+
+
+def _no_constant(name):
+    raise NonFiniteNumber(name)
+
+
+class StrictJsonParser(Parser):
+    """JSON as RFC 8259 has it: NaN and Infinity (and 1e999, which would read as Infinity) are refused.
+
+    Python's json module accepts them, but no database can store them (PostgreSQL's json type,
+    SQLite's JSON check): a body that holds one is a 400, never a 500.
+    """
+
+    def parse_body(self, request):
+        return json.loads(request.body, parse_float=_finite_number, parse_constant=_no_constant)
+
+
 api = NinjaAPI(
     title="Form events API",
     version="1",
     description=(
         "Callbacks from external systems for tasks that wait, progress updates, and look-ups of "
         "tasks, runs and records. Authenticate with `Authorization: Bearer <key>` or `X-Api-Key: <key>`; "
-        "a task's callback token may be used instead of a key for that task's callback and progress."
+        "a task's callback token may be used instead of a key for that task's callback and progress. "
+        "Text may not hold NUL characters or unpaired surrogates, and numbers must be finite (no NaN, "
+        "Infinity or 1e999): such a request is refused (422, or 400 for a number), as it could not be stored."
     ),
     openapi_url="/openapi.json",
     docs_url="/docs",
     urls_namespace="api",
+    parser=StrictJsonParser(),
 )
 
 
@@ -111,26 +148,55 @@ class ErrorOut(Schema):
     error: ErrorBody
 
 
-ERRORS = {status: ErrorOut for status in (400, 401, 404, 409, 413, 422)}
+ERRORS = {status: ErrorOut for status in (400, 401, 404, 409, 413, 422, 503)}
 
 
 def storable(value, path="value"):
-    """Refuse text PostgreSQL cannot store (NUL characters, lone surrogates), anywhere in ``value``."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise ValueError(f"{path} contains a NUL character")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError(f"{path} contains an unpaired surrogate") from None
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            storable(key, path)
-            storable(item, f"{path}.{key}")
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            storable(item, f"{path}[{index}]")
+    """Refuse what PostgreSQL cannot store (NUL characters, lone surrogates, NaN, Infinity), anywhere in ``value``."""
+    problem = RunTask.storage_problem(value, path)
+    if problem:
+        raise ValueError(problem)
     return value
+
+
+# What the server refuses, declared in the OpenAPI document so that a schema-driven client agrees
+# with it: text without NUL characters, finite numbers, and no more log lines per call than
+# EVENTS_TASK_LOG_MAX_LINES_PER_CALL (read when the document is built). Unpaired surrogates are
+# refused too, but said in words only: a pattern naming them is not a regex to many validators
+# (Rust's, which schemathesis uses), and they would then ignore the whole pattern.
+STORABLE_TEXT = r"^[^\u0000]*$"
+Text = Annotated[str, WithJsonSchema({"type": "string", "pattern": STORABLE_TEXT})]
+
+
+def _keys_are_text(schema):
+    ((pattern, value),) = schema.pop("patternProperties").items()
+    schema["propertyNames"] = {"pattern": pattern}
+    schema["additionalProperties"] = value
+
+
+def _lines_per_call(schema):
+    schema["maxItems"] = settings.EVENTS_TASK_LOG_MAX_LINES_PER_CALL
+
+
+JsonValue = TypeAliasType("JsonValue", Annotated[
+    Text | bool | int | float | None | list["JsonValue"]
+    | Annotated[dict[Text, "JsonValue"], Field(json_schema_extra=_keys_are_text)],
+    Field(description="Any JSON value. Text may not hold NUL characters or unpaired surrogates; "
+                      "numbers must be finite (NaN, Infinity and 1e999 are refused)."),
+])
+
+
+def _an_object(value):
+    # Checked here rather than through JsonValue: pydantic would refuse JSON nested deeper than its
+    # recursion limit (about 250), which the document does not forbid. storable() checks the rest.
+    if not isinstance(value, dict):
+        raise ValueError("Input should be an object")
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], PlainValidator(_an_object, json_schema_input_type=Annotated[
+    dict[Text, JsonValue], Field(json_schema_extra=_keys_are_text)])]
+LogLines = Annotated[list[Text], Field(json_schema_extra=_lines_per_call)]
 
 
 class LogLine(Schema):
@@ -139,11 +205,11 @@ class LogLine(Schema):
 
 
 class CallbackIn(Schema):
-    taskId: str = Field(min_length=1, max_length=100)
+    taskId: str = Field(min_length=1, max_length=100, json_schema_extra={"pattern": STORABLE_TEXT})
     status: Literal["SUCCESS", "FAILURE"]
-    logs: str | list[str] | None = None
-    output: dict[str, Any] | None = None
-    subtext: str | None = Field(default=None, max_length=500)
+    logs: Text | LogLines | None = None
+    output: JsonObject | None = None
+    subtext: Annotated[str, Field(max_length=500, json_schema_extra={"pattern": STORABLE_TEXT})] | None = None
 
     @field_validator("taskId", "logs", "output", "subtext")
     @classmethod
@@ -165,8 +231,13 @@ class CallbackOut(Schema):
 
 
 class ProgressIn(Schema):
-    subtext: str = Field(max_length=500)
-    logs: str | list[str] | None = None
+    subtext: str = Field(max_length=500, json_schema_extra={"pattern": STORABLE_TEXT})
+    logs: Text | LogLines | None = None
+
+    def log_lines(self):
+        if self.logs is None:
+            return []
+        return [self.logs] if isinstance(self.logs, str) else list(self.logs)
 
     @field_validator("subtext", "logs")
     @classmethod
@@ -251,6 +322,15 @@ def _task_for(credential, task_id):
     return task
 
 
+def _refuse_too_many_lines(lines):
+    limit = settings.EVENTS_TASK_LOG_MAX_LINES_PER_CALL
+    if len(lines) > limit:
+        raise ApiError(413, "too_many_log_lines",
+                       f"{len(lines)} log lines in one call; at most {limit} are taken (send them in several calls).",
+                       {"limit": limit, "lines": len(lines)})
+    return lines
+
+
 # Endpoints ------------------------------------------------------------------------------
 
 
@@ -258,8 +338,9 @@ def _task_for(credential, task_id):
           summary="Complete or fail an awaiting task", operation_id="callback")
 def callback(request, payload: CallbackIn):
     task = _task_for(request.auth, payload.taskId)
+    logs = _refuse_too_many_lines(payload.log_lines())
     result = engine.task_callback(
-        task_id=task.pk, status=payload.status, logs=payload.log_lines(), output=payload.output, subtext=payload.subtext
+        task_id=task.pk, status=payload.status, logs=logs, output=payload.output, subtext=payload.subtext
     )
     if result.applied:
         return CallbackOut(taskId=str(task.pk), status=result.status, applied=True, message="Callback applied.")
@@ -276,7 +357,7 @@ def callback(request, payload: CallbackIn):
          summary="Update a task's progress text (and its run's)", operation_id="task_progress")
 def task_progress(request, task_id: str, payload: ProgressIn):
     task = _task_for(request.auth, task_id)
-    logs = [payload.logs] if isinstance(payload.logs, str) else list(payload.logs or [])
+    logs = _refuse_too_many_lines(payload.log_lines())
     changed, status = engine.task_progress(task_id=task.pk, subtext=payload.subtext, logs=logs)
     if not changed:
         raise ApiError(409, "task_finished", f"The task is {status}; progress can only be set while it runs or awaits.",
@@ -346,6 +427,9 @@ def on_authentication_error(request, exc):
 
 @api.exception_handler(ValidationError)
 def on_validation_error(request, exc):
+    if exc.errors and all(tuple(error.get("loc") or ())[:1] == ("path",) for error in exc.errors):
+        # A malformed id (or a NUL byte) in the path names nothing: not found, like an unknown id.
+        return error_response(request, 404, "not_found", "Nothing has this id.")
     details = [
         {"loc": [str(part) for part in error.get("loc", [])], "msg": error.get("msg", ""), "type": error.get("type", "")}
         for error in exc.errors
@@ -355,6 +439,11 @@ def on_validation_error(request, exc):
 
 @api.exception_handler(HttpError)
 def on_http_error(request, exc):
+    if exc.status_code == 400 and isinstance(exc.__cause__, NonFiniteNumber):
+        number = str(exc.__cause__)[:40]
+        return error_response(request, 400, "malformed_json",
+                              f"The request body is not valid JSON: {number} is not a finite number "
+                              "(NaN, Infinity and numbers beyond ±1.8e308 are refused).", {"number": number})
     if exc.status_code == 400:
         return error_response(request, 400, "malformed_json", "The request body is not valid JSON.")
     return error_response(request, exc.status_code, "http_error", str(exc))
@@ -363,3 +452,20 @@ def on_http_error(request, exc):
 @api.exception_handler(Http404)
 def on_not_found(request, exc):
     return error_response(request, 404, "not_found", "Not found.")
+
+
+def on_database_unavailable(request, exc):
+    """The database is unreachable (restarting, say): 503 with Retry-After, so callers try again."""
+    logger.warning("API %s %s: the database is unreachable: %s", request.method, request.path, exc)
+    seconds = settings.EVENTS_UNAVAILABLE_RETRY_AFTER_SECONDS
+    response = error_response(
+        request, 503, "database_unavailable",
+        f"The database is unreachable just now; send the request again in {seconds} s "
+        "(a repeat of a callback that was applied changes nothing).", {"retry_after": seconds},
+    )
+    response["Retry-After"] = str(seconds)
+    return response
+
+
+for _error in DATABASE_UNAVAILABLE:
+    api.add_exception_handler(_error, on_database_unavailable)

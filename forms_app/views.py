@@ -1,12 +1,26 @@
+import logging
+
+from django.conf import settings
 from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET, require_http_methods
 from django_htmx.http import HttpResponseClientRedirect
 
+from events.middleware import DATABASE_UNAVAILABLE
+
 from .builder import build_form_class, record_data
 from .models import Form, Record
 from .services import record_submit
 from .waiting import record_progress
+
+logger = logging.getLogger("forms_app.views")
+
+NOT_SAVED = "Your answers were not saved, please try again: we cannot reach our database just now."
+NOT_SHOWN = "This form cannot be shown just now, please try again in a moment."
+
+# The last definition (with its fields) of each form this process showed: while the database
+# cannot be reached, a submitted form is shown again from it, with what was typed.
+last_known_forms = {}
 
 
 class HttpResponseSeeOther(HttpResponseRedirect):
@@ -15,12 +29,39 @@ class HttpResponseSeeOther(HttpResponseRedirect):
 
 @require_http_methods(["GET", "POST"])
 def form_detail(request, slug):
-    form = get_object_or_404(Form.objects.published(), slug=slug)
-    submission = build_form_class(form)(request.POST if request.method == "POST" else None)
-    if request.method == "POST" and submission.is_valid():
-        record = record_submit(form=form, data=record_data(form, submission.cleaned_data))
-        return HttpResponseSeeOther(record.get_absolute_url())
+    try:
+        form = get_object_or_404(Form.objects.published().prefetch_related("fields"), slug=slug)
+        last_known_forms[slug] = form
+        submission = build_form_class(form)(request.POST if request.method == "POST" else None)
+        if request.method == "POST" and submission.is_valid():
+            record = record_submit(form=form, data=record_data(form, submission.cleaned_data))
+            return HttpResponseSeeOther(record.get_absolute_url())
+    except DATABASE_UNAVAILABLE as error:
+        return form_unavailable(request, slug, error)
     return render(request, "forms_app/form_detail.html", {"form_obj": form, "submission": submission})
+
+
+def form_unavailable(request, slug, error):
+    """503 while the database cannot be reached: the form again, holding what was typed; nothing is lost.
+
+    Without a definition of the form in this process, what was typed is kept in the page
+    (hidden fields that a "Try again" button sends again).
+    """
+    logger.warning("Form %s: the database cannot be reached (%s); answered 503", slug, error)
+    form = last_known_forms.get(slug)
+    posted = request.POST if request.method == "POST" else None
+    kept = [] if posted is None else [
+        (name, value) for name, values in posted.lists() if name != "csrfmiddlewaretoken" for value in values
+    ]
+    context = {
+        "form_obj": form,
+        "submission": build_form_class(form)(posted) if form is not None else None,
+        "kept": kept,
+        "unavailable": NOT_SAVED if posted is not None else NOT_SHOWN,
+    }
+    response = render(request, "forms_app/form_detail.html", context, status=503)
+    response["Retry-After"] = str(settings.EVENTS_UNAVAILABLE_RETRY_AFTER_SECONDS)
+    return response
 
 
 @require_GET

@@ -1,4 +1,6 @@
 import pytest
+from django.db import OperationalError
+from django.db.backends.utils import CursorWrapper
 from django_q.conf import Conf
 
 from tests.factories import FieldFactory, FormFactory
@@ -24,3 +26,33 @@ def sync_queue(monkeypatch):
     """
     monkeypatch.setattr(Conf, "SYNC", True)
     return Conf
+
+
+@pytest.fixture
+def database_down(monkeypatch):
+    """``outage = database_down()``: every query raises OperationalError, as while PostgreSQL restarts.
+
+    ``database_down(when=lambda sql: ...)`` fails only the statements ``when`` picks (say, the
+    INSERTs: the database went away in the middle of a request). ``outage.up()`` ends it.
+    """
+    working = {name: getattr(CursorWrapper, name) for name in ("execute", "executemany")}
+
+    class Outage:
+        def __init__(self, when):
+            for name, method in working.items():
+                monkeypatch.setattr(CursorWrapper, name, self.refusing(method, when))
+
+        @staticmethod
+        def refusing(method, when):
+            def execute(cursor, sql, *args, **kwargs):
+                if when(sql):
+                    raise OperationalError("connection to server at 127.0.0.1 failed: Connection refused")
+                return method(cursor, sql, *args, **kwargs)
+
+            return execute
+
+        def up(self):
+            for name, method in working.items():
+                monkeypatch.setattr(CursorWrapper, name, method)
+
+    return lambda when=lambda sql: True: Outage(when)

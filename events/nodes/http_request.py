@@ -262,8 +262,10 @@ class HttpRequest(NodeType):
     fails the step.
 
     Output: ``{"status_code", "headers", "body", "json", "url", "redirects"}``: ``json``
-    when the answer parses, ``url`` the URL that gave the final answer, ``redirects``
-    one ``{"url", "status_code", "location"}`` per redirect followed.
+    when the answer parses as JSON that can be stored (no NaN, Infinity, NUL characters or
+    unpaired surrogates: such an answer stays text only, and a log line says why; NUL
+    characters in ``body`` become U+FFFD), ``url`` the URL that gave the final answer,
+    ``redirects`` one ``{"url", "status_code", "location"}`` per redirect followed.
 
     With ``wait_for_callback`` the task moves to *awaiting* before the request goes
     out, and its sequence waits until a callback arrives or ``callback_timeout_seconds``
@@ -339,6 +341,9 @@ class HttpRequest(NodeType):
                 destination = next_destination
         text = data.decode(response.encoding or "utf-8", errors="replace")
         ctx.log(f"answered {response.status_code}")
+        if "\x00" in text:
+            text = text.replace("\x00", "\ufffd")
+            ctx.log("the answer holds NUL characters, which cannot be stored: each is kept as U+FFFD in output.body")
         output = {
             "status_code": response.status_code,
             "headers": dict(response.headers),
@@ -346,10 +351,7 @@ class HttpRequest(NodeType):
             "url": destination.url,
             "redirects": redirects,
         }
-        try:
-            output["json"] = json.loads(text)
-        except ValueError:
-            pass
+        output.update(_storable_json(ctx, text))
         if ctx.config.get("fail_on_status", True) and response.status_code >= 400:
             raise NodeError(f"{method} {destination.url} answered {response.status_code}: {text[:200]}")
         if waits:
@@ -404,3 +406,23 @@ def _read_capped(response, *, deadline):
             raise NodeError("The response took longer than the read timeout to arrive (ReadTimeout).")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _storable_json(ctx, text):
+    """``{"json": the answer parsed}`` when it is JSON that every database can store, else ``{}``.
+
+    JSON holding NaN, Infinity (or 1e999, which reads as Infinity), NUL characters or unpaired
+    surrogates would fail to save and leave the step running until its lease expired: such an
+    answer is kept as text only, in ``body``, and a log line says why.
+    """
+    from ..models import RunTask
+
+    try:
+        parsed = json.loads(text)
+    except (ValueError, RecursionError):
+        return {}  # not JSON: the body is the answer
+    problem = RunTask.storage_problem(parsed, "json")
+    if problem:
+        ctx.log(f"the answer is kept as text only (output.body), not as output.json: {problem}")
+        return {}
+    return {"json": parsed}

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    positive_data_acceptance,
     response_schema_conformance,
     status_code_conformance,
 )
@@ -26,7 +27,10 @@ from tests.factories import RecordFactory
 
 pytestmark = pytest.mark.django_db
 
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+# positive_data_acceptance (ST202): what the document allows, the server takes; what the server refuses
+# (NUL characters, unpaired surrogates, too many log lines) the document declares.
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
+          positive_data_acceptance]
 # Bounded: 5 operations × 25 examples × 2 runs stays well under a minute.
 BOUNDED = settings(
     max_examples=25,
