@@ -24,7 +24,7 @@ from forms_app.models import RECORD_UPDATE, Form
 
 from . import engine
 from .admin_forms import config_field_name, node_form_for, node_type_or_none
-from .models import ApiKey, InvalidTreeOperation, Node, Run, RunTask
+from .models import ApiKey, InvalidTreeOperation, Node, Run, RunTask, failures_handled
 from .nodes import registry
 
 # Query parameters that choose *which* tree the editor shows; they keep the tree view (drag and drop).
@@ -354,6 +354,19 @@ def json_text(value):
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
 
 
+# The run page shows each task's last lines only (a run may have many tasks, each with up to
+# EVENTS_TASK_LOG_MAX_LINES lines); the task's own page shows them all.
+RUN_PAGE_LOG_LINES = 50
+
+
+def log_rows(task, last=None):
+    """{"logs": the task's log lines as {"at", "line"} (only the ``last`` ones), "logs_left_out": how many earlier}."""
+    logs = task.logs or []
+    shown = logs[-last:] if last is not None else logs
+    rows = [entry if isinstance(entry, dict) else {"at": "", "line": str(entry)} for entry in shown]
+    return {"logs": rows, "logs_left_out": len(logs) - len(shown)}
+
+
 def debug_traces(task):
     """The task's debug trace, one (title, pretty JSON) per attempt."""
     traces = []
@@ -363,21 +376,35 @@ def debug_traces(task):
     return traces
 
 
+def status_text(task, handled):
+    """(CSS class suffix, words) of a task's status; a failure its error branch took care of says so."""
+    if task.pk in handled:
+        if handled[task.pk]:
+            return "handled", f"{task.get_status_display()} — handled by its error branch"
+        return "handling", f"{task.get_status_display()} — its error branch is running"
+    return task.status, task.get_status_display()
+
+
 def timeline(tasks, *, child_runs=None):
-    """The run's tasks in position order, each with its depth (indent by parent).
+    """The run's tasks, in the order given (the run's tree order), each with its depth (indent by parent).
 
     ``child_runs`` maps a task id to the runs it started (trigger_event, a container with event_type).
     """
+    tasks = list(tasks)
     now = timezone.now()
+    handled = failures_handled(tasks)
     depth_of = {}
     rows = []
     for task in tasks:
         depth = depth_of.get(task.parent_id, -1) + 1 if task.parent_id else 0
         depth_of[task.pk] = depth
+        status_class, status_label = status_text(task, handled)
         rows.append({
             "task": task,
             "depth": depth,
             "indent": depth * 2,
+            "status_class": status_class,
+            "status_label": status_label,
             "duration": duration(task),
             "deadline": deadline_text(task),
             "overdue": is_overdue(task, now),
@@ -387,7 +414,7 @@ def timeline(tasks, *, child_runs=None):
             "child_runs": (child_runs or {}).get(task.pk, []),
             "debug": debug_traces(task),
             "output": json_text(task.output) if task.output else "",
-            "logs": [entry if isinstance(entry, dict) else {"at": "", "line": str(entry)} for entry in task.logs or []],
+            **log_rows(task, last=RUN_PAGE_LOG_LINES),
         })
     return rows
 
@@ -520,8 +547,10 @@ class RunAdmin(ReadOnlyAdmin):
         run = self.get_object(request, object_id)
         extra_context = {**(extra_context or {})}
         if run is not None:
+            rows = timeline(run.in_tree_order(run.tasks.all()), child_runs=runs_by_parent_task(run))
             extra_context.update(
-                timeline=timeline(run.tasks.order_by("position"), child_runs=runs_by_parent_task(run)),
+                timeline=rows,
+                handled_count=sum(1 for row in rows if row["status_class"] == "handled"),
                 can_cancel=run.status == Run.Status.RUNNING and self.has_cancel_permission(request),
                 can_settle=request.user.has_perm("events.change_runtask"),
                 can_redrive=request.user.has_perm("events.change_runtask"),
@@ -651,7 +680,7 @@ class RunTaskAdmin(ReadOnlyAdmin):
 
     @admin.display(description="logs")
     def logs_text(self, task):
-        rows = timeline([task])[0]["logs"]
+        rows = log_rows(task)["logs"]
         if not rows:
             return "—"
         return format_html(

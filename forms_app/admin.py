@@ -39,6 +39,17 @@ class FormAdmin(admin.ModelAdmin):
                                      "done_message", "done_redirect_url", "failed_message"]}),
     ]
 
+    # Here rather than on the model fields: the words are for the admin page (no migration for a help text).
+    message_help_texts = {
+        "done_message": "Template over the record: {{ record.email }}, {{ flags.paid }}; {% if handled_failures %} "
+                        "when a step failed and its error branch took care of it (each has a label and a name).",
+        "failed_message": "Template, like the done message (record, flags, handled_failures).",
+    }
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        kwargs["help_texts"] = {**self.message_help_texts, **kwargs.get("help_texts", {})}
+        return super().get_form(request, obj, change=change, **kwargs)
+
     @admin.display(description="public form")
     def public_link(self, form):
         if form.pk is None:

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from django.template import Context, Engine, TemplateSyntaxError
 from django.utils import timezone
 
-from events.models import Run, RunTask
+from events.models import Run, RunTask, failures_handled
 
 STEP_STATES = {
     RunTask.Status.PENDING: "queued",
@@ -16,7 +16,11 @@ STEP_STATES = {
     RunTask.Status.CANCELLED: "cancelled",
     RunTask.Status.SKIPPED: "skipped",
 }
-HANDLED_STATE = "skipped"
+# A failed step whose error branch took care of it (or is taking care of it): it failed, and that is
+# what the page says, but the run goes on.
+HANDLED_STATE = "failed — handled"
+HANDLING_STATE = "failed — being handled"
+CANCELLED_MESSAGE = "The processing of your submission was cancelled before it finished."
 SLOW_POLL_FACTOR = 5
 SLOW_POLL_MAX_SECONDS = 30
 _page_engine = Engine(builtins=["django.template.defaulttags", "django.template.defaultfilters"])
@@ -31,9 +35,9 @@ class Step:
 
 @dataclass
 class Progress:
-    state: str  # "working", "done" or "failed"
+    state: str  # "working", "done", "failed" or "cancelled"
     steps: list = field(default_factory=list)
-    done_count: int = 0
+    done_count: int = 0  # tasks that are finished; for a stopped run, those that finished before it stopped
     total: int = 0
     subtext: str = ""
     reference: str = ""
@@ -41,49 +45,80 @@ class Progress:
     redirect_url: str = ""
     overdue: bool = False
     poll_seconds: int = 2
+    handled_failures: list = field(default_factory=list)
 
     @property
     def finished(self):
         return self.state != "working"
 
     @property
+    def stopped(self):
+        """Failed or cancelled: the bar stays where the run stopped."""
+        return self.state in ("failed", "cancelled")
+
+    @property
     def percent(self):
-        if self.state == "done" or not self.total:
-            return 100 if self.state == "done" else 0
+        if self.state == "done":
+            return 100
+        if not self.total:
+            return 0
         return round(100 * self.done_count / self.total)
 
 
-def render_message(template_text, record):
-    """The admin's message, rendered over the record with autoescaping (submitted values are escaped)."""
+def render_message(template_text, record, *, handled_failures=()):
+    """The admin's message, rendered over the record with autoescaping (submitted values are escaped).
+
+    It sees ``record``, ``flags`` and ``handled_failures``: the steps that failed and whose error
+    branch took care of it (each with its ``label`` and ``name``; empty when none did).
+    """
     try:
         template = _page_engine.from_string(template_text)
     except TemplateSyntaxError:
         return template_text
-    return template.render(Context({"record": record.data, "flags": record.flags}))
+    return template.render(Context({"record": record.data, "flags": record.flags,
+                                    "handled_failures": list(handled_failures)}))
+
+
+def step_state(row, handled):
+    if row.status == RunTask.Status.FAILED and row.id in handled:
+        return HANDLED_STATE if handled[row.id] else HANDLING_STATE
+    return STEP_STATES[row.status]
+
+
+def is_done_before(row, stopped_at):
+    """A finished task; once the run stopped, not one of those the stop cancelled (they never ran)."""
+    if row.status not in RunTask.TERMINAL:
+        return False
+    cancelled_by_stop = (stopped_at is not None and row.status == RunTask.Status.CANCELLED
+                         and (row.finished_at is None or row.finished_at >= stopped_at))
+    return not cancelled_by_stop
 
 
 def record_progress(record):
     """The state of a record's submission run, as the waiting page shows it."""
     form = record.form
-    run = Run.objects.filter(record=record, is_submission=True).only("id", "status", "subtext").first()
-    rows = list(run.tasks.values_list("id", "parent_id", "branch", "label", "status", "visible", "subtext")) if run else []
-    finished_tasks = sum(1 for row in rows if row[4] in RunTask.TERMINAL)
-    # A failure that an error branch took care of is not the user's problem.
-    handled = {parent_id for _, parent_id, branch, *_ in rows if branch == "on_error"}
+    run = (Run.objects.filter(record=record, is_submission=True)
+           .only("id", "status", "subtext", "snapshot", "finished_at").first())
+    rows = []
+    if run is not None:
+        rows = run.in_tree_order(
+            run.tasks.values_list("id", "parent_id", "branch", "node_id", "position", "name", "label", "status",
+                                  "visible", "subtext", "finished_at", named=True),
+            key=lambda row: (row.node_id, row.position),
+        )
+    stopped = run is not None and run.status in (Run.Status.FAILED, Run.Status.CANCELLED)
+    stopped_at = run.finished_at if stopped else None
+    handled = failures_handled(rows)
     progress = Progress(
         state="working",
-        steps=[
-            Step(label, HANDLED_STATE if task_id in handled and status == RunTask.Status.FAILED else STEP_STATES[status],
-                 subtext)
-            for task_id, _, _, label, status, visible, subtext in rows if visible
-        ],
-        done_count=finished_tasks,
+        steps=[Step(row.label, step_state(row, handled), row.subtext) for row in rows if row.visible],
+        done_count=sum(1 for row in rows if is_done_before(row, stopped_at)),
         total=len(rows),
         subtext=run.subtext if run else "",
         reference=run.reference if run else "",
         poll_seconds=max(1, form.poll_seconds),
+        handled_failures=[{"label": row.label, "name": row.name} for row in rows if handled.get(row.id)],
     )
-    failed = run is not None and run.status in (Run.Status.FAILED, Run.Status.CANCELLED)
     if form.wait_for == form.WaitFor.FLAG:
         done = bool(record.flags.get(form.wait_flag))
     else:
@@ -91,10 +126,13 @@ def record_progress(record):
     if done:
         progress.state = "done"
         progress.redirect_url = form.done_redirect_url
-        progress.message = render_message(form.done_message, record)
-    elif failed:
+        progress.message = render_message(form.done_message, record, handled_failures=progress.handled_failures)
+    elif run is not None and run.status == Run.Status.FAILED:
         progress.state = "failed"
-        progress.message = form.failed_message
+        progress.message = render_message(form.failed_message, record, handled_failures=progress.handled_failures)
+    elif run is not None and run.status == Run.Status.CANCELLED:
+        progress.state = "cancelled"
+        progress.message = CANCELLED_MESSAGE
     elif (timezone.now() - record.created_at).total_seconds() > form.max_wait_seconds:
         progress.overdue = True
         progress.poll_seconds = min(SLOW_POLL_MAX_SECONDS, progress.poll_seconds * SLOW_POLL_FACTOR)

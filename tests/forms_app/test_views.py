@@ -244,7 +244,7 @@ def test_a_failed_run_shows_the_failed_message_and_the_run_reference(client, for
         assert "no seats" not in html
 
 
-def test_a_cancelled_run_shows_as_failed(client, form):
+def test_a_cancelled_run_shows_as_cancelled(client, form):
     from events.engine import run_cancel
 
     add_pending_delay(form)
@@ -254,7 +254,7 @@ def test_a_cancelled_run_shows_as_failed(client, form):
     html = client.get(status_url(record)).content.decode()
 
     assert_finished_markup(html)
-    assert 'data-state="failed"' in html
+    assert 'data-state="cancelled"' in html
 
 
 def test_waiting_for_a_flag_is_done_when_the_flag_is_set_although_delays_are_pending(client, form):
@@ -383,7 +383,7 @@ def test_healthz_answers_ok(client, db):
     assert response.json() == {"status": "ok"}
 
 
-def test_a_failed_step_that_its_error_branch_handled_shows_as_skipped(client, form):
+def test_a_failed_step_that_its_error_branch_handled_shows_as_failed_and_handled(client, form):
     failing = add_node(form, "fail", label="Add loyalty miles", visible=True, config={"message": "down"})
     add_node(form, "set_subtext", parent=failing, branch="on_error", config={"text": "Miles later"})
     add_node(form, "fail", label="Unhandled", visible=True, config={"message": "really down"})
@@ -391,5 +391,6 @@ def test_a_failed_step_that_its_error_branch_handled_shows_as_skipped(client, fo
     record = record_submit(form=form, data={"email": "a@example.com"})
     html = client.get(f"/r/{record.token}/status/", HTTP_HX_REQUEST="true").content.decode()
 
-    assert re.search(r'step-skipped"><span class="step-label">Add loyalty miles</span> <span class="step-state">skipped', html)
+    assert re.search(r'step-failed-handled"><span class="step-label">Add loyalty miles</span> '
+                     r'<span class="step-state">failed — handled', html)
     assert re.search(r'step-failed"><span class="step-label">Unhandled</span> <span class="step-state">failed', html)
