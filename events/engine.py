@@ -251,6 +251,11 @@ def action_execute(*, run, task, node, inline=False, require_due=False):
         error = f"{exc.__class__.__name__}: {exc}"
         return task_fail(run=run, task=task, node=node, error=error, logs=ctx.logs, inline=inline,
                          debug=_trace(task, ctx, started, error=error))
+    problem = RunTask.storage_problem(result.output if isinstance(result, Waiting) else result, "output")
+    if problem:
+        error = f"Its output cannot be stored: {problem}."
+        return task_fail(run=run, task=task, node=node, error=error, logs=ctx.logs, inline=inline,
+                         debug=_trace(task, ctx, started, error=error))
     if isinstance(result, Waiting):
         task_store_waiting(task=task, output=result.output, logs=ctx.logs,
                            debug=_trace(task, ctx, started, output=result.output))
@@ -277,7 +282,10 @@ def _trace(task, ctx, started, *, output=None, error=""):
         "output": output,
         "error": error,
     }
-    return json.loads(json.dumps(trace, cls=DjangoJSONEncoder, default=str))
+    trace = json.loads(json.dumps(trace, cls=DjangoJSONEncoder, default=str))
+    problem = RunTask.storage_problem(trace, "trace")
+    return trace if problem is None else {**trace, "inputs": None, "output": None, "rendered_config": None,
+                                          "note": f"Part of this trace cannot be stored ({problem})."}
 
 
 def marker_pass(*, run, task, inline):

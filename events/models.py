@@ -367,7 +367,7 @@ class RunTask(models.Model):
 
     @staticmethod
     def log_line(line, at=None):
-        return {"at": (at or timezone.now()).isoformat(timespec="milliseconds"), "line": str(line)}
+        return {"at": (at or timezone.now()).isoformat(timespec="milliseconds"), "line": storable_text(line)}
 
     @staticmethod
     def capped_logs(logs, added):
@@ -455,7 +455,8 @@ class RunTask(models.Model):
     def finish(self, status, *, logs=(), output=None, error="", failure="", debug=None):
         """active | awaiting → complete | failed | cancelled, appending logs. True if this call made the change."""
         now = timezone.now()
-        changes = {"status": status, "finished_at": now, "lease_expires_at": None, "error": error, "failure": failure}
+        changes = {"status": status, "finished_at": now, "lease_expires_at": None, "error": storable_text(error),
+                   "failure": failure}
         if output is not None:
             changes["output"] = output
         if logs:
@@ -508,6 +509,22 @@ def failures_handled(tasks):
         if task.status == RunTask.Status.FAILED:
             settle(task)
     return handled
+
+
+def storable_text(text):
+    """``text`` as every database we run on can store it: NUL and unpaired surrogates become U+FFFD.
+
+    For what the engine writes itself (error messages, log lines), which may quote anything a
+    step met; what comes from outside is refused at the API instead.
+    """
+    text = str(text)
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
 
 
 def lease_owner():

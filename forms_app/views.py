@@ -1,7 +1,7 @@
 import logging
 
 from django.conf import settings
-from django.http import HttpResponseRedirect
+from django.http import HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET, require_http_methods
 from django_htmx.http import HttpResponseClientRedirect
@@ -66,8 +66,11 @@ def form_unavailable(request, slug, error):
 
 @require_GET
 def record_wait(request, token):
-    record = get_object_or_404(Record.objects.select_related("form"), token=token)
-    progress = record_progress(record)
+    try:
+        record = get_object_or_404(Record.objects.select_related("form"), token=token)
+        progress = record_progress(record)
+    except DATABASE_UNAVAILABLE as error:
+        return record_unavailable(request, token, error)
     if progress.state == "done" and progress.redirect_url:
         return HttpResponseRedirect(progress.redirect_url)
     return render(request, "forms_app/record_wait.html", {"record": record, "progress": progress})
@@ -75,8 +78,27 @@ def record_wait(request, token):
 
 @require_GET
 def record_status(request, token):
-    record = get_object_or_404(Record.objects.select_related("form"), token=token)
-    progress = record_progress(record)
+    try:
+        record = get_object_or_404(Record.objects.select_related("form"), token=token)
+        progress = record_progress(record)
+    except DATABASE_UNAVAILABLE as error:
+        return record_unavailable(request, token, error)
     if progress.state == "done" and progress.redirect_url:
         return HttpResponseClientRedirect(progress.redirect_url)
     return render(request, "forms_app/record_wait.html#status", {"record": record, "progress": progress})
+
+
+def record_unavailable(request, token, error):
+    """503 while the database cannot be reached: the waiting page says so and tries again.
+
+    The htmx poll gets an empty 503, which htmx does not swap in: the page keeps what it
+    showed and polls again at its next tick.
+    """
+    logger.warning("Waiting page: the database cannot be reached (%s); answered 503", error)
+    retry_after = settings.EVENTS_UNAVAILABLE_RETRY_AFTER_SECONDS
+    if request.htmx:
+        response = HttpResponse(status=503)
+    else:
+        response = render(request, "forms_app/record_unavailable.html", {"retry_after": retry_after}, status=503)
+    response["Retry-After"] = str(retry_after)
+    return response

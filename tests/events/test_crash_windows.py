@@ -314,3 +314,56 @@ def test_a_trigger_event_step_run_again_after_a_crash_starts_its_child_run_once(
     assert Run.objects.filter(event="follow_up").count() == 1
     assert task(record, "fire").status == RunTask.Status.COMPLETE
     assert run_of(record).status == Run.Status.COMPLETE
+
+
+# What a step produces can always be stored ----------------------------------------------------
+
+
+@pytest.fixture
+def odd_step(monkeypatch):
+    """A node type (test only) that raises or returns what ``behaviour`` says."""
+    from events.nodes import registry
+    from events.nodes.base import NodeType
+
+    behaviour = {}
+
+    class Odd(NodeType):
+        key, label, config_form = "odd_step", "Odd step", registry.get("go_async").config_form
+
+        def execute(self, ctx):
+            ctx.log("seen: a\x00b")
+            if "raise" in behaviour:
+                raise ValueError(behaviour["raise"])
+            return behaviour["return"]
+
+    monkeypatch.setitem(registry._types, "odd_step", Odd)
+    return behaviour
+
+
+@pytest.mark.parametrize("output", [{"text": "a\x00b"}, {"text": "a\ud800b"}, {"number": float("nan")}])
+def test_a_step_whose_output_cannot_be_stored_fails_at_once_with_a_clear_error(
+    trail_form, add_mark, submit, odd_step, output
+):
+    odd_step["return"] = output
+    add_node(trail_form, "odd_step", name="odd")
+    add_mark("B")
+
+    record = submit()
+
+    odd = task(record, "odd")
+    assert odd.status == RunTask.Status.FAILED
+    assert odd.error.startswith("Its output cannot be stored: output.")
+    assert run_of(record).status == Run.Status.FAILED
+    assert task(record, "b").status == RunTask.Status.CANCELLED
+
+
+def test_an_error_message_or_log_line_with_a_nul_is_stored_readably(trail_form, submit, odd_step):
+    odd_step["raise"] = "bad byte \x00 here"
+    add_node(trail_form, "odd_step", name="odd")
+
+    record = submit()
+
+    odd = task(record, "odd")
+    assert odd.status == RunTask.Status.FAILED
+    assert odd.error == "ValueError: bad byte \ufffd here"
+    assert any(entry["line"] == "seen: a\ufffdb" for entry in odd.logs)

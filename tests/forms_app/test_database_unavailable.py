@@ -88,3 +88,28 @@ def test_the_form_page_while_the_database_is_down_is_a_503(client, form, databas
     assert response.status_code == 503
     assert response["Retry-After"] == str(settings.EVENTS_UNAVAILABLE_RETRY_AFTER_SECONDS)
     assert "This form cannot be shown just now" in response.content.decode()
+
+
+def test_the_waiting_page_while_the_database_is_down_is_a_503_that_tries_again(client, database_down, settings):
+    settings.EVENTS_UNAVAILABLE_RETRY_AFTER_SECONDS = 7
+    database_down()
+
+    response = client.get("/r/abcdefghijklmnop/")
+
+    assert response.status_code == 503
+    assert response["Retry-After"] == "7"
+    page = response.content.decode()
+    assert '<meta http-equiv="refresh" content="7">' in page
+    assert "Your submission is safe" in page
+
+
+def test_the_waiting_pages_poll_while_the_database_is_down_is_an_empty_503_htmx_does_not_swap(
+    client, database_down
+):
+    database_down()
+
+    response = client.get("/r/abcdefghijklmnop/status/", headers={"HX-Request": "true"})
+
+    assert response.status_code == 503
+    assert response.content == b""
+    assert response["Retry-After"]
