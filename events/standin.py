@@ -24,7 +24,7 @@ from django.conf import settings
 from django.http import Http404, HttpResponseNotAllowed, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from . import tasks
+from . import queue
 
 SEAT = "14C"
 PROGRESS_PATH = "/api/event-workflow-tasks/{task_id}"
@@ -60,7 +60,7 @@ def external_service(request):
         work = standin_request_parse(request.body)
     except StandInRequestError as exc:
         return JsonResponse({"error": {"code": "invalid_request", "message": str(exc), "details": None}}, status=400)
-    tasks.standin_enqueue(**work, step_seconds=float(getattr(settings, "EVENTS_DEMO_SERVICE_STEP_SECONDS",
+    queue.standin_enqueue(**work, step_seconds=float(getattr(settings, "EVENTS_DEMO_SERVICE_STEP_SECONDS",
                                                              DEFAULT_STEP_SECONDS)))
     return JsonResponse({"taskId": work["task_id"], "accepted": True,
                          "message": "Checking seat availability; progress and the answer follow."}, status=202)

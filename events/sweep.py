@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
-from . import engine, tasks
+from . import engine, queue
 from .models import Repair, Run, RunTask
 
 logger = logging.getLogger("events.sweep")
@@ -63,13 +63,13 @@ def _lost_handoffs(now):
         RunTask.objects.filter(status=RunTask.Status.PENDING, enqueued_at__lt=check)
         .order_by("enqueued_at").values_list("pk", "enqueued_at", "handoff_id")[:BATCH]
     )
-    in_broker = tasks.handoffs_in_broker([handoff_id for _, _, handoff_id in candidates], now=now)
+    in_broker = queue.handoffs_in_broker([handoff_id for _, _, handoff_id in candidates], now=now)
     requeued = 0
     for task_id, enqueued_at, handoff_id in candidates:
         state = in_broker.get(handoff_id)
         if state == "ready" or (state == "taken" and enqueued_at >= taken_cutoff):
             continue
-        requeued += tasks.task_resend(task_id=task_id, enqueued_at=enqueued_at)
+        requeued += queue.task_resend(task_id=task_id, enqueued_at=enqueued_at)
     return requeued
 
 

@@ -12,7 +12,7 @@ import pytest
 from django.utils import timezone
 from django_q.models import OrmQ
 
-from events import engine, tasks
+from events import engine, queue, tasks
 from events.models import Run, RunTask
 from events.sweep import sweep
 from tests.events.api_fixtures import allow_local_http, callback_server  # noqa: F401  fixtures
@@ -78,7 +78,7 @@ def test_a_failure_callback_that_breaks_off_before_failing_the_run_leaves_the_ta
     wait = task(record, "wait")
     assert wait.status == RunTask.Status.AWAITING
 
-    monkeypatch.setattr("events.engine.run_fail", die)
+    monkeypatch.setattr("events.engine.failures.run_fail", die)
     with pytest.raises(ProcessDied):
         engine.task_callback(task_id=wait.pk, status="FAILURE")
     monkeypatch.undo()
@@ -115,7 +115,7 @@ def test_a_deadline_that_breaks_off_before_failing_the_run_leaves_the_task_await
     record = submit()
     later = timezone.now() + timedelta(seconds=601)
 
-    monkeypatch.setattr("events.engine.run_fail", die)
+    monkeypatch.setattr("events.engine.failures.run_fail", die)
     with pytest.raises(ProcessDied):
         engine.awaiting_expire(now=later)
     monkeypatch.undo()
@@ -141,7 +141,7 @@ def test_a_step_given_up_by_the_sweep_fails_with_its_consequence_or_not_at_all(
     )
     RunTask.objects.filter(run__record=record, name="b").update(status=RunTask.Status.PENDING)
 
-    monkeypatch.setattr("events.engine.run_fail", die)
+    monkeypatch.setattr("events.engine.failures.run_fail", die)
     with pytest.raises(ProcessDied):
         sweep_now()
     monkeypatch.undo()
@@ -160,7 +160,7 @@ def test_a_failure_inside_a_walk_that_breaks_off_leaves_the_step_running_for_its
     add_node(trail_form, "fail", name="boom", config={"message": "no"})
     add_mark("B")
 
-    monkeypatch.setattr("events.engine.run_fail", die)
+    monkeypatch.setattr("events.engine.failures.run_fail", die)
     monkeypatch.setattr("forms_app.services.logger.exception", lambda *a, **k: None)
     record = submit()  # the request survives: its inline phase broke off
     monkeypatch.undo()
@@ -257,7 +257,7 @@ def test_a_success_callback_hands_off_the_next_step_in_its_own_transaction(
     record = submit()
     wait = task(record, "wait")
 
-    monkeypatch.setattr("events.tasks._send", die)
+    monkeypatch.setattr("events.queue._send", die)
     with pytest.raises(ProcessDied):
         engine.task_callback(task_id=wait.pk, status="SUCCESS")
     monkeypatch.undo()
@@ -309,7 +309,7 @@ def test_a_trigger_event_step_run_again_after_a_crash_starts_its_child_run_once(
     Run.objects.filter(pk=fire.run_id).update(status=Run.Status.RUNNING, finished_at=None)
 
     with django_capture_on_commit_callbacks(execute=True):
-        tasks.task_enqueue(task_id=fire.pk)
+        queue.task_enqueue(task_id=fire.pk)
 
     assert Run.objects.filter(event="follow_up").count() == 1
     assert task(record, "fire").status == RunTask.Status.COMPLETE

@@ -2,7 +2,7 @@
 
 import pytest
 
-from events import tasks
+from events import queue, tasks
 from events.models import RunTask
 from forms_app.services import record_submit
 from tests.factories import add_node
@@ -106,7 +106,7 @@ def test_each_attempt_of_a_retried_step_gets_its_own_trace(form, submit_now, dja
 
     record = submit_now()
     with django_capture_on_commit_callbacks(execute=True):
-        tasks.dispatch_due()
+        queue.dispatch_due()
 
     boom = tasks_of(record)["boom"]
     assert boom.status == RunTask.Status.FAILED

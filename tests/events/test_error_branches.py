@@ -11,7 +11,7 @@ import pytest
 from django.utils import timezone
 from django_q.models import OrmQ
 
-from events import engine, tasks
+from events import engine, queue, tasks
 from events.models import Run, RunTask
 from forms_app.models import Record
 from forms_app.services import record_submit
@@ -354,7 +354,7 @@ def test_exhausted_retries_run_the_error_branch_with_type_retries(
     assert first.record.data["caught"] == ""
 
     with django_capture_on_commit_callbacks(execute=True):
-        sent = tasks.dispatch_due()
+        sent = queue.dispatch_due()
 
     assert sent == 1
     done = first.reload()
@@ -374,7 +374,7 @@ def test_an_enqueue_that_raises_runs_the_containers_error_branch_and_keeps_recor
     def broker_down(*args, **kwargs):
         raise ConnectionError("broker down")
 
-    monkeypatch.setattr("events.tasks._send", broker_down)
+    monkeypatch.setattr("events.queue._send", broker_down)
     background = add_node(errors_form, "background", name="bg", label="Work")
     add_node(errors_form, "set_flag", parent=background, name="inside", config={"flag": "inside"})
     add_catcher(errors_form, background)
@@ -400,7 +400,7 @@ def test_an_enqueue_that_raises_without_an_error_branch_fails_the_run_but_keeps_
     def broker_down(*args, **kwargs):
         raise ConnectionError("broker down")
 
-    monkeypatch.setattr("events.tasks._send", broker_down)
+    monkeypatch.setattr("events.queue._send", broker_down)
     background = add_node(errors_form, "background", name="bg")
     add_node(errors_form, "set_flag", parent=background, name="inside", config={"flag": "inside"})
 

@@ -6,7 +6,7 @@ import pytest
 from django.utils import timezone
 from django_q.models import OrmQ
 
-from events import engine, tasks
+from events import engine, queue, tasks
 from events.models import Run, RunTask
 from events.nodes import registry
 from events.nodes.base import ConfigForm, NodeError, NodeType
@@ -73,7 +73,7 @@ def dispatch(sync_queue, django_capture_on_commit_callbacks):
 
     def dispatch():
         with django_capture_on_commit_callbacks(execute=True):
-            return tasks.dispatch_due()
+            return queue.dispatch_due()
 
     return dispatch
 
@@ -251,7 +251,7 @@ def test_dispatch_due_sends_a_due_retry_and_the_job_runs_it_and_continues_the_se
     make_due(record, "flaky")
 
     with django_capture_on_commit_callbacks(execute=True):
-        assert tasks.dispatch_due() == 1
+        assert queue.dispatch_due() == 1
     [job] = OrmQ.objects.all()
     assert job.func() == "events.tasks.task_job"
     assert job.args() == (str(task(record, "flaky").pk),)

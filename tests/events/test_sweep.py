@@ -7,7 +7,7 @@ from django.db import transaction
 from django.utils import timezone
 from django_q.models import OrmQ
 
-from events import engine, tasks
+from events import engine, queue, tasks
 from events.models import Repair, Run, RunTask, lease_owner
 from events.sweep import sweep
 from tests.factories import RecordFactory, add_node
@@ -40,7 +40,7 @@ def dispatch(sync_queue, django_capture_on_commit_callbacks):
 
     def dispatch():
         with django_capture_on_commit_callbacks(execute=True):
-            return tasks.dispatch_due()
+            return queue.dispatch_due()
 
     return dispatch
 
@@ -239,7 +239,7 @@ def handed_off(run, node, *, seconds_ago, in_broker=False, taken=False):
     ``taken``: a worker took the job from the broker (and, say, died before it started it).
     """
     task = row(run, node)
-    assert tasks.container_enqueue(task_id=task.pk, due_at=timezone.now() - timedelta(seconds=seconds_ago))
+    assert queue.container_enqueue(task_id=task.pk, due_at=timezone.now() - timedelta(seconds=seconds_ago))
     RunTask.objects.filter(pk=task.pk).update(enqueued_at=timezone.now() - timedelta(seconds=seconds_ago))
     job = OrmQ.objects.get(pk=row(run, node).handoff_id)
     if not in_broker:
@@ -588,7 +588,7 @@ def test_the_heartbeat_renews_the_leases_its_process_holds_and_no_others(setting
     RunTask.objects.filter(pk=row(run, b).pk).update(
         status=RunTask.Status.ACTIVE, lease_expires_at=soon, lease_owner="elsewhere:1:x/2")
 
-    assert tasks.leases_renew(owner=lease_owner()) == 1
+    assert queue.leases_renew(owner=lease_owner()) == 1
 
     assert row(run, a).lease_expires_at > timezone.now() + timedelta(seconds=55)
     assert row(run, b).lease_expires_at == soon

@@ -7,7 +7,8 @@ from django_q.models import OrmQ
 
 from events import engine
 from events.models import Run, RunTask
-from events.tasks import container_enqueue, container_job, dispatch_due
+from events.tasks import container_job
+from events.queue import container_enqueue, dispatch_due
 from tests.factories import RecordFactory, add_node
 
 
@@ -226,7 +227,7 @@ def test_a_failed_hand_off_is_unmarked_so_the_next_dispatch_tries_again(delay_tr
     def broker_down(*args, **kwargs):
         raise ConnectionError("broker down")
 
-    monkeypatch.setattr("events.tasks._send", broker_down)
+    monkeypatch.setattr("events.queue._send", broker_down)
     assert dispatch_due() == 0
     task.refresh_from_db()
     assert task.enqueued_at is None

@@ -11,7 +11,8 @@ from django_q.models import OrmQ
 
 from events import engine
 from events.models import Run, RunTask
-from events.tasks import dispatch_due, resume_job, task_job
+from events.tasks import resume_job, task_job
+from events.queue import dispatch_due
 from forms_app.services import record_submit
 from tests.events.nodes.conftest import allow_local_http, http_server  # noqa: F401  (shared fixtures)
 from tests.factories import RecordFactory, add_node

@@ -11,7 +11,7 @@ from django.db import OperationalError
 from django.utils import timezone
 from django_q.models import OrmQ
 
-from events import engine, tasks
+from events import engine, queue, tasks
 from events.management.commands.worker import Command
 from events.models import Repair, Run, RunTask, lease_owner
 from tests.factories import add_node
@@ -20,10 +20,10 @@ from tests.factories import add_node
 @pytest.fixture
 def stopping(monkeypatch):
     """This process is a worker whose stop has begun."""
-    monkeypatch.setattr(tasks, "_stopping", None)
-    tasks.worker_prepare()
-    monkeypatch.setattr(tasks, "_heartbeat", {"pid": __import__("os").getpid()})  # no thread in tests
-    tasks.worker_stop_claiming()
+    monkeypatch.setattr(queue, "_stopping", None)
+    queue.worker_prepare()
+    monkeypatch.setattr(queue, "_heartbeat", {"pid": __import__("os").getpid()})  # no thread in tests
+    queue.worker_stop_claiming()
     return tasks
 
 
@@ -57,11 +57,11 @@ def test_a_container_walk_stops_before_its_next_step_and_hands_the_container_bac
 
     def execute_then_stop(self, ctx):
         result = original(self, ctx)
-        tasks.worker_prepare()
-        tasks.worker_stop_claiming()
+        queue.worker_prepare()
+        queue.worker_stop_claiming()
         return result
 
-    monkeypatch.setattr(tasks, "_stopping", None)
+    monkeypatch.setattr(queue, "_stopping", None)
     monkeypatch.setattr(UpdateField, "execute", execute_then_stop)
     with django_capture_on_commit_callbacks(execute=True):
         assert tasks.task_job(*job.args()) == "elsewhere"
@@ -76,7 +76,7 @@ def test_a_container_walk_stops_before_its_next_step_and_hands_the_container_bac
     assert again.args() == (str(bg.pk),) and bg.handoff_id == again.pk
 
     # The next worker (not stopping) walks the container again: A is not repeated.
-    monkeypatch.setattr(tasks, "_stopping", None)
+    monkeypatch.setattr(queue, "_stopping", None)
     assert run_jobs(django_capture_on_commit_callbacks) == ["done"]
     record.refresh_from_db()
     assert record.data["trail"] == "AB"

@@ -229,7 +229,7 @@ def test_error_branch_steps_show_right_under_the_step_they_handle_before_its_lat
     add_pending_delay(form, label="Follow-up", visible=True)
     record = submit(form)
     [container] = Run.objects.get(record=record).tasks.filter(label="Confirm")
-    engine.container_execute(task_id=container.pk)  # the worker's part
+    engine.task_job(task_id=container.pk)  # the worker's part
 
     html = status_html(client, record)
 

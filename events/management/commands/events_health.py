@@ -5,7 +5,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.utils import timezone
 
-from events import tasks
+from events import queue
 from events.models import Repair, RunTask
 
 
@@ -38,15 +38,15 @@ class Command(BaseCommand):
 
 def health(*, overdue_seconds=60):
     now = timezone.now()
-    queue = tasks.queue_stats(now=now)
+    stats = queue.queue_stats(now=now)
     stuck = RunTask.objects.filter(status=RunTask.Status.ACTIVE, lease_expires_at__lt=now).count()
     overdue = RunTask.objects.filter(
         status=RunTask.Status.PENDING, due_at__lt=now - timedelta(seconds=overdue_seconds)
     ).count()
     past_deadline = RunTask.objects.awaiting_past_deadline(now).count()
     problems = []
-    if queue["oldest_ready_age"] > settings.EVENTS_WATCHDOG_SECONDS:
-        problems.append(f"the oldest ready job has waited {queue['oldest_ready_age']:.0f} s")
+    if stats["oldest_ready_age"] > settings.EVENTS_WATCHDOG_SECONDS:
+        problems.append(f"the oldest ready job has waited {stats['oldest_ready_age']:.0f} s")
     if stuck:
         problems.append(f"{stuck} task(s) held by a worker that stopped (lease expired)")
     if overdue:
@@ -56,9 +56,9 @@ def health(*, overdue_seconds=60):
     return {
         "healthy": not problems,
         "problems": "; ".join(problems) or "none",
-        "queue_ready_jobs": queue["ready"],
-        "queue_taken_jobs": queue["taken"],
-        "queue_oldest_ready_age_seconds": round(queue["oldest_ready_age"], 1),
+        "queue_ready_jobs": stats["ready"],
+        "queue_taken_jobs": stats["taken"],
+        "queue_oldest_ready_age_seconds": round(stats["oldest_ready_age"], 1),
         "stuck_tasks": stuck,
         "overdue_tasks": overdue,
         "awaiting_past_deadline": past_deadline,

@@ -5,7 +5,7 @@ from django.core.management.base import BaseCommand
 from django.utils import timezone
 
 from events.models import Run
-from events.tasks import prune_queue_results
+from events.queue import prune_queue_results
 
 
 class Command(BaseCommand):

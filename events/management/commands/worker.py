@@ -15,7 +15,7 @@ from django.db import close_old_connections
 from django.utils import timezone
 from django_q import cluster as q_cluster
 
-from events import engine, sweep, tasks
+from events import engine, queue, sweep
 from events.models import Repair, RunTask
 
 logger = logging.getLogger("events.worker")
@@ -42,7 +42,7 @@ class Command(BaseCommand):
         # so that on a stop it can put back what they still hold.
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         os.environ["EVENTS_WORKER_ID"] = self.worker_id
-        tasks.worker_prepare()
+        queue.worker_prepare()
         register_after_fork(self, _die_with_parent)
         cluster = self.cluster_start()
         self.stdout.write(f"worker: cluster started; dispatching due tasks every {settings.EVENTS_DISPATCH_INTERVAL} s")
@@ -74,7 +74,7 @@ class Command(BaseCommand):
 
     def stop(self, cluster):
         """Stop claiming, let running steps finish (within the grace period), put back what is left."""
-        tasks.worker_stop_claiming()
+        queue.worker_stop_claiming()
         self.cluster_stop(cluster, grace=settings.EVENTS_STOP_GRACE_SECONDS)
         close_old_connections()
         released = self.release_held()
@@ -123,7 +123,7 @@ class Command(BaseCommand):
     def dispatch(self):
         """Due containers and retries go to the queue; callbacks past their deadline fail (each tick)."""
         try:
-            sent = tasks.dispatch_due()
+            sent = queue.dispatch_due()
             expired = engine.awaiting_expire()
         except Exception:
             logger.exception("dispatch failed; trying again")
@@ -142,7 +142,7 @@ class Command(BaseCommand):
     def stalled(self):
         """The watchdog: the oldest ready job has waited too long while the cluster claims to run."""
         try:
-            stats = tasks.queue_stats()
+            stats = queue.queue_stats()
         except Exception:
             logger.exception("could not read the queue")
             return False

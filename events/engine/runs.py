@@ -1,0 +1,155 @@
+"""Runs: start one pinned to a snapshot, and end it (complete, failed, cancelled)."""
+
+import enum
+import uuid
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Exists, OuterRef, Q
+from django.utils import timezone
+
+from forms_app.models import RECORD_UPDATE, Record
+
+from ..models import Node, Run, RunTask
+from ..nodes import registry
+from ..nodes.base import NodeError
+
+
+class Outcome(enum.Enum):
+    DONE = "done"
+    FAILED = "failed"
+    SUSPENDED = "suspended"  # a step waits for a callback; the sequence resumes after it
+    STOPPED = "stopped"  # the run ended elsewhere (failed or cancelled) while we walked
+    ELSEWHERE = "elsewhere"  # another walker holds this sequence (a duplicate delivery)
+
+
+def run_start(*, record, event=RECORD_UPDATE, properties=None, parent_run=None, parent_task=None,
+              is_submission=False, snapshot=None, debug=False):
+    """Create a run pinned to the current tree of (form, event) and a pending task per node.
+
+    Call it inside the caller's transaction: the record, the run and its tasks
+    commit together. Nothing here has a side effect outside the database.
+    ``snapshot`` replaces the event's tree (a container's branch run as its own run).
+    ``debug``: every task collects a debug trace (the container's collect_debug), as the form's switch does.
+    """
+    depth = parent_run.depth + 1 if parent_run is not None else 0
+    if depth > settings.EVENTS_MAX_EVENT_DEPTH:
+        raise NodeError(
+            f"Stopped a runaway chain of events: “{event}” would be run number {depth + 1} in one chain "
+            f"(EVENTS_MAX_EVENT_DEPTH is {settings.EVENTS_MAX_EVENT_DEPTH})."
+        )
+    if snapshot is None:
+        snapshot = Node.objects.snapshot(record.form, event)
+    run = Run.objects.create(
+        form_id=record.form_id,
+        record=record,
+        event=event,
+        is_submission=is_submission,
+        parent_run=parent_run,
+        parent_task=parent_task,
+        depth=depth,
+        snapshot=snapshot,
+        properties=properties or {},
+    )
+    RunTask.objects.bulk_create(tasks_for(run, snapshot, debug=debug or record.form.collect_debug))
+    return run
+
+
+def tasks_for(run, nodes, *, parent_id=None, branch="main", debug=False, position=0):
+    """Task rows for ``nodes`` and their main-branch descendants (error branches wait until needed)."""
+    tasks = []
+
+    def add(nodes, parent_id, branch, debug):
+        for node in nodes:
+            node_type = registry.get(node["type"])
+            task = RunTask(
+                id=uuid.uuid4(),
+                run=run,
+                parent_id=parent_id,
+                node_id=node["id"],
+                position=position + len(tasks),
+                type=node["type"],
+                name=node.get("name", ""),
+                label=node.get("label", "")[:200],
+                visible=node.get("visible", False),
+                is_container=node_type.is_container,
+                branch=branch,
+                max_attempts=max(1, int(node.get("retry", {}).get("max_attempts", 1))),
+                collect_debug=debug or bool(node.get("config", {}).get("collect_debug")),
+            )
+            tasks.append(task)
+            if not runs_as_own_run(node):
+                add(node.get("children", []), task.id, "main", task.collect_debug)
+
+    add(nodes, parent_id, branch, debug)
+    return tasks
+
+
+def runs_as_own_run(node):
+    """A container with event_type or event_properties records its branch as a run of its own."""
+    config = node.get("config", {})
+    return registry.get(node["type"]).is_deferred and bool(config.get("event_type") or config.get("event_properties"))
+
+
+def run_fail(*, run, error):
+    """running → failed: cancel every task still pending or awaiting; the record is complete."""
+    now = timezone.now()
+    with transaction.atomic():
+        won = Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).update(
+            status=Run.Status.FAILED, error=error, finished_at=now
+        )
+        if won:
+            _cancel_open_tasks(run, now)
+            if run.is_submission:
+                Record.objects.filter(pk=run.record_id).update(is_complete=True)
+    return bool(won)
+
+
+def _cancel_open_tasks(run, now):
+    """Cancel what never ran or still waits, and containers parked behind a waiting step."""
+    run.tasks.filter(
+        Q(status__in=[RunTask.Status.PENDING, RunTask.Status.AWAITING])
+        | Q(status=RunTask.Status.ACTIVE, is_container=True, lease_expires_at__isnull=True)
+    ).update(status=RunTask.Status.CANCELLED, finished_at=now)
+
+
+def run_finish_if_done(*, run):
+    """running → complete once every task is terminal. Safe when two last tasks finish at once."""
+    with transaction.atomic():
+        # The row lock (PostgreSQL) or the IMMEDIATE write lock (SQLite) serialises the check.
+        Run.objects.select_for_update().filter(pk=run.pk).values_list("pk", flat=True).first()
+        if run.tasks.unfinished().exists():
+            return False
+        unhandled = run.tasks.filter(status=RunTask.Status.FAILED).exclude(
+            Exists(RunTask.objects.filter(parent=OuterRef("pk"), branch="on_error"))
+        ).first()
+        if unhandled is not None:
+            # Never complete past a failure nothing handled (a crash between two commits of an older version).
+            run_fail(run=run, error=failure_message(unhandled))
+            return False
+        won = Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).update(
+            status=Run.Status.COMPLETE, finished_at=timezone.now()
+        )
+        if won and run.is_submission:
+            Record.objects.filter(pk=run.record_id).update(is_complete=True)
+    return bool(won)
+
+
+def run_cancel(*, run, reason="Cancelled by an admin."):
+    """Stop a run: pending and awaiting tasks are cancelled; active ones stop before their next step."""
+    now = timezone.now()
+    with transaction.atomic():
+        won = Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).update(
+            status=Run.Status.CANCELLED, error=reason, finished_at=now
+        )
+        if won:
+            _cancel_open_tasks(run, now)
+            if run.is_submission:
+                Record.objects.filter(pk=run.record_id).update(is_complete=True)
+    return bool(won)
+
+
+def failure_message(task):
+    if task.failure == RunTask.Failure.TIMEOUT:
+        return f"{task.label or task.type} timed out waiting for a callback."
+    return f"{task.label or task.type} failed: {task.error}"

@@ -1,0 +1,27 @@
+"""A run's snapshot: the tree as it was when the run fired, as nested plain data."""
+
+
+def snapshot_node(nodes, node_id):
+    for node in nodes:
+        if node["id"] == node_id:
+            return node
+        found = snapshot_node(node.get("children", []) + node.get("on_error", []), node_id)
+        if found is not None:
+            return found
+    return None
+
+
+def tree_order(nodes):
+    """The snapshot's nodes in the order they run: each node, its children, then its error branch."""
+    for node in nodes:
+        yield node
+        yield from tree_order(node.get("children", []))
+        yield from tree_order(node.get("on_error", []))
+
+
+def subtree_node_ids(nodes):
+    ids = []
+    for node in nodes:
+        ids.append(node["id"])
+        ids.extend(subtree_node_ids(node.get("children", [])))
+    return ids

@@ -1,0 +1,212 @@
+"""The queue boundary, sending side: the only module that imports django_q.
+
+Jobs carry ids only; what a worker runs is in ``events.tasks``, which loads each
+task by id and lets the engine claim it with a compare-and-set, so a duplicate
+delivery does nothing. The queue is a doorbell; our RunTask table is the truth.
+
+A hand-off is written in the caller's transaction: the task's mark
+(``enqueued_at``, ``handoff_id``) and django-q2's broker row (the database
+broker, ``OrmQ``) commit or roll back together, so a committed hand-off is
+never lost before a worker sees it, and a rolled-back one never reaches a
+worker. The sweep checks ``handoff_id`` against the broker before it sends a
+hand-off again.
+"""
+
+import logging
+import multiprocessing
+import os
+import threading
+import time
+import uuid
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import close_old_connections, transaction
+from django.utils import timezone
+from django_q.brokers import get_broker
+from django_q.conf import Conf
+from django_q.models import OrmQ, Task
+from django_q.signing import SignedPackage
+from django_q.tasks import async_task
+
+from .models import RunTask, lease_owner
+
+logger = logging.getLogger("events.tasks")
+
+TASK_JOB = "events.tasks.task_job"  # the one job entry (events/tasks.py)
+
+
+# --- Sending -------------------------------------------------------------------------------
+
+
+def task_enqueue(*, task_id, due_at=None, only_unsent=True):
+    """Hand a pending task to the queue, as part of the current transaction (one is opened if none is).
+
+    What the worker does with it depends on the task (``engine.task_job``): a
+    deferred container that has a due time runs its children; anything else is
+    walked from, with its sequence. ``due_at``, when given, is stored in the same
+    update. ``only_unsent``: leave alone a task someone already handed off.
+    Returns False when the task is not pending (or was already handed off).
+    """
+    with transaction.atomic():
+        changes = {"enqueued_at": timezone.now()}
+        if due_at is not None:
+            changes["due_at"] = due_at
+        pending = RunTask.objects.filter(pk=task_id, status=RunTask.Status.PENDING)
+        if only_unsent:
+            pending = pending.filter(enqueued_at__isnull=True)
+        if not pending.update(**changes):
+            return False
+        handoff_id = _send(TASK_JOB, str(task_id), name=f"task-{task_id}")
+        if handoff_id is not None:
+            RunTask.objects.filter(pk=task_id).update(handoff_id=handoff_id)
+    return True
+
+
+def task_resend(*, task_id, enqueued_at):
+    """The sweep: send a hand-off again (compare-and-set on the hand-off it saw). True if sent."""
+    with transaction.atomic():
+        if not RunTask.objects.filter(pk=task_id, status=RunTask.Status.PENDING, enqueued_at=enqueued_at).update(
+            enqueued_at=None
+        ):
+            return False
+        return task_enqueue(task_id=task_id)
+
+
+# Older names of the one job entry (messages sent by earlier versions may still be queued).
+def container_enqueue(*, task_id, due_at=None):
+    return task_enqueue(task_id=task_id, due_at=due_at)
+
+
+def walk_from_enqueue(*, task_id):
+    return task_enqueue(task_id=task_id)
+
+
+def _send(func, *args, name):
+    """Put one job in django-q2's database broker, inside the current transaction. Returns its row id.
+
+    In django-q2's sync mode (tests) the job runs in this process once the
+    transaction commits, as ``async_task`` would run it; there is no row then.
+    """
+    if Conf.SYNC:
+        transaction.on_commit(lambda: async_task(func, *args, task_name=name))
+        return None
+    package = {
+        "id": uuid.uuid4().hex,
+        "name": name,
+        "func": func,
+        "args": args,
+        "kwargs": {},
+        "started": timezone.now(),
+        "ack_failure": Conf.ACK_FAILURES,
+    }
+    # Inside an atomic block django-q2's database broker writes with our
+    # connection and leaves it open (outside one, it would close it first).
+    return get_broker().enqueue(SignedPackage.dumps(package))
+
+
+def handoffs_in_broker(handoff_ids, *, now=None):
+    """{row id: "ready" | "taken"} for the broker rows among ``handoff_ids`` that still exist."""
+    now = now or timezone.now()
+    rows = OrmQ.objects.filter(pk__in=[pk for pk in handoff_ids if pk is not None]).values_list("pk", "lock")
+    return {pk: ("taken" if lock and lock > now else "ready") for pk, lock in rows}
+
+
+def dispatch_due(*, limit=200):
+    """Hand every container or retry whose due time has come to the queue. Returns how many were sent.
+
+    Runs in ``manage.py worker`` several times a second: this, not the broker, is
+    what makes a delay fire on time.
+    """
+    sent = 0
+    for task_id in RunTask.objects.due_for_dispatch().values_list("pk", flat=True)[:limit]:
+        try:
+            sent += task_enqueue(task_id=task_id)
+        except Exception:
+            logger.exception("Could not hand task %s to the queue; will try again", task_id)
+    return sent
+
+
+# --- Worker lifecycle: the stop flag and the lease heartbeat -------------------------------
+
+_stopping = None
+_heartbeat = {"pid": None}
+
+
+def worker_prepare():
+    """In ``manage.py worker``, before its cluster forks: a stop flag every cluster process shares."""
+    global _stopping
+    _stopping = multiprocessing.get_context("fork").Event()
+
+
+def worker_stop_claiming():
+    """From now on no step is claimed in this worker's processes; walks hand the rest back."""
+    if _stopping is not None:
+        _stopping.set()
+
+
+def worker_stopping():
+    return _stopping is not None and _stopping.is_set()
+
+
+def heartbeat_start():
+    """In a cluster process: renew the leases this process holds, every third of a lease, until it exits.
+
+    So a single step may run longer than the lease (up to EVENTS_JOB_TIMEOUT)
+    without the sweep taking it for abandoned, and the lease can be short: a
+    step whose worker was killed is run again within about one lease.
+    """
+    if _stopping is None or _heartbeat["pid"] == os.getpid():
+        return  # not in a worker (the request, tests), or already beating in this process
+    _heartbeat["pid"] = os.getpid()
+    threading.Thread(target=_heartbeat_loop, args=(lease_owner(),), name="lease-heartbeat", daemon=True).start()
+
+
+def _heartbeat_loop(owner):
+    while True:
+        time.sleep(max(0.5, settings.EVENTS_TASK_LEASE_SECONDS / 3))
+        try:
+            leases_renew(owner=owner)
+        except Exception:
+            logger.warning("lease heartbeat: the database did not answer; trying again", exc_info=True)
+        finally:
+            close_old_connections()
+
+
+def leases_renew(*, owner):
+    """One heartbeat: a full lease again for every running step ``owner`` holds. Returns how many."""
+    return RunTask.objects.filter(
+        status=RunTask.Status.ACTIVE, lease_owner=owner, lease_expires_at__isnull=False
+    ).update(lease_expires_at=timezone.now() + timedelta(seconds=settings.EVENTS_TASK_LEASE_SECONDS))
+
+
+# --- The demo's stand-in service, and what the operator's commands read ---------------------
+
+
+def standin_enqueue(*, task_id, callback_url, callback_token, progress_url, step_seconds):
+    """Hand the demo stand-in service's work for one waiting task to the queue, in this transaction.
+
+    The job's arguments include the task's callback token: the stand-in plays an
+    external system, which holds that token too (demo only, see events/standin.py).
+    """
+    with transaction.atomic():
+        _send("events.tasks.standin_job", task_id, callback_url, callback_token, progress_url, step_seconds,
+              name=f"standin-{task_id}")
+
+
+def queue_stats(*, now=None):
+    """What the broker holds: jobs ready to run, and how long the oldest ready one has waited (seconds)."""
+    now = now or timezone.now()
+    ready = OrmQ.objects.filter(lock__lt=now)
+    oldest = ready.order_by("lock").values_list("lock", flat=True).first()
+    return {
+        "ready": ready.count(),
+        "taken": OrmQ.objects.filter(lock__gte=now).count(),
+        "oldest_ready_age": (now - oldest).total_seconds() if oldest else 0.0,
+    }
+
+
+def prune_queue_results(*, before):
+    """Delete django-q2's stored results older than ``before`` (we keep our own in RunTask)."""
+    deleted, _ = Task.objects.filter(stopped__lt=before).delete()
+    return deleted
