@@ -444,12 +444,15 @@ class RunTask(models.Model):
         claimable = RunTask.objects.filter(pk=self.pk, status=self.Status.PENDING)
         if require_due:
             claimable = claimable.filter(Q(due_at__isnull=True) | Q(due_at__lte=now))
+        owner = lease_owner()
         won = claimable.update(
             status=self.Status.ACTIVE, attempt=F("attempt") + 1, started_at=now, lease_expires_at=lease,
-            lease_owner=lease_owner(),
+            lease_owner=owner,
         )
         if won:
-            self.refresh_from_db(fields=["status", "attempt", "started_at", "lease_expires_at", "lease_owner"])
+            # Nothing changes a pending task's attempt count, so this copy's count plus one is the row's.
+            self.status, self.attempt, self.started_at = self.Status.ACTIVE, self.attempt + 1, now
+            self.lease_expires_at, self.lease_owner = lease, owner
         return bool(won)
 
     def finish(self, status, *, logs=(), output=None, error="", failure="", debug=None):

@@ -63,6 +63,16 @@ def task_enqueue(*, task_id, due_at=None, only_unsent=True):
     return True
 
 
+def task_job_send(*, task_id):
+    """The broker row of a job for a task being created in this transaction; returns its id.
+
+    For ``run_start``, which hands off a run's leading containers in the
+    transaction that inserts them (their ``enqueued_at`` and ``handoff_id`` go in
+    with the row).
+    """
+    return _send(TASK_JOB, str(task_id), name=f"task-{task_id}")
+
+
 def task_resend(*, task_id, enqueued_at):
     """The sweep: send a hand-off again (compare-and-set on the hand-off it saw). True if sent."""
     with transaction.atomic():

@@ -67,6 +67,12 @@ class Form(models.Model):
     def get_absolute_url(self):
         return reverse("forms_app:form_detail", kwargs={"slug": self.slug})
 
+    def field_named(self, name):
+        """The field called ``name``, or None. The fields are read once per instance (or taken prefetched)."""
+        if "_fields_by_name" not in self.__dict__:
+            self._fields_by_name = {field.name: field for field in self.fields.all()}
+        return self._fields_by_name.get(name)
+
     def clean(self):
         if self.wait_for == self.WaitFor.FLAG and not self.wait_flag:
             raise ValidationError({"wait_flag": "Name the flag the waiting page waits for."})

@@ -5,6 +5,7 @@ import logging
 from django.db import transaction
 
 from events import engine
+from events.models import Node
 
 from .models import RECORD_UPDATE, Record
 
@@ -18,9 +19,10 @@ def record_submit(*, form, data):
     commit in one short transaction; only then does the inline phase run, so
     nothing irreversible happens while the transaction could still roll back.
     """
+    snapshot = Node.objects.snapshot(form, RECORD_UPDATE)
     with transaction.atomic(durable=True):
-        record = Record.objects.create(form=form, data=data)
-        run = engine.run_start(record=record, event=RECORD_UPDATE, is_submission=True)
+        record = Record.objects.create(form=form, data=data, is_complete=not snapshot)
+        run = engine.run_start(record=record, event=RECORD_UPDATE, is_submission=True, snapshot=snapshot)
     try:
         engine.run_inline(run=run)
     except Exception:

@@ -4,15 +4,16 @@ import enum
 import uuid
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from forms_app.models import RECORD_UPDATE, Record
 
+from .. import queue
 from ..models import Node, Run, RunTask
 from ..nodes import registry
-from ..nodes.base import NodeError
+from ..nodes.base import NodeContext, NodeError
 
 
 class Outcome(enum.Enum):
@@ -40,6 +41,7 @@ def run_start(*, record, event=RECORD_UPDATE, properties=None, parent_run=None, 
         )
     if snapshot is None:
         snapshot = Node.objects.snapshot(record.form, event)
+    now = timezone.now()
     run = Run.objects.create(
         form_id=record.form_id,
         record=record,
@@ -50,9 +52,47 @@ def run_start(*, record, event=RECORD_UPDATE, properties=None, parent_run=None, 
         depth=depth,
         snapshot=snapshot,
         properties=properties or {},
+        # Nothing to do: complete at once (a submission's record is stored complete by its caller).
+        status=Run.Status.RUNNING if snapshot else Run.Status.COMPLETE,
+        finished_at=None if snapshot else now,
     )
-    RunTask.objects.bulk_create(tasks_for(run, snapshot, debug=debug or record.form.collect_debug))
+    if not snapshot and is_submission and not record.is_complete:
+        Record.objects.filter(pk=record.pk).update(is_complete=True)
+        record.is_complete = True
+    tasks = tasks_for(run, snapshot, debug=debug or record.form.collect_debug)
+    run.planned = _hand_off_leading_containers(run, record, tasks)
+    RunTask.objects.bulk_create(tasks)
     return run
+
+
+def _hand_off_leading_containers(run, record, tasks):
+    """Give the deferred containers before the first step that must run inline their due time now.
+
+    Those due now are handed to the queue in the caller's transaction (their
+    broker rows commit with the run), so the inline phase starts after them.
+    Returns how many top-level nodes are settled this way. A container whose due
+    time cannot be computed stops the planning: the walk meets it and fails it.
+    """
+    by_node = {task.node_id: task for task in tasks if task.parent_id is None and task.branch == "main"}
+    for planned, node in enumerate(run.snapshot):
+        node_type = registry.get(node["type"])
+        if not node_type.is_deferred:
+            return planned
+        task = by_node[node["id"]]
+        try:
+            due = node_type().due_at(NodeContext(run=run, task=task, record=record, node=node))
+        except Exception:
+            return planned
+        task.due_at = due
+        handed_at = timezone.now()
+        if due <= handed_at:
+            try:
+                task.handoff_id = queue.task_job_send(task_id=task.id)
+            except Exception:
+                task.due_at = None
+                return planned  # the walk meets it again, and fails it if it still cannot be handed off
+            task.enqueued_at = handed_at
+    return len(run.snapshot)
 
 
 def tasks_for(run, nodes, *, parent_id=None, branch="main", debug=False, position=0):
@@ -117,15 +157,18 @@ def run_finish_if_done(*, run):
     """running → complete once every task is terminal. Safe when two last tasks finish at once."""
     with transaction.atomic():
         # The row lock (PostgreSQL) or the IMMEDIATE write lock (SQLite) serialises the check.
-        Run.objects.select_for_update().filter(pk=run.pk).values_list("pk", flat=True).first()
-        if run.tasks.unfinished().exists():
-            return False
-        unhandled = run.tasks.filter(status=RunTask.Status.FAILED).exclude(
-            Exists(RunTask.objects.filter(parent=OuterRef("pk"), branch="on_error"))
-        ).first()
-        if unhandled is not None:
-            # Never complete past a failure nothing handled (a crash between two commits of an older version).
-            run_fail(run=run, error=failure_message(unhandled))
+        if connection.features.has_select_for_update:
+            Run.objects.select_for_update().filter(pk=run.pk).values_list("pk", flat=True).first()
+        # One query: a task still open, or a failure nothing handled (which never goes with a
+        # running run: a failure commits with its consequence; an older version's crash could leave one).
+        blocking = run.tasks.exclude(
+            status__in=[RunTask.Status.COMPLETE, RunTask.Status.SKIPPED, RunTask.Status.CANCELLED]
+        ).exclude(
+            Q(status=RunTask.Status.FAILED) & Exists(RunTask.objects.filter(parent=OuterRef("pk"), branch="on_error"))
+        ).only("status", "label", "type", "error", "failure").first()
+        if blocking is not None:
+            if blocking.status == RunTask.Status.FAILED:
+                run_fail(run=run, error=failure_message(blocking))
             return False
         won = Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).update(
             status=Run.Status.COMPLETE, finished_at=timezone.now()

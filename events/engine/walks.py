@@ -10,8 +10,10 @@ next sibling).
 
 import json
 import logging
+import threading
 import time
 import traceback
+from contextlib import contextmanager
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
@@ -32,10 +34,97 @@ from .snapshot import snapshot_node, subtree_node_ids
 logger = logging.getLogger("events.engine")
 
 
+class WalkWrites(threading.local):
+    """The transaction a walk keeps open between its steps (one per thread).
+
+    A walk writes as much as it can in one transaction: claims, steps that only
+    write our database (their type's ``reaches_outside`` is false), outcomes, a
+    container's conclusion and the run's end. Before a step whose effects leave
+    the database it commits (the step's claim, and so its attempt, included), so
+    nothing irreversible happens while a transaction that could roll back is
+    open; after it, the next transaction begins with the step's outcome.
+    """
+
+    def __init__(self):
+        self.atomic = None
+        self.walking = False
+
+    def begin(self):
+        if self.walking and self.atomic is None:
+            self.atomic = transaction.atomic()
+            self.atomic.__enter__()
+
+    def commit(self):
+        if self.atomic is not None:
+            atomic, self.atomic = self.atomic, None
+            atomic.__exit__(None, None, None)
+
+    def roll_back(self, exc):
+        if self.atomic is not None:
+            atomic, self.atomic = self.atomic, None
+            atomic.__exit__(type(exc), exc, exc.__traceback__)
+
+
+writes = WalkWrites()
+
+
+@contextmanager
+def walking():
+    """Around a walk's entry point: its writes are batched, committed at the end, rolled back on an error."""
+    if writes.walking:  # a walk inside a walk (a child run's inline phase) shares it
+        yield
+        return
+    writes.walking = True
+    try:
+        yield
+    except BaseException as exc:
+        writes.roll_back(exc)
+        raise
+    else:
+        writes.commit()
+    finally:
+        writes.walking = False
+
+
+def walk_record(run):
+    """The run's record, read once per walk; the steps that change it keep this copy current."""
+    if "_walk_record" not in run.__dict__:
+        record = run.record if Run.record.is_cached(run) else Record.objects.select_related("form").get(pk=run.record_id)
+        run._walk_record = record
+    return run._walk_record
+
+
+def walk_outputs(run):
+    """``tasks.<name>`` of the templates: the named tasks' outputs and statuses, read once per walk."""
+    if "_walk_outputs" not in run.__dict__:
+        run._walk_outputs = {
+            row["name"]: {"output": row["output"], "status": row["status"]}
+            for row in run.tasks.exclude(name="").values("name", "output", "status")
+        }
+    return run._walk_outputs
+
+
+def walk_outputs_note(run, task):
+    """A task of this walk ended: later steps of the walk see its output."""
+    if task.name and "_walk_outputs" in run.__dict__:
+        run._walk_outputs[task.name] = {"output": task.output, "status": task.status}
+
+
 def run_inline(*, run):
-    """The inline phase: walk the top level of the run in the request, then finish if nothing is left."""
-    outcome = sequence_walk(run=run, nodes=run.snapshot, inline=True)
-    return sequence_finish(run=run, owner=None, branch="main", outcome=outcome, inline=True)
+    """The inline phase: walk the top level of the run in the request, then finish if nothing is left.
+
+    Deferred containers that ``run_start`` already handed off (those before the
+    first step that must run here) are skipped; a run with nothing left to walk
+    costs no query at all.
+    """
+    start = getattr(run, "planned", 0)
+    if start >= len(run.snapshot):
+        if not run.snapshot and run.status == Run.Status.RUNNING:
+            run_finish_if_done(run=run)
+        return Outcome.DONE
+    with walking():
+        outcome = sequence_walk(run=run, nodes=run.snapshot, start=start, inline=True)
+        return sequence_finish(run=run, owner=None, branch="main", outcome=outcome, inline=True)
 
 
 def sequence_walk(*, run, nodes, start=0, inline=False, holders=()):
@@ -46,10 +135,12 @@ def sequence_walk(*, run, nodes, start=0, inline=False, holders=()):
     the containers this walk holds (a worker's heartbeat renews their leases):
     when the worker stops, they are put back and the walk ends before its next step.
     """
-    tasks = {task.node_id: task for task in run.tasks.filter(node_id__in=[node["id"] for node in nodes])}
+    writes.begin()
+    tasks = {task.node_id: task for task in run.tasks.filter(node_id__in=[node["id"] for node in nodes[start:]])}
     for node in nodes[start:]:
-        if not Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).exists():
-            return Outcome.STOPPED
+        # No look at the run's status here: a stopped run's pending tasks are cancelled, so
+        # the next claim (or hand-off) fails and reports it.
+        writes.begin()
         task = tasks[node["id"]]
         node_type = registry.get(node["type"])
         if task.status == RunTask.Status.PENDING and not inline and queue.worker_stopping():
@@ -104,12 +195,7 @@ def sequence_continue_after(*, run, task, inline=False):
 
 
 def _context(run, task, node):
-    record = Record.objects.select_related("form").get(pk=run.record_id)
-    outputs = {
-        row["name"]: {"output": row["output"], "status": row["status"]}
-        for row in run.tasks.exclude(name="").values("name", "output", "status")
-    }
-    ctx = NodeContext(run=run, task=task, record=record, node=node, outputs=outputs)
+    ctx = NodeContext(run=run, task=task, record=walk_record(run), node=node, outputs=walk_outputs(run))
     if task.branch == "on_error" and task.parent_id:
         ctx.error = _error_context(run, RunTask.objects.get(pk=task.parent_id))
     return ctx
@@ -142,23 +228,29 @@ def action_execute(*, run, task, node, inline=False, require_due=False):
     lost = _claim_or_report(task, require_due=require_due)
     if lost is not None:
         return lost
+    node_type = registry.get(node["type"])
     ctx = _context(run, task, node)
+    if node_type.reaches_outside:
+        writes.commit()  # the claim (its attempt counted) commits before anything leaves the database
     ctx.awaiter = lambda *, timeout_seconds: task_await(task=task, timeout_seconds=timeout_seconds)
     ctx.trigger = lambda *, event, properties: run_trigger(
         run=run, task=task, record=ctx.record, event=event, properties=properties
     )
     started = time.monotonic()
     try:
-        result = registry.get(node["type"])().execute(ctx)
+        result = node_type().execute(ctx)
     except NodeError as exc:
+        writes.begin()
         return task_fail(run=run, task=task, node=node, error=str(exc), logs=ctx.logs, inline=inline,
                          debug=_trace(task, ctx, started, error=str(exc)))
     except Exception as exc:
+        writes.begin()
         logger.exception("Task %s (%s) raised", task.pk, node["type"])
         ctx.log(traceback.format_exc(limit=5))
         error = f"{exc.__class__.__name__}: {exc}"
         return task_fail(run=run, task=task, node=node, error=error, logs=ctx.logs, inline=inline,
                          debug=_trace(task, ctx, started, error=error))
+    writes.begin()
     problem = RunTask.storage_problem(result.output if isinstance(result, Waiting) else result, "output")
     if problem:
         error = f"Its output cannot be stored: {problem}."
@@ -170,6 +262,7 @@ def action_execute(*, run, task, node, inline=False, require_due=False):
         return Outcome.SUSPENDED
     task.finish(RunTask.Status.COMPLETE, logs=ctx.logs, output=result or {},
                 debug=_trace(task, ctx, started, output=result or {}))
+    walk_outputs_note(run, task)
     return Outcome.DONE
 
 
@@ -299,6 +392,12 @@ def task_job(*, task_id):
     first step of an error branch, the step after a callback): walk its sequence
     from it. A duplicate or early delivery loses the claim and returns without effect.
     """
+    with walking():
+        writes.begin()
+        return _task_job(task_id)
+
+
+def _task_job(task_id):
     task = RunTask.objects.select_related("run").filter(pk=task_id).first()
     if task is None:
         return Outcome.STOPPED
@@ -319,7 +418,6 @@ def task_job(*, task_id):
         return container_run_branch(run=run, task=task, node=node)
     outcome = sequence_walk(run=run, nodes=node.get("children", []), holders=(task.pk,))
     return container_conclude(run=run, task=task, outcome=outcome)
-
 
 
 def sequence_walk_from(*, run, task):
@@ -383,7 +481,8 @@ def sequence_resume(*, task_id):
     task = RunTask.objects.select_related("run").filter(pk=task_id).first()
     if task is None or task.status != RunTask.Status.COMPLETE:
         return Outcome.STOPPED
-    return sequence_continue_after(run=task.run, task=task)
+    with walking():
+        return sequence_continue_after(run=task.run, task=task)
 
 
 def task_fail(*, run, task, node=None, error, logs=(), failure=RunTask.Failure.RAISED, inline=False, debug=None):
@@ -433,7 +532,8 @@ def error_branch_job(*, task_id):
     if task is None or task.status != RunTask.Status.FAILED:
         return Outcome.STOPPED
     run = task.run
-    outcome = failure_walk_on(run=run, task=task, node=snapshot_node(run.snapshot, task.node_id) or {})
-    if outcome is Outcome.DONE:
-        return sequence_continue_after(run=run, task=task)
-    return outcome
+    with walking():
+        outcome = failure_walk_on(run=run, task=task, node=snapshot_node(run.snapshot, task.node_id) or {})
+        if outcome is Outcome.DONE:
+            return sequence_continue_after(run=run, task=task)
+        return outcome

@@ -163,6 +163,11 @@ class NodeType:
     is_container: ClassVar[bool] = False  # may hold steps (its "children")
     is_deferred: ClassVar[bool] = False  # a container whose children leave the walk for the queue
     is_marker: ClassVar[bool] = False  # neither action nor container: changes how its sequence runs
+    # Whether ``execute`` has effects outside our database (mail, HTTP, time spent waiting). The
+    # engine commits before such a step runs, so nothing irreversible happens inside an open
+    # transaction; a step that only writes our database runs inside the walk's transaction and
+    # commits together with its task's outcome. Unknown types are assumed to reach outside.
+    reaches_outside: ClassVar[bool] = True
 
     @classmethod
     def clean_config(cls, data, *, tree_form=None):

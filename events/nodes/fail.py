@@ -17,6 +17,7 @@ class Fail(NodeType):
     key = "fail"
     label = "Fail"
     config_form = FailConfig
+    reaches_outside = False  # it writes our database only
 
     @classmethod
     def describe(cls, config):

@@ -25,6 +25,7 @@ class SetFlag(NodeType):
     key = "set_flag"
     label = "Set flag"
     config_form = SetFlagConfig
+    reaches_outside = False  # it writes our database only
 
     @classmethod
     def describe(cls, config):

@@ -17,6 +17,7 @@ class SetSubtext(NodeType):
     key = "set_subtext"
     label = "Set subtext"
     config_form = SetSubtextConfig
+    reaches_outside = False  # it writes our database only
 
     @classmethod
     def describe(cls, config):

@@ -31,6 +31,7 @@ class UpdateField(NodeType):
     key = "update_field"
     label = "Update field"
     config_form = UpdateFieldConfig
+    reaches_outside = False  # it writes our database only
 
     @classmethod
     def describe(cls, config):
@@ -39,7 +40,7 @@ class UpdateField(NodeType):
     def execute(self, ctx):
         name = ctx.config["field"]
         value = ctx.render(ctx.config.get("value", ""))
-        field = ctx.record.form.fields.filter(name=name).first()
+        field = ctx.record.form.field_named(name)
         if field is None:
             raise NodeError(f"The form has no field named “{name}”.")
         value = coerce(field.type, value)

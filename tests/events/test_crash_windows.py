@@ -154,20 +154,30 @@ def test_a_step_given_up_by_the_sweep_fails_with_its_consequence_or_not_at_all(
     assert task(record, "b").status == RunTask.Status.CANCELLED
 
 
-def test_a_failure_inside_a_walk_that_breaks_off_leaves_the_step_running_for_its_lease(
-    trail_form, add_mark, submit, monkeypatch
+def test_a_failure_inside_a_walk_that_breaks_off_leaves_no_failure_without_its_consequence(
+    trail_form, add_mark, submit, sweep_now, monkeypatch
 ):
     add_node(trail_form, "fail", name="boom", config={"message": "no"})
     add_mark("B")
 
-    monkeypatch.setattr("events.engine.failures.run_fail", die)
-    monkeypatch.setattr("forms_app.services.logger.exception", lambda *a, **k: None)
-    record = submit()  # the request survives: its inline phase broke off
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:
+        patch.setattr("events.engine.failures.run_fail", die)
+        patch.setattr("forms_app.services.logger.exception", lambda *a, **k: None)
+        record = submit()  # the request survives: its inline phase broke off
 
-    boom = task(record, "boom")
-    assert boom.status == RunTask.Status.ACTIVE  # not FAILED without its consequence
+    # The walk's uncommitted work went with it: the step is not FAILED without its consequence.
+    assert task(record, "boom").status in (RunTask.Status.PENDING, RunTask.Status.ACTIVE)
     assert task(record, "b").status == RunTask.Status.PENDING
+
+    age(record)
+    RunTask.objects.filter(run__record=record, status=RunTask.Status.ACTIVE).update(
+        lease_expires_at=timezone.now() - timedelta(seconds=1))
+    sweep_now()
+    sweep_now()
+
+    assert task(record, "boom").status == RunTask.Status.FAILED
+    assert run_of(record).status == Run.Status.FAILED
+    assert task(record, "b").status == RunTask.Status.CANCELLED
 
 
 # The sweep never walks past a failure nothing handled ----------------------------------------

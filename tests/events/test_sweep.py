@@ -239,8 +239,11 @@ def handed_off(run, node, *, seconds_ago, in_broker=False, taken=False):
     ``taken``: a worker took the job from the broker (and, say, died before it started it).
     """
     task = row(run, node)
-    assert queue.container_enqueue(task_id=task.pk, due_at=timezone.now() - timedelta(seconds=seconds_ago))
-    RunTask.objects.filter(pk=task.pk).update(enqueued_at=timezone.now() - timedelta(seconds=seconds_ago))
+    if task.handoff_id is None:  # a leading container is handed off with its run; a later one by the walk
+        assert queue.container_enqueue(task_id=task.pk)
+    RunTask.objects.filter(pk=task.pk).update(
+        due_at=timezone.now() - timedelta(seconds=seconds_ago), enqueued_at=timezone.now() - timedelta(seconds=seconds_ago)
+    )
     job = OrmQ.objects.get(pk=row(run, node).handoff_id)
     if not in_broker:
         job.delete()  # it ran and failed before it could claim (the database was down, say)
@@ -524,11 +527,13 @@ def test_a_stalled_run_that_starts_with_a_background_completes_its_later_steps_t
     background = add_node(trail_form, "background", name="bg")
     add_mark("B", parent=background)
     add_mark("D")
-    run = start()
+    run = start()  # committed, its leading background handed off with it; the request died there
     stalled_since(run, 300)
+    # ... and the background's job was lost too.
+    RunTask.objects.filter(pk=row(run, background).pk).update(enqueued_at=timezone.now() - timedelta(seconds=300))
 
-    assert sweep_now()["run_stalled_resumed"] == 1
-
+    assert sweep_now()["handoff_lost_requeued"] == 1  # the background runs (B) ...
+    assert sweep_now()["run_stalled_resumed"] == 1  # ... and the next pass walks on from D
     run.refresh_from_db()
     assert run.status == Run.Status.COMPLETE
     assert sorted(trail(run)) == ["B", "D"]

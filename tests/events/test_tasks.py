@@ -1,6 +1,8 @@
 import datetime
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.db import transaction
 from django.utils import timezone
 from django_q.models import OrmQ
@@ -14,6 +16,24 @@ from tests.factories import RecordFactory, add_node
 
 def task_of(record, node):
     return RunTask.objects.get(run__record=record, node_id=node.pk)
+
+
+def test_a_leading_container_is_handed_off_in_the_transaction_that_stores_the_run(trail_form, add_mark):
+    background = add_node(trail_form, "background")
+    add_mark("B", parent=background)
+    add_mark("C")
+
+    with CaptureQueriesContext(connection) as queries:
+        with transaction.atomic():
+            record = RecordFactory(form=trail_form, data={"trail": ""})
+            engine.run_start(record=record, is_submission=True)
+
+    task = task_of(record, background)
+    [job] = OrmQ.objects.all()
+    assert (task.handoff_id, job.args()) == (job.pk, (str(task.pk),))
+    assert task.enqueued_at is not None and task.due_at <= task.enqueued_at
+    inserts = [q["sql"].split('"')[1] for q in queries.captured_queries if q["sql"].startswith("INSERT")]
+    assert sorted(inserts) == ["django_q_ormq", "events_run", "events_runtask", "forms_app_record"]
 
 
 def test_a_hand_off_and_its_broker_row_are_written_in_one_transaction(trail_form, add_mark):
@@ -34,6 +54,7 @@ def test_a_hand_off_and_its_broker_row_are_written_in_one_transaction(trail_form
 
 
 def test_a_rolled_back_hand_off_never_reaches_the_queue(trail_form, add_mark, django_capture_on_commit_callbacks):
+    add_mark("A")  # an inline step first: the background is handed off by the walk, not with the run
     background = add_node(trail_form, "background")
     add_mark("B", parent=background)
     record = RecordFactory(form=trail_form, data={"trail": ""})
@@ -54,6 +75,7 @@ def test_a_rolled_back_hand_off_never_reaches_the_queue(trail_form, add_mark, dj
 
 
 def test_a_container_is_marked_enqueued_once(trail_form, add_mark, django_capture_on_commit_callbacks):
+    add_mark("A")
     background = add_node(trail_form, "background")
     add_mark("B", parent=background)
     record = RecordFactory(form=trail_form, data={"trail": ""})
