@@ -553,6 +553,7 @@ class ApiKey(models.Model):
     """A key for the JSON API. Only its hash is stored; the key itself is shown once, at creation."""
 
     PREFIX_LENGTH = 12
+    LAST_USED_PRECISION = 60  # seconds
 
     name = models.CharField(max_length=100)
     prefix = models.CharField(max_length=PREFIX_LENGTH, db_index=True, editable=False)
@@ -589,8 +590,10 @@ class ApiKey(models.Model):
                 match = candidate
         if match is not None:
             now = timezone.now()
-            cls.objects.filter(pk=match.pk).update(last_used_at=now)
-            match.last_used_at = now
+            # Kept to the minute: a busy caller does not add a write to every request.
+            if match.last_used_at is None or now - match.last_used_at > timedelta(seconds=cls.LAST_USED_PRECISION):
+                cls.objects.filter(pk=match.pk).update(last_used_at=now)
+                match.last_used_at = now
         return match
 
     @property

@@ -55,11 +55,16 @@ def task_enqueue(*, task_id, due_at=None, only_unsent=True):
         pending = RunTask.objects.filter(pk=task_id, status=RunTask.Status.PENDING)
         if only_unsent:
             pending = pending.filter(enqueued_at__isnull=True)
+        if Conf.SYNC:  # the job runs on commit: send it only once the mark is ours
+            if not pending.update(**changes):
+                return False
+            _send(TASK_JOB, str(task_id), name=f"task-{task_id}")
+            return True
+        # The broker row first, so that the mark and its id are one write; a lost race takes the row back.
+        changes["handoff_id"] = _send(TASK_JOB, str(task_id), name=f"task-{task_id}")
         if not pending.update(**changes):
+            OrmQ.objects.filter(pk=changes["handoff_id"]).delete()
             return False
-        handoff_id = _send(TASK_JOB, str(task_id), name=f"task-{task_id}")
-        if handoff_id is not None:
-            RunTask.objects.filter(pk=task_id).update(handoff_id=handoff_id)
     return True
 
 

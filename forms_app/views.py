@@ -1,7 +1,7 @@
 import logging
 
 from django.conf import settings
-from django.http import HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET, require_http_methods
 from django_htmx.http import HttpResponseClientRedirect
@@ -11,7 +11,7 @@ from events.middleware import DATABASE_UNAVAILABLE
 from .builder import build_form_class, record_data
 from .models import Form, Record
 from .services import record_submit
-from .waiting import record_progress
+from .waiting import record_progress, submission_of
 
 logger = logging.getLogger("forms_app.views")
 
@@ -67,8 +67,10 @@ def form_unavailable(request, slug, error):
 @require_GET
 def record_wait(request, token):
     try:
-        record = get_object_or_404(Record.objects.select_related("form"), token=token)
-        progress = record_progress(record)
+        record, run = submission_of(token)
+        progress = record_progress(record, run)
+    except Record.DoesNotExist:
+        raise Http404("No such record.") from None
     except DATABASE_UNAVAILABLE as error:
         return record_unavailable(request, token, error)
     if progress.state == "done" and progress.redirect_url:
@@ -79,8 +81,10 @@ def record_wait(request, token):
 @require_GET
 def record_status(request, token):
     try:
-        record = get_object_or_404(Record.objects.select_related("form"), token=token)
-        progress = record_progress(record)
+        record, run = submission_of(token)
+        progress = record_progress(record, run)
+    except Record.DoesNotExist:
+        raise Http404("No such record.") from None
     except DATABASE_UNAVAILABLE as error:
         return record_unavailable(request, token, error)
     if progress.state == "done" and progress.redirect_url:

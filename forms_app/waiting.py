@@ -1,11 +1,14 @@
-"""What the waiting page shows for a record: a constant three queries, however many tasks the run has."""
+"""What the waiting page shows for a record: two queries, however many tasks the run has."""
 
+import functools
 from dataclasses import dataclass, field
 
 from django.template import Context, Engine, TemplateSyntaxError
 from django.utils import timezone
 
 from events.models import Run, RunTask, failures_handled
+
+from .models import Record
 
 STEP_STATES = {
     RunTask.Status.PENDING: "queued",
@@ -72,11 +75,17 @@ def render_message(template_text, record, *, handled_failures=()):
     branch took care of it (each with its ``label`` and ``name``; empty when none did).
     """
     try:
-        template = _page_engine.from_string(template_text)
+        template = _compiled(template_text)
     except TemplateSyntaxError:
         return template_text
     return template.render(Context({"record": record.data, "flags": record.flags,
                                     "handled_failures": list(handled_failures)}))
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(template_text):
+    """A message template, compiled once per process (every poll of a finished run renders it)."""
+    return _page_engine.from_string(template_text)
 
 
 def step_state(row, handled):
@@ -94,11 +103,23 @@ def is_done_before(row, stopped_at):
     return not cancelled_by_stop
 
 
-def record_progress(record):
-    """The state of a record's submission run, as the waiting page shows it."""
+def submission_of(token):
+    """(record with its form, its submission run or None) for a record token: one query, by the token's index.
+
+    Raises Record.DoesNotExist for an unknown token.
+    """
+    run = Run.objects.filter(record__token=token, is_submission=True).select_related("record__form").first()
+    if run is not None:
+        return run.record, run
+    return Record.objects.select_related("form").get(token=token), None  # stored without a run (an old record)
+
+
+def record_progress(record, run=False):
+    """The state of a record's submission run, as the waiting page shows it (``run``: already read)."""
     form = record.form
-    run = (Run.objects.filter(record=record, is_submission=True)
-           .only("id", "status", "subtext", "snapshot", "finished_at").first())
+    if run is False:
+        run = (Run.objects.filter(record=record, is_submission=True)
+               .only("id", "status", "subtext", "snapshot", "finished_at").first())
     rows = []
     if run is not None:
         rows = run.in_tree_order(

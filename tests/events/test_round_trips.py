@@ -1,0 +1,158 @@
+"""What a submit, a background job and a callback cost the database (issue 9: fewer round trips).
+
+These tests run outside a test transaction (``transaction=True``) so that the
+transactions counted are the real ones.
+"""
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+from django_q.models import OrmQ
+
+from events import queue, tasks
+from events.models import ApiKey, Run, RunTask
+from events.nodes import registry
+from events.nodes.base import NodeType
+from forms_app.services import record_submit
+from tests.factories import add_node
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class WriteTransactions:
+    """Counts the transactions that write, on any database: an atomic block's first write opens one
+    (its commit closes it); a write outside any block is one on its own."""
+
+    def __init__(self, monkeypatch):
+        self.count, self.writing = 0, False
+        commit = connection._commit
+
+        def counted_commit():
+            self.writing = False
+            return commit()
+
+        monkeypatch.setattr(connection, "_commit", counted_commit)
+
+    def __call__(self, execute, sql, params, many, context):
+        if sql.split(None, 1)[0].upper() in ("INSERT", "UPDATE", "DELETE"):
+            if not connection.in_atomic_block:
+                self.count += 1
+            elif not self.writing:
+                self.count, self.writing = self.count + 1, True
+        return execute(sql, params, many, context)
+
+
+@pytest.fixture
+def write_transactions(monkeypatch):
+    """``with write_transactions() as counted:`` ... ``counted.count``."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def counting():
+        counter = WriteTransactions(monkeypatch)
+        with connection.execute_wrapper(counter):
+            yield counter
+
+    return counting
+
+
+def test_a_submit_with_a_background_branch_is_one_write_transaction_with_its_broker_row(
+    trail_form, add_mark, write_transactions
+):
+    background = add_node(trail_form, "background", name="bg")
+    add_node(trail_form, "set_flag", parent=background, name="flag", config={"flag": "done"})
+
+    with write_transactions() as counted:
+        record = record_submit(form=trail_form, data={"email": "ann@example.com", "trail": ""})
+
+    assert counted.count == 1
+    bg = RunTask.objects.get(run__record=record, name="bg")
+    assert OrmQ.objects.filter(pk=bg.handoff_id).exists()
+
+
+def test_a_submit_of_an_empty_tree_stores_a_complete_run(trail_form):
+    record = record_submit(form=trail_form, data={"email": "ann@example.com", "trail": ""})
+
+    record.refresh_from_db()
+    assert record.is_complete is True
+    assert Run.objects.get(record=record).status == Run.Status.COMPLETE
+
+
+def test_a_container_of_quick_steps_runs_in_one_write_transaction(trail_form, add_mark, write_transactions):
+    background = add_node(trail_form, "background", name="bg")
+    add_mark("A", parent=background)
+    add_node(trail_form, "set_flag", parent=background, name="flag", config={"flag": "done"})
+    add_node(trail_form, "set_subtext", parent=background, name="say", config={"text": "Done"})
+    record = record_submit(form=trail_form, data={"email": "ann@example.com", "trail": ""})
+    job = OrmQ.objects.get()
+    job.delete()
+
+    with write_transactions() as counted:
+        assert tasks.task_job(*job.args()) == "done"
+
+    assert counted.count == 1
+    record.refresh_from_db()
+    assert (record.data["trail"], record.flags, record.is_complete) == ("A", {"done": True}, True)
+
+
+def test_a_step_that_reaches_outside_runs_with_its_claim_committed_and_no_transaction_open(
+    trail_form, add_mark, monkeypatch, write_transactions
+):
+    seen = {}
+
+    class Probe(NodeType):
+        """Records what the database looks like while it runs (test only)."""
+
+        key, label, config_form = "probe", "Probe", registry.get("go_async").config_form
+
+        def execute(self, ctx):
+            seen["in_transaction"] = connection.in_atomic_block
+            seen["claimed"] = RunTask.objects.filter(pk=ctx.task.pk).values_list("status", "attempt").get()
+            return {}
+
+    monkeypatch.setitem(registry._types, "probe", Probe)
+    background = add_node(trail_form, "background", name="bg")
+    add_mark("A", parent=background)
+    add_node(trail_form, "probe", parent=background, name="probe")
+    add_mark("B", parent=background)
+    record_submit(form=trail_form, data={"email": "ann@example.com", "trail": ""})
+    job = OrmQ.objects.get()
+    job.delete()
+
+    with write_transactions() as counted:
+        tasks.task_job(*job.args())
+
+    assert seen == {"in_transaction": False, "claimed": (RunTask.Status.ACTIVE, 1)}
+    assert counted.count == 2  # up to the probe's claim; the rest
+
+
+def test_an_api_key_records_its_use_once_a_minute_not_on_every_request():
+    key, raw = ApiKey.issue(name="partner")
+
+    with CaptureQueriesContext(connection) as first:
+        ApiKey.authenticate(raw)
+    with CaptureQueriesContext(connection) as second:
+        ApiKey.authenticate(raw)
+    ApiKey.objects.filter(pk=key.pk).update(last_used_at=timezone.now() - timezone.timedelta(minutes=2))
+    with CaptureQueriesContext(connection) as later:
+        ApiKey.authenticate(raw)
+
+    def updates(queries):
+        return sum(q["sql"].startswith("UPDATE") for q in queries.captured_queries)
+
+    assert (updates(first), updates(second), updates(later)) == (1, 0, 1)
+
+
+def test_a_hand_off_that_loses_its_race_takes_its_broker_row_back(trail_form, add_mark):
+    add_mark("A")
+    background = add_node(trail_form, "background", name="bg")
+    add_mark("B", parent=background)
+    record = record_submit(form=trail_form, data={"email": "ann@example.com", "trail": ""})
+    bg = RunTask.objects.get(run__record=record, name="bg")
+    rows = OrmQ.objects.count()
+
+    assert queue.task_enqueue(task_id=bg.pk) is False  # already handed off by the submit's walk
+
+    assert OrmQ.objects.count() == rows
+    assert RunTask.objects.get(pk=bg.pk).handoff_id == bg.handoff_id
