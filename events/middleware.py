@@ -19,12 +19,13 @@ from django.db import InterfaceError, OperationalError
 from django.http import JsonResponse
 from django.urls import Resolver404, resolve
 
-try:
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
+if settings.DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    # Django wraps the driver's errors, but one raised outside its wrappers is the same outage.
+    # (Only then: psycopg costs a SQLite-only web worker ~24 MB.)
     import psycopg
-except ImportError:  # a SQLite-only installation
-    DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
-else:  # Django wraps the driver's errors, but one raised outside its wrappers is the same outage
-    DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
+
+    DATABASE_UNAVAILABLE += (psycopg.OperationalError, psycopg.InterfaceError)
 
 API_PREFIX = "/api/"
 MESSAGES = {

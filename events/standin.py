@@ -19,7 +19,6 @@ import json
 import logging
 import time
 
-import httpx
 from django.conf import settings
 from django.http import Http404, HttpResponseNotAllowed, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -29,7 +28,7 @@ from . import queue
 SEAT = "14C"
 PROGRESS_PATH = "/api/event-workflow-tasks/{task_id}"
 DEFAULT_STEP_SECONDS = 1.5
-REQUEST_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+REQUEST_TIMEOUT = (10.0, 5.0)  # read, connect (seconds)
 ATTEMPTS = 3
 RETRY_PAUSE_SECONDS = 0.5
 PROGRESS = ["Checking seat availability…", f"Holding seat {SEAT}…"]
@@ -109,8 +108,10 @@ def standin_reply(*, task_id, callback_url, callback_token, progress_url, step_s
     says why) when the app refuses a progress update with a 4xx, e.g. because the
     task no longer awaits. Returns a short account of what happened.
     """
+    import httpx
+
     headers = {"Authorization": f"Bearer {callback_token}"}
-    with httpx.Client(timeout=REQUEST_TIMEOUT, follow_redirects=False, headers=headers) as client:
+    with httpx.Client(timeout=httpx.Timeout(REQUEST_TIMEOUT[0], connect=REQUEST_TIMEOUT[1]), follow_redirects=False, headers=headers) as client:
         for subtext in PROGRESS:
             time.sleep(step_seconds)
             response = _send(client, "PUT", progress_url, {"subtext": subtext})
@@ -137,6 +138,8 @@ def standin_reply(*, task_id, callback_url, callback_token, progress_url, step_s
 
 def _send(client, method, url, payload):
     """One request, tried up to ATTEMPTS times on connection errors (the API ignores duplicates)."""
+    import httpx
+
     for attempt in range(1, ATTEMPTS + 1):
         try:
             return client.request(method, url, json=payload)

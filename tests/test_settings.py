@@ -82,3 +82,20 @@ def test_production_with_a_good_key_starts_with_secure_cookies_and_debug_off(man
     )
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.strip().splitlines()[-1] == "True True False ['example.com']"
+
+
+def test_a_web_worker_on_sqlite_loads_neither_the_http_client_nor_the_postgresql_driver(tmp_path):
+    """They cost a web worker ~19 and ~24 MB; the HTTP client loads when a step calls out, psycopg on PostgreSQL."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, django; django.setup(); import config.wsgi; from django.urls import resolve; resolve('/admin/');"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'httpx', 'psycopg'}))"
+    )
+    env = {"DJANGO_SETTINGS_MODULE": "config.settings", "DJANGO_SECRET_KEY": "x" * 50,
+           "DJANGO_ALLOWED_HOSTS": "127.0.0.1", "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
+                            cwd=str(__import__("pathlib").Path(__file__).resolve().parent.parent))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

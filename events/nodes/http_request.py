@@ -6,7 +6,6 @@ import socket
 import time
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
-import httpx
 from django import forms
 from django.conf import settings
 
@@ -286,6 +285,8 @@ class HttpRequest(NodeType):
         return described
 
     def execute(self, ctx):
+        import httpx  # here, not at import: a web worker that never calls out does not load it
+
         method = ctx.config.get("method", "POST")
         waits = bool(ctx.config.get("wait_for_callback"))
         extra = {}
@@ -365,6 +366,8 @@ def _exchange(client, *, method, destination, headers, content, read_timeout):
     Tries the checked addresses in resolver order, moving on only when a connection could
     not be made (nothing was sent yet).
     """
+    import httpx  # here, not at import: a web worker that never calls out does not load it
+
     headers = httpx.Headers(headers)
     headers["Host"] = destination.host_header
     secret = getattr(settings, "EVENTS_HTTP_SIGNING_SECRET", "")
