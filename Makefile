@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test soak install browser migrate demo clean
+.PHONY: run test soak bench install browser wrk migrate demo clean
 
 # Find a Python 3.12+: pyenv's, then python3.13 / python3.12 on PATH.
 $(PY):
@@ -35,6 +35,14 @@ browser:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else echo "chromium is missing: install Debian's chromium package (sudo apt-get install chromium)." >&2; exit 1; fi
 
+# Debian's wrk, the load generator of the benchmarks (make bench, and make test's short run of them).
+wrk:
+	@if command -v wrk >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "Installing Debian's wrk for the benchmarks"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+	else echo "wrk is missing: install Debian's wrk package (sudo apt-get install wrk)." >&2; exit 1; fi
+
 migrate: install
 	DJANGO_DEBUG=1 $(PY) manage.py migrate --noinput
 
@@ -47,7 +55,7 @@ run: demo
 # The whole suite on SQLite; and again on PostgreSQL when TEST_DATABASE_URL is set
 # (pytest-django creates and drops test_<name>_gwN databases there).
 # Then the fault tests (short version), one at a time, with their counts printed.
-test: install browser
+test: install browser wrk
 	$(PY) -m pytest -n 2 --dist loadgroup -m "not faults" $(PYTEST_ARGS)
 	@if [ -n "$$TEST_DATABASE_URL" ]; then \
 	  echo "== The whole suite again, on PostgreSQL ($$TEST_DATABASE_URL)"; \
@@ -60,6 +68,17 @@ test: install browser
 # The long fault tests: bigger counts, longer runs.
 soak: install
 	FAULTS_SCALE=long $(PY) -m pytest -s -m faults tests/faults
+
+# The benchmarks (DESIGN.md section 13, README "Performance"): our app against the reference app in
+# bench/reference, side by side, on SQLite; again on PostgreSQL when BENCH_DATABASE_URL is set (a server
+# URL such as postgres://postgres@127.0.0.1:5432/postgres: it creates and drops bench_* databases there).
+# At most 10 minutes each; raw results in bench/results/latest-<db>.json.
+bench: install wrk
+	@status=0; $(PY) bench/run.py --sqlite || status=1; \
+	if [ -n "$$BENCH_DATABASE_URL" ]; then \
+	  echo "== The benchmarks again, on PostgreSQL ($$BENCH_DATABASE_URL)"; \
+	  $(PY) bench/run.py --database-url "$$BENCH_DATABASE_URL" || status=1; \
+	fi; exit $$status
 
 clean:
 	rm -rf $(VENV) db.sqlite3 db.sqlite3-wal db.sqlite3-shm staticfiles
