@@ -322,6 +322,13 @@ def _task_for(credential, task_id):
     return task
 
 
+def _uuid_or_404(task_id):
+    try:
+        return UUID(str(task_id))
+    except ValueError:
+        raise ApiError(404, "task_not_found", f"No task has the id {task_id}.") from None
+
+
 def _refuse_too_many_lines(lines):
     limit = settings.EVENTS_TASK_LOG_MAX_LINES_PER_CALL
     if len(lines) > limit:
@@ -337,16 +344,22 @@ def _refuse_too_many_lines(lines):
 @api.post("/external-events/callback/", auth=key_or_token, response={200: CallbackOut, **ERRORS},
           summary="Complete or fail an awaiting task", operation_id="callback")
 def callback(request, payload: CallbackIn):
-    task = _task_for(request.auth, payload.taskId)
+    if request.auth.api_key is None:
+        task_id = _task_for(request.auth, payload.taskId).pk  # a task's own token: checked against the task
+    else:
+        task_id = _uuid_or_404(payload.taskId)  # a key may act on any task: the callback reads it once, locked
     logs = _refuse_too_many_lines(payload.log_lines())
-    result = engine.task_callback(
-        task_id=task.pk, status=payload.status, logs=logs, output=payload.output, subtext=payload.subtext
-    )
+    try:
+        result = engine.task_callback(
+            task_id=task_id, status=payload.status, logs=logs, output=payload.output, subtext=payload.subtext
+        )
+    except RunTask.DoesNotExist:
+        raise ApiError(404, "task_not_found", f"No task has the id {payload.taskId}.") from None
     if result.applied:
-        return CallbackOut(taskId=str(task.pk), status=result.status, applied=True, message="Callback applied.")
+        return CallbackOut(taskId=str(task_id), status=result.status, applied=True, message="Callback applied.")
     if result.duplicate:
         return CallbackOut(
-            taskId=str(task.pk), status=result.status, applied=False, duplicate=True,
+            taskId=str(task_id), status=result.status, applied=False, duplicate=True,
             message="This callback was already applied; nothing changed.",
         )
     raise ApiError(409, "not_awaiting", f"The task is {result.status}, not awaiting a callback.",

@@ -68,14 +68,22 @@ def task_enqueue(*, task_id, due_at=None, only_unsent=True):
     return True
 
 
-def task_job_send(*, task_id):
-    """The broker row of a job for a task being created in this transaction; returns its id.
+def task_jobs_send(*, task_ids):
+    """Broker rows for jobs of tasks being created in this transaction, in one insert; returns their ids.
 
     For ``run_start``, which hands off a run's leading containers in the
     transaction that inserts them (their ``enqueued_at`` and ``handoff_id`` go in
-    with the row).
+    with the rows).
     """
-    return _send(TASK_JOB, str(task_id), name=f"task-{task_id}")
+    if Conf.SYNC:
+        return [_send(TASK_JOB, str(task_id), name=f"task-{task_id}") for task_id in task_ids]
+    broker = get_broker()
+    rows = OrmQ.objects.bulk_create([
+        OrmQ(key=broker.list_key or Conf.CLUSTER_NAME, payload=_package(TASK_JOB, str(task_id), name=f"task-{task_id}"),
+             lock=timezone.now())
+        for task_id in task_ids
+    ])
+    return [row.pk for row in rows]
 
 
 def task_resend(*, task_id, enqueued_at):
@@ -106,7 +114,14 @@ def _send(func, *args, name):
     if Conf.SYNC:
         transaction.on_commit(lambda: async_task(func, *args, task_name=name))
         return None
-    package = {
+    # Inside an atomic block django-q2's database broker writes with our
+    # connection and leaves it open (outside one, it would close it first).
+    return get_broker().enqueue(_package(func, *args, name=name))
+
+
+def _package(func, *args, name):
+    """A job as django-q2's workers read it: signed, with our function's dotted path and the task id."""
+    return SignedPackage.dumps({
         "id": uuid.uuid4().hex,
         "name": name,
         "func": func,
@@ -114,10 +129,7 @@ def _send(func, *args, name):
         "kwargs": {},
         "started": timezone.now(),
         "ack_failure": Conf.ACK_FAILURES,
-    }
-    # Inside an atomic block django-q2's database broker writes with our
-    # connection and leaves it open (outside one, it would close it first).
-    return get_broker().enqueue(SignedPackage.dumps(package))
+    })
 
 
 def handoffs_in_broker(handoff_ids, *, now=None):

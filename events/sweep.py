@@ -99,5 +99,5 @@ def _finished_runs():
     unfinished = RunTask.objects.filter(run=OuterRef("pk")).exclude(status__in=RunTask.TERMINAL)
     finished = 0
     for run in Run.objects.running().exclude(Exists(unfinished))[:BATCH]:
-        finished += engine.run_finish_if_done(run=run)
+        finished += engine.run_finish_if_done(run=run, check_failures=True)
     return finished

@@ -1,8 +1,10 @@
+import json
+import re
 import secrets
 
 from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
-from django.db import models, transaction
+from django.db import connection, models, transaction
 from django.urls import reverse
 from django.utils import timezone
 
@@ -133,6 +135,26 @@ def new_record_token():
     return secrets.token_urlsafe(24)
 
 
+class JsonKeySet(models.Func):
+    """``column`` (a JSON object) with ``key`` set to ``value``, computed by the database."""
+
+    VENDORS = ("sqlite", "postgresql")
+    SAFE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+    output_field = models.JSONField()
+
+    def __init__(self, column, key, value):
+        self.key, self.value = key, json.dumps(value)
+        super().__init__(models.F(column))
+
+    def as_sqlite(self, compiler, connection, **extra_context):
+        column, params = compiler.compile(self.source_expressions[0])
+        return f"json_set({column}, %s, json(%s))", (*params, f'$."{self.key}"', self.value)
+
+    def as_postgresql(self, compiler, connection, **extra_context):
+        column, params = compiler.compile(self.source_expressions[0])
+        return f"jsonb_set({column}, %s::text[], %s::jsonb, true)", (*params, [self.key], self.value)
+
+
 class Record(models.Model):
     """One submission: its data keyed by field name, its flags, and a public token for the waiting page."""
 
@@ -155,13 +177,23 @@ class Record(models.Model):
         return reverse("forms_app:record_wait", kwargs={"token": self.token})
 
     def set_value(self, name, value):
-        """Set one key of ``data``, keeping concurrent writes to other keys (row lock, then write)."""
+        """Set one key of ``data``, keeping concurrent writes to other keys."""
         self._update_json("data", name, value)
 
     def set_flag(self, name, value=True):
         self._update_json("flags", name, bool(value))
 
     def _update_json(self, attname, key, value):
+        """Write one key of a JSON column in the database itself, so concurrent writes to other keys stay.
+
+        On SQLite and PostgreSQL it is one UPDATE (json_set / jsonb_set), and this copy learns the key
+        it set; elsewhere the row is locked, read and written back.
+        """
+        if connection.vendor in JsonKeySet.VENDORS and JsonKeySet.SAFE_KEY.match(key):
+            Record.objects.filter(pk=self.pk).update(**{attname: JsonKeySet(attname, key, value),
+                                                        "updated_at": timezone.now()})
+            getattr(self, attname)[key] = value
+            return
         with transaction.atomic():
             fresh = Record.objects.select_for_update().only(attname).get(pk=self.pk)
             stored = getattr(fresh, attname)

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -27,7 +28,10 @@ def test_bench_quick_run_measures_and_prints_every_figure(tmp_path):
     command = [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--json", str(results)]
     database_url = os.environ.get("DATABASE_URL", "")
     if database_url.startswith(("postgres://", "postgresql://")):
-        command += ["--database-url", database_url, "--prefix", f"bench_test_{os.getpid()}"]
+        # The server of the suite's database (that database itself need not exist: pytest-django
+        # creates test_<name>); the bench creates and drops its own databases there.
+        server = urlsplit(database_url)._replace(path="/postgres").geturl()
+        command += ["--database-url", server, "--prefix", f"bench_test_{os.getpid()}"]
     else:
         command += ["--sqlite"]
 

@@ -69,30 +69,38 @@ def _hand_off_leading_containers(run, record, tasks):
     """Give the deferred containers before the first step that must run inline their due time now.
 
     Those due now are handed to the queue in the caller's transaction (their
-    broker rows commit with the run), so the inline phase starts after them.
-    Returns how many top-level nodes are settled this way. A container whose due
-    time cannot be computed stops the planning: the walk meets it and fails it.
+    broker rows, inserted together, commit with the run), so the inline phase
+    starts after them. Returns how many top-level nodes are settled this way. A
+    container whose due time cannot be computed stops the planning: the walk
+    meets it and fails it.
     """
     by_node = {task.node_id: task for task in tasks if task.parent_id is None and task.branch == "main"}
-    for planned, node in enumerate(run.snapshot):
+    planned, due_now = len(run.snapshot), []
+    for index, node in enumerate(run.snapshot):
         node_type = registry.get(node["type"])
         if not node_type.is_deferred:
-            return planned
+            planned = index
+            break
         task = by_node[node["id"]]
         try:
-            due = node_type().due_at(NodeContext(run=run, task=task, record=record, node=node))
+            task.due_at = node_type().due_at(NodeContext(run=run, task=task, record=record, node=node))
         except Exception:
-            return planned
-        task.due_at = due
-        handed_at = timezone.now()
-        if due <= handed_at:
-            try:
-                task.handoff_id = queue.task_job_send(task_id=task.id)
-            except Exception:
+            planned = index
+            break
+        if task.due_at <= timezone.now():
+            due_now.append(task)
+    if due_now:
+        try:
+            handoff_ids = queue.task_jobs_send(task_ids=[task.id for task in due_now])
+        except Exception:
+            # The walk meets them again, and fails each that still cannot be handed off.
+            for task in by_node.values():
                 task.due_at = None
-                return planned  # the walk meets it again, and fails it if it still cannot be handed off
-            task.enqueued_at = handed_at
-    return len(run.snapshot)
+            return 0
+        handed_at = timezone.now()
+        for task, handoff_id in zip(due_now, handoff_ids):
+            task.enqueued_at, task.handoff_id = handed_at, handoff_id
+    return planned
 
 
 def tasks_for(run, nodes, *, parent_id=None, branch="main", debug=False, position=0):
@@ -153,28 +161,31 @@ def _cancel_open_tasks(run, now):
     ).update(status=RunTask.Status.CANCELLED, finished_at=now)
 
 
-def run_finish_if_done(*, run):
-    """running → complete once every task is terminal. Safe when two last tasks finish at once."""
+def run_finish_if_done(*, run, check_failures=False):
+    """running → complete once every task is terminal and every failure handled. Safe when two last tasks finish at once.
+
+    ``check_failures`` (the sweep): a failure that nothing handled fails the run
+    instead. A running run never holds one (a failure commits with its
+    consequence), but an older version's crash between two commits could leave one.
+    """
+    open_or_unhandled = RunTask.objects.filter(run=OuterRef("pk")).exclude(
+        status__in=[RunTask.Status.COMPLETE, RunTask.Status.SKIPPED, RunTask.Status.CANCELLED]
+    ).exclude(Q(status=RunTask.Status.FAILED) & Exists(RunTask.objects.filter(parent=OuterRef("pk"), branch="on_error")))
     with transaction.atomic():
-        # The row lock (PostgreSQL) or the IMMEDIATE write lock (SQLite) serialises the check.
         if connection.features.has_select_for_update:
+            # The row lock serialises two last tasks finishing at once (SQLite's write lock already does).
             Run.objects.select_for_update().filter(pk=run.pk).values_list("pk", flat=True).first()
-        # One query: a task still open, or a failure nothing handled (which never goes with a
-        # running run: a failure commits with its consequence; an older version's crash could leave one).
-        blocking = run.tasks.exclude(
-            status__in=[RunTask.Status.COMPLETE, RunTask.Status.SKIPPED, RunTask.Status.CANCELLED]
-        ).exclude(
-            Q(status=RunTask.Status.FAILED) & Exists(RunTask.objects.filter(parent=OuterRef("pk"), branch="on_error"))
-        ).only("status", "label", "type", "error", "failure").first()
-        if blocking is not None:
-            if blocking.status == RunTask.Status.FAILED:
-                run_fail(run=run, error=failure_message(blocking))
-            return False
-        won = Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).update(
+        won = Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).exclude(Exists(open_or_unhandled)).update(
             status=Run.Status.COMPLETE, finished_at=timezone.now()
         )
         if won and run.is_submission:
             Record.objects.filter(pk=run.record_id).update(is_complete=True)
+        if not won and check_failures:
+            unhandled = run.tasks.filter(status=RunTask.Status.FAILED).exclude(
+                Exists(RunTask.objects.filter(parent=OuterRef("pk"), branch="on_error"))
+            ).first()
+            if unhandled is not None:
+                run_fail(run=run, error=failure_message(unhandled))
     return bool(won)
 
 

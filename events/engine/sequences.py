@@ -145,4 +145,4 @@ def run_repair(*, run):
             if children and all(child.is_finished for child in children):
                 sequence_hand_on(run=run, task=children[-1])
                 return "resumed"
-        return "finished" if run_finish_if_done(run=run) else "nothing"
+        return "finished" if run_finish_if_done(run=run, check_failures=True) else "nothing"

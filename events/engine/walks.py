@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 import traceback
+from collections.abc import Mapping
 from contextlib import contextmanager
 
 from django.core.serializers.json import DjangoJSONEncoder
@@ -94,20 +95,45 @@ def walk_record(run):
     return run._walk_record
 
 
+class Outputs(Mapping):
+    """``tasks.<name>`` of the templates: the named tasks' outputs and statuses, read from the
+    database the first time a template asks (most steps never do), then kept for the walk."""
+
+    def __init__(self, run):
+        self.run, self.loaded = run, None
+
+    def _rows(self):
+        if self.loaded is None:
+            self.loaded = {
+                row["name"]: {"output": row["output"], "status": row["status"]}
+                for row in self.run.tasks.exclude(name="").values("name", "output", "status")
+            }
+        return self.loaded
+
+    def __getitem__(self, name):
+        return self._rows()[name]
+
+    def __iter__(self):
+        return iter(self._rows())
+
+    def __len__(self):
+        return len(self._rows())
+
+    def note(self, task):
+        """A task of this walk ended: later steps of the walk see its output."""
+        if task.name and self.loaded is not None:
+            self.loaded[task.name] = {"output": task.output, "status": task.status}
+
+
 def walk_outputs(run):
-    """``tasks.<name>`` of the templates: the named tasks' outputs and statuses, read once per walk."""
     if "_walk_outputs" not in run.__dict__:
-        run._walk_outputs = {
-            row["name"]: {"output": row["output"], "status": row["status"]}
-            for row in run.tasks.exclude(name="").values("name", "output", "status")
-        }
+        run._walk_outputs = Outputs(run)
     return run._walk_outputs
 
 
 def walk_outputs_note(run, task):
-    """A task of this walk ended: later steps of the walk see its output."""
-    if task.name and "_walk_outputs" in run.__dict__:
-        run._walk_outputs[task.name] = {"output": task.output, "status": task.status}
+    if "_walk_outputs" in run.__dict__:
+        run._walk_outputs.note(task)
 
 
 def run_inline(*, run):
@@ -279,7 +305,7 @@ def _trace(task, ctx, started, *, output=None, error=""):
         "at": timezone.now().isoformat(timespec="milliseconds"),
         "duration_ms": round((time.monotonic() - started) * 1000, 1),
         "rendered_config": rendered,
-        "inputs": ctx.template_context(),
+        "inputs": {**ctx.template_context(), "tasks": dict(ctx.outputs)},
         "output": output,
         "error": error,
     }
@@ -398,7 +424,8 @@ def task_job(*, task_id):
 
 
 def _task_job(task_id):
-    task = RunTask.objects.select_related("run").filter(pk=task_id).first()
+    # The run, its record and form come with the task: the walk's steps need them.
+    task = RunTask.objects.select_related("run__record__form").filter(pk=task_id).first()
     if task is None:
         return Outcome.STOPPED
     run = task.run

@@ -227,7 +227,7 @@ def test_a_container_that_cannot_be_handed_to_the_queue_fails_the_run(trail_form
     def broker_down(*args, **kwargs):
         raise ConnectionError("broker down")
 
-    monkeypatch.setattr("events.queue._send", broker_down)
+    monkeypatch.setattr("events.queue._package", broker_down)
     background = add_node(trail_form, "background", label="Work")
     add_mark("B", parent=background)
     add_mark("C")

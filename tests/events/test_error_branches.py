@@ -374,7 +374,7 @@ def test_an_enqueue_that_raises_runs_the_containers_error_branch_and_keeps_recor
     def broker_down(*args, **kwargs):
         raise ConnectionError("broker down")
 
-    monkeypatch.setattr("events.queue._send", broker_down)
+    monkeypatch.setattr("events.queue._package", broker_down)
     background = add_node(errors_form, "background", name="bg", label="Work")
     add_node(errors_form, "set_flag", parent=background, name="inside", config={"flag": "inside"})
     add_catcher(errors_form, background)
@@ -400,7 +400,7 @@ def test_an_enqueue_that_raises_without_an_error_branch_fails_the_run_but_keeps_
     def broker_down(*args, **kwargs):
         raise ConnectionError("broker down")
 
-    monkeypatch.setattr("events.queue._send", broker_down)
+    monkeypatch.setattr("events.queue._package", broker_down)
     background = add_node(errors_form, "background", name="bg")
     add_node(errors_form, "set_flag", parent=background, name="inside", config={"flag": "inside"})
 

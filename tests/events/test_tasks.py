@@ -249,7 +249,7 @@ def test_a_failed_hand_off_is_unmarked_so_the_next_dispatch_tries_again(delay_tr
     def broker_down(*args, **kwargs):
         raise ConnectionError("broker down")
 
-    monkeypatch.setattr("events.queue._send", broker_down)
+    monkeypatch.setattr("events.queue._package", broker_down)
     assert dispatch_due() == 0
     task.refresh_from_db()
     assert task.enqueued_at is None
