@@ -299,6 +299,7 @@ class RunTask(models.Model):
         SKIPPED = "skipped", "Skipped"  # never ran: its condition did not hold
 
     TERMINAL = (Status.COMPLETE, Status.FAILED, Status.CANCELLED, Status.SKIPPED)
+    OPEN = (Status.PENDING, Status.ACTIVE, Status.AWAITING)
 
     class Failure(models.TextChoices):
         RAISED = "raised", "the step raised an error"

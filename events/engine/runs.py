@@ -162,30 +162,30 @@ def _cancel_open_tasks(run, now):
 
 
 def run_finish_if_done(*, run, check_failures=False):
-    """running → complete once every task is terminal and every failure handled. Safe when two last tasks finish at once.
+    """running → complete once no task is open any more. Safe when two last tasks finish at once.
 
-    ``check_failures`` (the sweep): a failure that nothing handled fails the run
-    instead. A running run never holds one (a failure commits with its
-    consequence), but an older version's crash between two commits could leave one.
+    A running run never holds a failure that nothing handled: a failure commits
+    with its consequence (the run failing, or its error branch created). An older
+    version's crash between two commits could leave one: ``check_failures`` (the
+    sweep) looks for it first and fails the run instead.
     """
-    open_or_unhandled = RunTask.objects.filter(run=OuterRef("pk")).exclude(
-        status__in=[RunTask.Status.COMPLETE, RunTask.Status.SKIPPED, RunTask.Status.CANCELLED]
-    ).exclude(Q(status=RunTask.Status.FAILED) & Exists(RunTask.objects.filter(parent=OuterRef("pk"), branch="on_error")))
     with transaction.atomic():
         if connection.features.has_select_for_update:
             # The row lock serialises two last tasks finishing at once (SQLite's write lock already does).
             Run.objects.select_for_update().filter(pk=run.pk).values_list("pk", flat=True).first()
-        won = Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).exclude(Exists(open_or_unhandled)).update(
-            status=Run.Status.COMPLETE, finished_at=timezone.now()
-        )
-        if won and run.is_submission:
-            Record.objects.filter(pk=run.record_id).update(is_complete=True)
-        if not won and check_failures:
+        if check_failures:
             unhandled = run.tasks.filter(status=RunTask.Status.FAILED).exclude(
                 Exists(RunTask.objects.filter(parent=OuterRef("pk"), branch="on_error"))
             ).first()
             if unhandled is not None:
                 run_fail(run=run, error=failure_message(unhandled))
+                return False
+        still_open = RunTask.objects.filter(run_id=run.pk, status__in=RunTask.OPEN)
+        won = Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).exclude(Exists(still_open)).update(
+            status=Run.Status.COMPLETE, finished_at=timezone.now()
+        )
+        if won and run.is_submission:
+            Record.objects.filter(pk=run.record_id).update(is_complete=True)
     return bool(won)
 
 
