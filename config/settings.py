@@ -61,6 +61,7 @@ INSTALLED_APPS = [
     "treebeard",
     "forms_app",
     "events",
+    # "demo" joins when EVENTS_DEMO_SERVICE is on (below).
 ]
 
 MIDDLEWARE = [
@@ -169,6 +170,9 @@ Q_CLUSTER = {
     "timeout": EVENTS_JOB_TIMEOUT,
     "retry": EVENTS_JOB_TIMEOUT + 60,
     "poll": 0.1,
+    # Take at most one job per worker ahead: a job taken but not started is sent again only after
+    # EVENTS_REQUEUE_AFTER_SECONDS if its worker dies, so few should wait taken.
+    "queue_limit": int(os.environ.get("EVENTS_QUEUE_WORKERS", "2")),
     "save_limit": -1,
     "max_attempts": 1,
     "ack_failures": True,
@@ -189,7 +193,7 @@ EVENTS_DISPATCH_INTERVAL = float(os.environ.get("EVENTS_DISPATCH_INTERVAL", "0.2
 # a run nothing moves on is repaired); how many times a task whose worker died is tried again.
 EVENTS_SWEEP_INTERVAL = float(os.environ.get("EVENTS_SWEEP_INTERVAL", "5"))
 EVENTS_HANDOFF_CHECK_SECONDS = int(os.environ.get("EVENTS_HANDOFF_CHECK_SECONDS", "10"))
-EVENTS_REQUEUE_AFTER_SECONDS = int(os.environ.get("EVENTS_REQUEUE_AFTER_SECONDS", "120"))
+EVENTS_REQUEUE_AFTER_SECONDS = int(os.environ.get("EVENTS_REQUEUE_AFTER_SECONDS", "30"))
 # A job that loses the database waits this long for it to answer again, then hands its work back.
 EVENTS_DATABASE_WAIT_SECONDS = int(os.environ.get("EVENTS_DATABASE_WAIT_SECONDS", "300"))
 # On SIGTERM or SIGINT a worker stops claiming and lets running steps finish for this long.
@@ -201,9 +205,13 @@ EVENTS_RETENTION_DAYS = int(os.environ.get("EVENTS_RETENTION_DAYS", "30"))
 EVENTS_PAUSE_MAX_SECONDS = 60
 EVENTS_MAX_EVENT_DEPTH = int(os.environ.get("EVENTS_MAX_EVENT_DEPTH", "20"))
 EVENTS_HTTP_SIGNING_SECRET = os.environ.get("EVENTS_HTTP_SIGNING_SECRET", "")
-# The demo's stand-in external service (/demo/external-service/): on in development only.
+# The demo app (demo/: the `demo` command, its booking form, and the stand-in external services at
+# /demo/external-service/ and /demo/loyalty-service/): installed in development only, unless set.
+# Its views also read the setting at call time, and answer 404 while it is off.
 EVENTS_DEMO_SERVICE = env_bool("EVENTS_DEMO_SERVICE", DEBUG)
 EVENTS_DEMO_SERVICE_STEP_SECONDS = float(os.environ.get("EVENTS_DEMO_SERVICE_STEP_SECONDS", "1.5"))
+if EVENTS_DEMO_SERVICE:
+    INSTALLED_APPS.append("demo")
 EVENTS_API_MAX_BODY_BYTES = int(os.environ.get("EVENTS_API_MAX_BODY_BYTES", str(1024 * 1024)))
 # Task logs: an API call may add at most this many lines (more is refused with 413); a longer
 # line is cut, with a marker; past the total, the oldest lines make way, behind one marker line.
@@ -221,6 +229,7 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
         "events": {"level": os.environ.get("EVENTS_LOG_LEVEL", "INFO")},
+        "demo": {"level": os.environ.get("EVENTS_LOG_LEVEL", "INFO")},
         "django_q": {"level": "WARNING"},
     },
 }

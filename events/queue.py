@@ -1,8 +1,9 @@
 """The queue boundary, sending side: the only module that imports django_q.
 
-Jobs carry ids only; what a worker runs is in ``events.tasks``, which loads each
-task by id and lets the engine claim it with a compare-and-set, so a duplicate
-delivery does nothing. The queue is a doorbell; our RunTask table is the truth.
+The engine's jobs carry ids only; what a worker runs is in ``events.tasks``, which
+loads each task by id and lets the engine claim it with a compare-and-set, so a
+duplicate delivery does nothing. The queue is a doorbell; our RunTask table is
+the truth. ``job_send`` sends any other job (the demo's) by dotted path.
 
 A hand-off is written in the caller's transaction: the task's mark
 (``enqueued_at``, ``handoff_id``) and django-q2's broker row (the database
@@ -133,10 +134,16 @@ def _package(func, *args, name):
 
 
 def handoffs_in_broker(handoff_ids, *, now=None):
-    """{row id: "ready" | "taken"} for the broker rows among ``handoff_ids`` that still exist."""
+    """{row id: ("ready", None) | ("taken", when a worker took it)} for the rows among ``handoff_ids`` that exist.
+
+    django-q2's database broker marks a row taken by setting its lock to the time
+    of taking plus ``retry`` seconds (then re-delivers it if it is not
+    acknowledged by then); the time of taking is read back from that.
+    """
     now = now or timezone.now()
     rows = OrmQ.objects.filter(pk__in=[pk for pk in handoff_ids if pk is not None]).values_list("pk", "lock")
-    return {pk: ("taken" if lock and lock > now else "ready") for pk, lock in rows}
+    return {pk: ("taken", lock - timedelta(seconds=Conf.RETRY)) if lock and lock > now else ("ready", None)
+            for pk, lock in rows}
 
 
 def dispatch_due(*, limit=200):
@@ -207,18 +214,20 @@ def leases_renew(*, owner):
     ).update(lease_expires_at=timezone.now() + timedelta(seconds=settings.EVENTS_TASK_LEASE_SECONDS))
 
 
-# --- The demo's stand-in service, and what the operator's commands read ---------------------
+# --- Other jobs, and what the operator's commands read -------------------------------------
 
 
-def standin_enqueue(*, task_id, callback_url, callback_token, progress_url, step_seconds):
-    """Hand the demo stand-in service's work for one waiting task to the queue, in this transaction.
+def job_send(func: str, *args: object, name: str) -> None:
+    """Send one job, ``func(*args)`` by its dotted path, as part of the current transaction.
 
-    The job's arguments include the task's callback token: the stand-in plays an
-    external system, which holds that token too (demo only, see events/standin.py).
+    For jobs outside the engine (the demo's stand-in service sends its reply this
+    way). The job runs in a worker once the transaction commits, and never if it
+    rolls back; one transaction is opened if none is. ``args`` are pickled into
+    the broker row: pass only what the job needs, as plain values. A job may be
+    delivered twice (django-q2 re-delivers after ``retry``): make it idempotent.
     """
     with transaction.atomic():
-        _send("events.tasks.standin_job", task_id, callback_url, callback_token, progress_url, step_seconds,
-              name=f"standin-{task_id}")
+        _send(func, *args, name=name)
 
 
 def queue_stats(*, now=None):

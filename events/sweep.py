@@ -54,8 +54,9 @@ def _lost_handoffs(now):
     The broker row of each hand-off is looked up first. A job still waiting in
     the broker is left alone however long the backlog; one whose row is gone
     (it ran and failed before it could claim, say while the database was down)
-    is sent again after EVENTS_HANDOFF_CHECK_SECONDS; one a worker took but never
-    claimed (the worker died holding it) after EVENTS_REQUEUE_AFTER_SECONDS.
+    is sent again after EVENTS_HANDOFF_CHECK_SECONDS; one a worker took but did not
+    start EVENTS_REQUEUE_AFTER_SECONDS after taking it (its worker died holding it)
+    is sent again.
     """
     check = now - timedelta(seconds=settings.EVENTS_HANDOFF_CHECK_SECONDS)
     taken_cutoff = now - timedelta(seconds=settings.EVENTS_REQUEUE_AFTER_SECONDS)
@@ -66,9 +67,9 @@ def _lost_handoffs(now):
     in_broker = queue.handoffs_in_broker([handoff_id for _, _, handoff_id in candidates], now=now)
     requeued = 0
     for task_id, enqueued_at, handoff_id in candidates:
-        state = in_broker.get(handoff_id)
-        if state == "ready" or (state == "taken" and enqueued_at >= taken_cutoff):
-            continue
+        state, taken_at = in_broker.get(handoff_id, (None, None))
+        if state == "ready" or (state == "taken" and taken_at >= taken_cutoff):
+            continue  # waiting in the broker, or taken by a worker only a moment ago
         requeued += queue.task_resend(task_id=task_id, enqueued_at=enqueued_at)
     return requeued
 

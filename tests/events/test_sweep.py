@@ -5,6 +5,7 @@ from datetime import timedelta
 import pytest
 from django.db import transaction
 from django.utils import timezone
+from django_q.conf import Conf
 from django_q.models import OrmQ
 
 from events import engine, queue, tasks
@@ -233,10 +234,11 @@ def test_a_step_whose_lease_runs_out_after_its_containers_is_re_run_on_its_own_a
 # Lost hand-offs ---------------------------------------------------------------------------------
 
 
-def handed_off(run, node, *, seconds_ago, in_broker=False, taken=False):
+def handed_off(run, node, *, seconds_ago, in_broker=False, taken=False, taken_seconds_ago=None):
     """The container was handed to the queue ``seconds_ago``; its job is gone from the broker unless ``in_broker``.
 
-    ``taken``: a worker took the job from the broker (and, say, died before it started it).
+    ``taken``: a worker took the job from the broker ``taken_seconds_ago`` (by default when it was
+    handed off) and, say, died before it started it.
     """
     task = row(run, node)
     if task.handoff_id is None:  # a leading container is handed off with its run; a later one by the walk
@@ -248,7 +250,9 @@ def handed_off(run, node, *, seconds_ago, in_broker=False, taken=False):
     if not in_broker:
         job.delete()  # it ran and failed before it could claim (the database was down, say)
     elif taken:
-        OrmQ.objects.filter(pk=job.pk).update(lock=timezone.now() + timedelta(seconds=600))
+        # django-q2 marks a taken row with a lock of "taken at + retry".
+        taken_at = timezone.now() - timedelta(seconds=seconds_ago if taken_seconds_ago is None else taken_seconds_ago)
+        OrmQ.objects.filter(pk=job.pk).update(lock=taken_at + timedelta(seconds=Conf.RETRY))
     return row(run, node)
 
 
@@ -328,6 +332,19 @@ def test_a_hand_off_a_worker_took_but_never_started_is_sent_again_after_the_requ
 
     assert OrmQ.objects.filter(pk=row(old, background).handoff_id).exists()
     assert OrmQ.objects.count() == 3
+
+
+def test_a_job_that_waited_long_in_the_broker_and_was_just_taken_is_not_sent_again(
+    settings, trail_form, add_mark, start
+):
+    settings.EVENTS_REQUEUE_AFTER_SECONDS = 30
+    background = add_node(trail_form, "background", name="bg")
+    add_mark("B", parent=background)
+    run = start()
+    handed_off(run, background, seconds_ago=600, in_broker=True, taken=True, taken_seconds_ago=1)  # a backlog
+
+    assert sweep() == NOTHING
+    assert OrmQ.objects.count() == 1
 
 
 def test_a_recent_hand_off_is_left_alone(settings, trail_form, add_mark, start):
