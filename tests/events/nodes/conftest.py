@@ -6,8 +6,8 @@ import pytest
 from django.db import transaction
 
 from events import engine
-from events.models import Run
-from forms_app.models import RECORD_UPDATE, Record
+from events.models import RECORD_UPDATE, Run
+from forms_app.models import Record
 from forms_app.services import record_submit
 from tests.support import servers
 from tests.support.servers import recording_handler, recording_server

@@ -9,6 +9,7 @@ from events.nodes import registry
 from events.nodes.base import NodeContext
 from events.nodes.condition import ROWS, evaluate
 from tests.events.test_admin import add_url, node_post
+from tests.factories import fields_of
 
 Condition = registry.get("condition")
 
@@ -285,7 +286,7 @@ def test_condition_config_refuses_bad_field_names_and_operators():
 
 def test_condition_config_checks_field_names_against_the_form_but_not_flags(form):
     found = errors({"rules": [rule("seats", "is_set"), rule("colour", "is_set"), rule("flags.anything", "is_set")]},
-                   tree_form=form)
+                   form_fields=fields_of(form))
 
     assert found == {"field_2": ["Field 2: This form has no field named “colour”."]}
 

@@ -11,7 +11,7 @@ from events.nodes import registry
 from events.nodes.base import NodeError
 from events.nodes.delay import due_at
 from forms_app.services import record_submit
-from tests.factories import FieldFactory, add_node
+from tests.factories import FieldFactory, add_node, fields_of
 
 Delay = registry.get("delay")
 UTC = datetime.timezone.utc
@@ -247,14 +247,14 @@ def test_delay_config_refuses_negative_seconds():
 
 def test_delay_config_refuses_a_field_the_form_lacks_naming_it(form):
     with pytest.raises(ValidationError) as excinfo:
-        Delay.clean_config({"rule": "field", "field": "travel_date"}, tree_form=form)
+        Delay.clean_config({"rule": "field", "field": "travel_date"}, form_fields=fields_of(form))
 
     assert "travel_date" in " ".join(excinfo.value.message_dict["field"])
 
 
 def test_delay_config_refuses_a_field_that_is_not_a_date(form):
     with pytest.raises(ValidationError) as excinfo:
-        Delay.clean_config({"rule": "field", "field": "seats"}, tree_form=form)
+        Delay.clean_config({"rule": "field", "field": "seats"}, form_fields=fields_of(form))
 
     assert "seats" in " ".join(excinfo.value.message_dict["field"])
     assert "not a date" in " ".join(excinfo.value.message_dict["field"])
@@ -263,7 +263,7 @@ def test_delay_config_refuses_a_field_that_is_not_a_date(form):
 def test_delay_config_accepts_a_date_field_of_the_form(form):
     FieldFactory(form=form, name="travel_date", type="date")
 
-    config = Delay.clean_config({"rule": "field", "field": "travel_date", "offset_seconds": -86400}, tree_form=form)
+    config = Delay.clean_config({"rule": "field", "field": "travel_date", "offset_seconds": -86400}, form_fields=fields_of(form))
 
     assert config == {"rule": "field", "field": "travel_date", "offset_seconds": -86400}
 

@@ -18,8 +18,9 @@ from django.core.exceptions import ValidationError
 
 from events.models import RunTask
 from events.nodes import registry
-from events.nodes.base import NodeContext, NodeError
-from events.nodes.http_request import check_destination
+from events.nodes.base import NodeContext
+from events.outbound import DestinationRefused
+from events.outbound.guard import check_destination
 from tests.factories import add_node
 from tests.support.servers import QuietHandler, recording_server
 
@@ -193,6 +194,34 @@ def test_a_request_to_a_blocked_address_is_refused_before_connecting(form, submi
     assert "EVENTS_HTTP_ALLOWED_HOSTS" in task.error
 
 
+def test_a_refused_destination_fails_at_once_whatever_the_retry_policy(form, submit, http_server, settings, connections):
+    settings.EVENTS_HTTP_ALLOWED_HOSTS = []
+    add_node(form, "http_request", name="call", max_attempts=3, retry_backoff_seconds=0,
+             config={"method": "GET", "url": f"http://127.0.0.1:{http_server.port}/"})
+
+    outcome = submit({"email": "ann@example.com"})
+
+    task = outcome.task("call")
+    assert (task.status, task.attempt) == (RunTask.Status.FAILED, 1)
+    assert outcome.run.status == "failed"
+    assert connections == []
+
+
+def test_a_connection_error_is_left_to_the_retry_policy(form, submit, allow_local_http):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}/"  # bound, never listening: refused
+    add_node(form, "http_request", name="call", max_attempts=3, retry_backoff_seconds=60,
+             config={"method": "GET", "url": url})
+
+    outcome = submit({"email": "ann@example.com"})
+
+    task = outcome.task("call")
+    assert "ConnectError" in " ".join(entry["line"] for entry in task.logs)
+    assert task.status != RunTask.Status.FAILED  # waiting for its next attempt
+    assert outcome.run.status != "failed"
+
+
 @pytest.mark.parametrize("host", ["localhost", "2130706433", "0177.0.0.1", "0x7f.1", "[::ffff:127.0.0.1]", "127.0.0.2"])
 def test_allowing_127_0_0_1_does_not_allow_other_names_for_loopback(form, submit, http_server, allow_local_http,
                                                                     connections, host):
@@ -209,7 +238,7 @@ def test_a_host_name_is_refused_when_any_of_its_addresses_is_blocked(monkeypatch
     settings.EVENTS_HTTP_ALLOWED_HOSTS = []
     monkeypatch.setattr(socket, "getaddrinfo", fake_resolver({"mixed.test": ["93.184.216.34", "10.0.0.1"]}))
 
-    with pytest.raises(NodeError, match="Refused to connect to mixed.test"):
+    with pytest.raises(DestinationRefused, match="Refused to connect to mixed.test"):
         check_destination("http://mixed.test/")
 
     assert connections == []
@@ -242,13 +271,13 @@ def test_the_allow_list_is_exact_not_a_suffix_match(settings, monkeypatch):
     settings.EVENTS_HTTP_ALLOWED_HOSTS = ["hooks.test"]
     monkeypatch.setattr(socket, "getaddrinfo", fake_resolver({"evil.hooks.test": ["10.0.0.1"]}))
 
-    with pytest.raises(NodeError, match="Refused"):
+    with pytest.raises(DestinationRefused, match="Refused"):
         check_destination("http://evil.hooks.test/")
 
 
 @pytest.mark.parametrize("url", ["file:///etc/passwd", "gopher://127.0.0.1/", "http:///nohost", "http://h:99999/"])
 def test_check_destination_refuses_what_is_not_an_http_url(url, connections):
-    with pytest.raises(NodeError):
+    with pytest.raises(DestinationRefused):
         check_destination(url)
 
     assert connections == []
@@ -269,6 +298,14 @@ def test_an_allowed_loopback_host_is_reached_with_its_own_host_header(form, subm
     assert received["path"] == "/hook?x=1"
     assert received["headers"]["Host"] == f"{name}:{site.port}"
     assert connections == [("127.0.0.1", site.port)]
+
+
+def test_a_configured_host_header_is_replaced_by_the_checked_name(form, submit, site, allow_local_http):
+    add_request(form, site.url + "/hook", headers={"Host": "internal.admin.test"})
+
+    submit({"email": "ann@example.com"})
+
+    assert site.requests[0]["headers"]["Host"] == f"127.0.0.1:{site.port}"
 
 
 def test_an_allowed_ipv6_loopback_is_reached(form, submit, site6, settings, connections):
@@ -556,6 +593,13 @@ def test_a_configured_idempotency_key_wins(form, submit, site, allow_local_http)
     assert site.requests[0]["headers"]["idempotency-key"] == "booking-ann@example.com"
 
 
+# X-Signature, the older body-only scheme kept for existing receivers (Standard Webhooks: test_http_request_signing.py)
+
+
+def legacy_signature(secret, body):
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
 def test_the_signature_verifies_with_the_secret_over_the_exact_body(form, submit, site, allow_local_http, signing_secret):
     add_request(form, site.url + "/hook", method="POST", body='{"email": "{{ record.email }}", "é": 1}',
                 headers={"X-Signature": "forged"})
@@ -596,9 +640,8 @@ def test_a_redirect_that_drops_the_body_re_signs_the_request(form, submit, site,
     submit({"email": "ann@example.com"})
 
     first, second = site.requests
-    sign = lambda body: "sha256=" + hmac.new(signing_secret.encode(), body, hashlib.sha256).hexdigest()  # noqa: E731
-    assert first["headers"]["X-Signature"] == sign(b"payload")
-    assert second["headers"]["X-Signature"] == sign(b"")
+    assert first["headers"]["X-Signature"] == legacy_signature(signing_secret, b"payload")
+    assert second["headers"]["X-Signature"] == legacy_signature(signing_secret, b"")
 
 
 @pytest.mark.parametrize("secret", ["", None])

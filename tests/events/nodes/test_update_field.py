@@ -3,7 +3,7 @@ from django.core.exceptions import ValidationError
 
 from events.models import RunTask
 from events.nodes import registry
-from tests.factories import FieldFactory, add_node
+from tests.factories import FieldFactory, add_node, fields_of
 
 UpdateField = registry.get("update_field")
 
@@ -78,14 +78,14 @@ def test_update_field_on_an_unknown_field_fails_the_task_with_a_clear_error(form
 
 def test_update_field_config_rejects_a_field_the_form_lacks_naming_it(form):
     with pytest.raises(ValidationError) as excinfo:
-        UpdateField.clean_config({"field": "loyalty_tier", "value": "gold"}, tree_form=form)
+        UpdateField.clean_config({"field": "loyalty_tier", "value": "gold"}, form_fields=fields_of(form))
 
     assert "field" in excinfo.value.message_dict
     assert "loyalty_tier" in " ".join(excinfo.value.message_dict["field"])
 
 
 def test_update_field_config_accepts_a_hidden_field_of_the_form(form):
-    config = UpdateField.clean_config({"field": "status", "value": "{{ record.email }}"}, tree_form=form)
+    config = UpdateField.clean_config({"field": "status", "value": "{{ record.email }}"}, form_fields=fields_of(form))
 
     assert config == {"field": "status", "value": "{{ record.email }}"}
 
