@@ -1,3 +1,4 @@
+from django.apps import apps
 from django.contrib import admin
 from django.db import connection
 from django.http import JsonResponse
@@ -5,7 +6,6 @@ from django.urls import include, path
 from django.views.decorators.http import require_GET
 
 from events.api import api
-from events.standin import external_service, loyalty_service
 
 
 @require_GET
@@ -23,7 +23,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
     path("api/", api.urls),
-    path("demo/external-service/", external_service, name="demo_external_service"),
-    path("demo/loyalty-service/", loyalty_service, name="demo_loyalty_service"),
     path("", include("forms_app.urls")),
 ]
+if apps.is_installed("demo"):  # development, or EVENTS_DEMO_SERVICE (config/settings.py)
+    urlpatterns.append(path("demo/", include("demo.urls")))

@@ -23,11 +23,9 @@ from ninja.responses import Status
 from ninja.security import APIKeyHeader, HttpBearer
 from pydantic import Field, PlainValidator, WithJsonSchema, field_validator
 
-from forms_app.models import Record
-
 from . import engine
 from .middleware import DATABASE_UNAVAILABLE
-from .models import ApiKey, Run, RunTask, secret_hash
+from .models import ApiKey, Run, RunTask, record_model, secret_hash
 
 logger = logging.getLogger("events.api")
 
@@ -405,7 +403,9 @@ def run_detail(request, run_id: UUID):
 @api.get("/records/{token}", auth=key_only, response={200: RecordOut, **ERRORS},
          summary="Look up a record, its flags and runs", operation_id="record_detail")
 def record_detail(request, token: str):
-    record = Record.objects.select_related("form").filter(token=token).first() if TOKEN_PATTERN.fullmatch(token) else None
+    record = None
+    if TOKEN_PATTERN.fullmatch(token):
+        record = record_model().objects.select_related("form").filter(token=token).first()
     if record is None:
         raise ApiError(404, "record_not_found", "No record has this token.")
     return {

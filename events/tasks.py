@@ -79,17 +79,3 @@ def database_wait(*, deadline):
             time.sleep(pause)
             pause = min(pause * 2, 2.0)
 
-
-
-
-def standin_job(task_id, callback_url, callback_token, progress_url, step_seconds):
-    """Queue entrypoint: simulate the demo's external system answering one request.
-
-    Sends two progress updates, then the SUCCESS callback, over HTTP (events/standin.py).
-    """
-    from . import standin
-
-    return standin.standin_reply(
-        task_id=task_id, callback_url=callback_url, callback_token=callback_token,
-        progress_url=progress_url, step_seconds=step_seconds,
-    )

@@ -7,7 +7,9 @@ from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from .models import RECORD_UPDATE, Field, Form, Record
+from events.models import RECORD_UPDATE
+
+from .models import Field, Form, Record
 
 
 def tree_links(form_id, event):

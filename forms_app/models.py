@@ -8,8 +8,6 @@ from django.db import connection, models, transaction
 from django.urls import reverse
 from django.utils import timezone
 
-RECORD_UPDATE = "record_update"
-
 field_name_validator = RegexValidator(
     r"^[a-z][a-z0-9_]*$",
     "Use lower-case letters, digits and underscores, starting with a letter.",

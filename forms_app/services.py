@@ -5,9 +5,9 @@ import logging
 from django.db import transaction
 
 from events import engine
-from events.models import Node
+from events.models import RECORD_UPDATE, Node
 
-from .models import RECORD_UPDATE, Record
+from .models import Record
 
 logger = logging.getLogger("forms_app.services")
 

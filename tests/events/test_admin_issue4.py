@@ -3,8 +3,7 @@
 import pytest
 from django.urls import reverse
 
-from events.models import Node, Run, RunTask
-from forms_app.models import RECORD_UPDATE
+from events.models import RECORD_UPDATE, Node, Run, RunTask
 from forms_app.services import record_submit
 from tests.factories import FieldFactory, RecordFactory, add_node
 

@@ -4,8 +4,8 @@ import pytest
 from django.db import transaction
 
 from events import engine
-from events.models import Run, RunTask
-from forms_app.models import RECORD_UPDATE, Record
+from events.models import RECORD_UPDATE, Run, RunTask
+from forms_app.models import Record
 from forms_app.services import record_submit
 from tests.factories import FieldFactory, add_node
 

@@ -2,8 +2,8 @@
 
 from django.urls import reverse
 
-from events.models import Run
-from forms_app.models import RECORD_UPDATE, Field, Form
+from events.models import RECORD_UPDATE, Run
+from forms_app.models import Field, Form
 from tests.factories import RecordFactory, add_node
 
 XSS = "<script>alert(1)</script>"

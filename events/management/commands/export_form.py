@@ -3,7 +3,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from events.formfile import form_export_json
-from forms_app.models import Form
+from events.models import form_model
 
 
 class Command(BaseCommand):
@@ -14,6 +14,7 @@ class Command(BaseCommand):
         parser.add_argument("--output", "-o", metavar="FILE", help="Write the JSON to FILE instead of standard output.")
 
     def handle(self, *args, slug, output=None, **options):
+        Form = form_model()
         form = Form.objects.filter(slug=slug).first()
         if form is None:
             known = ", ".join(Form.objects.order_by("slug").values_list("slug", flat=True)) or "none"

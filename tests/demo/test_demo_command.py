@@ -6,9 +6,9 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 
+from demo.management.commands.demo import DEMO_FILE
 from events.formfile import form_check, form_export
 from events.models import Node, RunTask
-from forms_app.management.commands.demo import DEMO_FILE
 from forms_app.models import Form
 from forms_app.services import record_submit
 from forms_app.waiting import render_message

@@ -4,14 +4,15 @@ It plays the part of an external system (a seat-reservation service): an
 ``http_request`` node with ``wait_for_callback`` POSTs its default body
 ``{"taskId", "callbackUrl", "callbackToken"}`` to ``/demo/external-service/``;
 the view answers 202 at once and hands the work to a queued job
-(``events.tasks.standin_job``). The job then talks to this app over HTTP, like a
-real external system would: two progress updates through
+(``standin_job`` below, sent with ``events.queue.job_send``). The job then talks
+to this app over HTTP, like a real external system would: two progress updates through
 ``PUT /api/event-workflow-tasks/<taskId>``, then the SUCCESS callback to the
 ``callbackUrl``, each a few seconds apart, each authenticated with the task's
 callback token as ``Authorization: Bearer <token>``.
 
-It is for development and demos only: the view answers 404 unless
-``EVENTS_DEMO_SERVICE`` is true (default: ``DEBUG``). It only ever calls back
+It is for development and demos only: the ``demo`` app is installed, and its
+URLs included, only when ``EVENTS_DEMO_SERVICE`` is true (default: ``DEBUG``),
+and the views answer 404 whenever the setting is off. It only ever calls back
 into this app: a ``callbackUrl`` outside ``EVENTS_PUBLIC_URL`` is refused.
 """
 
@@ -23,7 +24,7 @@ from django.conf import settings
 from django.http import Http404, HttpResponseNotAllowed, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from . import queue
+from events import queue
 
 SEAT = "14C"
 PROGRESS_PATH = "/api/event-workflow-tasks/{task_id}"
@@ -33,7 +34,7 @@ ATTEMPTS = 3
 RETRY_PAUSE_SECONDS = 0.5
 PROGRESS = ["Checking seat availability…", f"Holding seat {SEAT}…"]
 
-logger = logging.getLogger("events.standin")
+logger = logging.getLogger("demo.standin")
 
 
 class StandInRequestError(Exception):
@@ -59,8 +60,10 @@ def external_service(request):
         work = standin_request_parse(request.body)
     except StandInRequestError as exc:
         return JsonResponse({"error": {"code": "invalid_request", "message": str(exc), "details": None}}, status=400)
-    queue.standin_enqueue(**work, step_seconds=float(getattr(settings, "EVENTS_DEMO_SERVICE_STEP_SECONDS",
-                                                             DEFAULT_STEP_SECONDS)))
+    step_seconds = float(getattr(settings, "EVENTS_DEMO_SERVICE_STEP_SECONDS", DEFAULT_STEP_SECONDS))
+    # The job carries the task's callback token: the stand-in plays an external system, which holds it too.
+    queue.job_send("demo.standin.standin_job", work["task_id"], work["callback_url"], work["callback_token"],
+                   work["progress_url"], step_seconds, name=f"standin-{work['task_id']}")
     return JsonResponse({"taskId": work["task_id"], "accepted": True,
                          "message": "Checking seat availability; progress and the answer follow."}, status=202)
 
@@ -99,6 +102,12 @@ def standin_request_parse(body):
         "callback_token": payload["callbackToken"],
         "progress_url": base + PROGRESS_PATH.format(task_id=task_id),
     }
+
+
+def standin_job(task_id, callback_url, callback_token, progress_url, step_seconds):
+    """Queue entry point: the external system answering one request (see ``standin_reply``)."""
+    return standin_reply(task_id=task_id, callback_url=callback_url, callback_token=callback_token,
+                         progress_url=progress_url, step_seconds=step_seconds)
 
 
 def standin_reply(*, task_id, callback_url, callback_token, progress_url, step_seconds=DEFAULT_STEP_SECONDS):

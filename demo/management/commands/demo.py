@@ -7,7 +7,7 @@ from django.db import transaction
 
 from events.formfile import FormFileError, document_parse, form_import_result
 
-DEMO_FILE = Path(settings.BASE_DIR) / "demo" / "booking.json"
+DEMO_FILE = Path(__file__).resolve().parents[2] / "booking.json"
 ADMIN_USERNAME = "admin"
 ADMIN_PASSWORD = "admin"
 BASE_URL = "http://127.0.0.1:8000"
