@@ -20,11 +20,9 @@ from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_POST
 from treebeard.admin import TreeAdmin
 
-from forms_app.models import RECORD_UPDATE, Form
-
 from . import engine
 from .admin_forms import config_field_name, node_form_for, node_type_or_none
-from .models import ApiKey, InvalidTreeOperation, Node, Run, RunTask, failures_handled
+from .models import RECORD_UPDATE, ApiKey, InvalidTreeOperation, Node, Run, RunTask, failures_handled, form_model
 from .nodes import registry
 
 # Query parameters that choose *which* tree the editor shows; they keep the tree view (drag and drop).
@@ -52,15 +50,10 @@ def node_mode(node_type, config, *, in_background):
     """How a node runs, in the words of the overview: inline, background, in background, delay: …"""
     if node_type is None:
         return "unknown type"
-    if node_type.is_deferred:
-        if node_type.key == "delay":
-            return f"delay: {safe_describe(node_type, config)}"
-        return "background"
-    if node_type.is_container:
-        return "condition, in background" if in_background else "condition, inline"
-    if node_type.is_marker:
-        return "marker"
-    return "in background" if in_background else "inline"
+    try:
+        return node_type.mode(config or {}, in_background=in_background)
+    except Exception as exc:  # a stored config the type no longer understands
+        return f"(cannot describe: {exc.__class__.__name__})"
 
 
 def safe_describe(node_type, config):
@@ -70,18 +63,10 @@ def safe_describe(node_type, config):
         return f"(cannot describe: {exc.__class__.__name__})"
 
 
-def retry_text(node):
-    """“up to 3 attempts, backoff 10 s doubling up to 600 s”, or "" without retries."""
-    if node.max_attempts <= 1:
-        return ""
-    return (f"up to {node.max_attempts} attempts, backoff {node.retry_backoff_seconds} s "
-            f"doubling up to {node.retry_backoff_max_seconds} s")
-
-
 def node_markers(node, node_type, config):
     """The short notes the overview shows beside a node: retries, own runs, debug traces, waiting."""
     markers = []
-    retry = retry_text(node)
+    retry = node.retry_policy.describe()
     if retry:
         markers.append(retry)
     if node_type is not None and node_type.is_deferred and (config.get("event_type") or config.get("event_properties")):
@@ -136,7 +121,7 @@ def overview_tree(nodes):
             roots.append(item)
         else:
             parent["on_error" if is_error_step else "children"].append(item)
-        if node_type is not None and node_type.is_marker and node_type.key == "go_async":
+        if node_type is not None and node_type.backgrounds_later_siblings:
             async_after.add(sequence)
         stack.append(item)
     return roots
@@ -204,7 +189,7 @@ class NodeAdmin(TreeAdmin):
             ))
         fieldsets.append((
             "Retries",
-            {"fields": ["max_attempts", "retry_backoff_seconds", "retry_backoff_max_seconds"],
+            {"fields": ["max_attempts", "retry_backoff_seconds", "retry_backoff_max_seconds", "retry_non_retryable"],
              "description": "When the step raises an error, try it again after a wait that doubles each time "
                             "(with jitter), up to the longest wait. When every attempt failed, the error branch "
                             "runs, or else the run fails."},
@@ -281,7 +266,7 @@ class NodeAdmin(TreeAdmin):
         """A read-only drawing of one tree: each node's label, type, what it does and how it runs."""
         if not self.has_view_permission(request):
             raise PermissionDenied
-        form = get_object_or_404(Form, pk=form_id)
+        form = get_object_or_404(form_model(), pk=form_id)
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,

@@ -9,22 +9,21 @@ treebeard's form writes to the database while it saves.
 
 import copy
 
+from django import forms
 from django.core.exceptions import ValidationError
 from treebeard.forms import MoveNodeForm, movenodeform_factory
 
-from .formfile import MAX_ATTEMPTS_LIMIT, MAX_BACKOFF_SECONDS
 from .models import InvalidTreeOperation, Node
 from .nodes import registry
+from .retry import RetryPolicy
 
 CONFIG_PREFIX = "config_"
-RETRY_FIELDS = ("max_attempts", "retry_backoff_seconds", "retry_backoff_max_seconds")
+RETRY_FIELDS = tuple(RetryPolicy.NODE_FIELDS.values())
 
 
 def position_help_text():
-    containers = [node_type.label for node_type in registry.all_types() if node_type.is_container]
-    names = ", ".join(containers[:-1]) + f" and {containers[-1]}" if len(containers) > 1 else "".join(containers)
     return (
-        f"Only containers ({names}) hold steps that run in order; any node, an action too, may hold "
+        f"Only containers ({registry.container_labels()}) hold steps that run in order; any node, an action too, may hold "
         "error-branch steps (choose “runs when the parent fails” above). A node stays in its own form's event tree."
     )
 
@@ -33,10 +32,27 @@ def config_field_name(name):
     return f"{CONFIG_PREFIX}{name}"
 
 
+class LinesField(forms.CharField):
+    """A list of texts, one per line."""
+
+    widget = forms.Textarea(attrs={"rows": 2})
+
+    def prepare_value(self, value):
+        return "\n".join(value) if isinstance(value, (list, tuple)) else value
+
+    def to_python(self, value):
+        return [line.strip() for line in (value or "").splitlines() if line.strip()]
+
+
 class NodeAdminForm(MoveNodeForm):
     """Add or change one node. Subclasses made by ``node_form_for`` set ``node_type``."""
 
     node_type = None  # a NodeType class, or None when the stored type is no longer registered
+    retry_non_retryable = LinesField(
+        label="Not retried", required=False,
+        help_text="Errors that a retry cannot fix: one per line, the beginning of the error message "
+                  "(e.g. “HTTP 404”). Such an error fails the step at once.",
+    )
 
     def __init__(self, *args, initial=None, instance=None, **kwargs):
         initial = dict(initial or {})
@@ -117,8 +133,9 @@ class NodeAdminForm(MoveNodeForm):
         if any(name in self.errors for name in config_names):
             return cleaned  # each field already says what is wrong with it
         tree_form = cleaned.get("form") if self.instance._state.adding else self.instance.form
+        form_fields = dict(tree_form.fields.values_list("name", "type")) if tree_form is not None else None
         try:
-            self.instance.config = self.node_type.clean_config(self.raw_config(), tree_form=tree_form)
+            self.instance.config = self.node_type.clean_config(self.raw_config(), form_fields=form_fields)
         except ValidationError as exc:
             for name, messages in exc.message_dict.items():
                 prefixed = config_field_name(name)
@@ -155,21 +172,17 @@ class NodeAdminForm(MoveNodeForm):
                                      "whose failure it handles (any node: an action, a container or a marker).")
 
     def clean_retry(self, cleaned):
-        """Retry settings as the form file allows them: 1 to 100 attempts, waits up to a year, the longest
-        wait no shorter than the first."""
+        """The retry settings, checked by the RetryPolicy they make (as the form file's are)."""
         for name in RETRY_FIELDS:
             if name in self.fields and cleaned.get(name) is None and name not in self.errors:
                 cleaned[name] = Node._meta.get_field(name).get_default()
-        attempts = cleaned.get("max_attempts")
-        if attempts is not None and not 1 <= attempts <= MAX_ATTEMPTS_LIMIT:
-            self.add_error("max_attempts", f"Give 1 to {MAX_ATTEMPTS_LIMIT} attempts (1 = no retry).")
-        for name in ("retry_backoff_seconds", "retry_backoff_max_seconds"):
-            if (cleaned.get(name) or 0) > MAX_BACKOFF_SECONDS:
-                self.add_error(name, f"At most {MAX_BACKOFF_SECONDS} seconds (a year).")
-        first, cap = cleaned.get("retry_backoff_seconds"), cleaned.get("retry_backoff_max_seconds")
-        if first is not None and cap is not None and cap < first:
-            self.add_error("retry_backoff_max_seconds",
-                           f"The longest wait cannot be shorter than the first one ({first} s).")
+        if any(name in self.errors for name in RETRY_FIELDS):
+            return
+        policy = RetryPolicy(**{attr: cleaned.get(column) for attr, column in RetryPolicy.NODE_FIELDS.items()
+                                if column in cleaned})
+        columns = {RetryPolicy.DOCUMENT_KEYS[attr]: column for attr, column in RetryPolicy.NODE_FIELDS.items()}
+        for key, message in policy.problems().items():
+            self.add_error(columns[key], message[0].upper() + message[1:] + ".")
 
     # Saving --------------------------------------------------------------------------------
 

@@ -38,17 +38,17 @@ import decimal
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
 
 from django import forms
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.db import transaction
 
-from forms_app.models import RECORD_UPDATE, Field, Form
-
-from .models import InvalidTreeOperation, Node
+from .models import RECORD_UPDATE, InvalidTreeOperation, Node, field_model, form_model
+from .retry import RetryPolicy
 from .nodes import registry
 from .templating import validate_template
+
+Form, Field = form_model(), field_model()  # forms_app's, looked up by name: events never imports forms_app
 
 
 class FormFileError(Exception):
@@ -121,12 +121,8 @@ def _node_export(node):
     if node.visible:
         item["visible"] = True
     item["config"] = node.config if isinstance(node.config, dict) else {}
-    retry = {
-        "max_attempts": node.max_attempts,
-        "backoff_seconds": node.retry_backoff_seconds,
-        "backoff_max_seconds": node.retry_backoff_max_seconds,
-    }
-    if retry != RETRY_DEFAULTS:
+    retry = node.retry_policy.as_document()
+    if retry != RetryPolicy().as_document():
         item["retry"] = retry
     try:
         is_container = registry.get(node.type).is_container
@@ -280,90 +276,13 @@ RETRY_KEYS = {
     "max_attempts": ("max_attempts", "integer", False),
     "backoff_seconds": ("retry_backoff_seconds", "integer", False),
     "backoff_max_seconds": ("retry_backoff_max_seconds", "integer", False),
+    "non_retryable": ("retry_non_retryable", "list", False),
 }
-RETRY_DEFAULTS = {key: Node._meta.get_field(attr).get_default() for key, (attr, _kind, _required) in RETRY_KEYS.items()}
-MAX_ATTEMPTS_LIMIT = 100
-MAX_BACKOFF_SECONDS = 365 * 24 * 3600
 CHOICE_TYPES = (Field.Type.CHOICE, Field.Type.MULTIPLE_CHOICE)
 
 
 def _model_defaults(model, keys):
     return {attr: model._meta.get_field(attr).get_default() for attr, _kind, _required in keys.values() if attr}
-
-
-class _DocumentFields:
-    """The document's fields, answering the few QuerySet calls config forms make on ``tree_form.fields``.
-
-    Config forms check field names with ``tree_form.fields.filter(name=...)``; during an import the
-    fields exist only in the document, so this stands in for the related manager, over unsaved rows.
-    """
-
-    def __init__(self, rows):
-        self._rows = list(rows)
-
-    @staticmethod
-    def _matches(row, lookups):
-        for lookup, expected in lookups.items():
-            attr, _, operator = lookup.partition("__")
-            value = getattr(row, attr)
-            if operator == "in":
-                if value not in expected:
-                    return False
-            elif operator in ("", "exact"):
-                if value != expected:
-                    return False
-            else:
-                raise NotImplementedError(f"The import's stand-in for form.fields does not support “{lookup}”.")
-        return True
-
-    def filter(self, **lookups):
-        return _DocumentFields(row for row in self._rows if self._matches(row, lookups))
-
-    def exclude(self, **lookups):
-        return _DocumentFields(row for row in self._rows if not self._matches(row, lookups))
-
-    def all(self):
-        return self
-
-    def order_by(self, *fields):
-        return self
-
-    def first(self):
-        return self._rows[0] if self._rows else None
-
-    def exists(self):
-        return bool(self._rows)
-
-    def count(self):
-        return len(self._rows)
-
-    def get(self, **lookups):
-        rows = self.filter(**lookups)._rows
-        if len(rows) != 1:
-            raise (Field.DoesNotExist if not rows else Field.MultipleObjectsReturned)()
-        return rows[0]
-
-    def values_list(self, *names, flat=False):
-        if flat:
-            return [getattr(row, names[0]) for row in self._rows]
-        return [tuple(getattr(row, name) for name in names) for row in self._rows]
-
-    def __iter__(self):
-        return iter(self._rows)
-
-    def __len__(self):
-        return len(self._rows)
-
-
-@dataclass
-class _DocumentForm:
-    """What a config form sees as ``tree_form`` while the document is checked."""
-
-    slug: str
-    title: str
-    fields: _DocumentFields
-    pk: Any = None
-    id: Any = None
 
 
 @dataclass
@@ -427,8 +346,8 @@ class _Checker:
         top, _bad = self.read(document, "", {"form": (None, "object", True), "events": (None, "object", False)})
         if top is None:
             return None
-        form_attrs, fields, stand_in = self.check_form(top["form"], "form") if "form" in top else (None, [], None)
-        events = self.check_events(top.get("events", {}), "events", stand_in)
+        form_attrs, fields, form_fields = self.check_form(top["form"], "form") if "form" in top else (None, [], None)
+        events = self.check_events(top.get("events", {}), "events", form_fields)
         if form_attrs is None:
             return None
         return _Plan(slug=form_attrs["slug"], form_attrs=form_attrs, fields=fields, events=events)
@@ -458,9 +377,9 @@ class _Checker:
                 self.problem(paths[attr], " ".join(exc.messages))
 
         fields = self.check_fields(values.get("fields", []), _key_path(path, "fields"))
-        rows = [Field(**field_attrs) for field_attrs in fields]
-        stand_in = _DocumentForm(slug=attrs["slug"], title=attrs["title"], fields=_DocumentFields(rows))
-        return attrs, fields, stand_in
+        # What config forms check field names against: the document's fields, name → type.
+        form_fields = {field_attrs["name"]: field_attrs["type"] for field_attrs in fields}
+        return attrs, fields, form_fields
 
     def check_fields(self, raw_fields, path):
         fields, seen = [], {}
@@ -507,7 +426,7 @@ class _Checker:
 
     # -- event trees ---------------------------------------------------------------------------
 
-    def check_events(self, raw_events, path, stand_in):
+    def check_events(self, raw_events, path, form_fields):
         events = {}
         for event, nodes in raw_events.items():
             event_path = _key_path(path, event)
@@ -517,11 +436,11 @@ class _Checker:
                 self.problem(event_path, f"expected a list of nodes, got {_describe(nodes)}")
                 continue
             names = {}
-            plans = [self.check_node(raw, f"{event_path}[{index}]", stand_in, names) for index, raw in enumerate(nodes)]
+            plans = [self.check_node(raw, f"{event_path}[{index}]", form_fields, names) for index, raw in enumerate(nodes)]
             events[event] = [plan for plan in plans if plan is not None]
         return events
 
-    def check_node(self, raw, path, stand_in, names):
+    def check_node(self, raw, path, form_fields, names):
         values, bad = self.read(raw, path, NODE_KEYS)
         if values is None:
             return None
@@ -548,14 +467,14 @@ class _Checker:
 
         config = values.get("config", {})
         if node_type is not None and "config" not in bad:
-            config = self.check_config(node_type, config, _key_path(path, "config"), stand_in)
+            config = self.check_config(node_type, config, _key_path(path, "config"), form_fields)
 
         retry = self.check_retry(values["retry"], _key_path(path, "retry")) if "retry" in values else {}
 
         children_path, on_error_path = _key_path(path, "children"), _key_path(path, "on_error")
-        children = [self.check_node(child, f"{children_path}[{index}]", stand_in, names)
+        children = [self.check_node(child, f"{children_path}[{index}]", form_fields, names)
                     for index, child in enumerate(values.get("children", []))]
-        on_error = [self.check_node(child, f"{on_error_path}[{index}]", stand_in, names)
+        on_error = [self.check_node(child, f"{on_error_path}[{index}]", form_fields, names)
                     for index, child in enumerate(values.get("on_error", []))]
         if node_type is not None and values.get("children") and not node_type.is_container:
             containers = ", ".join(cls.key for cls in registry.all_types() if cls.is_container)
@@ -582,31 +501,17 @@ class _Checker:
         }
 
     def check_retry(self, raw, path):
-        """The retry policy as Node attributes (left-out keys take their defaults)."""
+        """The retry policy as Node columns (left-out keys take the defaults), checked by RetryPolicy."""
         values, bad = self.read(raw, path, RETRY_KEYS)
-        if values is None:
+        if values is None or bad:
             return {}
-        retry = {**RETRY_DEFAULTS, **values}
-        if "max_attempts" in values and not 1 <= values["max_attempts"] <= MAX_ATTEMPTS_LIMIT:
-            self.problem(_key_path(path, "max_attempts"), f"must be 1 to {MAX_ATTEMPTS_LIMIT}")
-        for key in ("backoff_seconds", "backoff_max_seconds"):
-            if key not in values:
-                continue
-            if values[key] < 0:
-                self.problem(_key_path(path, key), "must be 0 or more")
-                bad.add(key)
-            elif values[key] > MAX_BACKOFF_SECONDS:
-                self.problem(_key_path(path, key), f"must be at most {MAX_BACKOFF_SECONDS} (a year)")
-                bad.add(key)
-        if not bad and retry["backoff_max_seconds"] < retry["backoff_seconds"]:
-            self.problem(
-                _key_path(path, "backoff_max_seconds"),
-                f"must be at least backoff_seconds ({retry['backoff_seconds']})",
-            )
-        return {RETRY_KEYS[key][0]: value for key, value in retry.items()}
+        policy = RetryPolicy.of_document(values)
+        for key, message in policy.problems().items():
+            self.problem(_key_path(path, key), message)
+        return policy.node_fields()
 
-    def check_config(self, node_type, config, path, stand_in):
-        config_form = node_type.config_form(tree_form=stand_in)
+    def check_config(self, node_type, config, path, form_fields):
+        config_form = node_type.config_form(form_fields=form_fields)
         bad = set()
         for key, value in config.items():
             if key not in config_form.fields:
@@ -618,7 +523,7 @@ class _Checker:
                 self.problem(_key_path(path, key), f"expected {KINDS[kind][1]}, got {_describe(value)}")
                 bad.add(key)
         try:
-            return node_type.clean_config(config, tree_form=stand_in)
+            return node_type.clean_config(config, form_fields=form_fields)
         except ValidationError as exc:
             errors = exc.message_dict if hasattr(exc, "error_dict") else {NON_FIELD_ERRORS: exc.messages}
             for key, messages in errors.items():

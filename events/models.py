@@ -7,6 +7,7 @@ import socket
 import uuid
 from datetime import timedelta
 
+from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, models, transaction
@@ -14,9 +15,29 @@ from django.db.models import F, Q
 from django.utils import timezone
 from treebeard.mp_tree import MP_Node, MP_NodeManager, MP_NodeQuerySet
 
-from forms_app.models import RECORD_UPDATE, Form, Record
-
 from .nodes import registry
+from .retry import RetryPolicy
+
+RECORD_UPDATE = "record_update"  # the event every submission fires
+
+# forms_app imports events (its submit calls the engine, its waiting page reads runs), so events
+# names forms_app's models and never imports them: the two apps depend one way
+# (tests/test_import_graph.py).
+FORM_MODEL = "forms_app.Form"
+FIELD_MODEL = "forms_app.Field"
+RECORD_MODEL = "forms_app.Record"
+
+
+def form_model():
+    return apps.get_model(FORM_MODEL)
+
+
+def field_model():
+    return apps.get_model(FIELD_MODEL)
+
+
+def record_model():
+    return apps.get_model(RECORD_MODEL)
 
 
 def node_type_choices():
@@ -58,7 +79,7 @@ class NodeManager(MP_NodeManager):
         if not registry.get(parent.type).is_container:
             raise InvalidTreeOperation(
                 f"“{parent}” is a {registry.get(parent.type).label} action; only containers "
-                "(Background, Delay, Condition) hold steps. Put it in the error branch to handle its failure."
+                f"({registry.container_labels()}) hold steps. Put it in the error branch to handle its failure."
             )
 
     def move(self, node, target, pos=None):
@@ -112,7 +133,7 @@ class Node(MP_Node):
         MAIN = "main", "runs in order"
         ON_ERROR = "on_error", "runs when the parent fails"
 
-    form = models.ForeignKey(Form, on_delete=models.CASCADE, related_name="nodes")
+    form = models.ForeignKey(FORM_MODEL, on_delete=models.CASCADE, related_name="nodes")
     event = models.CharField(max_length=100, default=RECORD_UPDATE)
     type = models.CharField(max_length=50, choices=node_type_choices)
     name = models.SlugField(
@@ -129,6 +150,10 @@ class Node(MP_Node):
         default=10, help_text="Wait before the 2nd attempt; doubles for each further one, with jitter."
     )
     retry_backoff_max_seconds = models.PositiveIntegerField(default=600, help_text="The longest wait between attempts.")
+    retry_non_retryable = models.JSONField(
+        default=list, blank=True,
+        help_text="Errors not to retry: an error whose message starts with one of these texts fails at once.",
+    )
 
     node_order_by = []
     objects = NodeManager()
@@ -161,18 +186,20 @@ class Node(MP_Node):
             "label": self.display_label(),
             "visible": self.visible,
             "config": self.config,
-            "retry": {
-                "max_attempts": self.max_attempts,
-                "backoff_seconds": self.retry_backoff_seconds,
-                "backoff_max_seconds": self.retry_backoff_max_seconds,
-            },
+            "retry": self.retry_policy.as_document(),
             "children": [],
             "on_error": [],
         }
 
+    @property
+    def retry_policy(self):
+        return RetryPolicy.of_node(self)
+
     def clean(self):
-        if self.max_attempts < 1:
-            raise ValidationError({"max_attempts": "At least 1."})
+        problems = self.retry_policy.problems()
+        if problems:
+            columns = {RetryPolicy.DOCUMENT_KEYS[attr]: column for attr, column in RetryPolicy.NODE_FIELDS.items()}
+            raise ValidationError({columns[key]: message for key, message in problems.items()})
         if self.name:
             clash = Node.objects.filter(form_id=self.form_id, event=self.event, name=self.name).exclude(pk=self.pk)
             if clash.exists():
@@ -196,8 +223,8 @@ class Run(models.Model):
     TERMINAL = (Status.COMPLETE, Status.FAILED, Status.CANCELLED)
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    form = models.ForeignKey(Form, on_delete=models.CASCADE, related_name="runs")
-    record = models.ForeignKey(Record, on_delete=models.CASCADE, related_name="runs")
+    form = models.ForeignKey(FORM_MODEL, on_delete=models.CASCADE, related_name="runs")
+    record = models.ForeignKey(RECORD_MODEL, on_delete=models.CASCADE, related_name="runs")
     event = models.CharField(max_length=100, default=RECORD_UPDATE)
     is_submission = models.BooleanField(default=False, help_text="The run the submit fired; the record's completion flag follows it.")
     parent_run = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="child_runs")

@@ -1,7 +1,7 @@
 import factory
 
-from events.models import Node
-from forms_app.models import RECORD_UPDATE, Field, Form, Record
+from events.models import RECORD_UPDATE, Node
+from forms_app.models import Field, Form, Record
 
 
 class FormFactory(factory.django.DjangoModelFactory):
@@ -38,3 +38,8 @@ def add_node(form, type, *, parent=None, event=RECORD_UPDATE, **fields):
     if parent is None:
         return Node.objects.add_root(instance=node)
     return Node.objects.add_child(parent, instance=node)
+
+
+def fields_of(form):
+    """A form's fields as config forms take them: name → type."""
+    return dict(form.fields.values_list("name", "type"))

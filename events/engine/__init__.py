@@ -24,7 +24,7 @@ from .callbacks import (
     task_progress,
     task_store_waiting,
 )
-from .failures import leases_release, retry_delay_bounds, task_redrive
+from .failures import leases_release, task_redrive
 from .runs import Outcome, run_cancel, run_fail, run_finish_if_done, run_start
 from .sequences import run_repair
 from .snapshot import snapshot_node, tree_order
@@ -32,7 +32,7 @@ from .walks import error_branch_job, run_inline, run_trigger, sequence_resume, t
 
 __all__ = [
     "CALLBACK_PATH", "CallbackResult", "Outcome", "awaiting_expire", "callback_digest", "error_branch_job",
-    "leases_release", "retry_delay_bounds", "run_cancel", "run_fail", "run_finish_if_done", "run_inline",
+    "leases_release", "run_cancel", "run_fail", "run_finish_if_done", "run_inline",
     "run_repair", "run_start", "run_trigger", "sequence_resume", "snapshot_node", "task_await", "task_callback",
     "task_job", "task_progress", "task_redrive", "task_store_waiting", "tree_order",
 ]

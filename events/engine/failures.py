@@ -1,6 +1,5 @@
 """Failures and retries: what follows a failed step, decided in the transaction that records it."""
 
-import random
 from datetime import timedelta
 
 from django.conf import settings
@@ -8,10 +7,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Max
 from django.utils import timezone
 
-from forms_app.models import Record
-
 from .. import queue
-from ..models import Run, RunTask
+from ..models import Run, RunTask, record_model
 from .runs import Outcome, failure_message, run_fail, tasks_for
 from .snapshot import snapshot_node, subtree_node_ids
 
@@ -58,13 +55,9 @@ def error_branch_open(*, run, task, node):
     return branch[0]
 
 
-def task_retry_later(*, task, node, error, logs=(), debug=None):
-    """Put a failed attempt back to pending, due after an exponential backoff with jitter."""
-    retry = node.get("retry", {})
-    base = float(retry.get("backoff_seconds", 10))
-    cap = float(retry.get("backoff_max_seconds", 600))
-    delay = min(cap, base * (2 ** (task.attempt - 1))) * random.uniform(0.5, 1.0)
-    due = timezone.now() + timedelta(seconds=delay)
+def task_retry_later(*, task, policy, error, logs=(), debug=None):
+    """Put a failed attempt back to pending, due after the policy's backoff."""
+    due = timezone.now() + timedelta(seconds=policy.next_delay(task.attempt))
     line = f"attempt {task.attempt} of {task.max_attempts} failed: {error}; next attempt at {due.isoformat(timespec='seconds')}"
     changes = {
         "status": RunTask.Status.PENDING, "due_at": due, "enqueued_at": None, "lease_expires_at": None,
@@ -74,12 +67,6 @@ def task_retry_later(*, task, node, error, logs=(), debug=None):
         changes["debug"] = task.debug + [debug]
     RunTask.objects.filter(pk=task.pk, status=RunTask.Status.ACTIVE).update(**changes)
     return Outcome.SUSPENDED
-
-
-def retry_delay_bounds(*, attempt, backoff_seconds, backoff_max_seconds):
-    """The (shortest, longest) wait before the attempt after ``attempt`` (for docs and tests)."""
-    longest = min(backoff_max_seconds, backoff_seconds * (2 ** (attempt - 1)))
-    return longest * 0.5, longest
 
 
 def task_redrive(*, task_id):
@@ -108,7 +95,7 @@ def task_redrive(*, task_id):
             )
             Run.objects.filter(pk=run.pk).update(status=Run.Status.RUNNING, error="", finished_at=None)
             if run.is_submission:
-                Record.objects.filter(pk=run.record_id).update(is_complete=False)
+                record_model().objects.filter(pk=run.record_id).update(is_complete=False)
         RunTask.objects.filter(pk__in=ancestors, is_container=True).exclude(status=RunTask.Status.COMPLETE).update(
             status=RunTask.Status.ACTIVE, finished_at=None, lease_expires_at=None, error=""
         )

@@ -8,12 +8,11 @@ from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
-from forms_app.models import RECORD_UPDATE, Record
-
 from .. import queue
-from ..models import Node, Run, RunTask
+from ..models import RECORD_UPDATE, Node, Run, RunTask, record_model
 from ..nodes import registry
 from ..nodes.base import NodeContext, NodeError
+from ..retry import RetryPolicy
 
 
 class Outcome(enum.Enum):
@@ -57,7 +56,7 @@ def run_start(*, record, event=RECORD_UPDATE, properties=None, parent_run=None, 
         finished_at=None if snapshot else now,
     )
     if not snapshot and is_submission and not record.is_complete:
-        Record.objects.filter(pk=record.pk).update(is_complete=True)
+        record_model().objects.filter(pk=record.pk).update(is_complete=True)
         record.is_complete = True
     tasks = tasks_for(run, snapshot, debug=debug or record.form.collect_debug)
     run.planned = _hand_off_leading_containers(run, record, tasks)
@@ -122,7 +121,7 @@ def tasks_for(run, nodes, *, parent_id=None, branch="main", debug=False, positio
                 visible=node.get("visible", False),
                 is_container=node_type.is_container,
                 branch=branch,
-                max_attempts=max(1, int(node.get("retry", {}).get("max_attempts", 1))),
+                max_attempts=RetryPolicy.of_document(node.get("retry")).attempts,
                 collect_debug=debug or bool(node.get("config", {}).get("collect_debug")),
             )
             tasks.append(task)
@@ -149,7 +148,7 @@ def run_fail(*, run, error):
         if won:
             _cancel_open_tasks(run, now)
             if run.is_submission:
-                Record.objects.filter(pk=run.record_id).update(is_complete=True)
+                record_model().objects.filter(pk=run.record_id).update(is_complete=True)
     return bool(won)
 
 
@@ -185,7 +184,7 @@ def run_finish_if_done(*, run, check_failures=False):
             status=Run.Status.COMPLETE, finished_at=timezone.now()
         )
         if won and run.is_submission:
-            Record.objects.filter(pk=run.record_id).update(is_complete=True)
+            record_model().objects.filter(pk=run.record_id).update(is_complete=True)
     return bool(won)
 
 
@@ -199,7 +198,7 @@ def run_cancel(*, run, reason="Cancelled by an admin."):
         if won:
             _cancel_open_tasks(run, now)
             if run.is_submission:
-                Record.objects.filter(pk=run.record_id).update(is_complete=True)
+                record_model().objects.filter(pk=run.record_id).update(is_complete=True)
     return bool(won)
 
 

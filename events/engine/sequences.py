@@ -82,7 +82,7 @@ def sequence_hand_on(*, run, task):
             if registry.get(owner.type).is_deferred:
                 container_conclude(run=run, task=owner, outcome=Outcome.DONE)
                 return
-            container_settle(owner, Outcome.DONE, output={"matched": True})
+            container_settle(owner, Outcome.DONE, output=registry.get(owner.type).settled_output(held=True))
         task = owner
 
 

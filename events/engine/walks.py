@@ -20,12 +20,11 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 from django.utils import timezone
 
-from forms_app.models import Record
-
 from .. import queue
-from ..models import Run, RunTask
+from ..models import Run, RunTask, record_model
 from ..nodes import registry
 from ..nodes.base import NodeContext, NodeError, Waiting
+from ..retry import RetryPolicy
 from .callbacks import task_await, task_store_waiting
 from .failures import error_branch_open, failure_consequence, task_retry_later
 from .runs import Outcome, failure_message, run_fail, run_finish_if_done, run_start, runs_as_own_run
@@ -90,8 +89,10 @@ def walking():
 def walk_record(run):
     """The run's record, read once per walk; the steps that change it keep this copy current."""
     if "_walk_record" not in run.__dict__:
-        record = run.record if Run.record.is_cached(run) else Record.objects.select_related("form").get(pk=run.record_id)
-        run._walk_record = record
+        if Run.record.is_cached(run):
+            run._walk_record = run.record
+        else:
+            run._walk_record = record_model().objects.select_related("form").get(pk=run.record_id)
     return run._walk_record
 
 
@@ -204,7 +205,7 @@ def sequence_finish(*, run, owner, branch, outcome, inline=False):
         return outcome
     if registry.get(owner.type).is_deferred:
         return container_conclude(run=run, task=owner, outcome=outcome)
-    outcome = container_settle(owner, outcome, output={"matched": True})
+    outcome = container_settle(owner, outcome, output=registry.get(owner.type).settled_output(held=True))
     if outcome is Outcome.DONE:
         return sequence_continue_after(run=run, task=owner, inline=inline)
     return outcome
@@ -268,7 +269,7 @@ def action_execute(*, run, task, node, inline=False, require_due=False):
     except NodeError as exc:
         writes.begin()
         return task_fail(run=run, task=task, node=node, error=str(exc), logs=ctx.logs, inline=inline,
-                         debug=_trace(task, ctx, started, error=str(exc)))
+                         debug=_trace(task, ctx, started, error=str(exc)), retryable=exc.retryable)
     except Exception as exc:
         writes.begin()
         logger.exception("Task %s (%s) raised", task.pk, node["type"])
@@ -316,12 +317,14 @@ def _trace(task, ctx, started, *, output=None, error=""):
 
 
 def marker_pass(*, run, task, inline):
-    """go_async: in the request, the rest of the sequence goes to the queue as one job."""
+    """A marker: one that backgrounds its later siblings (go_async) hands, in the request, the rest of
+    the sequence to the queue as one job; otherwise, and in a worker, it just passes."""
     lost = _claim_or_report(task)
     if lost is not None:
         return lost
-    if not inline:
-        task.finish(RunTask.Status.COMPLETE, logs=[RunTask.log_line("already in the background")])
+    if not (inline and registry.get(task.type).backgrounds_later_siblings):
+        task.finish(RunTask.Status.COMPLETE, logs=[RunTask.log_line("already in the background" if not inline
+                                                                    else "passed")])
         return Outcome.DONE
     with transaction.atomic():
         task.finish(RunTask.Status.COMPLETE, logs=[RunTask.log_line("the rest of the sequence goes to the background")])
@@ -347,12 +350,12 @@ def condition_execute(*, run, task, node, inline, holders=()):
             status=RunTask.Status.SKIPPED, finished_at=timezone.now()
         )
         task.finish(RunTask.Status.COMPLETE, logs=logs + [RunTask.log_line("steps skipped")],
-                    output={"matched": False})
+                    output=registry.get(node["type"]).settled_output(held=False))
         return Outcome.DONE
     task.logs = RunTask.capped_logs(task.logs, logs)
     RunTask.objects.filter(pk=task.pk).update(logs=task.logs)
     outcome = sequence_walk(run=run, nodes=node.get("children", []), inline=inline, holders=(*holders, task.pk))
-    return container_settle(task, outcome, output={"matched": True})
+    return container_settle(task, outcome, output=registry.get(node["type"]).settled_output(held=True))
 
 
 def run_trigger(*, run, task, record, event, properties, snapshot=None, debug=False):
@@ -385,7 +388,7 @@ def container_defer(*, run, task, node, inline=False):
         if task.due_at <= timezone.now():
             queue.task_enqueue(task_id=task.pk)
         return Outcome.DONE
-    record = Record.objects.get(pk=run.record_id)
+    record = record_model().objects.get(pk=run.record_id)
     ctx = NodeContext(run=run, task=task, record=record, node=node)
     try:
         due = registry.get(node["type"])().due_at(ctx)
@@ -476,7 +479,7 @@ def _forget_early_delivery(task_id):
 def container_run_branch(*, run, task, node):
     """event_type / event_properties: the container's children run as a run of their own."""
     config = node.get("config", {})
-    record = Record.objects.select_related("form").get(pk=run.record_id)
+    record = record_model().objects.select_related("form").get(pk=run.record_id)
     ctx = NodeContext(run=run, task=task, record=record, node=node)
     try:
         properties = ctx.render(config["event_properties"]) if config.get("event_properties") else run.properties
@@ -512,7 +515,8 @@ def sequence_resume(*, task_id):
         return sequence_continue_after(run=task.run, task=task)
 
 
-def task_fail(*, run, task, node=None, error, logs=(), failure=RunTask.Failure.RAISED, inline=False, debug=None):
+def task_fail(*, run, task, node=None, error, logs=(), failure=RunTask.Failure.RAISED, inline=False, debug=None,
+              retryable=True):
     """A claimed step failed: retry it, run its error branch, or fail the run.
 
     The failure and what follows from it (the run failing, or the error branch's
@@ -522,9 +526,11 @@ def task_fail(*, run, task, node=None, error, logs=(), failure=RunTask.Failure.R
     error branch will go on later, FAILED when the run failed.
     """
     node = node or snapshot_node(run.snapshot, task.node_id) or {}
-    if failure == RunTask.Failure.RAISED and task.attempt < task.max_attempts and task.status == RunTask.Status.ACTIVE:
-        return task_retry_later(task=task, node=node, error=error, logs=logs, debug=debug)
-    if failure == RunTask.Failure.RAISED and task.max_attempts > 1:
+    policy = RetryPolicy.of_document(node.get("retry"))
+    if (failure == RunTask.Failure.RAISED and task.status == RunTask.Status.ACTIVE
+            and policy.retries(attempt=task.attempt, error=error, retryable=retryable)):
+        return task_retry_later(task=task, policy=policy, error=error, logs=logs, debug=debug)
+    if failure == RunTask.Failure.RAISED and task.max_attempts > 1 and task.attempt > 1:
         failure = RunTask.Failure.RETRIES
         error = f"{error} (after {task.attempt} attempts)"
     with transaction.atomic():

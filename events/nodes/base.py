@@ -13,7 +13,16 @@ from .. import templating
 
 
 class NodeError(Exception):
-    """An action failed; the message is shown to admins and kept in the task."""
+    """An action failed; the message is shown to admins and kept in the task.
+
+    ``retryable=False``: trying again cannot help (an address the HTTP action may not
+    reach, a field the form does not have), so the step fails at once, whatever
+    attempts its retry policy has left.
+    """
+
+    def __init__(self, message, *, retryable=True):
+        super().__init__(message)
+        self.retryable = retryable
 
 
 @dataclass
@@ -28,11 +37,20 @@ class Waiting:
 
 
 class ConfigForm(forms.Form):
-    """Base for config forms. ``tree_form`` (the Form model, when known) lets a type check field names."""
+    """Base for config forms.
 
-    def __init__(self, *args, tree_form=None, **kwargs):
-        self.tree_form = tree_form
+    ``form_fields`` maps the names of the form's fields to their types (``{"email": "email", ...}``),
+    when known, so that a type can check the field names it is given: the admin passes the form's
+    fields, the form file the fields of its document. ``None``: not known, names are not checked.
+    """
+
+    def __init__(self, *args, form_fields=None, **kwargs):
+        self.form_fields = form_fields
         super().__init__(*args, **kwargs)
+
+    def unknown_field(self, name):
+        """True when the form's fields are known and ``name`` is not one of them."""
+        return self.form_fields is not None and name not in self.form_fields
 
     def to_config(self):
         """cleaned_data as JSON: dates as ISO text, decimals as text, empty optional values left out."""
@@ -168,11 +186,17 @@ class NodeType:
     # transaction; a step that only writes our database runs inside the walk's transaction and
     # commits together with its task's outcome. Unknown types are assumed to reach outside.
     reaches_outside: ClassVar[bool] = True
+    # A marker that sends every later sibling of its sequence to the background (go_async): in the
+    # request, the engine hands the rest of the sequence to the queue; the overview shows them so.
+    backgrounds_later_siblings: ClassVar[bool] = False
 
     @classmethod
-    def clean_config(cls, data, *, tree_form=None):
-        """Validate raw config; return it normalised, or raise ValidationError naming the fields."""
-        form = cls.config_form(data=data or {}, tree_form=tree_form)
+    def clean_config(cls, data, *, form_fields=None):
+        """Validate raw config; return it normalised, or raise ValidationError naming the fields.
+
+        ``form_fields``: the form's field names and types, when known (see ConfigForm).
+        """
+        form = cls.config_form(data=data or {}, form_fields=form_fields)
         if not form.is_valid():
             raise ValidationError(
                 {name: [f"{form.fields[name].label or name}: {message}" if name in form.fields else message
@@ -186,8 +210,36 @@ class NodeType:
         """One line for the tree overview."""
         return ""
 
+    @classmethod
+    def mode(cls, config, *, in_background):
+        """How a node of this type runs, in the words of the tree overview.
+
+        ``in_background``: its sequence runs in a worker (under a deferred container,
+        or after a go_async marker). Actions run "inline" or "in background"; a
+        deferred container says when its steps run; an inline container (a
+        condition) says where it is tested.
+        """
+        where = "in background" if in_background else "inline"
+        if cls.is_deferred:
+            return "background"
+        if cls.is_container:
+            return f"{cls.label.lower()}, {where}"
+        if cls.is_marker:
+            return "marker"
+        return where
+
+    @classmethod
+    def settled_output(cls, *, held):
+        """An inline container's output once its steps are settled: ``held`` says whether they ran."""
+        return {}
+
     def execute(self, ctx: NodeContext):
         raise NotImplementedError
 
     def due_at(self, ctx: NodeContext):
+        """A deferred container: when its steps may start (an aware datetime; now or earlier: at once)."""
+        raise NotImplementedError
+
+    def holds(self, ctx: NodeContext):
+        """An inline container: whether its steps run now (True) or are skipped (False)."""
         raise NotImplementedError

@@ -115,8 +115,7 @@ class ConditionConfig(ConfigForm):
                 self.add_error(names["field"], "Name a record field, or flags.<name> for a flag.")
             elif not (FIELD_NAME.fullmatch(field) or FLAG_NAME.fullmatch(field)):
                 self.add_error(names["field"], f"“{field}” is neither a field name nor flags.<name>.")
-            elif (self.tree_form is not None and not field.startswith(FLAG_PREFIX)
-                  and not self.tree_form.fields.filter(name=field).exists()):
+            elif not field.startswith(FLAG_PREFIX) and self.unknown_field(field):
                 self.add_error(names["field"], f"This form has no field named “{field}”.")
             if not operator:
                 self.add_error(names["operator"], "Choose an operator.")
@@ -292,6 +291,10 @@ class Condition(NodeType):
         if len(rules) == 1:
             return rules[0]
         return f"{MATCHES.get(config.get('match') or 'all', 'all of')}: {', '.join(rules)}"
+
+    @classmethod
+    def settled_output(cls, *, held):
+        return {"matched": held}
 
     def holds(self, ctx):
         """Whether the children run for this record; each rule's outcome goes to the task's log."""

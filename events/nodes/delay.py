@@ -39,12 +39,12 @@ class DelayConfig(ContainerConfig):
         required = {"after": "after_seconds", "at": "at", "field": "field"}.get(rule)
         if required and data.get(required) in (None, "") and required not in self.errors:
             self.add_error(required, f"Required when the delay is due {RULES[rule]}.")
-        if rule == "field" and data.get("field") and self.tree_form is not None:
-            field = self.tree_form.fields.filter(name=data["field"]).first()
-            if field is None:
+        if rule == "field" and data.get("field") and self.form_fields is not None:
+            field_type = self.form_fields.get(data["field"])
+            if field_type is None:
                 self.add_error("field", f"This form has no field named “{data['field']}”.")
-            elif field.type not in ("date", "datetime", "hidden", "text"):
-                self.add_error("field", f"“{field.name}” is a {field.get_type_display()} field, not a date.")
+            elif field_type not in ("date", "datetime", "hidden", "text"):
+                self.add_error("field", f"“{data['field']}” is a {field_type} field, not a date.")
         return data
 
     def to_config(self):
@@ -141,6 +141,10 @@ class Delay(NodeType):
             offset = int(config.get("offset_seconds") or 0)
             return f"at record.{config.get('field')} {'+' if offset >= 0 else '-'} {abs(offset)} s"
         return RULES.get(rule, rule)
+
+    @classmethod
+    def mode(cls, config, *, in_background):
+        return f"delay: {cls.describe(config)}"
 
     def due_at(self, ctx):
         return due_at(ctx.config, submitted_at=ctx.record.created_at, record_data=ctx.record.data)

@@ -19,6 +19,7 @@ class GoAsync(NodeType):
     label = "Go async"
     config_form = GoAsyncConfig
     is_marker = True
+    backgrounds_later_siblings = True
 
     @classmethod
     def describe(cls, config):

@@ -29,3 +29,9 @@ def all_types():
 
 def choices():
     return [(cls.key, cls.label) for cls in all_types()]
+
+
+def container_labels():
+    """The labels of the types that hold steps, for messages: “Background, Condition and Delay”."""
+    labels = [cls.label for cls in all_types() if cls.is_container]
+    return ", ".join(labels[:-1]) + f" and {labels[-1]}" if len(labels) > 1 else "".join(labels)

@@ -11,7 +11,7 @@ class UpdateFieldConfig(ConfigForm):
 
     def clean_field(self):
         name = self.cleaned_data["field"]
-        if self.tree_form is not None and not self.tree_form.fields.filter(name=name).exists():
+        if self.unknown_field(name):
             raise forms.ValidationError(f"This form has no field named “{name}”.")
         return name
 
@@ -42,7 +42,7 @@ class UpdateField(NodeType):
         value = ctx.render(ctx.config.get("value", ""))
         field = ctx.record.form.field_named(name)
         if field is None:
-            raise NodeError(f"The form has no field named “{name}”.")
+            raise NodeError(f"The form has no field named “{name}”.", retryable=False)
         value = coerce(field.type, value)
         ctx.record.set_value(name, value)
         ctx.log(f"{name} set to {value!r}")
@@ -56,7 +56,7 @@ def coerce(field_type, value):
         try:
             return int(value.strip())
         except ValueError:
-            raise NodeError(f"“{value}” is not a whole number.") from None
+            raise NodeError(f"“{value}” is not a whole number.", retryable=False) from None
     if field_type == "checkbox":
         return value.strip().lower() in {"1", "true", "yes", "on"}
     return value

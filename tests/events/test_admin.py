@@ -6,9 +6,8 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from events.models import Node, Run, RunTask
+from events.models import RECORD_UPDATE, Node, Run, RunTask
 from events.nodes import registry
-from forms_app.models import RECORD_UPDATE
 from tests.factories import FieldFactory, FormFactory, RecordFactory, add_node
 
 XSS = "<script>alert(1)</script>"

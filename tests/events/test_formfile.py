@@ -492,18 +492,20 @@ def test_a_retry_may_give_only_some_keys(db):
 @pytest.mark.parametrize(
     "retry, expected",
     [
-        ({"max_attempts": 0}, [("retry.max_attempts", "must be 1 to 100")]),
-        ({"max_attempts": 101}, [("retry.max_attempts", "must be 1 to 100")]),
+        ({"max_attempts": 0}, [("retry.max_attempts", "must be 1 to 100 (1 = no retry)")]),
+        ({"max_attempts": 101}, [("retry.max_attempts", "must be 1 to 100 (1 = no retry)")]),
         ({"max_attempts": "3"}, [("retry.max_attempts", "expected a whole number, got a string")]),
         ({"max_attempts": 2.5}, [("retry.max_attempts", "expected a whole number, got a number")]),
-        ({"backoff_seconds": -1}, [("retry.backoff_seconds", "must be 0 or more")]),
-        ({"backoff_max_seconds": -5}, [("retry.backoff_max_seconds", "must be 0 or more")]),
-        ({"backoff_seconds": 10**12}, [("retry.backoff_seconds", "must be at most 31536000 (a year)")]),
+        ({"backoff_seconds": -1}, [("retry.backoff_seconds", "must be 0 to 31536000 seconds (a year)")]),
+        ({"backoff_max_seconds": -5}, [("retry.backoff_max_seconds", "must be 0 to 31536000 seconds (a year)")]),
+        ({"backoff_seconds": 10**12}, [("retry.backoff_seconds", "must be 0 to 31536000 seconds (a year)")]),
         ({"backoff_seconds": 60, "backoff_max_seconds": 30},
          [("retry.backoff_max_seconds", "must be at least backoff_seconds (60)")]),
         ({"backoff_seconds": 900}, [("retry.backoff_max_seconds", "must be at least backoff_seconds (900)")]),
         ({"attempts": 3}, [("retry.attempts", "unknown key (known keys: max_attempts, backoff_seconds, "
-                                              "backoff_max_seconds)")]),
+                                              "backoff_max_seconds, non_retryable)")]),
+        ({"non_retryable": ["HTTP 404", 7]},
+         [("retry.non_retryable", "must be a list of texts (the beginnings of error messages)")]),
         (3, [("retry", "expected an object, got a number")]),
     ],
 )

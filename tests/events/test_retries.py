@@ -6,6 +6,7 @@ import pytest
 from django.utils import timezone
 from django_q.models import OrmQ
 
+from events.retry import RetryPolicy
 from events import engine, queue, tasks
 from events.models import Run, RunTask
 from events.nodes import registry
@@ -116,7 +117,7 @@ def test_each_try_is_a_new_attempt_of_the_same_task_counted_before_its_side_effe
 
 
 def test_retry_delay_bounds_grow_exponentially_up_to_the_cap():
-    bounds = [engine.retry_delay_bounds(attempt=n, backoff_seconds=10, backoff_max_seconds=60) for n in range(1, 6)]
+    bounds = [RetryPolicy(attempts=6, backoff_seconds=10, backoff_max_seconds=60).delay_bounds(n) for n in range(1, 6)]
 
     assert bounds == [(5, 10), (10, 20), (20, 40), (30, 60), (30, 60)]
 
@@ -131,7 +132,7 @@ def test_each_failure_sets_due_at_within_the_backoff_bounds_and_the_cap_holds(fo
         row = task(record, "flaky")
         assert row.status == RunTask.Status.PENDING
         assert row.attempt == attempt
-        shortest, longest = engine.retry_delay_bounds(attempt=attempt, backoff_seconds=10, backoff_max_seconds=25)
+        shortest, longest = RetryPolicy(attempts=9, backoff_seconds=10, backoff_max_seconds=25).delay_bounds(attempt)
         assert before + timedelta(seconds=shortest) <= row.due_at <= after + timedelta(seconds=longest)
         assert row.due_at <= after + timedelta(seconds=25)  # the cap: 10 * 2**4 would be 160
         make_due(record, "flaky")
