@@ -1,6 +1,5 @@
 import hashlib
 import hmac
-import math
 import os
 import secrets
 import socket
@@ -15,7 +14,9 @@ from django.db.models import F, Q
 from django.utils import timezone
 from treebeard.mp_tree import MP_Node, MP_NodeManager, MP_NodeQuerySet
 
+from . import storable
 from .nodes import registry
+from .storable import storable_text  # noqa: F401  (for callers that import it from here)
 from .retry import RetryPolicy
 
 RECORD_UPDATE = "record_update"  # the event every submission fires
@@ -393,9 +394,7 @@ class RunTask(models.Model):
     def is_finished(self):
         return self.status in self.TERMINAL
 
-    @staticmethod
-    def log_line(line, at=None):
-        return {"at": (at or timezone.now()).isoformat(timespec="milliseconds"), "line": storable_text(line)}
+    log_line = staticmethod(storable.log_line)
 
     @staticmethod
     def capped_logs(logs, added):
@@ -429,33 +428,7 @@ class RunTask(models.Model):
             }
         return [marker, *lines] if marker else lines
 
-    @staticmethod
-    def storage_problem(value, path="value"):
-        """Why ``value`` cannot go into a task's JSON fields on every database we run on, or None.
-
-        PostgreSQL refuses NUL characters and unpaired surrogates in text, and both PostgreSQL
-        and SQLite's JSON check refuse NaN and ±Infinity (``1e999`` parses as Infinity).
-        """
-        pending = [(path, value)]
-        while pending:  # no recursion: an answer may nest deeper than Python's stack allows
-            where, item = pending.pop()
-            if isinstance(item, str):
-                if "\x00" in item:
-                    return f"{where} contains a NUL character"
-                try:
-                    item.encode("utf-8")
-                except UnicodeEncodeError:
-                    return f"{where} contains an unpaired surrogate"
-            elif isinstance(item, float):
-                if not math.isfinite(item):
-                    return f"{where} is not a finite number"
-            elif isinstance(item, dict):
-                for key, element in item.items():
-                    pending.append((f"{where} (a key)", key))
-                    pending.append((f"{where}.{key}", element))
-            elif isinstance(item, (list, tuple)):
-                pending.extend((f"{where}[{index}]", element) for index, element in enumerate(item))
-        return None
+    storage_problem = staticmethod(storable.storage_problem)
 
     @staticmethod
     def _cut_line(entry, max_chars):
@@ -540,22 +513,6 @@ def failures_handled(tasks):
         if task.status == RunTask.Status.FAILED:
             settle(task)
     return handled
-
-
-def storable_text(text):
-    """``text`` as every database we run on can store it: NUL and unpaired surrogates become U+FFFD.
-
-    For what the engine writes itself (error messages, log lines), which may quote anything a
-    step met; what comes from outside is refused at the API instead.
-    """
-    text = str(text)
-    if "\x00" in text:
-        text = text.replace("\x00", "\ufffd")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    return text
 
 
 def lease_owner():

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 
 from .. import templating
+from ..storable import log_line
 
 
 class NodeError(Exception):
@@ -159,9 +160,7 @@ class NodeContext:
         return self.trigger(event=event, properties=properties)
 
     def log(self, line):
-        from ..models import RunTask
-
-        self.logs.append(RunTask.log_line(line))
+        self.logs.append(log_line(line))
 
 
 class NodeType:

@@ -4,6 +4,7 @@ from urllib.parse import urlsplit
 from django import forms
 
 from .. import outbound
+from ..storable import storage_problem
 from ..templating import TemplateCharField, TemplateTextField
 from .base import ConfigForm, NodeError, NodeType, Waiting
 from .registry import register
@@ -196,13 +197,11 @@ def _storable_json(ctx, text):
     surrogates would fail to save and leave the step running until its lease expired: such an
     answer is kept as text only, in ``body``, and a log line says why.
     """
-    from ..models import RunTask
-
     try:
         parsed = json.loads(text)
     except (ValueError, RecursionError):
         return {}  # not JSON: the body is the answer
-    problem = RunTask.storage_problem(parsed, "json")
+    problem = storage_problem(parsed, "json")
     if problem:
         ctx.log(f"the answer is kept as text only (output.body), not as output.json: {problem}")
         return {}
