@@ -22,7 +22,7 @@ from treebeard.admin import TreeAdmin
 
 from . import engine
 from .admin_forms import config_field_name, node_form_for, node_type_or_none
-from .models import RECORD_UPDATE, ApiKey, InvalidTreeOperation, Node, Run, RunTask, failures_handled, form_model
+from .models import RECORD_UPDATE, ApiKey, InvalidTreeOperation, Node, Run, RunTask, failures_handled, form_model, tree_nest
 from .nodes import registry
 
 # Query parameters that choose *which* tree the editor shows; they keep the tree view (drag and drop).
@@ -89,12 +89,9 @@ def overview_tree(nodes):
     background under a deferred container, after a go_async marker in its sequence, or in the
     error branch of a node that does.
     """
-    roots, stack = [], []
-    async_after = set()  # ids of items (None: the top level) whose sequence has passed a go_async
-    for node in nodes:
-        while stack and stack[-1]["node"].depth >= node.depth:
-            stack.pop()
-        parent = stack[-1] if stack else None
+    async_after = set()  # (item id or None for the top level, branch) of sequences past a go_async
+
+    def item_for(node, parent):
         node_type = node_type_or_none(node.type)
         config = node.config or {}
         is_error_step = parent is not None and node.branch == Node.Branch.ON_ERROR
@@ -102,9 +99,11 @@ def overview_tree(nodes):
         in_background = sequence in async_after or bool(parent and (
             parent["in_background"] or (not is_error_step and parent["is_deferred"])
         ))
+        if node_type is not None and node_type.backgrounds_later_siblings:
+            async_after.add(sequence)
         mode = node_mode(node_type, config, in_background=in_background)
         summary = safe_describe(node_type, config) if node_type else ""
-        item = {
+        return {
             "node": node,
             "label": node.display_label(),
             "type_label": node.type_label,
@@ -117,14 +116,8 @@ def overview_tree(nodes):
             "children": [],
             "on_error": [],
         }
-        if parent is None:
-            roots.append(item)
-        else:
-            parent["on_error" if is_error_step else "children"].append(item)
-        if node_type is not None and node_type.backgrounds_later_siblings:
-            async_after.add(sequence)
-        stack.append(item)
-    return roots
+
+    return tree_nest(nodes, item_for)
 
 
 @admin.register(Node)
@@ -698,13 +691,18 @@ class RunTaskAdmin(ReadOnlyAdmin):
     def redrive_view(self, request, object_id):
         return require_POST(self._redrive)(request, object_id)
 
-    def _redrive(self, request, object_id):
-        """POST: re-run the failed task; back to its run's timeline when asked from there, else to the task."""
-        if not self.has_redrive_permission(request):
+    def task_or_404(self, request, object_id, *, allowed):
+        """The task of a per-task action view, for a user ``allowed`` to act on it."""
+        if not allowed:
             raise PermissionDenied
         task = self.get_object(request, object_id)
         if task is None:
             raise Http404("No such task.")
+        return task
+
+    def _redrive(self, request, object_id):
+        """POST: re-run the failed task; back to its run's timeline when asked from there, else to the task."""
+        task = self.task_or_404(request, object_id, allowed=self.has_redrive_permission(request))
         self.redrive(request, task)
         if request.POST.get("back_to") == "run":
             return HttpResponseRedirect(reverse("admin:events_run_change", args=[task.run_id]) + f"#task-{task.pk}")
@@ -764,13 +762,9 @@ class RunTaskAdmin(ReadOnlyAdmin):
 
     def by_hand_view(self, request, object_id, outcome):
         """GET asks for confirmation; POST answers the task and goes back to it."""
-        if not self.has_settle_permission(request):
-            raise PermissionDenied
+        task = self.task_or_404(request, object_id, allowed=self.has_settle_permission(request))
         if outcome not in BY_HAND or request.method not in ("GET", "POST"):
             return HttpResponseBadRequest("Unknown outcome.")
-        task = self.get_object(request, object_id)
-        if task is None:
-            raise Http404("No such task.")
         if request.method == "GET":
             return self.settle_confirmation(request, [task], outcome)
         self.settle(request, [task], outcome)

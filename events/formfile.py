@@ -30,7 +30,12 @@ is reported with its JSON path (``form.fields[2].type: unknown type "colour" ...
 FormFileError, before anything is written. A valid document is then written in one transaction.
 Importing a slug that already exists REPLACES that form: its settings, its fields (matched by name,
 so a kept field keeps its row; fields the document leaves out are deleted) and all its event trees
-(every event, also those the document does not mention). Records, runs and tasks are kept: runs are
+(every event, also those the document does not mention; a node is matched by its ``name`` within its
+tree and keeps its id, so admin links and runs' references to it hold; an unnamed node is new).
+
+The structure is declared once (``Document`` and the models it nests, pydantic): it checks a
+document's keys and JSON types and yields the JSON Schema that ``manage.py export_form --schema``
+prints for editors, with each node type's config keys. Records, runs and tasks are kept: runs are
 pinned to their snapshots, and records keep the values of removed fields in their data.
 """
 
@@ -42,10 +47,13 @@ from dataclasses import dataclass, field
 from django import forms
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.db import transaction
+from pydantic import BaseModel, ConfigDict
+from pydantic import Field as Schema
+from pydantic import ValidationError as PydanticValidationError
 
-from .models import RECORD_UPDATE, InvalidTreeOperation, Node, field_model, form_model
-from .retry import RetryPolicy
+from .models import RECORD_UPDATE, InvalidTreeOperation, Node, field_model, form_model, tree_nest
 from .nodes import registry
+from .retry import RetryPolicy
 from .templating import validate_template
 
 Form, Field = form_model(), field_model()  # forms_app's, looked up by name: events never imports forms_app
@@ -134,20 +142,10 @@ def _node_export(node):
 
 
 def _events_export(form):
-    events, stack = {}, []
-    for node in Node.objects.filter(form=form).order_by("path"):
-        item = _node_export(node)
-        while stack and stack[-1][0] >= node.depth:
-            stack.pop()
-        if stack:
-            parent = stack[-1][1]
-            key = "on_error" if node.branch == Node.Branch.ON_ERROR else "children"
-            parent.setdefault(key, []).append(item)
-        else:
-            events.setdefault(node.event, []).append(item)
-        stack.append((node.depth, item))
-    order = sorted(events, key=lambda event: (event != RECORD_UPDATE, event))
-    return {event: events[event] for event in order}
+    nodes = list(Node.objects.filter(form=form).order_by("path"))
+    order = sorted({node.event for node in nodes}, key=lambda event: (event != RECORD_UPDATE, event))
+    return {event: tree_nest([node for node in nodes if node.event == event], lambda node, parent: _node_export(node))
+            for event in order}
 
 
 def form_export(form):
@@ -185,7 +183,122 @@ def form_export_json(form):
 
 
 # ---------------------------------------------------------------------------------------------
-# Import: check everything into a plan, then write the plan
+# The format, declared: what each object holds, its JSON types and its defaults. One source for
+# checking a document's structure and for the JSON Schema published for editors (``schema()``).
+
+
+def _default(model, attr):
+    return model._meta.get_field(attr).get_default()
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class FieldDoc(_Strict):
+    """One field of the form; ``name`` is the key of its value in every record: never rename it."""
+
+    name: str
+    label: str = Schema(default="", description="Defaults to the name, capitalised.")
+    type: str = Schema(default=_default(Field, "type"), json_schema_extra={"enum": list(Field.Type.values)})
+    required: bool = _default(Field, "required")
+    help_text: str = ""
+    choices: list[str] = Schema(default_factory=list, description="For choice and multiple_choice fields.")
+    min: int | float = Schema(default=None, description="For number fields.")
+    max: int | float = Schema(default=None, description="For number fields.")
+    max_length: int = None
+    pattern: str = Schema(default="", description="A regular expression the value must match.")
+    default: str = ""
+
+
+class WaitingDoc(_Strict):
+    """The waiting page: how often it polls, what it waits for, what it says at the end."""
+
+    poll_seconds: int = Schema(default=_default(Form, "poll_seconds"), ge=1)
+    wait_for: str = Schema(default=_default(Form, "wait_for"), json_schema_extra={"enum": list(Form.WaitFor.values)})
+    wait_flag: str = Schema(default=_default(Form, "wait_flag"), description='Required when wait_for is "flag".')
+    max_wait_seconds: int = _default(Form, "max_wait_seconds")
+    title: str = _default(Form, "waiting_title")
+    done_message: str = Schema(default=_default(Form, "done_message"), description="A template over the record.")
+    done_redirect_url: str = _default(Form, "done_redirect_url")
+    failed_message: str = Schema(default=_default(Form, "failed_message"), description="A template over the record.")
+
+
+class FormDoc(_Strict):
+    slug: str
+    title: str
+    description: str = _default(Form, "description")
+    submit_label: str = _default(Form, "submit_label")
+    is_published: bool = _default(Form, "is_published")
+    collect_debug: bool = _default(Form, "collect_debug")
+    fields: list[FieldDoc] = Schema(default_factory=list)
+    waiting: WaitingDoc = Schema(default_factory=WaitingDoc)
+
+
+class RetryDoc(_Strict):
+    """How a failed step is tried again (see events.retry.RetryPolicy); left-out keys take the defaults."""
+
+    max_attempts: int = RetryPolicy.attempts
+    backoff_seconds: int = RetryPolicy.backoff_seconds
+    backoff_max_seconds: int = RetryPolicy.backoff_max_seconds
+    non_retryable: list[str] = Schema(default_factory=list, description="Beginnings of error messages not to retry.")
+
+
+class NodeDoc(_Strict):
+    """One node of an event tree. ``name`` identifies it in its tree (and keeps its id across imports)."""
+
+    type: str
+    name: str = ""
+    label: str = ""
+    visible: bool = False
+    config: dict = Schema(default_factory=dict, description="The keys of its type's config form.")
+    retry: RetryDoc = None
+    children: list["NodeDoc"] = Schema(default_factory=list, description="Containers only.")
+    on_error: list["NodeDoc"] = Schema(default_factory=list, description="The error branch.")
+
+
+class Document(_Strict):
+    """A form with its fields, its waiting page and its event trees."""
+
+    form: FormDoc
+    events: dict[str, list[NodeDoc]] = Schema(default_factory=dict, description="Event name → its tree.")
+
+
+def schema():
+    """The JSON Schema of the form file, with each node type's config keys (for editors and CI)."""
+    document = Document.model_json_schema()
+    document["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    document["title"] = "Form file"
+    node = document["$defs"]["NodeDoc"]
+    node["properties"]["type"]["enum"] = [cls.key for cls in registry.all_types()]
+    node["allOf"] = [
+        {"if": {"properties": {"type": {"const": cls.key}}},
+         "then": {"properties": {"config": _config_schema(cls)}}}
+        for cls in registry.all_types()
+    ]
+    return document
+
+
+def _config_schema(node_type):
+    properties = {}
+    for key, form_field in node_type.config_form.base_fields.items():
+        kind = _config_kind(form_field)
+        item = {"type": JSON_TYPES[kind]} if kind else {}
+        if form_field.label:
+            item["title"] = str(form_field.label)
+        if form_field.help_text:
+            item["description"] = str(form_field.help_text)
+        properties[key] = item
+    return {"type": "object", "properties": properties, "additionalProperties": False}
+
+
+JSON_TYPES = {"string": "string", "boolean": "boolean", "integer": "integer", "number": "number"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Import: the structure is checked by the declared schema, then what it cannot say (names that
+# exist, values a model or a node type refuses, the tree's rules), everything into one list of
+# problems with their paths; nothing is written unless there are none.
 
 
 def document_parse(text):
@@ -197,9 +310,18 @@ def document_parse(text):
 
 
 def _key_path(path, key):
+    if isinstance(key, int):
+        return f"{path}[{key}]"
     if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
         return f"{path}.{key}" if path else key
     return f"{path}[{json.dumps(key, ensure_ascii=False)}]"
+
+
+def _path(loc):
+    path = ""
+    for key in loc:
+        path = _key_path(path, key)
+    return path
 
 
 def _describe(value):
@@ -218,71 +340,51 @@ def _describe(value):
     return type(value).__name__
 
 
-KINDS = {
-    "string": (lambda v: isinstance(v, str), "a string"),
-    "boolean": (lambda v: isinstance(v, bool), "true or false"),
-    "integer": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
-    "number": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
-    "list": (lambda v: isinstance(v, list), "a list"),
-    "object": (lambda v: isinstance(v, dict), "an object"),
+EXPECTED = {  # pydantic error type -> what the document should have held there
+    "string_type": "a string", "bool_type": "true or false", "int_type": "a whole number",
+    "int_from_float": "a whole number", "float_type": "a number", "list_type": "a list",
+    "dict_type": "an object", "model_type": "an object", "model_attributes_type": "an object",
 }
 
-# document key -> (model attribute, kind, required)
-FORM_KEYS = {
-    "slug": ("slug", "string", True),
-    "title": ("title", "string", True),
-    "description": ("description", "string", False),
-    "submit_label": ("submit_label", "string", False),
-    "is_published": ("is_published", "boolean", False),
-    "collect_debug": ("collect_debug", "boolean", False),
-    "fields": (None, "list", False),
-    "waiting": (None, "object", False),
-}
-WAITING_KEYS = {
-    "poll_seconds": ("poll_seconds", "integer", False),
-    "wait_for": ("wait_for", "string", False),
-    "wait_flag": ("wait_flag", "string", False),
-    "max_wait_seconds": ("max_wait_seconds", "integer", False),
-    "title": ("waiting_title", "string", False),
-    "done_message": ("done_message", "string", False),
-    "done_redirect_url": ("done_redirect_url", "string", False),
-    "failed_message": ("failed_message", "string", False),
-}
-FIELD_KEYS = {
-    "name": ("name", "string", True),
-    "label": ("label", "string", False),
-    "type": ("type", "string", False),
-    "required": ("required", "boolean", False),
-    "help_text": ("help_text", "string", False),
-    "choices": ("choices", "list", False),
-    "min": ("min_value", "number", False),
-    "max": ("max_value", "number", False),
-    "max_length": ("max_length", "integer", False),
-    "pattern": ("pattern", "string", False),
-    "default": ("default", "string", False),
-}
-NODE_KEYS = {
-    "type": ("type", "string", True),
-    "name": ("name", "string", False),
-    "label": ("label", "string", False),
-    "visible": ("visible", "boolean", False),
-    "config": ("config", "object", False),
-    "retry": (None, "object", False),
-    "children": (None, "list", False),
-    "on_error": (None, "list", False),
-}
-# document key -> (Node attribute, kind, required)
-RETRY_KEYS = {
-    "max_attempts": ("max_attempts", "integer", False),
-    "backoff_seconds": ("retry_backoff_seconds", "integer", False),
-    "backoff_max_seconds": ("retry_backoff_max_seconds", "integer", False),
-    "non_retryable": ("retry_non_retryable", "list", False),
-}
-CHOICE_TYPES = (Field.Type.CHOICE, Field.Type.MULTIPLE_CHOICE)
+
+MODEL_OF_KEY = {"form": FormDoc, "fields": FieldDoc, "waiting": WaitingDoc, "retry": RetryDoc,
+                "children": NodeDoc, "on_error": NodeDoc, "events": NodeDoc}
 
 
-def _model_defaults(model, keys):
-    return {attr: model._meta.get_field(attr).get_default() for attr, _kind, _required in keys.values() if attr}
+def _model_at(loc):
+    """The declared model of the object at ``loc`` (for an unknown key's list of known keys)."""
+    model, after_events = Document, False
+    for key in loc:
+        if isinstance(key, int):
+            continue
+        if after_events:  # an event name: its tree is a list of NodeDoc
+            after_events = False
+            continue
+        after_events = model is Document and key == "events"
+        model = MODEL_OF_KEY[key]
+    return model
+
+
+def _structure_problems(error):
+    """(path, message) for one of pydantic's errors, in the form file's words."""
+    loc, kind = error["loc"], error["type"]
+    # For a union (int | float) pydantic adds the member's name to the location.
+    loc = tuple(key for key in loc if key not in ("int", "float"))
+    if kind == "missing":
+        return _path(loc), "required"
+    if kind == "extra_forbidden":
+        known = ", ".join(_model_at(loc[:-1]).model_fields)
+        return _path(loc), f"unknown key (known keys: {known})"
+    if kind in EXPECTED or kind in ("int_parsing", "float_parsing"):
+        expected = EXPECTED.get(kind, "a number")
+        if error["type"] == "float_type" and loc and loc[-1] not in ("min", "max"):
+            expected = "a number"
+        value = error["input"]
+        hint = " (leave the key out instead)" if value is None else ""
+        return _path(loc), f"expected {expected}, got {_describe(value)}{hint}"
+    if kind == "greater_than_equal":
+        return _path(loc), f"must be at least {error['ctx']['ge']}"
+    return _path(loc), error["msg"]
 
 
 @dataclass
@@ -293,90 +395,88 @@ class _Plan:
     events: dict  # event name -> list of node plans
 
 
+FORM_ATTRS = {"slug": "slug", "title": "title", "description": "description", "submit_label": "submit_label",
+              "is_published": "is_published", "collect_debug": "collect_debug"}
+WAITING_ATTRS = {"poll_seconds": "poll_seconds", "wait_for": "wait_for", "wait_flag": "wait_flag",
+                 "max_wait_seconds": "max_wait_seconds", "title": "waiting_title", "done_message": "done_message",
+                 "done_redirect_url": "done_redirect_url", "failed_message": "failed_message"}
+FIELD_ATTRS = {"name": "name", "label": "label", "type": "type", "required": "required", "help_text": "help_text",
+               "choices": "choices", "min": "min_value", "max": "max_value", "max_length": "max_length",
+               "pattern": "pattern", "default": "default"}
+CHOICE_TYPES = (Field.Type.CHOICE, Field.Type.MULTIPLE_CHOICE)
+NAME = re.compile(r"[-a-zA-Z0-9_]{1,100}")
+
+
 class _Checker:
-    def __init__(self):
-        self.problems = []
+    """What the schema cannot say, checked over the document with every bad part already reported."""
+
+    def __init__(self, structure):
+        self.problems = list(structure)
+        self.bad = {path for path, _message in structure}
 
     def problem(self, path, message):
         self.problems.append((path, message))
 
-    def read(self, raw, path, keys):
-        """The known keys of an object with the right JSON types, and the keys found wrong.
+    def sound(self, path):
+        """Nothing at or under ``path`` was reported by the schema."""
+        return not any(bad == path or bad.startswith(path + ".") or bad.startswith(path + "[") for bad in self.bad)
 
-        Reports unknown keys, missing required keys and wrong types; leaves bad values out.
-        Returns (values, bad) with values None when ``raw`` is not an object.
-        """
-        if not isinstance(raw, dict):
-            self.problem(path, f"expected an object, got {_describe(raw)}")
-            return None, set()
-        values, bad = {}, set()
-        for key, value in raw.items():
-            if key not in keys:
-                self.problem(_key_path(path, key), f"unknown key (known keys: {', '.join(keys)})")
-                continue
-            _attr, kind, required = keys[key]
-            check, expected = KINDS[kind]
-            if not check(value):
-                hint = " (leave the key out instead)" if value is None and not required else ""
-                self.problem(_key_path(path, key), f"expected {expected}, got {_describe(value)}{hint}")
-                bad.add(key)
+    @staticmethod
+    def read(model, raw):
+        """``raw``'s values over ``model``'s defaults (None for a missing required key), unchecked:
+        the schema has reported what is wrong."""
+        values = {}
+        for name, declared in model.model_fields.items():
+            if isinstance(raw, dict) and name in raw:
+                values[name] = raw[name]
             else:
-                values[key] = value
-        for key, (_attr, _kind, required) in keys.items():
-            if required and key not in raw:
-                self.problem(_key_path(path, key), "required")
-                bad.add(key)
-        return values, bad
+                values[name] = None if declared.is_required() else declared.get_default(call_default_factory=True)
+        return model.model_construct(**values)
 
-    def model_errors(self, instance, paths, skip):
+    def model_errors(self, instance, paths):
         """Run the model's own field validation; report it under ``paths`` (attribute -> path)."""
         try:
             instance.full_clean(exclude=["form"] if isinstance(instance, Field) else None,
                                 validate_unique=False, validate_constraints=False)
         except ValidationError as exc:
             for attr, messages in exc.message_dict.items():
-                if attr in skip:
+                path = paths.get(attr, "")
+                if attr in paths and not self.sound(path):
                     continue
                 for message in messages:
-                    self.problem(paths.get(attr, ""), message)
+                    self.problem(path, message)
 
     # -- form ----------------------------------------------------------------------------------
 
-    def check_document(self, document):
-        top, _bad = self.read(document, "", {"form": (None, "object", True), "events": (None, "object", False)})
-        if top is None:
+    def check_document(self, raw):
+        if not isinstance(raw, dict) or not isinstance(raw.get("form"), dict):
             return None
-        form_attrs, fields, form_fields = self.check_form(top["form"], "form") if "form" in top else (None, [], None)
-        events = self.check_events(top.get("events", {}), "events", form_fields)
-        if form_attrs is None:
-            return None
+        form_attrs, fields, form_fields = self.check_form(raw["form"], "form")
+        events = raw.get("events")
+        events = self.check_events(events, "events", form_fields) if isinstance(events, dict) else {}
         return _Plan(slug=form_attrs["slug"], form_attrs=form_attrs, fields=fields, events=events)
 
     def check_form(self, raw, path):
-        values, bad = self.read(raw, path, FORM_KEYS)
+        head = self.read(FormDoc, raw)
         waiting_path = _key_path(path, "waiting")
-        waiting, waiting_bad = ({}, set())
-        if "waiting" in values:
-            waiting, waiting_bad = self.read(values["waiting"], waiting_path, WAITING_KEYS)
-        attrs = _model_defaults(Form, FORM_KEYS) | _model_defaults(Form, WAITING_KEYS)
-        attrs.update({FORM_KEYS[key][0]: value for key, value in values.items() if FORM_KEYS[key][0]})
-        attrs.update({WAITING_KEYS[key][0]: value for key, value in waiting.items()})
-
-        paths = {attr: _key_path(path, key) for key, (attr, _kind, _required) in FORM_KEYS.items() if attr}
-        paths |= {attr: _key_path(waiting_path, key) for key, (attr, _kind, _required) in WAITING_KEYS.items()}
-        skip = {FORM_KEYS[key][0] for key in bad} | {WAITING_KEYS[key][0] for key in waiting_bad}
-        self.model_errors(Form(**attrs), paths, skip)
-        if "poll_seconds" in waiting and waiting["poll_seconds"] < 1:
-            self.problem(paths["poll_seconds"], "must be at least 1")
-        if attrs["wait_for"] == Form.WaitFor.FLAG and not attrs["wait_flag"]:
+        waiting = self.read(WaitingDoc, raw.get("waiting") if isinstance(raw.get("waiting"), dict) else {})
+        attrs = {attr: getattr(head, key) for key, attr in FORM_ATTRS.items()}
+        attrs |= {attr: getattr(waiting, key) for key, attr in WAITING_ATTRS.items()}
+        paths = {attr: _key_path(path, key) for key, attr in FORM_ATTRS.items()}
+        paths |= {attr: _key_path(waiting_path, key) for key, attr in WAITING_ATTRS.items()}
+        if "slug" in raw and "title" in raw:
+            self.model_errors(Form(**attrs), paths)
+        if attrs["wait_for"] == Form.WaitFor.FLAG and not attrs["wait_flag"] and self.sound(paths["wait_flag"]):
             self.problem(paths["wait_flag"], 'required when wait_for is "flag"')
         for attr in ("done_message", "failed_message"):
             try:
                 validate_template(attrs[attr])
-            except ValidationError as exc:
-                self.problem(paths[attr], " ".join(exc.messages))
+            except (ValidationError, TypeError) as exc:
+                if self.sound(paths[attr]):
+                    self.problem(paths[attr], " ".join(getattr(exc, "messages", [str(exc)])))
 
-        fields = self.check_fields(values.get("fields", []), _key_path(path, "fields"))
+        raw_fields = raw.get("fields") if isinstance(raw.get("fields"), list) else []
+        fields = self.check_fields(raw_fields, _key_path(path, "fields"))
         # What config forms check field names against: the document's fields, name → type.
         form_fields = {field_attrs["name"]: field_attrs["type"] for field_attrs in fields}
         return attrs, fields, form_fields
@@ -385,43 +485,44 @@ class _Checker:
         fields, seen = [], {}
         for index, raw in enumerate(raw_fields):
             item_path = f"{path}[{index}]"
-            values, bad = self.read(raw, item_path, FIELD_KEYS)
-            if values is None:
+            if not isinstance(raw, dict):
                 continue
-            paths = {attr: _key_path(item_path, key) for key, (attr, _kind, _required) in FIELD_KEYS.items()}
-            skip = {FIELD_KEYS[key][0] for key in bad}
-            attrs = _model_defaults(Field, FIELD_KEYS)
-            if "name" in values:
-                attrs["label"] = values["name"].replace("_", " ").capitalize()
-            for key, value in values.items():
-                attrs[FIELD_KEYS[key][0]] = decimal.Decimal(str(value)) if key in ("min", "max") else value
-
-            if attrs["type"] not in Field.Type.values:
+            doc = self.read(FieldDoc, raw)
+            paths = {attr: _key_path(item_path, key) for key, attr in FIELD_ATTRS.items()}
+            attrs = {attr: getattr(doc, key) for key, attr in FIELD_ATTRS.items()}
+            if not attrs["label"] and isinstance(attrs.get("name"), str):
+                attrs["label"] = attrs["name"].replace("_", " ").capitalize()
+            for attr in ("min_value", "max_value"):
+                if isinstance(attrs[attr], (int, float)) and not isinstance(attrs[attr], bool):
+                    attrs[attr] = decimal.Decimal(str(attrs[attr]))
+                elif attrs[attr] is not None:
+                    attrs[attr] = None  # reported by the schema
+            if attrs["type"] not in Field.Type.values and self.sound(paths["type"]):
                 known = ", ".join(Field.Type.values)
                 self.problem(paths["type"], f'unknown type "{attrs["type"]}" (known types: {known})')
-                skip.add("type")
-            for choice_index, choice in enumerate(attrs["choices"]):
-                if not isinstance(choice, str):
-                    self.problem(f"{paths['choices']}[{choice_index}]", f"expected a string, got {_describe(choice)}")
-            if attrs["type"] in CHOICE_TYPES and not attrs["choices"]:
+            if attrs["type"] in CHOICE_TYPES and not attrs["choices"] and self.sound(paths["choices"]):
                 self.problem(paths["choices"], f"a {attrs['type']} field needs at least one choice")
             if None not in (attrs["min_value"], attrs["max_value"]) and attrs["min_value"] > attrs["max_value"]:
                 self.problem(paths["max_value"], "is smaller than min")
-            if attrs["pattern"]:
+            if attrs["pattern"] and isinstance(attrs["pattern"], str):
                 try:
                     re.compile(attrs["pattern"])
                 except re.error as exc:
                     self.problem(paths["pattern"], f"not a valid regular expression: {exc}")
-                    skip.add("pattern")
-            self.model_errors(Field(**attrs), paths, skip)
-
-            if "name" in values:
-                name = values["name"]
+                    self.bad.add(paths["pattern"])
+            if self.sound(paths["name"]) and "name" in raw:
+                self.model_errors(Field(**{**attrs, "choices": attrs["choices"] if self.sound(paths["choices"]) else []}),
+                                  {attr: p for attr, p in paths.items() if attr != "type" or self.sound(p)} | (
+                                      {"type": paths["type"]} if attrs["type"] in Field.Type.values else
+                                      {"type": item_path + "\0type"}))
+                name = raw["name"]
                 if name in seen:
                     self.problem(paths["name"], f'duplicate field name "{name}" (also {seen[name]})')
                 else:
                     seen[name] = item_path
                 fields.append(attrs)
+        # A model error about a type already reported as unknown is not a second problem.
+        self.problems = [(p, m) for p, m in self.problems if "\0" not in p]
         return fields
 
     # -- event trees ---------------------------------------------------------------------------
@@ -430,58 +531,65 @@ class _Checker:
         events = {}
         for event, nodes in raw_events.items():
             event_path = _key_path(path, event)
-            if not re.fullmatch(r"[-a-zA-Z0-9_]{1,100}", event):
+            if not NAME.fullmatch(event):
                 self.problem(event_path, "an event name is 1 to 100 letters, digits, underscores or hyphens")
             if not isinstance(nodes, list):
-                self.problem(event_path, f"expected a list of nodes, got {_describe(nodes)}")
-                continue
+                continue  # reported by the schema
             names = {}
-            plans = [self.check_node(raw, f"{event_path}[{index}]", form_fields, names) for index, raw in enumerate(nodes)]
+            plans = [self.check_node(raw, f"{event_path}[{index}]", form_fields, names)
+                     for index, raw in enumerate(nodes)]
             events[event] = [plan for plan in plans if plan is not None]
         return events
 
     def check_node(self, raw, path, form_fields, names):
-        values, bad = self.read(raw, path, NODE_KEYS)
-        if values is None:
+        if not isinstance(raw, dict):
             return None
+        doc = self.read(NodeDoc, raw)
         node_type = None
-        if "type" in values:
+        if isinstance(doc.type, str) and "type" in raw:
             try:
-                node_type = registry.get(values["type"])
+                node_type = registry.get(doc.type)
             except registry.UnknownNodeType:
                 known = ", ".join(cls.key for cls in registry.all_types())
-                self.problem(_key_path(path, "type"), f'unknown node type "{values["type"]}" (known types: {known})')
+                self.problem(_key_path(path, "type"), f'unknown node type "{doc.type}" (known types: {known})')
 
-        name = values.get("name", "")
+        name = doc.name if isinstance(doc.name, str) else ""
         if name:
-            if not re.fullmatch(r"[-a-zA-Z0-9_]{1,100}", name):
+            if not NAME.fullmatch(name):
                 self.problem(_key_path(path, "name"), "a node name is 1 to 100 letters, digits, underscores or hyphens")
             if name in names:
                 self.problem(_key_path(path, "name"), f'duplicate node name "{name}" in this tree (also {names[name]})')
             else:
                 names[name] = path
-        label = values.get("label", "")
+        label = doc.label if isinstance(doc.label, str) else ""
         label_limit = Node._meta.get_field("label").max_length
         if len(label) > label_limit:
             self.problem(_key_path(path, "label"), f"at most {label_limit} characters (it has {len(label)})")
 
-        config = values.get("config", {})
-        if node_type is not None and "config" not in bad:
+        config = doc.config if isinstance(doc.config, dict) else {}
+        if node_type is not None and self.sound(_key_path(path, "config")):
             config = self.check_config(node_type, config, _key_path(path, "config"), form_fields)
 
-        retry = self.check_retry(values["retry"], _key_path(path, "retry")) if "retry" in values else {}
+        retry = {}
+        if isinstance(raw.get("retry"), dict) and self.sound(_key_path(path, "retry")):
+            policy = RetryPolicy.of_document(raw["retry"])
+            for key, message in policy.problems().items():
+                self.problem(_key_path(_key_path(path, "retry"), key), message)
+            retry = policy.node_fields()
 
         children_path, on_error_path = _key_path(path, "children"), _key_path(path, "on_error")
+        raw_children = raw.get("children") if isinstance(raw.get("children"), list) else []
+        raw_on_error = raw.get("on_error") if isinstance(raw.get("on_error"), list) else []
         children = [self.check_node(child, f"{children_path}[{index}]", form_fields, names)
-                    for index, child in enumerate(values.get("children", []))]
+                    for index, child in enumerate(raw_children)]
         on_error = [self.check_node(child, f"{on_error_path}[{index}]", form_fields, names)
-                    for index, child in enumerate(values.get("on_error", []))]
-        if node_type is not None and values.get("children") and not node_type.is_container:
+                    for index, child in enumerate(raw_on_error)]
+        if node_type is not None and raw_children and not node_type.is_container:
             containers = ", ".join(cls.key for cls in registry.all_types() if cls.is_container)
             self.problem(
                 children_path, f'a node of type "{node_type.key}" cannot have children; only containers ({containers}) can'
             )
-        if node_type is not None and values.get("on_error"):
+        if node_type is not None and raw_on_error:
             # The tree's own rule decides (NodeManager.check_parent), so the import never accepts
             # a tree that the manager would refuse half-way through writing it.
             parent = Node(type=node_type.key, label=label or name or f"This {node_type.label} node")
@@ -490,27 +598,18 @@ class _Checker:
             except InvalidTreeOperation as exc:
                 self.problem(on_error_path, f"an error branch is not allowed here: {' '.join(exc.messages)}")
         return {
-            "type": values.get("type", ""),
+            "type": doc.type if isinstance(doc.type, str) else "",
             "name": name,
             "label": label,
-            "visible": values.get("visible", False),
+            "visible": doc.visible if isinstance(doc.visible, bool) else False,
             "config": config,
             "retry": retry,
             "children": [child for child in children if child is not None],
             "on_error": [child for child in on_error if child is not None],
         }
 
-    def check_retry(self, raw, path):
-        """The retry policy as Node columns (left-out keys take the defaults), checked by RetryPolicy."""
-        values, bad = self.read(raw, path, RETRY_KEYS)
-        if values is None or bad:
-            return {}
-        policy = RetryPolicy.of_document(values)
-        for key, message in policy.problems().items():
-            self.problem(_key_path(path, key), message)
-        return policy.node_fields()
-
     def check_config(self, node_type, config, path, form_fields):
+        """The config, checked by the type's own form; JSON types first, so its messages are about values."""
         config_form = node_type.config_form(form_fields=form_fields)
         bad = set()
         for key, value in config.items():
@@ -519,8 +618,8 @@ class _Checker:
                 self.problem(_key_path(path, key), f"unknown key for {node_type.key} (known keys: {known})")
                 continue
             kind = _config_kind(config_form.fields[key])
-            if kind and value is not None and not KINDS[kind][0](value):
-                self.problem(_key_path(path, key), f"expected {KINDS[kind][1]}, got {_describe(value)}")
+            if kind and value is not None and not KINDS[kind](value):
+                self.problem(_key_path(path, key), f"expected {EXPECTED_KIND[kind]}, got {_describe(value)}")
                 bad.add(key)
         try:
             return node_type.clean_config(config, form_fields=form_fields)
@@ -536,6 +635,15 @@ class _Checker:
                         message = message[len(label) + 2:]
                     self.problem(where, message)
             return config
+
+
+KINDS = {
+    "string": lambda v: isinstance(v, str),
+    "boolean": lambda v: isinstance(v, bool),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+}
+EXPECTED_KIND = {"string": "a string", "boolean": "true or false", "integer": "a whole number", "number": "a number"}
 
 
 def _config_error_path(path, key, config):
@@ -567,22 +675,29 @@ def _config_kind(form_field):
 
 def form_check(document):
     """Check a whole document; a FormFileError lists every problem. Returns the plan to write."""
-    checker = _Checker()
+    try:
+        Document.model_validate(document)
+        structure = []
+    except PydanticValidationError as exc:
+        structure = [_structure_problems(error) for error in exc.errors()]
+    checker = _Checker(structure)
     plan = checker.check_document(document)
     if checker.problems or plan is None:
         raise FormFileError(checker.problems or [("", "nothing to import")])
     return plan
 
 
-def _node_create(form, event, plan, *, parent=None, branch=Node.Branch.MAIN):
+def _node_create(form, event, plan, keep_ids, *, parent=None, branch=Node.Branch.MAIN):
     node = Node(form=form, event=event, type=plan["type"], name=plan["name"], label=plan["label"],
                 visible=plan["visible"], config=plan["config"], branch=branch, **plan["retry"])
+    if plan["name"] in keep_ids:
+        node.pk = keep_ids[plan["name"]]  # the same node, re-imported: admin links and runs' references hold
     node = Node.objects.add_root(instance=node) if parent is None else Node.objects.add_child(parent, instance=node)
     count = 1
     for child in plan["children"]:
-        count += _node_create(form, event, child, parent=node)
+        count += _node_create(form, event, child, keep_ids, parent=node)
     for child in plan["on_error"]:
-        count += _node_create(form, event, child, parent=node, branch=Node.Branch.ON_ERROR)
+        count += _node_create(form, event, child, keep_ids, parent=node, branch=Node.Branch.ON_ERROR)
     return count
 
 
@@ -609,10 +724,14 @@ def form_import_result(document):
                 row.position = position
                 row.save()
 
+            # Named nodes keep their ids: a tree re-imported from its own export is the same tree.
+            named = {}
+            for event, name, pk in Node.objects.filter(form=form).exclude(name="").values_list("event", "name", "pk"):
+                named.setdefault(event, {})[name] = pk
             Node.objects.filter(form=form).delete()
             counts = {}
             for event, nodes in plan.events.items():
-                total = sum(_node_create(form, event, node) for node in nodes)
+                total = sum(_node_create(form, event, node, named.get(event, {})) for node in nodes)
                 if total:
                     counts[event] = total
     except InvalidTreeOperation as exc:
@@ -627,6 +746,7 @@ def form_import(document):
 
 
 __all__ = [
+    "Document",
     "FormFileError",
     "ImportResult",
     "document_parse",
@@ -635,4 +755,5 @@ __all__ = [
     "form_export_json",
     "form_import",
     "form_import_result",
+    "schema",
 ]

@@ -54,6 +54,27 @@ class NodeQuerySet(MP_NodeQuerySet):
         return self.filter(form=form, event=event).order_by("path")
 
 
+def tree_nest(nodes, make_item):
+    """Nest the nodes of a tree, in tree order (by path), as items: the one nesting of event trees.
+
+    ``make_item(node, parent_item)`` makes a dict for each node (its parent's item is already made,
+    or None for a root); a node's item goes into its parent item's ``children`` or, for an
+    error-branch node, ``on_error`` list (created when the item has none). Returns the root items.
+    """
+    roots, stack = [], []
+    for node in nodes:
+        while stack and stack[-1][0] >= node.depth:
+            stack.pop()
+        parent = stack[-1][1] if stack else None
+        item = make_item(node, parent)
+        if parent is None:
+            roots.append(item)
+        else:
+            parent.setdefault("on_error" if node.branch == Node.Branch.ON_ERROR else "children", []).append(item)
+        stack.append((node.depth, item))
+    return roots
+
+
 class NodeManager(MP_NodeManager):
     """Tree operations that also enforce the rules of event trees.
 
@@ -108,19 +129,7 @@ class NodeManager(MP_NodeManager):
 
     def snapshot(self, form, event=RECORD_UPDATE):
         """The tree of (form, event) as nested plain data: what a run is pinned to."""
-        roots, stack = [], []
-        for node in self.of_tree(form, event):
-            item = node.as_snapshot()
-            depth = node.depth
-            while stack and stack[-1][0] >= depth:
-                stack.pop()
-            if stack:
-                parent = stack[-1][1]
-                parent["on_error" if node.branch == Node.Branch.ON_ERROR else "children"].append(item)
-            else:
-                roots.append(item)
-            stack.append((depth, item))
-        return roots
+        return tree_nest(self.of_tree(form, event), lambda node, parent: node.as_snapshot())
 
 
 class Node(MP_Node):

@@ -1,21 +1,19 @@
 """Admin: forms with their fields inline and links to their event trees; records, read-only."""
 
-import json
 from urllib.parse import urlencode
 
 from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
+from events.admin import pretty_json, tree_editor_url, tree_overview_url
 from events.models import RECORD_UPDATE
 
 from .models import Field, Form, Record
 
 
 def tree_links(form_id, event):
-    editor = reverse("admin:events_node_changelist") + "?" + urlencode({"form__id__exact": form_id, "event": event})
-    overview = reverse("admin:events_node_overview", kwargs={"form_id": form_id, "event": event})
-    return editor, overview
+    return tree_editor_url(form_id, event), tree_overview_url(form_id, event)
 
 
 class FieldInline(admin.TabularInline):
@@ -80,11 +78,6 @@ class FormAdmin(admin.ModelAdmin):
             "(give it another event name to start a custom event's tree).</p>",
             lines, add_url,
         )
-
-
-def pretty_json(value):
-    text = json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
-    return format_html('<pre class="events-json">{}</pre>', text)
 
 
 @admin.register(Record)

@@ -1,6 +1,7 @@
 import copy
 import io
 import json
+from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -109,7 +110,9 @@ def test_export_then_import_into_a_fresh_database_gives_the_same_form(full_form)
 def test_importing_an_existing_slug_replaces_its_fields_and_trees(full_form):
     record = RecordFactory(form=full_form, data={"email": "x@example.com", "budget": "3"})
     document = form_export(full_form)
-    old_node_ids = set(Node.objects.filter(form=full_form).values_list("pk", flat=True))
+    named_before = dict(Node.objects.filter(form=full_form, event="record_update").exclude(name="")
+                        .values_list("name", "pk"))
+    unnamed_before = set(Node.objects.filter(form=full_form, name="").values_list("pk", flat=True))
     kept_field_id = full_form.fields.get(name="email").pk
     document["form"]["title"] = "Plan a journey"
     document["form"]["fields"] = [f for f in document["form"]["fields"] if f["name"] != "budget"]
@@ -122,7 +125,11 @@ def test_importing_an_existing_slug_replaces_its_fields_and_trees(full_form):
     assert "Replaced" in result.summary() and "budget" in result.summary()
     assert form_export(result.form) == document
     assert full_form.fields.get(name="email").pk == kept_field_id
-    assert not Node.objects.filter(pk__in=old_node_ids).exists()
+    # A named node is the same node after the import (admin links and runs' references hold);
+    # an unnamed one cannot be matched and is new.
+    assert named_before and dict(Node.objects.filter(form=full_form, event="record_update").exclude(name="")
+                                 .values_list("name", "pk")) == named_before
+    assert not Node.objects.filter(pk__in=unnamed_before).exists()
     assert not Node.objects.filter(form=full_form, event="custom_event").exists()
     record.refresh_from_db()
     assert record.data["budget"] == "3"
@@ -504,7 +511,8 @@ def test_a_retry_may_give_only_some_keys(db):
         ({"backoff_seconds": 900}, [("retry.backoff_max_seconds", "must be at least backoff_seconds (900)")]),
         ({"attempts": 3}, [("retry.attempts", "unknown key (known keys: max_attempts, backoff_seconds, "
                                               "backoff_max_seconds, non_retryable)")]),
-        ({"non_retryable": ["HTTP 404", 7]},
+        ({"non_retryable": ["HTTP 404", 7]}, [("retry.non_retryable[1]", "expected a string, got a number")]),
+        ({"non_retryable": ["  "]},
          [("retry.non_retryable", "must be a list of texts (the beginnings of error messages)")]),
         (3, [("retry", "expected an object, got a number")]),
     ],
@@ -541,3 +549,49 @@ def test_bad_issue4_configs_are_reported_with_their_paths(db):
     }
     assert problems["events.record_update[1].children"].startswith('a node of type "go_async" cannot have children')
     assert "no field named “nope”" in problems["events.record_update[0].config.rules[0].field"]
+
+
+# The published JSON Schema ------------------------------------------------------------------------
+
+
+def test_export_form_prints_a_json_schema_that_every_exported_file_satisfies(full_form, tmp_path):
+    """Editors and CI can validate form files with it; it knows each node type's config keys."""
+    import jsonschema_rs
+    from django.core.management import call_command
+
+    target = tmp_path / "schema.json"
+    call_command("export_form", "--schema", "--output", str(target))
+    validator = jsonschema_rs.validator_for(json.loads(target.read_text()))
+
+    assert validator.is_valid(form_export(full_form))
+    demo = json.loads((Path(__file__).resolve().parents[2] / "demo" / "booking.json").read_text())
+    assert validator.is_valid(demo)
+
+
+@pytest.mark.parametrize("change", [
+    lambda doc: doc["form"].update(colour="red"),
+    lambda doc: doc["form"]["fields"][0].update(required="yes"),
+    lambda doc: doc["events"]["record_update"][0].update(type="teleport"),
+    lambda doc: doc["events"]["record_update"][0]["config"].update(extra=1),
+    lambda doc: doc["events"]["record_update"][1].update(retry={"max_attempts": "3"}),
+])
+def test_the_schema_refuses_what_the_import_refuses(full_form, change):
+    import jsonschema_rs
+
+    from events.formfile import schema
+
+    document = form_export(full_form)
+    change(document)
+
+    assert not jsonschema_rs.validator_for(schema()).is_valid(document)
+    with pytest.raises(FormFileError):
+        form_check(document)
+
+
+def test_a_re_imported_export_keeps_every_named_nodes_id_and_in_flight_references(full_form):
+    before = {node.name: node.pk for node in Node.objects.filter(form=full_form).exclude(name="")}
+
+    form_import(form_export(full_form))
+
+    after = {node.name: node.pk for node in Node.objects.filter(form=full_form).exclude(name="")}
+    assert after == before

@@ -1,25 +1,39 @@
+import json
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
 from events.formfile import form_export_json
+from events.formfile import schema as form_file_schema
 from events.models import form_model
 
 
 class Command(BaseCommand):
-    help = "Export a form with its fields, waiting page and event trees as a form file (JSON) on standard output."
+    help = (
+        "Export a form with its fields, waiting page and event trees as a form file (JSON) on standard output; "
+        "with --schema, the JSON Schema of the form file format instead."
+    )
 
     def add_arguments(self, parser):
-        parser.add_argument("slug", metavar="SLUG", help="The slug of the form to export.")
+        parser.add_argument("slug", metavar="SLUG", nargs="?", help="The slug of the form to export.")
         parser.add_argument("--output", "-o", metavar="FILE", help="Write the JSON to FILE instead of standard output.")
+        parser.add_argument("--schema", action="store_true",
+                            help="Print the JSON Schema of the form file format (for editors and CI), not a form.")
 
-    def handle(self, *args, slug, output=None, **options):
+    def handle(self, *args, slug=None, output=None, schema=False, **options):
+        if schema:
+            return self.write(json.dumps(form_file_schema(), indent=2, ensure_ascii=False) + "\n", output,
+                              "the form file schema")
+        if not slug:
+            raise CommandError("Give the slug of the form to export (or --schema).")
         Form = form_model()
         form = Form.objects.filter(slug=slug).first()
         if form is None:
             known = ", ".join(Form.objects.order_by("slug").values_list("slug", flat=True)) or "none"
             raise CommandError(f"No form has the slug “{slug}”. Known slugs: {known}.")
-        text = form_export_json(form)
+        self.write(form_export_json(form), output, f"form “{slug}”")
+
+    def write(self, text, output, what):
         if output is None:
             self.stdout.write(text, ending="")
             return
@@ -27,4 +41,4 @@ class Command(BaseCommand):
             Path(output).write_text(text, encoding="utf-8")
         except OSError as exc:
             raise CommandError(f"Cannot write {output}: {exc.strerror or exc}") from None
-        self.stdout.write(f"Exported form “{slug}” to {output}.")
+        self.stdout.write(f"Exported {what} to {output}.")
