@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.csp import CSP
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DEVELOPMENT_SECRET_KEY = "django-insecure-development-only-never-use-in-production"
@@ -74,6 +75,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "events.middleware.ApiBodyLimitMiddleware",
 ]
@@ -90,6 +92,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "django.template.context_processors.csp",
             ],
         },
     },
@@ -106,6 +109,10 @@ SQLITE_OPTIONS = {
 }
 # Persistent connections, checked before reuse (a restarted server is noticed). On SQLite too:
 # in WAL mode a kept connection sees every commit, and opening one costs more than a query.
+# On PostgreSQL this is the reuse DESIGN §12 asks for (~1 ms instead of ~40 ms for a fresh connection),
+# rather than psycopg's pool (OPTIONS {"pool": ...}): a sync gunicorn worker and a django-q2 process
+# each serve one thing at a time, so a pool would hold one connection per process all the same, and
+# django-q2 forks its processes from the worker's, which would share the pool's open connections.
 DATABASES = {
     "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
@@ -117,6 +124,18 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"] = {**SQLITE_OPTIONS, **DATABASES["default"].get("OPTIONS", {})}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# The throttles count in the default cache (events/throttle.py). Local memory by default, which counts
+# per process: with N web processes a client gets up to N times each limit. DJANGO_CACHE=database
+# counts once for every process and machine, in a table of the database (`manage.py createcachetable`).
+CACHE_BACKENDS = {
+    "locmem": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "database": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "events_cache"},
+}
+CACHE_NAME = os.environ.get("DJANGO_CACHE", "locmem").strip().lower() or "locmem"
+if CACHE_NAME not in CACHE_BACKENDS:
+    raise ImproperlyConfigured(f"DJANGO_CACHE is {CACHE_NAME!r}: use one of {', '.join(sorted(CACHE_BACKENDS))}.")
+CACHES = {"default": CACHE_BACKENDS[CACHE_NAME]}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -141,6 +160,21 @@ SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("DJANG
 
 SESSION_COOKIE_SECURE = not DEBUG and env_bool("DJANGO_SECURE_COOKIES", True)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+
+# Content Security Policy, on every page: scripts and styles from our own static files only, or inline
+# with the request's nonce ({% csp_nonce_attr %}; django-htmx's {% htmx_script %} and Django admin add it
+# themselves). data: images are Swagger UI's icons at /api/docs. No form-action: a form's POST may end,
+# through its waiting page, in a redirect to the URL an admin chose, which form-action would block.
+# tests/e2e/test_csp.py loads the public form, the waiting page, admin and /api/docs in a browser under it.
+SECURE_CSP = {
+    "default-src": [CSP.SELF],
+    "script-src": [CSP.SELF, CSP.NONCE],
+    "style-src": [CSP.SELF, CSP.NONCE],
+    "img-src": [CSP.SELF, "data:"],
+    "object-src": [CSP.NONE],
+    "base-uri": [CSP.NONE],
+    "frame-ancestors": [CSP.NONE],
+}
 
 # Mail: the console in development, SMTP (configured by environment) otherwise.
 EMAIL_BACKEND_PATH = os.environ.get(
@@ -202,7 +236,6 @@ EVENTS_LEASE_RETRY_LIMIT = int(os.environ.get("EVENTS_LEASE_RETRY_LIMIT", "3"))
 # The watchdog: the oldest ready job may wait this long while the cluster claims to run.
 EVENTS_WATCHDOG_SECONDS = int(os.environ.get("EVENTS_WATCHDOG_SECONDS", "60"))
 EVENTS_RETENTION_DAYS = int(os.environ.get("EVENTS_RETENTION_DAYS", "30"))
-EVENTS_PAUSE_MAX_SECONDS = 60
 EVENTS_MAX_EVENT_DEPTH = int(os.environ.get("EVENTS_MAX_EVENT_DEPTH", "20"))
 EVENTS_HTTP_SIGNING_SECRET = os.environ.get("EVENTS_HTTP_SIGNING_SECRET", "")
 # The demo app (demo/: the `demo` command, its booking form, and the stand-in external services at
@@ -220,6 +253,22 @@ EVENTS_TASK_LOG_MAX_LINE_CHARS = int(os.environ.get("EVENTS_TASK_LOG_MAX_LINE_CH
 EVENTS_TASK_LOG_MAX_LINES = int(os.environ.get("EVENTS_TASK_LOG_MAX_LINES", "1000"))
 # While the database is unreachable: the Retry-After (seconds) of the 503 answers.
 EVENTS_UNAVAILABLE_RETRY_AFTER_SECONDS = int(os.environ.get("EVENTS_UNAVAILABLE_RETRY_AFTER_SECONDS", "5"))
+# The web server's worker timeout: gunicorn's --timeout in the Procfile and deploy/events-web.service
+# reads the same variable. A step run in the submit request (inline) may wait at most
+# EVENTS_INLINE_STEP_MAX_SECONDS for any one thing (a pause, a connection, an answer's next bytes);
+# `manage.py check` refuses a cap above a third of the web timeout (events/checks.py).
+EVENTS_WEB_TIMEOUT_SECONDS = int(os.environ.get("EVENTS_WEB_TIMEOUT_SECONDS", "30"))
+EVENTS_INLINE_STEP_MAX_SECONDS = float(os.environ.get("EVENTS_INLINE_STEP_MAX_SECONDS", "10"))
+# Throttles, per client address (events/throttle.py), counted in the default cache (CACHES above):
+# POSTs to a public form, and failed API authentications (after which every API call that needs a
+# credential answers 429 until the window ends). A limit of 0 turns its throttle off.
+EVENTS_FORM_POST_LIMIT = int(os.environ.get("EVENTS_FORM_POST_LIMIT", "30"))
+EVENTS_FORM_POST_WINDOW_SECONDS = int(os.environ.get("EVENTS_FORM_POST_WINDOW_SECONDS", "60"))
+EVENTS_API_AUTH_FAILURE_LIMIT = int(os.environ.get("EVENTS_API_AUTH_FAILURE_LIMIT", "20"))
+EVENTS_API_AUTH_FAILURE_WINDOW_SECONDS = int(os.environ.get("EVENTS_API_AUTH_FAILURE_WINDOW_SECONDS", "300"))
+# How many reverse proxies in front of the web server append the client's address to X-Forwarded-For:
+# the throttles count by the address the nearest of them saw. 0: the connection's own address.
+EVENTS_TRUSTED_PROXIES = int(os.environ.get("EVENTS_TRUSTED_PROXIES", "1" if SECURE_PROXY_SSL_HEADER else "0"))
 
 LOGGING = {
     "version": 1,

@@ -2,7 +2,9 @@
 
 Every failure answers one shape, ``{"error": {"code", "message", "details"}}``,
 with a stable ``code``. A caller without a valid key cannot tell a wrong key
-from an unknown task: both are 401.
+from an unknown task: both are 401. A client address with too many failed
+authentications (EVENTS_API_AUTH_FAILURE_LIMIT) is answered 429, with
+``Retry-After``, on every call that needs a credential until its window ends.
 """
 
 import hmac
@@ -19,13 +21,14 @@ from django.http import Http404
 from ninja import NinjaAPI, Schema
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.parser import Parser
-from ninja.responses import Status
 from ninja.security import APIKeyHeader, HttpBearer
 from pydantic import Field, PlainValidator, WithJsonSchema, field_validator
 
 from . import engine
 from .middleware import DATABASE_UNAVAILABLE
 from .models import ApiKey, Run, RunTask, record_model, secret_hash
+from .storable import SUBTEXT_MAX_LENGTH
+from .throttle import Throttle
 
 logger = logging.getLogger("events.api")
 
@@ -33,12 +36,29 @@ TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class ApiError(Exception):
-    def __init__(self, status, code, message, details=None):
+    def __init__(self, status, code, message, details=None, *, retry_after=None):
         super().__init__(message)
         self.status, self.code, self.message, self.details = status, code, message, details
+        self.retry_after = retry_after
 
 
 # Authentication ---------------------------------------------------------------------------
+
+AUTH_FAILURES = Throttle("api-auth-failures", "EVENTS_API_AUTH_FAILURE_LIMIT", "EVENTS_API_AUTH_FAILURE_WINDOW_SECONDS")
+
+
+def refuse_after_failures(request):
+    """First in every auth list: a client over its failed-authentication limit gets 429, its credential unchecked.
+
+    Unchecked, so that guessing cannot go on behind the 429s. Failures are counted where every
+    one of them ends, in ``on_authentication_error``; a call that authenticates counts nothing.
+    """
+    wait = AUTH_FAILURES.wait(request)
+    if wait:
+        raise ApiError(429, "too_many_failed_authentications",
+                       f"Too many failed authentications from this address; try again in {wait} s.",
+                       {"retry_after": wait}, retry_after=wait)
+    return None  # ninja goes on to the next auth in the list: the real credential check
 
 
 class Credential:
@@ -86,8 +106,8 @@ class HeaderKey(APIKeyHeader):
         return ApiKey.authenticate(key)
 
 
-key_or_token = [BearerCredential(), HeaderCredential()]
-key_only = [BearerKey(), HeaderKey()]
+key_or_token = [refuse_after_failures, BearerCredential(), HeaderCredential()]
+key_only = [refuse_after_failures, BearerKey(), HeaderKey()]
 
 
 class NonFiniteNumber(ValueError):
@@ -146,7 +166,7 @@ class ErrorOut(Schema):
     error: ErrorBody
 
 
-ERRORS = {status: ErrorOut for status in (400, 401, 404, 409, 413, 422, 503)}
+ERRORS = {status: ErrorOut for status in (400, 401, 404, 409, 413, 422, 429, 503)}
 
 
 def storable(value, path="value"):
@@ -207,7 +227,9 @@ class CallbackIn(Schema):
     status: Literal["SUCCESS", "FAILURE"]
     logs: Text | LogLines | None = None
     output: JsonObject | None = None
-    subtext: Annotated[str, Field(max_length=500, json_schema_extra={"pattern": STORABLE_TEXT})] | None = None
+    subtext: Annotated[
+        str, Field(max_length=SUBTEXT_MAX_LENGTH, json_schema_extra={"pattern": STORABLE_TEXT})
+    ] | None = None
 
     @field_validator("taskId", "logs", "output", "subtext")
     @classmethod
@@ -229,7 +251,7 @@ class CallbackOut(Schema):
 
 
 class ProgressIn(Schema):
-    subtext: str = Field(max_length=500, json_schema_extra={"pattern": STORABLE_TEXT})
+    subtext: str = Field(max_length=SUBTEXT_MAX_LENGTH, json_schema_extra={"pattern": STORABLE_TEXT})
     logs: Text | LogLines | None = None
 
     def log_lines(self):
@@ -429,11 +451,15 @@ def error_response(request, status, code, message, details=None):
 
 @api.exception_handler(ApiError)
 def on_api_error(request, exc):
-    return error_response(request, exc.status, exc.code, exc.message, exc.details)
+    response = error_response(request, exc.status, exc.code, exc.message, exc.details)
+    if exc.retry_after is not None:
+        response["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 @api.exception_handler(AuthenticationError)
 def on_authentication_error(request, exc):
+    AUTH_FAILURES.count(request)
     return error_response(request, 401, "unauthorized",
                           "Missing or invalid credentials: send Authorization: Bearer <key> or X-Api-Key.")
 

@@ -16,8 +16,11 @@ from treebeard.mp_tree import MP_Node, MP_NodeManager, MP_NodeQuerySet
 
 from . import storable
 from .nodes import registry
-from .storable import storable_text  # noqa: F401  (for callers that import it from here)
 from .retry import RetryPolicy
+from .storable import (
+    SUBTEXT_MAX_LENGTH,
+    storable_text,  # noqa: F401  (for callers that import it from here)
+)
 
 RECORD_UPDATE = "record_update"  # the event every submission fires
 
@@ -246,7 +249,7 @@ class Run(models.Model):
     status = models.CharField(max_length=20, choices=Status, default=Status.RUNNING, db_index=True)
     snapshot = models.JSONField(default=list)
     properties = models.JSONField(default=dict, blank=True)
-    subtext = models.CharField(max_length=500, blank=True)
+    subtext = models.CharField(max_length=SUBTEXT_MAX_LENGTH, blank=True)
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -269,8 +272,8 @@ class Run(models.Model):
         return self.status in self.TERMINAL
 
     def set_subtext(self, text):
-        Run.objects.filter(pk=self.pk).update(subtext=text[:500])
-        self.subtext = text[:500]
+        Run.objects.filter(pk=self.pk).update(subtext=text[:SUBTEXT_MAX_LENGTH])
+        self.subtext = text[:SUBTEXT_MAX_LENGTH]
 
     def tree_order(self):
         """Each node of the snapshot (by id) → its place in the tree read from top to bottom.
@@ -374,7 +377,7 @@ class RunTask(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     logs = models.JSONField(default=list, blank=True)
     output = models.JSONField(default=dict, blank=True)
-    subtext = models.CharField(max_length=500, blank=True)
+    subtext = models.CharField(max_length=SUBTEXT_MAX_LENGTH, blank=True)
     error = models.TextField(blank=True)
     failure = models.CharField(max_length=20, choices=Failure, blank=True)
     collect_debug = models.BooleanField(default=False)
@@ -483,8 +486,8 @@ class RunTask(models.Model):
         return bool(won)
 
     def set_subtext(self, text):
-        RunTask.objects.filter(pk=self.pk).update(subtext=text[:500])
-        self.subtext = text[:500]
+        RunTask.objects.filter(pk=self.pk).update(subtext=text[:SUBTEXT_MAX_LENGTH])
+        self.subtext = text[:SUBTEXT_MAX_LENGTH]
 
 
 def failures_handled(tasks):

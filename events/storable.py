@@ -7,6 +7,8 @@ import math
 
 from django.utils import timezone
 
+SUBTEXT_MAX_LENGTH = 500  # a run's or a task's progress text (the waiting page shows it); longer text is cut
+
 
 def log_line(line, at=None):
     """One line of a task's log: the text (made storable) and when it was written."""

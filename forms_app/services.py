@@ -6,6 +6,7 @@ from django.db import transaction
 
 from events import engine
 from events.models import RECORD_UPDATE, Node
+from events.nodes.base import steps_in_web_request
 
 from .models import Record
 
@@ -18,13 +19,16 @@ def record_submit(*, form, data):
     The record, its run (pinned to the tree as it is now) and the run's tasks
     commit in one short transaction; only then does the inline phase run, so
     nothing irreversible happens while the transaction could still roll back.
+    It runs in the caller's web request: each of its steps waits at most
+    EVENTS_INLINE_STEP_MAX_SECONDS for any one thing (a pause, a connection, an answer).
     """
     snapshot = Node.objects.snapshot(form, RECORD_UPDATE)
     with transaction.atomic(durable=True):
         record = Record.objects.create(form=form, data=data, is_complete=not snapshot)
         run = engine.run_start(record=record, event=RECORD_UPDATE, is_submission=True, snapshot=snapshot)
     try:
-        engine.run_inline(run=run)
+        with steps_in_web_request():
+            engine.run_inline(run=run)
     except Exception:
         # The submission is stored: the user gets the waiting page, and the worker's sweep
         # resumes a run whose inline phase broke off (say, the database went away).

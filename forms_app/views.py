@@ -7,6 +7,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 from django_htmx.http import HttpResponseClientRedirect
 
 from events.middleware import DATABASE_UNAVAILABLE
+from events.throttle import Throttle
 
 from .builder import build_form_class, record_data
 from .models import Form, Record
@@ -17,6 +18,10 @@ logger = logging.getLogger("forms_app.views")
 
 NOT_SAVED = "Your answers were not saved, please try again: we cannot reach our database just now."
 NOT_SHOWN = "This form cannot be shown just now, please try again in a moment."
+TOO_MANY = ("Your answers were not saved: too many forms were sent from your address in a short time. "
+            "Please wait {seconds} seconds, then send the form again.")
+
+FORM_POSTS = Throttle("form-posts", "EVENTS_FORM_POST_LIMIT", "EVENTS_FORM_POST_WINDOW_SECONDS")
 
 # The last definition (with its fields) of each form this process showed: while the database
 # cannot be reached, a submitted form is shown again from it, with what was typed.
@@ -32,6 +37,8 @@ def form_detail(request, slug):
     try:
         form = get_object_or_404(Form.objects.published().prefetch_related("fields"), slug=slug)
         last_known_forms[slug] = form
+        if request.method == "POST" and (wait := FORM_POSTS.hit(request)):
+            return form_throttled(request, form, wait)
         submission = build_form_class(form)(request.POST if request.method == "POST" else None)
         if request.method == "POST" and submission.is_valid():
             record = record_submit(form=form, data=record_data(form, submission.cleaned_data))
@@ -39,6 +46,16 @@ def form_detail(request, slug):
     except DATABASE_UNAVAILABLE as error:
         return form_unavailable(request, slug, error)
     return render(request, "forms_app/form_detail.html", {"form_obj": form, "submission": submission})
+
+
+def form_throttled(request, form, wait):
+    """429: the client sent this form too often (EVENTS_FORM_POST_LIMIT). The form again, with what was typed."""
+    logger.info("Form %s: too many posts from one address; answered 429 (try again in %s s)", form.slug, wait)
+    context = {"form_obj": form, "submission": build_form_class(form)(request.POST),
+               "throttled": TOO_MANY.format(seconds=wait)}
+    response = render(request, "forms_app/form_detail.html", context, status=429)
+    response["Retry-After"] = str(wait)
+    return response
 
 
 def form_unavailable(request, slug, error):

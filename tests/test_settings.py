@@ -99,3 +99,33 @@ def test_a_web_worker_on_sqlite_loads_neither_the_http_client_nor_the_postgresql
                             cwd=str(__import__("pathlib").Path(__file__).resolve().parent.parent))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_the_throttles_count_in_local_memory_unless_told_to_share_the_database(manage):
+    """DJANGO_CACHE=database: one count for every web process and machine (README, Configuration)."""
+    show = "from django.conf import settings; print(settings.CACHES['default']['BACKEND'])"
+
+    assert manage("shell", "-c", show, DJANGO_DEBUG="1").stdout.split()[-1].endswith("LocMemCache")
+    shared = manage("shell", "-c", show, DJANGO_DEBUG="1", DJANGO_CACHE="database")
+    assert shared.stdout.split()[-1] == "django.core.cache.backends.db.DatabaseCache", shared.stderr
+    unknown = manage("check", DJANGO_DEBUG="1", DJANGO_CACHE="redis")
+    assert unknown.returncode != 0
+    assert "DJANGO_CACHE is 'redis': use one of database, locmem." in unknown.stderr
+
+
+def test_behind_an_https_proxy_the_throttles_read_one_forwarded_address(manage):
+    show = "from django.conf import settings; print(settings.EVENTS_TRUSTED_PROXIES)"
+
+    assert manage("shell", "-c", show, DJANGO_DEBUG="1").stdout.split()[-1] == "0"
+    assert manage("shell", "-c", show, DJANGO_DEBUG="1", DJANGO_BEHIND_HTTPS_PROXY="1").stdout.split()[-1] == "1"
+
+
+def test_postgresql_keeps_each_connection_open_rather_than_pooling(manage):
+    """One persistent, health-checked connection per process (config/settings.py says why no pool)."""
+    show = ("from django.conf import settings; d = settings.DATABASES['default']; "
+            "print(d['ENGINE'], d['CONN_MAX_AGE'], d['CONN_HEALTH_CHECKS'], 'pool' in d.get('OPTIONS', {}))")
+
+    result = manage("shell", "-c", show, DJANGO_DEBUG="1", DATABASE_URL="postgres://events:secret@127.0.0.1:5432/events")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-4:] == ["django.db.backends.postgresql", "600", "True", "False"]

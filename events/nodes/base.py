@@ -2,6 +2,10 @@
 
 import datetime
 import decimal
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -12,6 +16,28 @@ from django.core.exceptions import ValidationError
 from .. import templating
 from ..storable import log_line
 
+logger = logging.getLogger("events.nodes")
+
+# True while the web request that received a submission walks its run's inline phase (see
+# ``steps_in_web_request``); a worker never sets it. Steps then bound their waits (NodeContext.bounded_wait).
+_in_web_request = ContextVar("events_in_web_request", default=False)
+
+
+@contextmanager
+def steps_in_web_request() -> Iterator[None]:
+    """Steps executed inside this block run in a web request: each wait of theirs is bounded.
+
+    The bound is EVENTS_INLINE_STEP_MAX_SECONDS, kept well below the web server's timeout
+    (EVENTS_WEB_TIMEOUT_SECONDS, gunicorn's --timeout), so that a slow step fails or gives up
+    waiting instead of the server killing the request. Child runs started from here
+    (trigger_event) are inside the block too.
+    """
+    token = _in_web_request.set(True)
+    try:
+        yield
+    finally:
+        _in_web_request.reset(token)
+
 
 class NodeError(Exception):
     """An action failed; the message is shown to admins and kept in the task.
@@ -21,7 +47,7 @@ class NodeError(Exception):
     attempts its retry policy has left.
     """
 
-    def __init__(self, message, *, retryable=True):
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
         super().__init__(message)
         self.retryable = retryable
 
@@ -45,15 +71,15 @@ class ConfigForm(forms.Form):
     fields, the form file the fields of its document. ``None``: not known, names are not checked.
     """
 
-    def __init__(self, *args, form_fields=None, **kwargs):
+    def __init__(self, *args: Any, form_fields: Mapping[str, str] | None = None, **kwargs: Any) -> None:
         self.form_fields = form_fields
         super().__init__(*args, **kwargs)
 
-    def unknown_field(self, name):
+    def unknown_field(self, name: str) -> bool:
         """True when the form's fields are known and ``name`` is not one of them."""
         return self.form_fields is not None and name not in self.form_fields
 
-    def to_config(self):
+    def to_config(self) -> dict[str, Any]:
         """cleaned_data as JSON: dates as ISO text, decimals as text, empty optional values left out."""
         config = {}
         for key, value in self.cleaned_data.items():
@@ -83,7 +109,7 @@ class ContainerConfig(ConfigForm):
         help_text="Store each step's rendered config, inputs, output and timing (costs storage).",
     )
 
-    def clean_event_properties(self):
+    def clean_event_properties(self) -> dict[str, Any] | None:
         value = self.cleaned_data.get("event_properties")
         if value in (None, ""):
             return None
@@ -91,7 +117,7 @@ class ContainerConfig(ConfigForm):
             raise forms.ValidationError('Give the properties as a JSON object: {"name": "value"}.')
         return value
 
-    def container_options(self):
+    def container_options(self) -> dict[str, Any]:
         """The options as stored: only those that are set."""
         options = {}
         for key in ("event_type", "event_properties", "collect_debug"):
@@ -104,24 +130,25 @@ class ContainerConfig(ConfigForm):
 class NodeContext:
     """What an executing node sees. Built by the engine for one task."""
 
+    # The Run, RunTask and record (events.models imports this package, so they are not named here).
     run: Any
     task: Any
     record: Any
-    node: dict
-    outputs: dict = field(default_factory=dict)
-    logs: list = field(default_factory=list)
+    node: dict[str, Any]
+    outputs: Mapping[str, Any] = field(default_factory=dict)
+    logs: list[dict[str, str]] = field(default_factory=list)
     # Set by the engine: moves the task to "awaiting" and returns its callback credentials.
-    awaiter: Any = None
+    awaiter: Callable[..., dict[str, str]] | None = None
     # Set by the engine: fires another event of the form for this record.
-    trigger: Any = None
+    trigger: Callable[..., dict[str, str]] | None = None
     # In an error branch: {"message", "type", "node", "payload"} of the step that failed.
-    error: Any = None
+    error: dict[str, Any] | None = None
 
     @property
-    def config(self):
+    def config(self) -> dict[str, Any]:
         return self.node.get("config", {})
 
-    def template_context(self):
+    def template_context(self) -> dict[str, Any]:
         return {
             "record": {**self.record.data, "id": self.record.pk, "created_at": self.record.created_at},
             "flags": self.record.flags,
@@ -132,7 +159,7 @@ class NodeContext:
             "error": self.error or {},
         }
 
-    def render(self, value, extra=None):
+    def render(self, value: Any, extra: Mapping[str, Any] | None = None) -> Any:
         """Render a config value (strings as templates, lists and dicts item by item)."""
         context = {**self.template_context(), **(extra or {})}
 
@@ -147,7 +174,7 @@ class NodeContext:
 
         return walk(value)
 
-    def await_callback(self, *, timeout_seconds):
+    def await_callback(self, *, timeout_seconds: float) -> dict[str, str]:
         """Before sending: make the task wait for a callback. Returns {"task_id", "url", "token"}.
 
         Call it before the request goes out, so that a callback that comes back
@@ -155,12 +182,31 @@ class NodeContext:
         """
         return self.awaiter(timeout_seconds=timeout_seconds)
 
-    def trigger_event(self, *, event, properties):
+    def trigger_event(self, *, event: str, properties: dict[str, Any] | None) -> dict[str, str]:
         """Fire ``event`` for this record as a child run; returns {"run_id", "event", "status"}."""
         return self.trigger(event=event, properties=properties)
 
-    def log(self, line):
+    def log(self, line: str) -> None:
         self.logs.append(log_line(line))
+
+    def wait_limit(self) -> float | None:
+        """The longest one wait of this step may last, in seconds: EVENTS_INLINE_STEP_MAX_SECONDS while it
+        runs in a web request (``steps_in_web_request``), else None (no bound but its own config's)."""
+        return settings.EVENTS_INLINE_STEP_MAX_SECONDS if _in_web_request.get() else None
+
+    def bounded_wait(self, seconds: float, *, what: str) -> float:
+        """``seconds`` of waiting (``what``: "the pause", "the read timeout"), cut to ``wait_limit()``.
+
+        A cut is said in the step's log and the ``events.nodes`` log: the admin configured longer.
+        """
+        limit = self.wait_limit()
+        if limit is None or seconds <= limit:
+            return seconds
+        note = (f"{what} cut from {seconds:g} s to {limit:g} s: this step runs in the submit request "
+                "(EVENTS_INLINE_STEP_MAX_SECONDS); put it in a Background container to wait longer")
+        self.log(note)
+        logger.info("Task %s: %s", self.task.pk, note)
+        return limit
 
 
 class NodeType:
@@ -190,7 +236,7 @@ class NodeType:
     backgrounds_later_siblings: ClassVar[bool] = False
 
     @classmethod
-    def clean_config(cls, data, *, form_fields=None):
+    def clean_config(cls, data: Mapping[str, Any] | None, *, form_fields: Mapping[str, str] | None = None) -> dict[str, Any]:
         """Validate raw config; return it normalised, or raise ValidationError naming the fields.
 
         ``form_fields``: the form's field names and types, when known (see ConfigForm).
@@ -205,12 +251,12 @@ class NodeType:
         return form.to_config()
 
     @classmethod
-    def describe(cls, config):
+    def describe(cls, config: dict[str, Any]) -> str:
         """One line for the tree overview."""
         return ""
 
     @classmethod
-    def mode(cls, config, *, in_background):
+    def mode(cls, config: dict[str, Any], *, in_background: bool) -> str:
         """How a node of this type runs, in the words of the tree overview.
 
         ``in_background``: its sequence runs in a worker (under a deferred container,
@@ -228,17 +274,17 @@ class NodeType:
         return where
 
     @classmethod
-    def settled_output(cls, *, held):
+    def settled_output(cls, *, held: bool) -> dict[str, Any]:
         """An inline container's output once its steps are settled: ``held`` says whether they ran."""
         return {}
 
-    def execute(self, ctx: NodeContext):
+    def execute(self, ctx: NodeContext) -> dict[str, Any] | Waiting | None:
         raise NotImplementedError
 
-    def due_at(self, ctx: NodeContext):
+    def due_at(self, ctx: NodeContext) -> datetime.datetime:
         """A deferred container: when its steps may start (an aware datetime; now or earlier: at once)."""
         raise NotImplementedError
 
-    def holds(self, ctx: NodeContext):
+    def holds(self, ctx: NodeContext) -> bool:
         """An inline container: whether its steps run now (True) or are skipped (False)."""
         raise NotImplementedError

@@ -25,7 +25,8 @@ class HttpRequestConfig(ConfigForm):
     body = TemplateTextField(label="Body", required=False, help_text="Sent as is; templates allowed.")
     timeout_seconds = forms.FloatField(
         label="Read timeout (seconds)", min_value=0.1, max_value=120, initial=DEFAULT_TIMEOUT_SECONDS, required=False,
-        help_text="The longest wait for the answer, per read and for the whole answer of each request.",
+        help_text="The longest wait for the answer, per read and for the whole answer of each request. "
+                  "In the submit request (not in Background) it is cut to EVENTS_INLINE_STEP_MAX_SECONDS.",
     )
     connect_timeout_seconds = forms.FloatField(
         label="Connect timeout (seconds)", min_value=0.1, max_value=60, required=False,
@@ -94,6 +95,10 @@ class HttpRequest(NodeType):
 
     URL, header values and body are templates.
 
+    In the submit request (inline), the connect and read timeouts are cut to
+    EVENTS_INLINE_STEP_MAX_SECONDS (the step's log says so), and the request with all its
+    redirects gets that long in all (``total_timeout`` of ``events.outbound.request``).
+
     The request goes out through ``events.outbound``, which every HTTP-calling node shares;
     its docstrings hold the details:
 
@@ -158,13 +163,15 @@ class HttpRequest(NodeType):
             if not any(name.lower() == "content-type" for name in headers):
                 headers["Content-Type"] = "application/json"
         max_redirects = ctx.config.get("max_redirects")
+        timeout = float(ctx.config.get("timeout_seconds") or DEFAULT_TIMEOUT_SECONDS)
+        connect_timeout = float(ctx.config.get("connect_timeout_seconds") or DEFAULT_CONNECT_TIMEOUT_SECONDS)
         try:
             answer = outbound.request(
                 method, url, headers=headers, content=body.encode() if body else b"", message_id=str(ctx.task.pk),
-                timeout=float(ctx.config.get("timeout_seconds") or DEFAULT_TIMEOUT_SECONDS),
-                connect_timeout=float(ctx.config.get("connect_timeout_seconds") or DEFAULT_CONNECT_TIMEOUT_SECONDS),
+                timeout=ctx.bounded_wait(timeout, what="the read timeout"),
+                connect_timeout=ctx.bounded_wait(connect_timeout, what="the connect timeout"),
                 max_redirects=DEFAULT_MAX_REDIRECTS if max_redirects in (None, "") else int(max_redirects),
-                log=ctx.log,
+                total_timeout=ctx.wait_limit(), log=ctx.log,
             )
         except outbound.DestinationRefused as exc:
             raise NodeError(str(exc), retryable=False) from None

@@ -1,10 +1,12 @@
+from ..storable import SUBTEXT_MAX_LENGTH
 from ..templating import TemplateCharField
 from .base import ConfigForm, NodeType
 from .registry import register
 
 
 class SetSubtextConfig(ConfigForm):
-    text = TemplateCharField(label="Text", max_length=500, help_text="Progress text shown on the waiting page.")
+    text = TemplateCharField(label="Text", max_length=SUBTEXT_MAX_LENGTH,
+                             help_text="Progress text shown on the waiting page.")
 
 
 @register
@@ -24,7 +26,7 @@ class SetSubtext(NodeType):
         return f"“{config.get('text')}”"
 
     def execute(self, ctx):
-        text = ctx.render(ctx.config["text"])[:500]
+        text = ctx.render(ctx.config["text"])[:SUBTEXT_MAX_LENGTH]
         ctx.run.set_subtext(text)
         ctx.task.set_subtext(text)
         return {"subtext": text}

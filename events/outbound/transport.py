@@ -1,5 +1,6 @@
 """The httpx transport and client every outbound request goes through. Imports httpx: load it only to call out."""
 
+import math
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ REDIRECT_STATUSES = {301, 302, 303, 307, 308}
 ORIGIN_BOUND_HEADERS = ("Authorization", "Proxy-Authorization", "Cookie")
 DECODED_PIECE_BYTES = 64 * 1024  # the most a decoder produces at a time
 MESSAGE_ID = "message_id"  # the request extension naming the message a request belongs to
+DEADLINE = "events_deadline"  # the request extension: time.monotonic() by which its whole answer must be in
 
 
 class GuardedTransport(httpx.BaseTransport):
@@ -36,7 +38,8 @@ class GuardedTransport(httpx.BaseTransport):
       Standard Webhooks scheme (see ``signing``), and the older ``X-Signature``; these
       replace headers of the same names;
     - the answer's bytes are capped at ``max_bytes`` (a larger Content-Length is refused
-      before reading), and its whole body must arrive within the request's read timeout.
+      before reading), and its whole body must arrive within the request's read timeout
+      (and by the request extension ``DEADLINE``, when given).
 
     Refusals raise DestinationRefused and the caps ResponseTooLarge or OutboundError;
     what the network does raises httpx's own errors.
@@ -58,7 +61,7 @@ class GuardedTransport(httpx.BaseTransport):
             message_id = request.extensions.get(MESSAGE_ID) or new_message_id()
             headers.update(webhook_headers(key=self.key, message_id=message_id, body=body))
             headers["X-Signature"] = body_signature(secret=self.signing_secret, body=body)
-        extensions = {name: value for name, value in request.extensions.items() if name != MESSAGE_ID}
+        extensions = {name: value for name, value in request.extensions.items() if name not in (MESSAGE_ID, DEADLINE)}
         if destination.scheme == "https":
             extensions["sni_hostname"] = destination.host
         failure = None
@@ -72,15 +75,17 @@ class GuardedTransport(httpx.BaseTransport):
             except httpx.ConnectError as exc:  # nothing was sent: the next address may answer
                 failure = exc
                 continue
-            return self._capped(response, read_timeout=(extensions.get("timeout") or {}).get("read"))
+            return self._capped(response, read_timeout=(extensions.get("timeout") or {}).get("read"),
+                                deadline=request.extensions.get(DEADLINE))
         raise failure
 
-    def _capped(self, response, *, read_timeout):
+    def _capped(self, response, *, read_timeout, deadline=None):
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
             response.close()
             raise ResponseTooLarge(f"The response is larger than {self.max_bytes} bytes (Content-Length {declared}).")
-        deadline = None if read_timeout is None else time.monotonic() + read_timeout
+        if read_timeout is not None:
+            deadline = min(deadline or math.inf, time.monotonic() + read_timeout)
         return httpx.Response(
             status_code=response.status_code, headers=response.headers, extensions=response.extensions,
             stream=_CappedStream(response.stream, max_bytes=self.max_bytes, deadline=deadline),
@@ -175,13 +180,18 @@ class Answer:
 
 
 def request(method, url, *, headers=None, content=b"", message_id=None, timeout=10.0, connect_timeout=5.0,
-            max_redirects=5, log=None):
+            max_redirects=5, total_timeout=None, log=None):
     """Send one request through a GuardedTransport, follow its redirects, and return its Answer.
 
     - ``headers``: sent as given, after ``Idempotency-Key: <message_id>`` (a given
       header of that name wins); ``message_id`` is also the signed ``webhook-id``;
     - ``timeout``: the read timeout, for any single read and for each whole answer;
       ``connect_timeout``: for each connection;
+    - ``total_timeout``: when given, the seconds the whole request may take, redirects
+      included: each request's timeouts shrink to what is left, none goes out once it is
+      spent, and an answer still arriving then is cut off. (Waits are bounded, not the
+      sum: a slow connection, then a slow first byte, then the last bytes may each take
+      up to what was left, so a request ends within about three times it in the worst case.)
     - ``max_redirects``: ``0`` keeps a redirect as the answer; a longer chain raises.
       303, and 301/302 after a POST, go on as a GET without a body (as browsers do);
       307 and 308 keep the method and the body. ``Authorization``,
@@ -200,13 +210,18 @@ def request(method, url, *, headers=None, content=b"", message_id=None, timeout=
     except ValueError as exc:
         raise OutboundError(f"EVENTS_HTTP_SIGNING_SECRET cannot be used: {exc}.") from None
     redirects = []
+    deadline = None if total_timeout is None else time.monotonic() + total_timeout
     # trust_env=False: a proxy from the environment would connect instead of us, to an unchecked address.
     with httpx.Client(transport=transport, timeout=httpx.Timeout(timeout, connect=connect_timeout),
                       follow_redirects=False, trust_env=False) as client:
         while True:
+            # What is left of total_timeout: all of it for the first request (it starts now).
+            left = None if deadline is None else total_timeout if not redirects else deadline - time.monotonic()
+            timeouts = _timeouts(timeout, connect_timeout, left=left, total=total_timeout)
             log(f"{method} {url}")
             response, body = _exchange(client, method=method, url=url, headers=sent, content=content,
-                                       message_id=message_id, max_bytes=transport.max_bytes)
+                                       message_id=message_id, max_bytes=transport.max_bytes, timeout=timeouts,
+                                       deadline=deadline)
             location = response.headers.get("Location")
             if response.status_code not in REDIRECT_STATUSES or not location or max_redirects == 0:
                 break
@@ -227,12 +242,24 @@ def request(method, url, *, headers=None, content=b"", message_id=None, timeout=
                   encoding=response.encoding or "utf-8", url=url, redirects=redirects)
 
 
-def _exchange(client, *, method, url, headers, content, message_id, max_bytes):
-    """Send one request; return the response and its body, read within the caps."""
+def _timeouts(read, connect, *, left, total):
+    """The httpx timeouts of the next request: as configured, shrunk to the ``left`` seconds of ``total``."""
+    if left is None:
+        return httpx.Timeout(read, connect=connect)
+    if left <= 0:
+        raise OutboundError(f"Gave up: the request's {total:g} s were spent before it could be sent (redirects).")
+    return httpx.Timeout(min(read, left), connect=min(connect, left))
+
+
+def _exchange(client, *, method, url, headers, content, message_id, max_bytes, timeout, deadline=None):
+    """Send one request; return the response and its body, read within the caps (and by ``deadline``)."""
     parse_target(url)  # a URL that is not http(s) is refused before httpx reads it
+    extensions = {MESSAGE_ID: message_id} if message_id else {}
+    if deadline is not None:
+        extensions[DEADLINE] = deadline
     try:
-        request = client.build_request(method, url, headers=headers, content=content or None,
-                                       extensions={MESSAGE_ID: message_id} if message_id else {})
+        request = client.build_request(method, url, headers=headers, content=content or None, timeout=timeout,
+                                       extensions=extensions)
     except httpx.InvalidURL:
         check_destination(url)  # a refusal says more than "invalid" (0177.0.0.1 is loopback to the resolver)
         raise DestinationRefused(f"“{url}” is not a valid URL.") from None

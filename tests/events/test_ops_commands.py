@@ -2,15 +2,20 @@
 
 import io
 import json
+import os
+import subprocess
+import sys
 from datetime import timedelta
 
 import pytest
-from django.core.management import call_command
+from django.conf import settings
+from django.core.management import CommandError, call_command
 from django.utils import timezone
 from django_q.models import OrmQ, Task
 
-from events import engine
-from events.checks import lease_is_long_enough
+from events import engine, queue
+from events.checks import inline_steps_end_within_the_web_timeout, lease_is_long_enough
+from events.management.commands import worker
 from events.models import Repair, Run, RunTask
 from forms_app.models import Record
 from tests.factories import RecordFactory, add_node
@@ -22,13 +27,17 @@ HEALTH_KEYS = {
 
 
 def run_command(name, *args):
-    """(exit code, stdout, stderr) of a management command."""
+    """(exit code, stdout, stderr) of a management command, as ``manage.py`` would end with them.
+
+    A failure is a CommandError carrying the exit status; ``manage.py`` writes its message to stderr.
+    """
     out, err = io.StringIO(), io.StringIO()
     try:
         call_command(name, *args, stdout=out, stderr=err)
         code = 0
-    except SystemExit as exc:
-        code = exc.code
+    except CommandError as exc:
+        code = exc.returncode
+        err.write(f"CommandError: {exc}\n")
     return code, out.getvalue(), err.getvalue()
 
 
@@ -153,6 +162,36 @@ def test_health_prints_the_sweeps_repairs(db):
     assert "  run_finished: 1 (last " in out
 
 
+# The worker's watchdog --------------------------------------------------------------------------
+
+
+class IdleCluster:
+    """Stands in for django-q2's cluster: alive, and never doing anything."""
+
+    class sentinel:  # the attribute of django-q2's Cluster that the worker looks at
+        @staticmethod
+        def is_alive():
+            return True
+
+
+def test_worker_exits_with_status_3_when_the_watchdog_finds_the_cluster_stalled(db, settings, monkeypatch):
+    monkeypatch.setattr(queue, "_stopping", None)  # the worker sets its stop flag: put it back afterwards
+    monkeypatch.setenv("EVENTS_WORKER_ID", "")
+    monkeypatch.setattr(worker, "register_after_fork", lambda *args: None)
+    monkeypatch.setattr(worker, "close_old_connections", lambda: None)  # the test's transaction holds the connection
+    monkeypatch.setattr(worker.Command, "cluster_start", lambda self: IdleCluster())
+    monkeypatch.setattr(worker.Command, "cluster_stop", lambda self, cluster, grace: None)
+    monkeypatch.setattr(worker.Command, "stalled", lambda self: True)
+    settings.EVENTS_SWEEP_INTERVAL = 0
+
+    code, out, err = run_command("worker", "--exit-on-stall")
+
+    assert code == 3
+    assert "the watchdog found the cluster stalled" in err
+    assert "worker: stopped" in out  # it stopped as on SIGTERM: what it held is put back first
+    assert Repair.objects.get(kind="cluster_restarted").count == 1
+
+
 # events_prune -----------------------------------------------------------------------------------
 
 
@@ -228,6 +267,17 @@ def test_prune_refuses_zero_days(runs):
     assert left(runs) == set(runs)
 
 
+def test_prune_refusing_exits_2_from_manage_py(tmp_path):
+    """The status a cron job or a timer sees: manage.py's own, in a process of its own."""
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
+
+    result = subprocess.run([sys.executable, "manage.py", "events_prune", "--days", "0"], cwd=settings.BASE_DIR,
+                            env=env, capture_output=True, text=True, timeout=120)
+
+    assert result.returncode == 2, result.stderr
+    assert "CommandError: Keep at least one day." in result.stderr
+
+
 def test_prune_deletes_old_queue_results_and_keeps_recent_ones(db):
     now = timezone.now()
     for name, days in (("old", 40), ("recent", 1)):
@@ -271,3 +321,28 @@ def test_the_lease_check_returns_one_warning_with_its_id(settings):
 
     assert warning.id == "events.W001"
     assert warning.hint
+
+
+# The inline step cap against the web timeout -----------------------------------------------------
+
+
+def test_check_refuses_an_inline_step_cap_above_a_third_of_the_web_timeout(settings, db):
+    settings.EVENTS_WEB_TIMEOUT_SECONDS = 30
+    settings.EVENTS_INLINE_STEP_MAX_SECONDS = 11
+
+    code, out, err = run_command("check")
+
+    assert code == 1
+    assert "events.E001" in out + err
+    assert ("EVENTS_INLINE_STEP_MAX_SECONDS (11) must be above 0 and at most a third of "
+            "EVENTS_WEB_TIMEOUT_SECONDS (30)") in err
+
+
+def test_the_shipped_inline_step_cap_fits_the_web_timeout_gunicorn_is_given():
+    assert inline_steps_end_within_the_web_timeout(None) == []
+    # gunicorn's --timeout comes from the same variable, with the same default, wherever it is started.
+    procfile = (settings.BASE_DIR / "Procfile").read_text()
+    unit = (settings.BASE_DIR / "deploy" / "events-web.service").read_text()
+    assert f"--timeout ${{EVENTS_WEB_TIMEOUT_SECONDS:-{settings.EVENTS_WEB_TIMEOUT_SECONDS}}}" in procfile
+    assert f"Environment=EVENTS_WEB_TIMEOUT_SECONDS={settings.EVENTS_WEB_TIMEOUT_SECONDS}\n" in unit
+    assert "--timeout ${EVENTS_WEB_TIMEOUT_SECONDS}" in unit

@@ -2,7 +2,7 @@ import json
 from datetime import timedelta
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from events import queue
@@ -32,8 +32,7 @@ class Command(BaseCommand):
             for kind, counted in report["repairs"].items():
                 self.stdout.write(f"  {kind}: {counted['count']} (last {counted['last_at']})")
         if not report["healthy"]:
-            raise SystemExit(1)
-
+            raise CommandError(f"unhealthy: {report['problems']}", returncode=1)
 
 
 def health(*, overdue_seconds=60):

@@ -1,7 +1,7 @@
 from datetime import timedelta
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from events.models import Run
@@ -22,8 +22,7 @@ class Command(BaseCommand):
     def handle(self, *args, days=None, dry_run=False, **options):
         days = settings.EVENTS_RETENTION_DAYS if days is None else days
         if days < 1:
-            self.stderr.write("Keep at least one day.")
-            raise SystemExit(2)
+            raise CommandError("Keep at least one day.", returncode=2)
         cutoff = timezone.now() - timedelta(days=days)
         old = Run.objects.filter(status__in=Run.TERMINAL, finished_at__lt=cutoff)
         count = old.count()

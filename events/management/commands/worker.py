@@ -10,7 +10,7 @@ from datetime import timedelta
 from multiprocessing.util import register_after_fork
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.db import close_old_connections
 from django.utils import timezone
 from django_q import cluster as q_cluster
@@ -19,6 +19,7 @@ from events import engine, queue, sweep
 from events.models import Repair, RunTask
 
 logger = logging.getLogger("events.worker")
+EXIT_STALLED = 3  # --exit-on-stall: the watchdog found the cluster stalled (a supervisor starts a fresh worker)
 STALLED_STOP_SECONDS = 3  # a stalled cluster will not stop by itself
 PR_SET_PDEATHSIG = 1  # prctl(2)
 
@@ -61,7 +62,8 @@ class Command(BaseCommand):
                     if self.stalled():
                         Repair.record("cluster_restarted")
                         if exit_on_stall:
-                            raise SystemExit(3)
+                            raise CommandError("the watchdog found the cluster stalled; exiting for the "
+                                               "supervisor to start a fresh worker", returncode=EXIT_STALLED)
                         self.cluster_stop(cluster, grace=STALLED_STOP_SECONDS)
                         close_old_connections()
                         self.release_held()

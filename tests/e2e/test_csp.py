@@ -1,0 +1,149 @@
+"""The Content Security Policy (config/settings.py, SECURE_CSP) in a real browser: nothing it refuses.
+
+Debian's chromium loads the public form, the waiting page (htmx polling and swapping under the
+policy), Django admin (its pages, the tree editor, the run timeline, a new API key's page with its
+nonce'd script) and the API's Swagger UI at /api/docs. Every ``securitypolicyviolation`` event and
+every console message about the policy is collected; the tests assert there are none, and that the
+scripts the policy lets through did run (htmx polled, Swagger drew the operations, the key selects
+itself on focus).
+"""
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.urls import reverse
+
+from events import engine
+from events.models import Run
+from forms_app.models import Record
+from tests.factories import FieldFactory, FormFactory, add_node
+
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e"), pytest.mark.django_db(transaction=True)]
+
+PASSWORD = "a-long-enough-password-for-admin"
+# Kept on the page from its first script on, for every document the page loads.
+COLLECT_VIOLATIONS = """
+window.__cspViolations = [];
+document.addEventListener("securitypolicyviolation", (event) => {
+  window.__cspViolations.push(`${event.effectiveDirective} refused ${event.blockedURI || "inline"} `
+                              + `at ${event.sourceFile}:${event.lineNumber}: ${event.sample}`);
+});
+"""
+
+
+class Violations:
+    """What the policy refused on ``page``: its violation events (per document) and console messages."""
+
+    def __init__(self, page):
+        self.page = page
+        self.console = []
+        page.add_init_script(COLLECT_VIOLATIONS)
+        page.on("console", self.on_console)
+
+    def on_console(self, message):
+        if "Content Security Policy" in message.text or "Content-Security-Policy" in message.text:
+            self.console.append(f"{message.type}: {message.text}")
+
+    def assert_none(self, where):
+        events = self.page.evaluate("window.__cspViolations || []")
+        assert events == [] and self.console == [], f"{where}: the CSP refused\n" + "\n".join(events + self.console)
+
+
+@pytest.fixture
+def violations(page):
+    return Violations(page)
+
+
+@pytest.fixture
+def slow_form(transactional_db):
+    """A form whose run stays working (a delay due in ten minutes): its waiting page polls every second."""
+    form = FormFactory(slug="csp", title="Policy check", poll_seconds=1)
+    FieldFactory(form=form, name="email", label="Email", type="email", required=True)
+    add_node(form, "set_subtext", name="start", config={"text": "Started"})
+    add_node(form, "delay", name="later", label="Later", visible=True, config={"after_seconds": 600})
+    return form
+
+
+def assert_policy_header(response):
+    """The policy is on, enforced, and lets no inline script or style through but a nonce'd one."""
+    policy = response.headers.get("content-security-policy", "")
+    directives = dict(part.strip().split(" ", 1) for part in policy.split(";"))
+    assert directives["script-src"].split(" ")[0] == "'self'", policy
+    assert all(
+        value == "'self'" or value.startswith("'nonce-")
+        for name in ("script-src", "style-src")
+        for value in directives[name].split(" ")
+    ), policy
+
+
+def test_the_public_form_and_the_polling_waiting_page_pass_the_policy(live_server, slow_form, page, violations):
+    response = page.goto(f"{live_server.url}/f/csp/")
+    assert_policy_header(response)
+    violations.assert_none("the public form")
+
+    page.fill("[name=email]", "ann@example.com")
+    with page.expect_navigation():
+        page.click("button[type=submit]")
+    record = Record.objects.get(form=slow_form)
+    assert page.url == f"{live_server.url}{record.get_absolute_url()}"
+    assert page.locator("#status .subtext").inner_text() == "Started"
+
+    polls = []
+    page.on("response", lambda answer: polls.append(answer.status) if answer.url.endswith("/status/") else None)
+    run = Run.objects.get(record=record)
+    Run.objects.filter(pk=run.pk).update(subtext="Halfway there")
+    page.wait_for_selector("#status .subtext:text('Halfway there')", timeout=15_000)  # htmx polled and swapped
+
+    engine.run_cancel(run=run)
+    page.wait_for_selector("#status:not([hx-trigger])", timeout=15_000)  # the final markup: polling stops
+    assert polls and set(polls) == {200}, polls
+    violations.assert_none("the waiting page")
+
+
+def test_admin_passes_the_policy(live_server, slow_form, page, violations):
+    get_user_model().objects.create_superuser("admin", "admin@example.com", PASSWORD)
+    record = Record.objects.create(form=slow_form, data={"email": "ann@example.com"})
+    run = engine.run_start(record=record, is_submission=True)
+
+    assert_policy_header(page.goto(f"{live_server.url}/admin/login/"))
+    page.fill("[name=username]", "admin")
+    page.fill("[name=password]", PASSWORD)
+    with page.expect_navigation():
+        page.click("[type=submit]")
+    violations.assert_none("the admin login")
+
+    for where in [
+        reverse("admin:index"),
+        reverse("admin:forms_app_form_changelist"),
+        reverse("admin:forms_app_form_change", args=[slow_form.pk]),
+        reverse("admin:events_node_changelist") + f"?form__id__exact={slow_form.pk}&event=record_update",
+        reverse("admin:events_node_overview", kwargs={"form_id": slow_form.pk, "event": "record_update"}),
+        reverse("admin:events_run_changelist"),
+        reverse("admin:events_run_change", args=[run.pk]),
+        reverse("admin:events_runtask_changelist"),
+    ]:
+        response = page.goto(f"{live_server.url}{where}")
+        assert response.status == 200, where
+        page.wait_for_load_state("load")
+        violations.assert_none(where)
+
+    # A new API key's page: its inline script (with the request's nonce) selects the key on focus.
+    page.goto(f"{live_server.url}{reverse('admin:events_apikey_add')}")
+    page.fill("[name=name]", "policy-check")
+    with page.expect_navigation():
+        page.click("[name=_save]")
+    violations.assert_none("the new API key's page")
+    page.focus(".events-raw-key")
+    assert page.evaluate("document.activeElement.selectionEnd") == len(page.input_value(".events-raw-key")) > 0
+
+
+def test_the_api_docs_pass_the_policy(live_server, page, violations):
+    response = page.goto(f"{live_server.url}/api/docs")
+
+    assert_policy_header(response)
+    page.wait_for_selector(".swagger-ui .opblock", timeout=15_000)  # Swagger UI's scripts ran and drew the API
+    # Open an operation and try it out: its form shows the images Swagger UI's CSS holds as data: URLs.
+    page.click("#operations-default-callback .opblock-summary-control")
+    page.click("#operations-default-callback .try-out__btn")
+    page.wait_for_selector("#operations-default-callback .execute", timeout=15_000)
+    page.wait_for_load_state("networkidle")
+    violations.assert_none("/api/docs")
