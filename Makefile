@@ -52,10 +52,11 @@ demo: migrate
 run: demo
 	@DJANGO_DEBUG=1 HOST=$(HOST) PORT=$(PORT) PY=$(PY) bash scripts/run.sh
 
-# The whole suite on SQLite; and again on PostgreSQL when TEST_DATABASE_URL is set
-# (pytest-django creates and drops test_<name>_gwN databases there).
+# The lint (ruff, configured in pyproject.toml); the whole suite on SQLite; and again on PostgreSQL
+# when TEST_DATABASE_URL is set (pytest-django creates and drops test_<name>_gwN databases there).
 # Then the fault tests (short version), one at a time, with their counts printed.
 test: install browser wrk
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -n 2 --dist loadgroup -m "not faults" $(PYTEST_ARGS)
 	@if [ -n "$$TEST_DATABASE_URL" ]; then \
 	  echo "== The whole suite again, on PostgreSQL ($$TEST_DATABASE_URL)"; \

@@ -34,8 +34,8 @@ from django.utils import timezone  # noqa: E402
 from django.utils.module_loading import import_string  # noqa: E402
 from django_q.models import OrmQ  # noqa: E402
 from django_q.signing import SignedPackage  # noqa: E402
-
 from helper_protocol import drain_watch, serve  # noqa: E402
+
 from events.models import Run, RunTask  # noqa: E402
 from forms_app.models import Form, Record  # noqa: E402
 
@@ -184,7 +184,7 @@ def copies_create(token, n, backdate_seconds=0, batch=1000):
             created = now - timedelta(seconds=backdate_seconds * (1 - k / n)) if backdate_seconds else None
             for copier, objects in plans:
                 overrides = {"created_at": created} if created is not None and "created_at" in copier.index else {}
-                for (prepared, raw), obj in zip(copier.items, objects):
+                for (prepared, raw), obj in zip(copier.items, objects, strict=True):
                     rows[copier.model].append(copier.row(prepared, raw, maps[copier.model][obj.pk], maps, overrides))
         with transaction.atomic(), connection.cursor() as cursor:
             for copier, _ in plans:

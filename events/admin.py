@@ -22,7 +22,17 @@ from treebeard.admin import TreeAdmin
 
 from . import engine
 from .admin_forms import config_field_name, node_form_for, node_type_or_none
-from .models import RECORD_UPDATE, ApiKey, InvalidTreeOperation, Node, Run, RunTask, failures_handled, form_model, tree_nest
+from .models import (
+    RECORD_UPDATE,
+    ApiKey,
+    InvalidTreeOperation,
+    Node,
+    Run,
+    RunTask,
+    failures_handled,
+    form_model,
+    tree_nest,
+)
 from .nodes import registry
 
 # Query parameters that choose *which* tree the editor shows; they keep the tree view (drag and drop).

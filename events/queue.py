@@ -19,7 +19,9 @@ import os
 import threading
 import time
 import uuid
-from datetime import timedelta
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Literal
 
 from django.conf import settings
 from django.db import close_old_connections, transaction
@@ -40,7 +42,7 @@ TASK_JOB = "events.tasks.task_job"  # the one job entry (events/tasks.py)
 # --- Sending -------------------------------------------------------------------------------
 
 
-def task_enqueue(*, task_id, due_at=None, only_unsent=True):
+def task_enqueue(*, task_id: uuid.UUID | str, due_at: datetime | None = None, only_unsent: bool = True) -> bool:
     """Hand a pending task to the queue, as part of the current transaction (one is opened if none is).
 
     What the worker does with it depends on the task (``engine.task_job``): a
@@ -69,7 +71,7 @@ def task_enqueue(*, task_id, due_at=None, only_unsent=True):
     return True
 
 
-def task_jobs_send(*, task_ids):
+def task_jobs_send(*, task_ids: Iterable[uuid.UUID | str]) -> list[int | None]:
     """Broker rows for jobs of tasks being created in this transaction, in one insert; returns their ids.
 
     For ``run_start``, which hands off a run's leading containers in the
@@ -87,7 +89,7 @@ def task_jobs_send(*, task_ids):
     return [row.pk for row in rows]
 
 
-def task_resend(*, task_id, enqueued_at):
+def task_resend(*, task_id: uuid.UUID | str, enqueued_at: datetime) -> bool:
     """The sweep: send a hand-off again (compare-and-set on the hand-off it saw). True if sent."""
     with transaction.atomic():
         if not RunTask.objects.filter(pk=task_id, status=RunTask.Status.PENDING, enqueued_at=enqueued_at).update(
@@ -98,11 +100,11 @@ def task_resend(*, task_id, enqueued_at):
 
 
 # Older names of the one job entry (messages sent by earlier versions may still be queued).
-def container_enqueue(*, task_id, due_at=None):
+def container_enqueue(*, task_id: uuid.UUID | str, due_at: datetime | None = None) -> bool:
     return task_enqueue(task_id=task_id, due_at=due_at)
 
 
-def walk_from_enqueue(*, task_id):
+def walk_from_enqueue(*, task_id: uuid.UUID | str) -> bool:
     return task_enqueue(task_id=task_id)
 
 
@@ -133,7 +135,9 @@ def _package(func, *args, name):
     })
 
 
-def handoffs_in_broker(handoff_ids, *, now=None):
+def handoffs_in_broker(
+    handoff_ids: Iterable[int | None], *, now: datetime | None = None
+) -> dict[int, tuple[Literal["ready", "taken"], datetime | None]]:
     """{row id: ("ready", None) | ("taken", when a worker took it)} for the rows among ``handoff_ids`` that exist.
 
     django-q2's database broker marks a row taken by setting its lock to the time
@@ -146,7 +150,7 @@ def handoffs_in_broker(handoff_ids, *, now=None):
             for pk, lock in rows}
 
 
-def dispatch_due(*, limit=200):
+def dispatch_due(*, limit: int = 200) -> int:
     """Hand every container or retry whose due time has come to the queue. Returns how many were sent.
 
     Runs in ``manage.py worker`` several times a second: this, not the broker, is
@@ -167,23 +171,23 @@ _stopping = None
 _heartbeat = {"pid": None}
 
 
-def worker_prepare():
+def worker_prepare() -> None:
     """In ``manage.py worker``, before its cluster forks: a stop flag every cluster process shares."""
     global _stopping
     _stopping = multiprocessing.get_context("fork").Event()
 
 
-def worker_stop_claiming():
+def worker_stop_claiming() -> None:
     """From now on no step is claimed in this worker's processes; walks hand the rest back."""
     if _stopping is not None:
         _stopping.set()
 
 
-def worker_stopping():
+def worker_stopping() -> bool:
     return _stopping is not None and _stopping.is_set()
 
 
-def heartbeat_start():
+def heartbeat_start() -> None:
     """In a cluster process: renew the leases this process holds, every third of a lease, until it exits.
 
     So a single step may run longer than the lease (up to EVENTS_JOB_TIMEOUT)
@@ -207,7 +211,7 @@ def _heartbeat_loop(owner):
             close_old_connections()
 
 
-def leases_renew(*, owner):
+def leases_renew(*, owner: str) -> int:
     """One heartbeat: a full lease again for every running step ``owner`` holds. Returns how many."""
     return RunTask.objects.filter(
         status=RunTask.Status.ACTIVE, lease_owner=owner, lease_expires_at__isnull=False
@@ -230,7 +234,7 @@ def job_send(func: str, *args: object, name: str) -> None:
         _send(func, *args, name=name)
 
 
-def queue_stats(*, now=None):
+def queue_stats(*, now: datetime | None = None) -> dict[str, float]:
     """What the broker holds: jobs ready to run, and how long the oldest ready one has waited (seconds)."""
     now = now or timezone.now()
     ready = OrmQ.objects.filter(lock__lt=now)
@@ -242,7 +246,7 @@ def queue_stats(*, now=None):
     }
 
 
-def prune_queue_results(*, before):
+def prune_queue_results(*, before: datetime) -> int:
     """Delete django-q2's stored results older than ``before`` (we keep our own in RunTask)."""
     deleted, _ = Task.objects.filter(stopped__lt=before).delete()
     return deleted

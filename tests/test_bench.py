@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = [
     pytest.mark.e2e,
+    pytest.mark.timeout(600),  # the bench itself gives its run 300 s
     pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (make test installs it)"),
 ]
 

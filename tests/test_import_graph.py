@@ -116,7 +116,7 @@ def chain(graph, group):
                 while previous[path[-1]] is not None:
                     path.append(previous[path[-1]])
                 path.reverse()
-                return " -> ".join(f"{m}:{graph[m][n]}" for m, n in zip(path, path[1:] + [start])) + f" -> {start}"
+                return " -> ".join(f"{m}:{graph[m][n]}" for m, n in zip(path, path[1:] + [start], strict=True)) + f" -> {start}"
             if target in group and target not in previous:
                 previous[target] = here
                 todo.append(target)

@@ -3,22 +3,29 @@
 import hashlib
 import json
 import secrets
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.urls import reverse_lazy
 from django.utils import timezone
 
 from ..models import Run, RunTask, secret_hash
+from ..storable import SUBTEXT_MAX_LENGTH
 from .failures import failure_consequence
 from .sequences import sequence_hand_on
 from .snapshot import snapshot_node
 
-CALLBACK_PATH = "/api/external-events/callback/"
+# The callback endpoint's path, from its URL name (events/api.py), looked up when first used:
+# events.api imports the engine, so the URLconf cannot be loaded while this module is.
+CALLBACK_PATH = reverse_lazy("api:callback")
 
 
-def task_await(*, task, timeout_seconds):
+def task_await(*, task: RunTask, timeout_seconds: float) -> dict[str, str]:
     """active → awaiting with a deadline and a fresh callback token (only its hash is kept)."""
     token = secrets.token_urlsafe(24)
     deadline = timezone.now() + timedelta(seconds=timeout_seconds)
@@ -31,13 +38,15 @@ def task_await(*, task, timeout_seconds):
     task.status, task.deadline_at = RunTask.Status.AWAITING, deadline
     return {
         "task_id": str(task.pk),
-        "url": settings.EVENTS_PUBLIC_URL.rstrip("/") + CALLBACK_PATH,
+        "url": settings.EVENTS_PUBLIC_URL.rstrip("/") + str(CALLBACK_PATH),
         "token": token,
         "deadline": deadline.isoformat(),
     }
 
 
-def task_store_waiting(*, task, output, logs, debug=None):
+def task_store_waiting(
+    *, task: RunTask, output: dict[str, Any] | None, logs: list[dict[str, str]], debug: dict[str, Any] | None = None
+) -> None:
     """Keep what the waiting action produced, under any callback output that already arrived."""
     with transaction.atomic():
         row = RunTask.objects.select_for_update().only("output", "logs", "debug").get(pk=task.pk)
@@ -54,12 +63,15 @@ class CallbackResult:
     duplicate: bool = False
 
 
-def callback_digest(*, status, logs, output, subtext):
+def callback_digest(*, status: str, logs: list[str], output: dict[str, Any] | None, subtext: str | None) -> str:
     canonical = json.dumps({"status": status, "logs": logs, "output": output, "subtext": subtext}, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def task_callback(*, task_id, status, logs=(), output=None, subtext=None, note="", error=""):
+def task_callback(
+    *, task_id: uuid.UUID | str, status: str, logs: Sequence[str] = (), output: dict[str, Any] | None = None,
+    subtext: str | None = None, note: str = "", error: str = "",
+) -> CallbackResult:
     """Apply an external system's answer to an awaiting task. The first valid one wins.
 
     SUCCESS completes the task and resumes its sequence in the background;
@@ -89,8 +101,8 @@ def task_callback(*, task_id, status, logs=(), output=None, subtext=None, note="
             "failure": "" if succeeded else RunTask.Failure.CALLBACK,
         }
         if subtext is not None:
-            changes["subtext"] = subtext[:500]
-            Run.objects.filter(pk=row.run_id).update(subtext=subtext[:500])
+            changes["subtext"] = subtext[:SUBTEXT_MAX_LENGTH]
+            Run.objects.filter(pk=row.run_id).update(subtext=subtext[:SUBTEXT_MAX_LENGTH])
         if not RunTask.objects.filter(pk=row.pk, status=RunTask.Status.AWAITING).update(**changes):
             row.refresh_from_db(fields=["status", "callback_digest"])
             return CallbackResult(applied=False, status=row.status, duplicate=row.callback_digest == digest)
@@ -105,7 +117,7 @@ def task_callback(*, task_id, status, logs=(), output=None, subtext=None, note="
     return CallbackResult(applied=True, status=changes["status"])
 
 
-def task_progress(*, task_id, subtext, logs=()):
+def task_progress(*, task_id: uuid.UUID | str, subtext: str | None, logs: Sequence[str] = ()) -> tuple[bool, str]:
     """Progress from outside while a task runs or awaits: its subtext (and its run's), more log lines.
 
     Returns the task's status; nothing changes unless it is active or awaiting.
@@ -116,13 +128,13 @@ def task_progress(*, task_id, subtext, logs=()):
             return False, row.status
         changes = {"logs": RunTask.capped_logs(row.logs, [RunTask.log_line(line) for line in logs])}
         if subtext is not None:
-            changes["subtext"] = subtext[:500]
-            Run.objects.filter(pk=row.run_id).update(subtext=subtext[:500])
+            changes["subtext"] = subtext[:SUBTEXT_MAX_LENGTH]
+            Run.objects.filter(pk=row.run_id).update(subtext=subtext[:SUBTEXT_MAX_LENGTH])
         RunTask.objects.filter(pk=row.pk).update(**changes)
     return True, row.status
 
 
-def awaiting_expire(*, now=None):
+def awaiting_expire(*, now: datetime | None = None) -> int:
     """Fail every awaiting task whose deadline has passed (timed out). Returns how many."""
     expired = 0
     for task in RunTask.objects.awaiting_past_deadline(now).select_related("run")[:200]:

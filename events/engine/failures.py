@@ -1,10 +1,11 @@
 """Failures and retries: what follows a failed step, decided in the transaction that records it."""
 
-from datetime import timedelta
+import uuid
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F, Max
+from django.db.models import F, Max, QuerySet
 from django.utils import timezone
 
 from .. import queue
@@ -69,7 +70,7 @@ def task_retry_later(*, task, policy, error, logs=(), debug=None):
     return Outcome.SUSPENDED
 
 
-def task_redrive(*, task_id):
+def task_redrive(*, task_id: uuid.UUID | str) -> bool:
     """Re-run a failed task (an admin's "retry"): the run goes on from that step; the failure stays on record.
 
     The run and what its failure cancelled come back: the task is pending again
@@ -108,7 +109,7 @@ def task_redrive(*, task_id):
     return True
 
 
-def leases_release(*, tasks, reason, now=None):
+def leases_release(*, tasks: QuerySet[RunTask], reason: str, now: datetime | None = None) -> tuple[int, int]:
     """Put back steps whose worker no longer holds them: pending again (bounded), or failed past the bound.
 
     ``tasks``: active tasks whose lease ran out (the sweep), or whose holder is

@@ -2,9 +2,10 @@
 
 import enum
 import uuid
+from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection, models, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
@@ -23,8 +24,11 @@ class Outcome(enum.Enum):
     ELSEWHERE = "elsewhere"  # another walker holds this sequence (a duplicate delivery)
 
 
-def run_start(*, record, event=RECORD_UPDATE, properties=None, parent_run=None, parent_task=None,
-              is_submission=False, snapshot=None, debug=False):
+def run_start(
+    *, record: models.Model, event: str = RECORD_UPDATE, properties: dict[str, Any] | None = None,
+    parent_run: Run | None = None, parent_task: RunTask | None = None, is_submission: bool = False,
+    snapshot: list[dict[str, Any]] | None = None, debug: bool = False,
+) -> Run:
     """Create a run pinned to the current tree of (form, event) and a pending task per node.
 
     Call it inside the caller's transaction: the record, the run and its tasks
@@ -97,7 +101,7 @@ def _hand_off_leading_containers(run, record, tasks):
                 task.due_at = None
             return 0
         handed_at = timezone.now()
-        for task, handoff_id in zip(due_now, handoff_ids):
+        for task, handoff_id in zip(due_now, handoff_ids, strict=True):
             task.enqueued_at, task.handoff_id = handed_at, handoff_id
     return planned
 
@@ -138,7 +142,7 @@ def runs_as_own_run(node):
     return registry.get(node["type"]).is_deferred and bool(config.get("event_type") or config.get("event_properties"))
 
 
-def run_fail(*, run, error):
+def run_fail(*, run: Run, error: str) -> bool:
     """running → failed: cancel every task still pending or awaiting; the record is complete."""
     now = timezone.now()
     with transaction.atomic():
@@ -160,7 +164,7 @@ def _cancel_open_tasks(run, now):
     ).update(status=RunTask.Status.CANCELLED, finished_at=now)
 
 
-def run_finish_if_done(*, run, check_failures=False):
+def run_finish_if_done(*, run: Run, check_failures: bool = False) -> bool:
     """running → complete once no task is open any more. Safe when two last tasks finish at once.
 
     A running run never holds a failure that nothing handled: a failure commits
@@ -188,7 +192,7 @@ def run_finish_if_done(*, run, check_failures=False):
     return bool(won)
 
 
-def run_cancel(*, run, reason="Cancelled by an admin."):
+def run_cancel(*, run: Run, reason: str = "Cancelled by an admin.") -> bool:
     """Stop a run: pending and awaiting tasks are cancelled; active ones stop before their next step."""
     now = timezone.now()
     with transaction.atomic():

@@ -5,6 +5,7 @@ same transaction): no step is executed.
 """
 
 import logging
+from typing import Literal
 
 from django.db import transaction
 from django.db.models import F
@@ -105,7 +106,7 @@ def walk_hand_back(*, task, holders):
     return Outcome.ELSEWHERE
 
 
-def run_repair(*, run):
+def run_repair(*, run: Run) -> Literal["nothing", "failed", "resumed", "finished"]:
     """The sweep found ``run`` stalled: nothing runs, waits or is handed off. Decide how it goes on.
 
     Never past an unhandled failure: a failed step without an error branch

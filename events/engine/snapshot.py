@@ -1,7 +1,10 @@
 """A run's snapshot: the tree as it was when the run fired, as nested plain data."""
 
+from collections.abc import Iterator
+from typing import Any
 
-def snapshot_node(nodes, node_id):
+
+def snapshot_node(nodes: list[dict[str, Any]], node_id: int) -> dict[str, Any] | None:
     for node in nodes:
         if node["id"] == node_id:
             return node
@@ -11,7 +14,7 @@ def snapshot_node(nodes, node_id):
     return None
 
 
-def tree_order(nodes):
+def tree_order(nodes: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     """The snapshot's nodes in the order they run: each node, its children, then its error branch."""
     for node in nodes:
         yield node

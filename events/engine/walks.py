@@ -13,11 +13,13 @@ import logging
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Mapping
 from contextlib import contextmanager
+from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import transaction
+from django.db import models, transaction
 from django.utils import timezone
 
 from .. import queue
@@ -137,7 +139,7 @@ def walk_outputs_note(run, task):
         run._walk_outputs.note(task)
 
 
-def run_inline(*, run):
+def run_inline(*, run: Run) -> Outcome:
     """The inline phase: walk the top level of the run in the request, then finish if nothing is left.
 
     Deferred containers that ``run_start`` already handed off (those before the
@@ -358,7 +360,10 @@ def condition_execute(*, run, task, node, inline, holders=()):
     return container_settle(task, outcome, output=registry.get(node["type"]).settled_output(held=True))
 
 
-def run_trigger(*, run, task, record, event, properties, snapshot=None, debug=False):
+def run_trigger(
+    *, run: Run, task: RunTask, record: models.Model, event: str, properties: dict[str, Any] | None,
+    snapshot: list[dict[str, Any]] | None = None, debug: bool = False,
+) -> dict[str, str]:
     """trigger_event: fire ``event`` for the same record as a child run, and walk its inline phase now.
 
     ``snapshot``: the steps the child run executes instead of the event's tree
@@ -412,7 +417,7 @@ def container_defer(*, run, task, node, inline=False):
     return Outcome.DONE
 
 
-def task_job(*, task_id):
+def task_job(*, task_id: uuid.UUID | str) -> Outcome:
     """A worker's part for one handed-off task: what it does follows from the task's state.
 
     A deferred container with a due time: claim it, walk its children (or start
@@ -502,7 +507,7 @@ def container_run_branch(*, run, task, node):
     return Outcome.DONE
 
 
-def sequence_resume(*, task_id):
+def sequence_resume(*, task_id: uuid.UUID | str) -> Outcome:
     """After a waiting step completed (or a go_async marker): walk its sequence on from the next sibling.
 
     Runs in a worker. Duplicates are harmless: later steps are claimed one by
@@ -559,7 +564,7 @@ def failure_walk_on(*, run, task, node, inline=False):
     return Outcome.FAILED
 
 
-def error_branch_job(*, task_id):
+def error_branch_job(*, task_id: uuid.UUID | str) -> Outcome:
     """In a worker (a job of earlier versions): a failed task's error branch, then the rest of its sequence."""
     task = RunTask.objects.select_related("run").filter(pk=task_id).first()
     if task is None or task.status != RunTask.Status.FAILED:

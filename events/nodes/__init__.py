@@ -1,4 +1,4 @@
-"""Node types. Each module registers one type; this list imports them all, in order."""
+"""Node types. Each module registers one type; this list imports them all, in order (and the registry)."""
 
 from . import (  # noqa: F401
     background,
@@ -8,10 +8,10 @@ from . import (  # noqa: F401
     go_async,
     http_request,
     pause,
+    registry,
     send_email,
     set_flag,
     set_subtext,
     trigger_event,
     update_field,
 )
-from . import registry  # noqa: F401

@@ -12,7 +12,6 @@ from events.models import Node, RunTask
 from forms_app.models import Form
 from forms_app.services import record_submit
 from forms_app.waiting import render_message
-from tests.events.api_fixtures import callback_server  # noqa: F401 (a fixture)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ The job is run against real HTTP servers on 127.0.0.1: a recording server, and
 the live server with the real callback and progress API.
 """
 
+import itertools
 import json
 import threading
 import time
@@ -16,19 +17,12 @@ from django_q.models import OrmQ
 
 from demo import standin
 from events.models import RunTask
-from tests.events.api_fixtures import (  # noqa: F401 (fixtures)
-    allow_local_http,
-    callback_server,
-    make_awaiting,
-    waiting_form,
-)
 from tests.support.servers import QuietHandler, recording_server
 
 URL = "/demo/external-service/"
 PUBLIC_URL = "http://127.0.0.1:8000"
 GOOD = {"taskId": "5f0c7f9e-2d1b-4c55-9a7e-0c3f1d2b4a11", "callbackUrl": f"{PUBLIC_URL}/api/external-events/callback/",
         "callbackToken": "t0k3n"}
-JOB_SECONDS = 10  # a bound on any job run below
 
 
 @pytest.fixture
@@ -168,13 +162,10 @@ def external_api():
 
 
 def run_job(base_url, *, step_seconds=0.05, task_id="task-1", token="secret-token"):
-    started = time.monotonic()
-    result = standin.standin_job(
+    return standin.standin_job(
         task_id, f"{base_url}/api/external-events/callback/", token,
         f"{base_url}/api/event-workflow-tasks/{task_id}", step_seconds,
     )
-    assert time.monotonic() - started < JOB_SECONDS
-    return result
 
 
 def test_the_job_sends_two_progress_updates_then_the_callback_with_the_bearer_token(external_api):
@@ -192,7 +183,7 @@ def test_the_job_sends_two_progress_updates_then_the_callback_with_the_bearer_to
     assert callback["taskId"] == "task-1" and callback["status"] == "SUCCESS"
     assert callback["output"]["seat"] == "14C"
     assert len(callback["logs"]) == 2 and callback["subtext"] == "Seat 14C held"
-    gaps = [later["at"] - earlier["at"] for earlier, later in zip(external_api.requests, external_api.requests[1:])]
+    gaps = [later["at"] - earlier["at"] for earlier, later in itertools.pairwise(external_api.requests)]
     assert all(gap >= 0.15 for gap in gaps), gaps
 
 

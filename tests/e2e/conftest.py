@@ -6,6 +6,7 @@ here needs ``django_db(transaction=True)``: rows must be committed for the
 worker to see them, and hand-offs to the queue happen on commit.
 """
 
+import io
 import os
 import shutil
 import sys
@@ -14,8 +15,10 @@ from urllib.parse import quote
 
 import pytest
 from django.conf import settings
+from django.core.management import call_command
 from django.db import connection
 
+from forms_app.models import Form
 from tests.support.processes import ManagedProcess
 
 CHROMIUM_ARGS = [
@@ -63,6 +66,14 @@ def _worker_env(database_url, extra):
 def worker_env():
     """Extra environment variables for the worker process. Override it in a module to add some."""
     return {}
+
+
+@pytest.fixture
+def booking(transactional_db):
+    """The demo data, loaded by ``manage.py demo``: the ``booking`` form and its tree."""
+    # pytest-django turns DEBUG off, and demo refuses to run without DEBUG unless forced.
+    call_command("demo", force=True, stdout=io.StringIO())
+    return Form.objects.get(slug="booking")
 
 
 @pytest.fixture

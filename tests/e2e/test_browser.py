@@ -7,13 +7,11 @@ service on the live server (see test_callback_demo.py), so both processes get
 the live server as their public URL.
 """
 
-import io
 
 import pytest
-from django.core.management import call_command
 
 from events.models import Run
-from forms_app.models import Form, Record
+from forms_app.models import Record
 from forms_app.waiting import render_message
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e"), pytest.mark.django_db(transaction=True)]
@@ -27,14 +25,6 @@ BOOKING = {"name": "Ada Lovelace", "email": "ada@example.com", "origin": "London
 def worker_env(demo_service):
     """The demo's seat check calls the stand-in service on the live server, which calls back."""
     return demo_service
-
-
-@pytest.fixture
-def booking(transactional_db):
-    """The demo data, loaded by ``manage.py demo``: the ``booking`` form and its tree."""
-    # pytest-django turns DEBUG off, and demo refuses to run without DEBUG unless forced.
-    call_command("demo", force=True, stdout=io.StringIO())
-    return Form.objects.get(slug="booking")
 
 
 def submit_booking(page, live_server):
@@ -63,7 +53,7 @@ def assert_done(page, record):
     assert page.locator("#status").get_attribute("hx-trigger") is None
     # The demo's loyalty programme is always down: its error branch took care of it, and the page says so.
     states = dict(zip(page.locator("#status .steps .step-label").all_inner_texts(),
-                      page.locator("#status .steps .step-state").all_inner_texts()))
+                      page.locator("#status .steps .step-state").all_inner_texts(), strict=True))
     assert states["Add loyalty miles"] == "failed — handled"
 
 

@@ -14,7 +14,7 @@ import pytest
 from playwright.sync_api import expect
 
 from events.models import RunTask
-from tests.e2e.test_browser import BOOKING, booking, submit_booking  # noqa: F401 (booking is a fixture)
+from tests.e2e.test_browser import BOOKING, submit_booking
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e"), pytest.mark.django_db(transaction=True)]
 
@@ -50,7 +50,7 @@ def watch_subtexts(page, *, timeout):
 
 
 def test_the_waiting_step_shows_progress_then_the_page_turns_done_with_the_seat(
-    live_server, worker, booking, page  # noqa: F811
+    live_server, worker, booking, page
 ):
     record = submit_booking(page, live_server)
     navigations = []

@@ -361,7 +361,7 @@ def test_run_change_view_shows_a_timeline_escaped(admin_client, run):
     assert f"failed: {ESCAPED}" in content
     assert run.reference in content
     assert content.index("Later") < content.index("Call CRM") < content.index("Boom")
-    assert "padding-left: 2em" in content  # children are indented under their container
+    assert 'class="events-indent-2"' in content  # children are indented under their container
     assert "Cancel this run" in content
     assert 'name="_save"' not in content
 

@@ -64,10 +64,10 @@ def custom_properties(rules, *, data_theme, prefers_dark):
     for order, (media, selector, declarations) in enumerate(rules):
         if media is not None and not (prefers_dark and "prefers-color-scheme: dark" in media):
             continue
-        specificity = max((
+        specificity = max(
             {":root": 10, f'html[data-theme="{data_theme}"]': 11}.get(part.strip(), -1)
             for part in selector.split(",")
-        ))
+        )
         if specificity < 0:
             continue
         found += [(specificity, order, name, value) for name, value in declarations.items() if name.startswith("--")]

@@ -1,18 +1,13 @@
 """Admin: API keys (shown once, stored hashed, revocable) and awaiting tasks settled by hand."""
 
-from dataclasses import dataclass
 from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 
-from events import engine
 from events.models import ApiKey, Run, RunTask
-from forms_app.models import Record
-from tests.factories import RecordFactory, add_node
 
 KEYS_URL = reverse("admin:events_apikey_changelist")
 ADD_KEY_URL = reverse("admin:events_apikey_add")
@@ -25,50 +20,6 @@ def messages_of(response):
 
 def by_hand_url(task, outcome):
     return reverse("admin:events_runtask_by_hand", args=[task.pk, outcome])
-
-
-@pytest.fixture
-def waiting_form(form):
-    """A step that waits for a callback (never sent here: no HTTP), then a step that must run after it."""
-    add_node(form, "http_request", name="book", label="Booking the seat", visible=True,
-             config={"method": "POST", "url": "https://crm.example/jobs", "wait_for_callback": True,
-                     "callback_timeout_seconds": 600})
-    add_node(form, "update_field", name="after", label="Recording the result",
-             config={"field": "status", "value": "confirmed"})
-    return form
-
-
-@dataclass
-class Awaiting:
-    record: Record
-    run: Run
-    task: RunTask
-
-    def reload(self):
-        for row in (self.record, self.run, self.task):
-            row.refresh_from_db()
-        return self
-
-
-@pytest.fixture
-def make_awaiting(waiting_form, sync_queue):
-    """A running submission whose ``book`` task awaits its callback, moved there as the engine does."""
-
-    def make(email="ann@example.com"):
-        record = RecordFactory(form=waiting_form, data={"email": email, "seats": 2, "status": ""})
-        with transaction.atomic():
-            run = engine.run_start(record=record, is_submission=True)
-        task = run.tasks.get(name="book")
-        assert task.claim()
-        engine.task_await(task=task, timeout_seconds=600)
-        return Awaiting(record=record, run=run, task=task).reload()
-
-    return make
-
-
-@pytest.fixture
-def awaiting(make_awaiting):
-    return make_awaiting()
 
 
 # API keys -----------------------------------------------------------------------------------------
@@ -221,7 +172,7 @@ def test_complete_by_hand_completes_the_task_and_the_run_goes_on(
     assert awaiting.task.status == RunTask.Status.COMPLETE
     assert any(f"completed by hand by {admin_user.username}" == entry["line"] for entry in awaiting.task.logs)
     assert awaiting.run.tasks.get(name="after").status == RunTask.Status.COMPLETE
-    assert awaiting.record.data["status"] == "confirmed"
+    assert awaiting.record.data["status"] == "zip= code=200"  # the next step ran, on the request's output
     assert awaiting.run.status == Run.Status.COMPLETE
     assert any("Completed 1 task(s) by hand" in message for message in messages_of(response))
 

@@ -22,14 +22,14 @@ def timeline_rows(admin_client, run):
     html = response.content.decode()
     labels = {str(task.pk): task.label for task in run.tasks.all()}
     rows = re.findall(
-        r'<tr id="task-([0-9a-f-]+)"[^>]*>\s*<td style="padding-left: (\d+)em">.*?'
+        r'<tr id="task-([0-9a-f-]+)"[^>]*>\s*<td class="events-indent-(\d+)">.*?'
         r'<span class="events-status events-status-[a-z]+">(.*?)</span>', html, re.S)
     assert len(rows) == len(labels), html
     return [(labels[pk], int(indent), status) for pk, indent, status in rows], html
 
 
 @pytest.fixture
-def handled_run(form, sync_queue, django_capture_on_commit_callbacks):
+def handled_run(form, submit):
     """A failure handled inline at the top level, and one handled in a background branch."""
     add_node(form, "update_field", label="Received", config={"field": "status", "value": "received"})
     loyalty = add_node(form, "fail", label="Add loyalty miles", config={"message": "down"})
@@ -39,9 +39,7 @@ def handled_run(form, sync_queue, django_capture_on_commit_callbacks):
     add_node(form, "set_subtext", parent=card, branch="on_error", label="Pay at the desk", config={"text": "desk"})
     add_node(form, "set_flag", parent=background, label="Seat held", config={"flag": "held"})
     add_node(form, "set_flag", label="Booked", config={"flag": "booked"})
-    with django_capture_on_commit_callbacks(execute=True):
-        record = record_submit(form=form, data={"email": "ann@example.com", "seats": 1})
-    run = Run.objects.get(record=record)
+    run = submit({"email": "ann@example.com", "seats": 1}).run
     assert run.status == Run.Status.COMPLETE
     return run
 

@@ -11,8 +11,7 @@ from django.core.management import call_command
 from django.db import connection
 
 from events.models import ApiKey, Run, RunTask, secret_hash
-from tests.events.api_fixtures import *  # noqa: F401,F403
-from tests.events.api_fixtures import CALLBACK_URL, progress_url
+from tests.support.json_api import CALLBACK_URL, progress_url
 
 pytestmark = pytest.mark.django_db
 

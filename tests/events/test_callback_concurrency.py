@@ -17,7 +17,6 @@ from events import engine
 from events.models import ApiKey, Run, RunTask
 from events.tasks import task_job
 from forms_app.services import record_submit
-from tests.events.nodes.conftest import allow_local_http, http_server  # noqa: F401  (shared fixtures)
 from tests.factories import add_node
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.xdist_group("db_threads")]
@@ -69,7 +68,7 @@ def payload(i):
 
 
 @pytest.fixture
-def awaiting(trail_form, add_mark, http_server, allow_local_http):  # noqa: F811
+def awaiting_before_b_and_c(trail_form, add_mark, http_server, allow_local_http):
     """A submitted record whose http_request step awaits its callback, with B and C after it."""
     wait = add_node(trail_form, "http_request", name="book",
                     config={"method": "POST", "url": http_server.url + "/start", "wait_for_callback": True})
@@ -93,8 +92,8 @@ def assert_later_steps_ran_once(record):
 
 
 @pytest.mark.parametrize("round_", range(3))
-def test_concurrent_callbacks_apply_once_and_resume_once(awaiting, round_):
-    record, task = awaiting
+def test_concurrent_callbacks_apply_once_and_resume_once(awaiting_before_b_and_c, round_):
+    record, task = awaiting_before_b_and_c
 
     results = in_threads(THREADS, lambda i: engine.task_callback(task_id=task.pk, **payload(i)))
 
@@ -118,8 +117,8 @@ def test_concurrent_callbacks_apply_once_and_resume_once(awaiting, round_):
     assert_later_steps_ran_once(record)
 
 
-def test_concurrent_success_and_failure_callbacks_apply_one_of_them(awaiting):
-    record, task = awaiting
+def test_concurrent_success_and_failure_callbacks_apply_one_of_them(awaiting_before_b_and_c):
+    record, task = awaiting_before_b_and_c
 
     def send(i):
         status = "SUCCESS" if i % 2 else "FAILURE"
@@ -146,8 +145,8 @@ def test_concurrent_success_and_failure_callbacks_apply_one_of_them(awaiting):
     assert all(other.status == task.status for _, other in results)
 
 
-def test_concurrent_resume_deliveries_run_each_later_step_once(awaiting):
-    record, task = awaiting
+def test_concurrent_resume_deliveries_run_each_later_step_once(awaiting_before_b_and_c):
+    record, task = awaiting_before_b_and_c
     engine.task_callback(task_id=task.pk, status="SUCCESS", output={"seat": "12A"})
     OrmQ.objects.all().delete()
 
@@ -159,8 +158,8 @@ def test_concurrent_resume_deliveries_run_each_later_step_once(awaiting):
     assert_later_steps_ran_once(record)
 
 
-def test_concurrent_callbacks_through_the_api_apply_once(awaiting):
-    record, task = awaiting
+def test_concurrent_callbacks_through_the_api_apply_once(awaiting_before_b_and_c):
+    record, task = awaiting_before_b_and_c
     _, key = ApiKey.issue(name="partner")
 
     def post(i):

@@ -4,20 +4,7 @@ import pytest
 
 from events import engine
 from events.models import Run, RunTask
-from forms_app.services import record_submit
-from tests.events.api_fixtures import allow_local_http, callback_server  # noqa: F401  fixtures
 from tests.factories import add_node
-
-
-@pytest.fixture
-def submit_now(form, sync_queue, django_capture_on_commit_callbacks):
-    def submit(**data):
-        with django_capture_on_commit_callbacks(execute=True):
-            record = record_submit(form=form, data={"email": "ann@example.com", "status": "", **data})
-        record.refresh_from_db()
-        return record
-
-    return submit
 
 
 def add_condition(form, *rules, match="all", parent=None, name="cond"):
@@ -32,13 +19,13 @@ def tasks_of(record):
     return {task.name: task for task in record.runs.get(is_submission=True).tasks.all()}
 
 
-def test_when_the_condition_holds_its_steps_run_in_order_before_the_next_sibling(form, submit_now):
+def test_when_the_condition_holds_its_steps_run_in_order_before_the_next_sibling(form, submit):
     condition = add_condition(form, rule("seats", "greater_than", "2"))
     add_node(form, "update_field", parent=condition, name="one", config={"field": "status", "value": "1"})
     add_node(form, "update_field", parent=condition, name="two", config={"field": "status", "value": "{{ record.status }}2"})
     add_node(form, "update_field", name="after", config={"field": "status", "value": "{{ record.status }}3"})
 
-    record = submit_now(seats=4)
+    record = submit(seats=4).record
 
     assert record.data["status"] == "123"
     tasks = tasks_of(record)
@@ -49,14 +36,14 @@ def test_when_the_condition_holds_its_steps_run_in_order_before_the_next_sibling
     assert record.is_complete is True
 
 
-def test_when_the_condition_does_not_hold_its_steps_are_skipped_and_the_run_still_completes(form, submit_now, mailoutbox):
+def test_when_the_condition_does_not_hold_its_steps_are_skipped_and_the_run_still_completes(form, submit, mailoutbox):
     condition = add_condition(form, rule("seats", "greater_than", "2"))
     add_node(form, "update_field", parent=condition, name="one", config={"field": "status", "value": "1"})
     background = add_node(form, "background", parent=condition, name="bg")
     add_node(form, "send_email", parent=background, name="mail", config={"to": "a@example.com", "subject": "s", "body": "b"})
     add_node(form, "set_flag", name="after", config={"flag": "after"})
 
-    record = submit_now(seats=1)
+    record = submit(seats=1).record
 
     tasks = tasks_of(record)
     assert {tasks[name].status for name in ("one", "bg", "mail")} == {RunTask.Status.SKIPPED}
@@ -84,14 +71,14 @@ OPERATOR_CASES = [
 @pytest.mark.parametrize("operator, value, holds_for, fails_for, missing_holds", OPERATOR_CASES,
                          ids=[case[0] for case in OPERATOR_CASES])
 def test_every_operator_in_a_real_run_with_present_and_missing_fields(
-    form, submit_now, operator, value, holds_for, fails_for, missing_holds
+    form, submit, operator, value, holds_for, fails_for, missing_holds
 ):
     condition = add_condition(form, rule("plan", operator, value))
     add_node(form, "set_flag", parent=condition, name="inside", config={"flag": "inside"})
 
-    held = submit_now(plan=holds_for)
-    failed = submit_now(plan=fails_for)
-    missing = submit_now()  # no "plan" in the record at all
+    held = submit(plan=holds_for).record
+    failed = submit(plan=fails_for).record
+    missing = submit().record  # no "plan" in the record at all
 
     assert held.flags == {"inside": True}
     assert failed.flags == {}
@@ -105,52 +92,52 @@ def test_every_operator_in_a_real_run_with_present_and_missing_fields(
 @pytest.mark.parametrize("match, seats, expected", [
     ("all", 5, True), ("all", 1, False), ("any", 1, True), ("any", 0, False),
 ])
-def test_all_needs_every_rule_and_any_needs_one(form, submit_now, match, seats, expected):
+def test_all_needs_every_rule_and_any_needs_one(form, submit, match, seats, expected):
     # email is set for every submission; seats > 2 only for some.
     condition = add_condition(form, rule("seats", "greater_than", "2"),
                               rule("email", "equals", "ann@example.com" if seats else "bob@example.com"), match=match)
     add_node(form, "set_flag", parent=condition, name="inside", config={"flag": "inside"})
 
-    record = submit_now(seats=seats)
+    record = submit(seats=seats).record
 
     assert (record.flags == {"inside": True}) is expected
 
 
-def test_a_condition_reads_flags_set_earlier_in_the_run(form, submit_now):
+def test_a_condition_reads_flags_set_earlier_in_the_run(form, submit):
     add_node(form, "set_flag", name="pay", config={"flag": "paid"})
     condition = add_condition(form, rule("flags.paid", "equals", "true"))
     add_node(form, "update_field", parent=condition, name="inside", config={"field": "status", "value": "paid"})
 
-    assert submit_now().data["status"] == "paid"
+    assert submit().record.data["status"] == "paid"
 
 
-def test_a_condition_inside_a_condition_skips_the_inner_steps_too(form, submit_now):
+def test_a_condition_inside_a_condition_skips_the_inner_steps_too(form, submit):
     outer = add_condition(form, rule("email", "is_set"), name="outer")
     inner = add_condition(form, rule("seats", "greater_than", "5"), parent=outer, name="inner")
     add_node(form, "set_flag", parent=inner, name="deep", config={"flag": "deep"})
     add_node(form, "set_flag", parent=outer, name="shallow", config={"flag": "shallow"})
 
-    record = submit_now(seats=1)
+    record = submit(seats=1).record
 
     assert record.flags == {"shallow": True}
     assert tasks_of(record)["deep"].status == RunTask.Status.SKIPPED
     assert record.runs.get().status == Run.Status.COMPLETE
 
 
-def test_a_condition_in_a_background_is_evaluated_by_the_worker(form, submit_now):
+def test_a_condition_in_a_background_is_evaluated_by_the_worker(form, submit):
     background = add_node(form, "background", name="bg")
     add_node(form, "update_field", parent=background, name="set", config={"field": "status", "value": "vip"})
     condition = add_condition(form, rule("status", "equals", "vip"), parent=background)
     add_node(form, "set_flag", parent=condition, name="inside", config={"flag": "vip"})
 
-    record = submit_now()
+    record = submit().record
 
     assert record.flags == {"vip": True}
     assert record.runs.get().status == Run.Status.COMPLETE
 
 
 def test_a_waiting_step_inside_a_condition_resumes_and_then_continues_after_the_condition(
-    form, submit_now, callback_server, allow_local_http, django_capture_on_commit_callbacks
+    form, submit, callback_server, allow_local_http, django_capture_on_commit_callbacks
 ):
     condition = add_condition(form, rule("email", "is_set"))
     add_node(form, "http_request", parent=condition, name="book", config={
@@ -161,7 +148,7 @@ def test_a_waiting_step_inside_a_condition_resumes_and_then_continues_after_the_
              config={"field": "status", "value": "seat {{ tasks.book.output.seat }}"})
     add_node(form, "set_flag", name="after", config={"flag": "after"})
 
-    record = submit_now()
+    record = submit().record
     tasks = tasks_of(record)
     assert tasks["book"].status == RunTask.Status.AWAITING
     assert tasks["inside"].status == RunTask.Status.PENDING

@@ -12,10 +12,8 @@ import pytest
 from django.utils import timezone
 from django_q.models import OrmQ
 
-from events import engine, queue, tasks
+from events import engine, queue
 from events.models import Run, RunTask
-from events.sweep import sweep
-from tests.events.api_fixtures import allow_local_http, callback_server  # noqa: F401  fixtures
 from tests.factories import add_node
 
 
@@ -28,7 +26,7 @@ def die(*args, **kwargs):
 
 
 @pytest.fixture
-def waiting_form(trail_form, add_mark, callback_server, allow_local_http):
+def add_wait_then_b(trail_form, add_mark, callback_server, allow_local_http):
     """A: a step that waits for a callback; then B. ``catch=True`` gives A an error branch (E)."""
 
     def build(*, catch=False):
@@ -58,23 +56,14 @@ def age(record, seconds=3600):
     Run.objects.filter(record=record).update(created_at=timezone.now() - timedelta(seconds=seconds))
 
 
-@pytest.fixture
-def sweep_now(sync_queue, django_capture_on_commit_callbacks):
-    def run(now=None):
-        with django_capture_on_commit_callbacks(execute=True):
-            return sweep(now=now)
-
-    return run
-
-
 # A failure and its consequence ---------------------------------------------------------------
 
 
 def test_a_failure_callback_that_breaks_off_before_failing_the_run_leaves_the_task_awaiting(
-    waiting_form, submit, sync_queue, django_capture_on_commit_callbacks, monkeypatch
+    add_wait_then_b, submit, django_capture_on_commit_callbacks, monkeypatch
 ):
-    waiting_form()
-    record = submit()
+    add_wait_then_b()
+    record = submit().record
     wait = task(record, "wait")
     assert wait.status == RunTask.Status.AWAITING
 
@@ -97,10 +86,10 @@ def test_a_failure_callback_that_breaks_off_before_failing_the_run_leaves_the_ta
 
 
 def test_a_failure_callback_records_its_failure_kind_with_the_failure(
-    waiting_form, submit, sync_queue, django_capture_on_commit_callbacks
+    add_wait_then_b, submit, django_capture_on_commit_callbacks
 ):
-    waiting_form()
-    record = submit()
+    add_wait_then_b()
+    record = submit().record
 
     with django_capture_on_commit_callbacks(execute=True):
         engine.task_callback(task_id=task(record, "wait").pk, status="FAILURE")
@@ -109,10 +98,10 @@ def test_a_failure_callback_records_its_failure_kind_with_the_failure(
 
 
 def test_a_deadline_that_breaks_off_before_failing_the_run_leaves_the_task_awaiting(
-    waiting_form, submit, sync_queue, django_capture_on_commit_callbacks, monkeypatch
+    add_wait_then_b, submit, django_capture_on_commit_callbacks, monkeypatch
 ):
-    waiting_form()
-    record = submit()
+    add_wait_then_b()
+    record = submit().record
     later = timezone.now() + timedelta(seconds=601)
 
     monkeypatch.setattr("events.engine.failures.run_fail", die)
@@ -128,12 +117,12 @@ def test_a_deadline_that_breaks_off_before_failing_the_run_leaves_the_task_await
 
 
 def test_a_step_given_up_by_the_sweep_fails_with_its_consequence_or_not_at_all(
-    settings, trail_form, add_mark, submit, sweep_now, monkeypatch
+    settings, trail_form, add_mark, submit_queued, sweep_now, monkeypatch
 ):
     settings.EVENTS_LEASE_RETRY_LIMIT = 1
     add_mark("A")
     add_mark("B")
-    record = submit()
+    record = submit_queued().record
     # A's worker died holding it, at its last allowed attempt; B never ran.
     Run.objects.filter(record=record).update(status=Run.Status.RUNNING)
     RunTask.objects.filter(run__record=record, name="a").update(
@@ -155,7 +144,7 @@ def test_a_step_given_up_by_the_sweep_fails_with_its_consequence_or_not_at_all(
 
 
 def test_a_failure_inside_a_walk_that_breaks_off_leaves_no_failure_without_its_consequence(
-    trail_form, add_mark, submit, sweep_now, monkeypatch
+    trail_form, add_mark, submit_queued, sweep_now, monkeypatch
 ):
     add_node(trail_form, "fail", name="boom", config={"message": "no"})
     add_mark("B")
@@ -163,7 +152,7 @@ def test_a_failure_inside_a_walk_that_breaks_off_leaves_no_failure_without_its_c
     with monkeypatch.context() as patch:
         patch.setattr("events.engine.failures.run_fail", die)
         patch.setattr("forms_app.services.logger.exception", lambda *a, **k: None)
-        record = submit()  # the request survives: its inline phase broke off
+        record = submit_queued().record  # the request survives: its inline phase broke off
 
     # The walk's uncommitted work went with it: the step is not FAILED without its consequence.
     assert task(record, "boom").status in (RunTask.Status.PENDING, RunTask.Status.ACTIVE)
@@ -192,10 +181,10 @@ def old_crash_state(record, name, *, failure=""):
 
 
 def test_the_sweep_fails_a_stalled_run_with_a_failure_nothing_handled_and_runs_nothing_after_it(
-    waiting_form, submit, sweep_now
+    add_wait_then_b, submit_queued, sweep_now
 ):
-    waiting_form()
-    record = submit()
+    add_wait_then_b()
+    record = submit_queued().record
     old_crash_state(record, "wait")
     age(record)
 
@@ -212,10 +201,10 @@ def test_the_sweep_fails_a_stalled_run_with_a_failure_nothing_handled_and_runs_n
 
 
 def test_the_sweep_runs_the_error_branch_of_such_a_failure_before_the_steps_after_it(
-    waiting_form, submit, sweep_now
+    add_wait_then_b, submit_queued, sweep_now
 ):
-    waiting_form(catch=True)
-    record = submit()
+    add_wait_then_b(catch=True)
+    record = submit_queued().record
     old_crash_state(record, "wait")
     age(record)
 
@@ -227,11 +216,11 @@ def test_the_sweep_runs_the_error_branch_of_such_a_failure_before_the_steps_afte
 
 
 def test_a_run_whose_tasks_all_ended_with_an_unhandled_failure_fails_instead_of_completing(
-    trail_form, add_mark, submit, sweep_now
+    trail_form, add_mark, submit_queued, sweep_now
 ):
     add_mark("A")
     add_mark("B")
-    record = submit()
+    record = submit_queued().record
     Run.objects.filter(record=record).update(status=Run.Status.RUNNING, finished_at=None)
     old_crash_state(record, "a")
 
@@ -240,12 +229,12 @@ def test_a_run_whose_tasks_all_ended_with_an_unhandled_failure_fails_instead_of_
 
 
 def test_a_walk_that_meets_a_failure_nothing_handled_fails_the_run_instead_of_walking_on(
-    trail_form, add_mark, submit, django_capture_on_commit_callbacks
+    trail_form, add_mark, submit_queued, django_capture_on_commit_callbacks
 ):
     background = add_node(trail_form, "background", name="bg")
     add_mark("A", parent=background)
     add_mark("B", parent=background)
-    record = submit()
+    record = submit_queued().record
     old_crash_state(record, "a")
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -261,10 +250,10 @@ def test_a_walk_that_meets_a_failure_nothing_handled_fails_the_run_instead_of_wa
 
 
 def test_a_success_callback_hands_off_the_next_step_in_its_own_transaction(
-    waiting_form, submit, django_capture_on_commit_callbacks, monkeypatch
+    add_wait_then_b, submit_queued, django_capture_on_commit_callbacks, monkeypatch
 ):
-    waiting_form()
-    record = submit()
+    add_wait_then_b()
+    record = submit_queued().record
     wait = task(record, "wait")
 
     monkeypatch.setattr("events.queue._send", die)
@@ -281,7 +270,7 @@ def test_a_success_callback_hands_off_the_next_step_in_its_own_transaction(
 
 
 def test_a_callback_completing_the_last_step_of_a_branch_completes_the_branch_and_the_run(
-    trail_form, add_mark, callback_server, allow_local_http, submit, sync_queue, django_capture_on_commit_callbacks
+    trail_form, add_mark, callback_server, allow_local_http, submit, django_capture_on_commit_callbacks
 ):
     background = add_node(trail_form, "background", name="bg")
     add_mark("A", parent=background)
@@ -290,7 +279,7 @@ def test_a_callback_completing_the_last_step_of_a_branch_completes_the_branch_an
         config={"method": "POST", "url": callback_server.url + "/jobs", "timeout_seconds": 5,
                 "wait_for_callback": True, "callback_timeout_seconds": 600},
     )
-    record = submit()
+    record = submit().record
     assert task(record, "bg").status == RunTask.Status.ACTIVE  # parked behind the waiting step
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -307,11 +296,11 @@ def test_a_callback_completing_the_last_step_of_a_branch_completes_the_branch_an
 
 
 def test_a_trigger_event_step_run_again_after_a_crash_starts_its_child_run_once(
-    trail_form, add_mark, submit, sync_queue, django_capture_on_commit_callbacks
+    trail_form, add_mark, submit, django_capture_on_commit_callbacks
 ):
     add_mark("X", event="follow_up")
     add_node(trail_form, "trigger_event", name="fire", config={"event": "follow_up"})
-    record = submit()
+    record = submit().record
     fire = task(record, "fire")
     assert Run.objects.filter(event="follow_up").count() == 1
     # Its worker died after the child run committed, before the step was marked complete.
@@ -352,13 +341,13 @@ def odd_step(monkeypatch):
 
 @pytest.mark.parametrize("output", [{"text": "a\x00b"}, {"text": "a\ud800b"}, {"number": float("nan")}])
 def test_a_step_whose_output_cannot_be_stored_fails_at_once_with_a_clear_error(
-    trail_form, add_mark, submit, odd_step, output
+    trail_form, add_mark, submit_queued, odd_step, output
 ):
     odd_step["return"] = output
     add_node(trail_form, "odd_step", name="odd")
     add_mark("B")
 
-    record = submit()
+    record = submit_queued().record
 
     odd = task(record, "odd")
     assert odd.status == RunTask.Status.FAILED
@@ -367,11 +356,11 @@ def test_a_step_whose_output_cannot_be_stored_fails_at_once_with_a_clear_error(
     assert task(record, "b").status == RunTask.Status.CANCELLED
 
 
-def test_an_error_message_or_log_line_with_a_nul_is_stored_readably(trail_form, submit, odd_step):
+def test_an_error_message_or_log_line_with_a_nul_is_stored_readably(trail_form, submit_queued, odd_step):
     odd_step["raise"] = "bad byte \x00 here"
     add_node(trail_form, "odd_step", name="odd")
 
-    record = submit()
+    record = submit_queued().record
 
     odd = task(record, "odd")
     assert odd.status == RunTask.Status.FAILED

@@ -1,24 +1,11 @@
 """Debug traces: with collect_debug (a container's, or the form's), each step stores what it saw and did."""
 
-import pytest
 
-from events import queue, tasks
+from events import queue
 from events.models import RunTask
-from forms_app.services import record_submit
 from tests.factories import add_node
 
 TRACE_KEYS = {"attempt", "duration_ms", "rendered_config", "inputs", "output"}
-
-
-@pytest.fixture
-def submit_now(form, sync_queue, django_capture_on_commit_callbacks):
-    def submit(**data):
-        with django_capture_on_commit_callbacks(execute=True):
-            record = record_submit(form=form, data={"email": "ann@example.com", "status": "", **data})
-        record.refresh_from_db()
-        return record
-
-    return submit
 
 
 def tasks_of(record):
@@ -30,23 +17,23 @@ def add_greeting(form, parent=None, name="greet", **fields):
                     config={"field": "status", "value": "hello {{ record.email }}"}, **fields)
 
 
-def test_debug_is_off_by_default(form, submit_now):
+def test_debug_is_off_by_default(form, submit):
     add_greeting(form)
     background = add_node(form, "background", name="bg")
     add_greeting(form, parent=background, name="inside")
 
-    record = submit_now()
+    record = submit().record
 
     assert {name: task.debug for name, task in tasks_of(record).items()} == {"greet": [], "bg": [], "inside": []}
     assert not any(task.collect_debug for task in tasks_of(record).values())
 
 
-def test_collect_debug_on_a_container_traces_each_step_of_its_branch(form, submit_now):
+def test_collect_debug_on_a_container_traces_each_step_of_its_branch(form, submit):
     add_greeting(form, name="outside")
     background = add_node(form, "background", name="bg", config={"collect_debug": True})
     add_greeting(form, parent=background, name="inside")
 
-    record = submit_now()
+    record = submit().record
 
     tasks = tasks_of(record)
     assert tasks["outside"].debug == []
@@ -61,23 +48,23 @@ def test_collect_debug_on_a_container_traces_each_step_of_its_branch(form, submi
     assert trace["error"] == ""
 
 
-def test_collect_debug_reaches_steps_of_nested_containers(form, submit_now):
+def test_collect_debug_reaches_steps_of_nested_containers(form, submit):
     background = add_node(form, "background", name="bg", config={"collect_debug": True})
     inner = add_node(form, "background", parent=background, name="inner")
     add_greeting(form, parent=inner, name="deep")
 
-    record = submit_now()
+    record = submit().record
 
     assert len(tasks_of(record)["deep"].debug) == 1
 
 
-def test_the_form_wide_switch_traces_every_step(form, submit_now):
+def test_the_form_wide_switch_traces_every_step(form, submit):
     form.collect_debug = True
     form.save()
     add_greeting(form)
     add_node(form, "set_flag", name="flag", config={"flag": "done"})
 
-    record = submit_now()
+    record = submit().record
 
     tasks = tasks_of(record)
     for name in ("greet", "flag"):
@@ -86,12 +73,12 @@ def test_the_form_wide_switch_traces_every_step(form, submit_now):
     assert tasks["flag"].debug[0]["rendered_config"]["flag"] == "done"
 
 
-def test_a_failing_step_traces_its_error(form, submit_now):
+def test_a_failing_step_traces_its_error(form, submit):
     form.collect_debug = True
     form.save()
     add_node(form, "fail", name="boom", config={"message": "no seats for {{ record.email }}"})
 
-    record = submit_now()
+    record = submit().record
 
     [trace] = tasks_of(record)["boom"].debug
     assert trace["error"] == "no seats for ann@example.com"
@@ -99,12 +86,12 @@ def test_a_failing_step_traces_its_error(form, submit_now):
     assert trace["output"] is None
 
 
-def test_each_attempt_of_a_retried_step_gets_its_own_trace(form, submit_now, django_capture_on_commit_callbacks):
+def test_each_attempt_of_a_retried_step_gets_its_own_trace(form, submit, django_capture_on_commit_callbacks):
     form.collect_debug = True
     form.save()
     add_node(form, "fail", name="boom", config={"message": "down"}, max_attempts=2, retry_backoff_seconds=0)
 
-    record = submit_now()
+    record = submit().record
     with django_capture_on_commit_callbacks(execute=True):
         queue.dispatch_due()
 
@@ -114,20 +101,20 @@ def test_each_attempt_of_a_retried_step_gets_its_own_trace(form, submit_now, dja
     assert all(trace["error"] for trace in boom.debug)
 
 
-def test_error_branch_steps_inherit_collect_debug_from_the_failed_step(form, submit_now):
+def test_error_branch_steps_inherit_collect_debug_from_the_failed_step(form, submit):
     background = add_node(form, "background", name="bg", config={"collect_debug": True})
     boom = add_node(form, "fail", parent=background, name="boom", config={"message": "x"})
     add_node(form, "update_field", parent=boom, branch="on_error", name="catch",
              config={"field": "status", "value": "{{ error.message }}"})
 
-    record = submit_now()
+    record = submit().record
 
     [trace] = tasks_of(record)["catch"].debug
     assert trace["inputs"]["error"]["message"] == "x"
     assert trace["rendered_config"]["value"] == "x"
 
 
-def test_a_container_recorded_as_its_own_run_keeps_collect_debug_for_that_run(form, submit_now):
+def test_a_container_recorded_as_its_own_run_keeps_collect_debug_for_that_run(form, submit):
     # The README's own example: collect_debug together with event_type (a run of its own).
     background = add_node(form, "background", name="bg",
                           config={"collect_debug": True, "event_type": "confirmation"})
@@ -135,7 +122,7 @@ def test_a_container_recorded_as_its_own_run_keeps_collect_debug_for_that_run(fo
     nested = add_node(form, "background", parent=background, name="nested")
     add_greeting(form, parent=nested, name="deeper")
 
-    record = submit_now()
+    record = submit().record
 
     branch_run = record.runs.get(event="confirmation")
     assert branch_run.status == branch_run.Status.COMPLETE
@@ -147,11 +134,11 @@ def test_a_container_recorded_as_its_own_run_keeps_collect_debug_for_that_run(fo
     assert len(steps["deeper"].debug) == 1
 
 
-def test_a_container_recorded_as_its_own_run_without_collect_debug_stores_no_trace(form, submit_now):
+def test_a_container_recorded_as_its_own_run_without_collect_debug_stores_no_trace(form, submit):
     background = add_node(form, "background", name="bg", config={"event_type": "confirmation"})
     add_greeting(form, parent=background, name="inside")
 
-    record = submit_now()
+    record = submit().record
 
     branch_run = record.runs.get(event="confirmation")
     assert [task.debug for task in branch_run.tasks.all()] == [[]]

@@ -27,11 +27,11 @@ def run_queued_jobs():
         import_string(job.func())(*job.args(), **(job.kwargs() or {}))
 
 
-def test_inline_actions_run_in_tree_order_before_the_submit_returns(add_mark, submit):
+def test_inline_actions_run_in_tree_order_before_the_submit_returns(add_mark, submit_queued):
     for letter in "ABC":
         add_mark(letter)
 
-    record = submit()
+    record = submit_queued().record
 
     assert record.data["trail"] == "ABC"
     assert set(statuses(record).values()) == {RunTask.Status.COMPLETE}
@@ -42,10 +42,10 @@ def test_inline_actions_run_in_tree_order_before_the_submit_returns(add_mark, su
     assert not OrmQ.objects.exists()
 
 
-def test_inline_tasks_record_attempt_timings_and_logs(add_mark, submit):
+def test_inline_tasks_record_attempt_timings_and_logs(add_mark, submit_queued):
     a = add_mark("A")
 
-    record = submit()
+    record = submit_queued().record
 
     task = task_of(record, a)
     assert task.attempt == 1
@@ -54,13 +54,13 @@ def test_inline_tasks_record_attempt_timings_and_logs(add_mark, submit):
     assert any("trail set to 'A'" in entry["line"] for entry in task.logs)
 
 
-def test_background_and_delay_children_do_not_run_in_the_request(trail_form, add_mark, submit):
+def test_background_and_delay_children_do_not_run_in_the_request(trail_form, add_mark, submit_queued):
     background = add_node(trail_form, "background", label="Soon")
     add_mark("B", parent=background)
     delay = add_node(trail_form, "delay", label="Later", config={"after_seconds": 600})
     add_mark("C", parent=delay)
 
-    record = submit()
+    record = submit_queued().record
 
     assert record.data["trail"] == ""
     assert not record.is_complete
@@ -73,11 +73,11 @@ def test_background_and_delay_children_do_not_run_in_the_request(trail_form, add
     assert Run.objects.get(record=record).status == Run.Status.RUNNING
 
 
-def test_a_background_is_handed_to_the_queue_after_commit(trail_form, add_mark, submit):
+def test_a_background_is_handed_to_the_queue_after_commit(trail_form, add_mark, submit_queued):
     background = add_node(trail_form, "background")
     add_mark("B", parent=background)
 
-    record = submit()
+    record = submit_queued().record
 
     task = task_of(record, background)
     assert task.enqueued_at is not None
@@ -87,11 +87,11 @@ def test_a_background_is_handed_to_the_queue_after_commit(trail_form, add_mark, 
     assert job.args() == (str(task.pk),)
 
 
-def test_a_delay_due_later_is_not_handed_to_the_queue_in_the_request(trail_form, add_mark, submit):
+def test_a_delay_due_later_is_not_handed_to_the_queue_in_the_request(trail_form, add_mark, submit_queued):
     delay = add_node(trail_form, "delay", config={"after_seconds": 600})
     add_mark("B", parent=delay)
 
-    record = submit()
+    record = submit_queued().record
 
     task = task_of(record, delay)
     assert task.enqueued_at is None
@@ -99,20 +99,20 @@ def test_a_delay_due_later_is_not_handed_to_the_queue_in_the_request(trail_form,
     assert not OrmQ.objects.exists()
 
 
-def test_a_delay_due_now_is_handed_to_the_queue_at_once(trail_form, add_mark, submit):
+def test_a_delay_due_now_is_handed_to_the_queue_at_once(trail_form, add_mark, submit_queued):
     delay = add_node(trail_form, "delay", config={"rule": "now"})
     add_mark("B", parent=delay)
 
-    record = submit()
+    record = submit_queued().record
 
     assert task_of(record, delay).enqueued_at is not None
     assert OrmQ.objects.count() == 1
 
 
 def test_seed_example_runs_a_and_d_in_the_request_and_b_c_and_the_email_in_the_queued_job(
-    seed_tree, submit, mailoutbox
+    seed_tree, submit_queued, mailoutbox
 ):
-    record = submit()
+    record = submit_queued().record
 
     assert record.data["trail"] == "AD"
     assert task_of(record, seed_tree["A"]).status == RunTask.Status.COMPLETE
@@ -135,8 +135,8 @@ def test_seed_example_runs_a_and_d_in_the_request_and_b_c_and_the_email_in_the_q
     assert mail.body == "Trail ADBC"
 
 
-def test_with_a_sync_queue_the_seed_example_finishes_within_the_submit(seed_tree, submit, sync_queue, mailoutbox):
-    record = submit()
+def test_with_a_sync_queue_the_seed_example_finishes_within_the_submit(seed_tree, submit, mailoutbox):
+    record = submit().record
 
     assert record.data["trail"] == "ADBC"
     assert record.is_complete
@@ -144,14 +144,14 @@ def test_with_a_sync_queue_the_seed_example_finishes_within_the_submit(seed_tree
     assert len(mailoutbox) == 1
 
 
-def test_nested_containers_defer_again_inside_the_queued_job(trail_form, add_mark, submit):
+def test_nested_containers_defer_again_inside_the_queued_job(trail_form, add_mark, submit_queued):
     outer = add_node(trail_form, "background", label="Outer")
     add_mark("B", parent=outer)
     inner = add_node(trail_form, "delay", parent=outer, label="Inner", config={"after_seconds": 600})
     add_mark("C", parent=inner)
     add_mark("D", parent=outer)
 
-    record = submit()
+    record = submit_queued().record
     run_queued_jobs()
 
     record.refresh_from_db()
@@ -167,7 +167,7 @@ def test_nested_containers_defer_again_inside_the_queued_job(trail_form, add_mar
     assert task_of(record, inner).due_at == record.created_at + datetime.timedelta(seconds=600)
 
 
-def test_a_failed_inline_node_fails_the_run_and_later_nodes_never_run(trail_form, add_mark, submit, mailoutbox):
+def test_a_failed_inline_node_fails_the_run_and_later_nodes_never_run(trail_form, add_mark, submit_queued, mailoutbox):
     add_mark("A")
     add_node(trail_form, "fail", label="Boom", config={"message": "No seats for {{ record.email }}"})
     background = add_node(trail_form, "background", label="Later background")
@@ -175,7 +175,7 @@ def test_a_failed_inline_node_fails_the_run_and_later_nodes_never_run(trail_form
              config={"to": "{{ record.email }}", "subject": "s", "body": "b"})
     add_mark("D")
 
-    record = submit()
+    record = submit_queued().record
 
     assert record.data["trail"] == "A"
     assert statuses(record) == {
@@ -196,7 +196,7 @@ def test_a_failed_inline_node_fails_the_run_and_later_nodes_never_run(trail_form
 
 
 def test_a_failure_in_a_background_job_fails_the_run_and_cancels_what_is_still_pending(
-    trail_form, add_mark, submit
+    trail_form, add_mark, submit_queued
 ):
     background = add_node(trail_form, "background", label="Work")
     add_mark("B", parent=background)
@@ -205,7 +205,7 @@ def test_a_failure_in_a_background_job_fails_the_run_and_cancels_what_is_still_p
     delay = add_node(trail_form, "delay", label="Reminder", config={"after_seconds": 600})
     add_mark("D", parent=delay)
 
-    record = submit()
+    record = submit_queued().record
     run_queued_jobs()
 
     record.refresh_from_db()
@@ -223,7 +223,7 @@ def test_a_failure_in_a_background_job_fails_the_run_and_cancels_what_is_still_p
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_container_that_cannot_be_handed_to_the_queue_fails_the_run(trail_form, add_mark, submit, monkeypatch):
+def test_a_container_that_cannot_be_handed_to_the_queue_fails_the_run(trail_form, add_mark, submit_queued, monkeypatch):
     def broker_down(*args, **kwargs):
         raise ConnectionError("broker down")
 
@@ -232,7 +232,7 @@ def test_a_container_that_cannot_be_handed_to_the_queue_fails_the_run(trail_form
     add_mark("B", parent=background)
     add_mark("C")
 
-    record = submit()
+    record = submit_queued().record
 
     assert record.data["trail"] == ""
     task = task_of(record, background)
@@ -244,12 +244,12 @@ def test_a_container_that_cannot_be_handed_to_the_queue_fails_the_run(trail_form
     assert record.is_complete
 
 
-def test_a_delay_whose_due_time_cannot_be_computed_fails_the_run(trail_form, add_mark, submit):
+def test_a_delay_whose_due_time_cannot_be_computed_fails_the_run(trail_form, add_mark, submit_queued):
     delay = add_node(trail_form, "delay", label="On the date", config={"rule": "field", "field": "trail"})
     add_mark("B", parent=delay)
     add_mark("C")
 
-    record = submit(trail="not a date")
+    record = submit_queued(trail="not a date").record
 
     assert record.data["trail"] == "not a date"
     assert task_of(record, delay).status == RunTask.Status.FAILED
@@ -258,9 +258,9 @@ def test_a_delay_whose_due_time_cannot_be_computed_fails_the_run(trail_form, add
 
 
 def test_editing_the_tree_after_submit_does_not_change_what_the_run_executes(
-    trail_form, seed_tree, add_mark, submit
+    trail_form, seed_tree, add_mark, submit_queued
 ):
-    record = submit()
+    record = submit_queued().record
     seed_tree["B"].config = {"field": "trail", "value": "{{ record.trail }}X"}
     seed_tree["B"].label = "Renamed"
     seed_tree["B"].save()
@@ -275,8 +275,8 @@ def test_editing_the_tree_after_submit_does_not_change_what_the_run_executes(
     assert record.is_complete
 
 
-def test_deleting_the_whole_tree_after_submit_does_not_stop_the_run(seed_tree, submit, mailoutbox):
-    record = submit()
+def test_deleting_the_whole_tree_after_submit_does_not_stop_the_run(seed_tree, submit_queued, mailoutbox):
+    record = submit_queued().record
     Node.objects.filter(form=record.form).delete()
 
     run_queued_jobs()
@@ -287,11 +287,11 @@ def test_deleting_the_whole_tree_after_submit_does_not_stop_the_run(seed_tree, s
     assert Run.objects.get(record=record).status == Run.Status.COMPLETE
 
 
-def test_a_new_submit_runs_the_edited_tree(seed_tree, submit, sync_queue):
-    first = submit()
+def test_a_new_submit_runs_the_edited_tree(seed_tree, submit):
+    first = submit().record
     Node.objects.get(pk=seed_tree["C"].pk).delete()
 
-    second = submit()
+    second = submit().record
 
     assert first.data["trail"] == "ADBC"
     assert second.data["trail"] == "ADB"
@@ -379,8 +379,8 @@ def test_finishing_a_run_that_is_not_the_submission_leaves_the_record_incomplete
     assert not record.is_complete
 
 
-def test_run_cancel_cancels_pending_tasks_and_completes_the_record(seed_tree, submit, mailoutbox):
-    record = submit()
+def test_run_cancel_cancels_pending_tasks_and_completes_the_record(seed_tree, submit_queued, mailoutbox):
+    record = submit_queued().record
     run = Run.objects.get(record=record)
 
     assert engine.run_cancel(run=run, reason="Duplicate booking") is True
@@ -401,8 +401,8 @@ def test_run_cancel_cancels_pending_tasks_and_completes_the_record(seed_tree, su
     assert record.is_complete
 
 
-def test_a_queued_job_of_a_cancelled_run_does_nothing(seed_tree, submit, mailoutbox):
-    record = submit()
+def test_a_queued_job_of_a_cancelled_run_does_nothing(seed_tree, submit_queued, mailoutbox):
+    record = submit_queued().record
     engine.run_cancel(run=Run.objects.get(record=record))
 
     run_queued_jobs()
@@ -414,9 +414,9 @@ def test_a_queued_job_of_a_cancelled_run_does_nothing(seed_tree, submit, mailout
     assert Run.objects.get(record=record).status == Run.Status.CANCELLED
 
 
-def test_run_cancel_of_a_finished_run_changes_nothing(add_mark, submit):
+def test_run_cancel_of_a_finished_run_changes_nothing(add_mark, submit_queued):
     add_mark("A")
-    record = submit()
+    record = submit_queued().record
     run = Run.objects.get(record=record)
     finished_at = run.finished_at
 
@@ -428,8 +428,8 @@ def test_run_cancel_of_a_finished_run_changes_nothing(add_mark, submit):
     assert run.finished_at == finished_at
 
 
-def test_run_cancel_twice_cancels_once(seed_tree, submit):
-    record = submit()
+def test_run_cancel_twice_cancels_once(seed_tree, submit_queued):
+    record = submit_queued().record
     run = Run.objects.get(record=record)
 
     assert engine.run_cancel(run=run, reason="first") is True
@@ -449,7 +449,7 @@ class CancelRun(NodeType):
 
 
 def test_a_run_cancelled_while_its_background_job_runs_stops_before_the_next_step(
-    trail_form, add_mark, submit, monkeypatch
+    trail_form, add_mark, submit_queued, monkeypatch
 ):
     monkeypatch.setitem(registry._types, CancelRun.key, CancelRun)
     background = add_node(trail_form, "background", label="Work")
@@ -457,7 +457,7 @@ def test_a_run_cancelled_while_its_background_job_runs_stops_before_the_next_ste
     add_node(trail_form, CancelRun.key, parent=background, label="Admin cancels")
     add_mark("C", parent=background)
 
-    record = submit()
+    record = submit_queued().record
     run_queued_jobs()
 
     record.refresh_from_db()

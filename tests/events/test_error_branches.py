@@ -4,7 +4,6 @@ A handled failure lets the sequence go on; an unhandled one fails the run and ca
 what is still pending; an error branch that fails itself fails the run.
 """
 
-from dataclasses import dataclass, field
 from datetime import timedelta
 
 import pytest
@@ -15,29 +14,10 @@ from events import engine, queue, tasks
 from events.models import Run, RunTask
 from forms_app.models import Record
 from forms_app.services import record_submit
-from tests.events.api_fixtures import allow_local_http, callback_server  # noqa: F401  fixtures
 from tests.factories import FieldFactory, add_node
+from tests.support.submissions import Submitted
 
 ERROR_REPORT = "{{ error.type }}|{{ error.node }}|{{ error.message }}"
-
-
-@dataclass
-class Submitted:
-    record: Record
-    run: Run
-    tasks: dict = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, record):
-        record.refresh_from_db()
-        run = record.runs.get(is_submission=True)
-        by_name = {}
-        for task in run.tasks.order_by("position"):
-            by_name.setdefault(task.name or task.type, task)
-        return cls(record=record, run=run, tasks=by_name)
-
-    def reload(self):
-        return Submitted.of(self.record)
 
 
 @pytest.fixture
@@ -45,18 +25,6 @@ def errors_form(form):
     """The booking form plus a hidden ``caught`` field the error branches write to."""
     FieldFactory(form=form, name="caught", label="Caught", type="hidden")
     return form
-
-
-@pytest.fixture
-def submit_now(errors_form, sync_queue, django_capture_on_commit_callbacks):
-    """record_submit as a visitor would; after-commit hand-offs run, and queued jobs run at once."""
-
-    def submit(**data):
-        with django_capture_on_commit_callbacks(execute=True):
-            record = record_submit(form=errors_form, data={"email": "ann@example.com", "status": "", "caught": "", **data})
-        return Submitted.of(record)
-
-    return submit
 
 
 def add_catcher(form, parent, *, name="catch", value=ERROR_REPORT):
@@ -82,12 +50,12 @@ def add_waiting(form, url, **fields):
 # An action raised ------------------------------------------------------------------------
 
 
-def test_a_raised_error_runs_the_error_branch_with_message_type_and_node(errors_form, submit_now):
+def test_a_raised_error_runs_the_error_branch_with_message_type_and_node(errors_form, submit):
     boom = add_node(errors_form, "fail", name="boom", label="Boom", config={"message": "No seats for {{ record.email }}"})
     add_catcher(errors_form, boom)
     add_after(errors_form)
 
-    done = submit_now()
+    done = submit()
 
     assert done.record.data["caught"] == "raised|boom|No seats for ann@example.com"
     assert done.tasks["boom"].status == RunTask.Status.FAILED
@@ -97,23 +65,23 @@ def test_a_raised_error_runs_the_error_branch_with_message_type_and_node(errors_
     assert catch.branch == "on_error" and catch.parent_id == done.tasks["boom"].pk
 
 
-def test_the_error_branch_sees_the_payload_of_the_failing_node(errors_form, submit_now):
+def test_the_error_branch_sees_the_payload_of_the_failing_node(errors_form, submit):
     boom = add_node(errors_form, "fail", name="boom", config={"message": "down for {{ record.email }}"})
     add_catcher(errors_form, boom, value="{{ error.payload.config.message }}")
 
-    done = submit_now()
+    done = submit()
 
     # The payload is what the failing node had: its config (as configured, before rendering).
     assert done.record.data["caught"] == "down for {{ record.email }}"
 
 
-def test_a_handled_failure_lets_the_sequence_go_on_and_the_run_complete(errors_form, submit_now):
+def test_a_handled_failure_lets_the_sequence_go_on_and_the_run_complete(errors_form, submit):
     add_node(errors_form, "update_field", name="before", config={"field": "status", "value": "before"})
     boom = add_node(errors_form, "fail", name="boom", config={"message": "x"})
     add_catcher(errors_form, boom)
     add_node(errors_form, "update_field", name="next", config={"field": "status", "value": "{{ record.status }}+next"})
 
-    done = submit_now()
+    done = submit()
 
     assert done.record.data["status"] == "before+next"
     assert done.tasks["next"].status == RunTask.Status.COMPLETE
@@ -124,14 +92,14 @@ def test_a_handled_failure_lets_the_sequence_go_on_and_the_run_complete(errors_f
     assert done.record.is_complete is True
 
 
-def test_without_an_error_branch_the_run_fails_and_pending_tasks_are_cancelled(errors_form, submit_now, mailoutbox):
+def test_without_an_error_branch_the_run_fails_and_pending_tasks_are_cancelled(errors_form, submit, mailoutbox):
     add_node(errors_form, "fail", name="boom", label="Boom", config={"message": "no luck"})
     add_after(errors_form)
     background = add_node(errors_form, "background", name="bg")
     add_node(errors_form, "send_email", parent=background, name="mail",
              config={"to": "a@example.com", "subject": "s", "body": "b"})
 
-    done = submit_now()
+    done = submit()
 
     assert done.run.status == Run.Status.FAILED
     assert "no luck" in done.run.error
@@ -143,12 +111,12 @@ def test_without_an_error_branch_the_run_fails_and_pending_tasks_are_cancelled(e
     assert done.record.is_complete is True
 
 
-def test_an_error_branch_that_fails_itself_fails_the_run(errors_form, submit_now):
+def test_an_error_branch_that_fails_itself_fails_the_run(errors_form, submit):
     boom = add_node(errors_form, "fail", name="boom", config={"message": "first"})
     add_node(errors_form, "fail", parent=boom, branch="on_error", name="worse", config={"message": "handler broke"})
     add_after(errors_form)
 
-    done = submit_now()
+    done = submit()
 
     assert done.tasks["boom"].status == RunTask.Status.FAILED
     assert done.tasks["worse"].status == RunTask.Status.FAILED
@@ -159,40 +127,38 @@ def test_an_error_branch_that_fails_itself_fails_the_run(errors_form, submit_now
     assert done.record.is_complete is True
 
 
-def test_a_failed_error_branch_step_can_have_its_own_error_branch(errors_form, submit_now):
+def test_a_failed_error_branch_step_can_have_its_own_error_branch(errors_form, submit):
     boom = add_node(errors_form, "fail", name="boom", config={"message": "first"})
     worse = add_node(errors_form, "fail", parent=boom, branch="on_error", name="worse", config={"message": "second"})
     add_catcher(errors_form, worse, name="deeper")
     add_after(errors_form)
 
-    done = submit_now()
+    done = submit()
 
     assert done.record.data["caught"] == "raised|worse|second"
     assert done.tasks["after"].status == RunTask.Status.COMPLETE
     assert done.run.status == Run.Status.COMPLETE
 
 
-def test_error_branch_steps_are_only_created_when_the_node_fails(errors_form, submit_now):
+def test_error_branch_steps_are_only_created_when_the_node_fails(errors_form, submit):
     ok = add_node(errors_form, "update_field", name="ok", config={"field": "status", "value": "fine"})
     add_catcher(errors_form, ok)
 
-    done = submit_now()
+    done = submit()
 
     assert "catch" not in done.tasks
     assert done.record.data["caught"] == ""
     assert done.run.status == Run.Status.COMPLETE
 
 
-def test_the_error_branch_of_an_inline_step_runs_in_the_request(errors_form, django_capture_on_commit_callbacks):
+def test_the_error_branch_of_an_inline_step_runs_in_the_request(errors_form, submit_queued):
     # No sync queue: anything handed to the queue would wait for a worker.
     boom = add_node(errors_form, "fail", name="boom", config={"message": "x"})
     add_catcher(errors_form, boom)
     add_after(errors_form)
 
-    with django_capture_on_commit_callbacks(execute=True):
-        record = record_submit(form=errors_form, data={"email": "ann@example.com"})
+    done = submit_queued({"email": "ann@example.com"})
 
-    done = Submitted.of(record)
     assert done.record.data["caught"] == "raised|boom|x"
     assert done.record.flags == {"after": True}
     assert done.run.status == Run.Status.COMPLETE
@@ -200,17 +166,15 @@ def test_the_error_branch_of_an_inline_step_runs_in_the_request(errors_form, dja
 
 
 def test_the_error_branch_of_a_step_in_a_background_runs_in_the_worker_and_the_branch_goes_on(
-    errors_form, django_capture_on_commit_callbacks
+    errors_form, submit_queued, django_capture_on_commit_callbacks
 ):
     background = add_node(errors_form, "background", name="bg")
     boom = add_node(errors_form, "fail", parent=background, name="boom", config={"message": "late"})
     add_catcher(errors_form, boom)
     add_after(errors_form, parent=background)
 
-    with django_capture_on_commit_callbacks(execute=True):
-        record = record_submit(form=errors_form, data={"email": "ann@example.com"})
+    before = submit_queued({"email": "ann@example.com"})
 
-    before = Submitted.of(record)
     assert before.record.data.get("caught", "") == ""
     assert before.tasks["boom"].status == RunTask.Status.PENDING
     assert "catch" not in before.tasks
@@ -232,12 +196,12 @@ def test_the_error_branch_of_a_step_in_a_background_runs_in_the_worker_and_the_b
 
 
 def test_a_failure_callback_runs_the_error_branch_in_a_worker_then_the_sequence_goes_on(
-    errors_form, submit_now, callback_server, allow_local_http, django_capture_on_commit_callbacks
+    errors_form, submit, callback_server, allow_local_http, django_capture_on_commit_callbacks
 ):
     book = add_waiting(errors_form, callback_server.url)
     add_catcher(errors_form, book, value=ERROR_REPORT + "|{{ error.payload.output.status_code }}")
     add_after(errors_form)
-    waiting = submit_now()
+    waiting = submit()
     assert waiting.tasks["book"].status == RunTask.Status.AWAITING
     assert waiting.tasks["after"].status == RunTask.Status.PENDING
 
@@ -255,14 +219,12 @@ def test_a_failure_callback_runs_the_error_branch_in_a_worker_then_the_sequence_
 
 
 def test_a_failure_callback_hands_the_error_branch_to_the_queue(
-    errors_form, callback_server, allow_local_http, django_capture_on_commit_callbacks
+    errors_form, submit_queued, callback_server, allow_local_http, django_capture_on_commit_callbacks
 ):
     # No sync queue: the error branch waits in the queue for a worker.
     book = add_waiting(errors_form, callback_server.url)
     add_catcher(errors_form, book)
-    with django_capture_on_commit_callbacks(execute=True):
-        record = record_submit(form=errors_form, data={"email": "ann@example.com"})
-    waiting = Submitted.of(record)
+    waiting = submit_queued({"email": "ann@example.com"})
 
     with django_capture_on_commit_callbacks(execute=True):
         engine.task_callback(task_id=waiting.tasks["book"].pk, status="FAILURE")
@@ -273,23 +235,23 @@ def test_a_failure_callback_hands_the_error_branch_to_the_queue(
     first_step = RunTask.objects.get(pk=job.args()[0])
     assert (first_step.branch, first_step.parent_id) == ("on_error", waiting.tasks["book"].pk)
     assert first_step.handoff_id == job.pk
-    assert Submitted.of(record).run.status == Run.Status.RUNNING
+    assert waiting.reload().run.status == Run.Status.RUNNING
 
     job.delete()
     with django_capture_on_commit_callbacks(execute=True):
         tasks.task_job(*job.args())
 
-    done = Submitted.of(record)
+    done = waiting.reload()
     assert done.record.data["caught"].startswith("callback|book|")
     assert done.run.status == Run.Status.COMPLETE
 
 
 def test_a_failure_callback_without_an_error_branch_fails_the_run(
-    errors_form, submit_now, callback_server, allow_local_http, django_capture_on_commit_callbacks
+    errors_form, submit, callback_server, allow_local_http, django_capture_on_commit_callbacks
 ):
     add_waiting(errors_form, callback_server.url)
     add_after(errors_form)
-    waiting = submit_now()
+    waiting = submit()
 
     with django_capture_on_commit_callbacks(execute=True):
         engine.task_callback(task_id=waiting.tasks["book"].pk, status="FAILURE", subtext="declined")
@@ -304,12 +266,12 @@ def test_a_failure_callback_without_an_error_branch_fails_the_run(
 
 
 def test_a_passed_deadline_runs_the_error_branch_with_type_timeout(
-    errors_form, submit_now, callback_server, allow_local_http, django_capture_on_commit_callbacks
+    errors_form, submit, callback_server, allow_local_http, django_capture_on_commit_callbacks
 ):
     book = add_waiting(errors_form, callback_server.url)
     add_catcher(errors_form, book)
     add_after(errors_form)
-    waiting = submit_now()
+    waiting = submit()
 
     with django_capture_on_commit_callbacks(execute=True):
         expired = engine.awaiting_expire(now=timezone.now() + timedelta(seconds=601))
@@ -323,11 +285,11 @@ def test_a_passed_deadline_runs_the_error_branch_with_type_timeout(
 
 
 def test_a_passed_deadline_without_an_error_branch_fails_the_run(
-    errors_form, submit_now, callback_server, allow_local_http, django_capture_on_commit_callbacks
+    errors_form, submit, callback_server, allow_local_http, django_capture_on_commit_callbacks
 ):
     add_waiting(errors_form, callback_server.url)
     add_after(errors_form)
-    waiting = submit_now()
+    waiting = submit()
 
     with django_capture_on_commit_callbacks(execute=True):
         engine.awaiting_expire(now=timezone.now() + timedelta(seconds=601))
@@ -342,14 +304,14 @@ def test_a_passed_deadline_without_an_error_branch_fails_the_run(
 
 
 def test_exhausted_retries_run_the_error_branch_with_type_retries(
-    errors_form, submit_now, django_capture_on_commit_callbacks
+    errors_form, submit, django_capture_on_commit_callbacks
 ):
     boom = add_node(errors_form, "fail", name="boom", config={"message": "still down"},
                     max_attempts=2, retry_backoff_seconds=0)
     add_catcher(errors_form, boom)
     add_after(errors_form)
 
-    first = submit_now()
+    first = submit()
     assert first.tasks["boom"].status == RunTask.Status.PENDING
     assert first.record.data["caught"] == ""
 

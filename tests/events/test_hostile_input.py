@@ -19,8 +19,7 @@ from django.utils import timezone
 from events import engine
 from events.models import RunTask
 from events.sweep import sweep
-from tests.events.api_fixtures import *  # noqa: F401,F403
-from tests.events.api_fixtures import CALLBACK_URL, progress_url
+from tests.support.json_api import CALLBACK_URL, progress_url
 
 pytestmark = pytest.mark.django_db
 

@@ -6,11 +6,11 @@ import pytest
 from django.utils import timezone
 from django_q.models import OrmQ
 
-from events.retry import RetryPolicy
 from events import engine, queue, tasks
 from events.models import Run, RunTask
 from events.nodes import registry
 from events.nodes.base import ConfigForm, NodeError, NodeType
+from events.retry import RetryPolicy
 from forms_app.services import record_submit
 from tests.factories import add_node
 
@@ -57,28 +57,6 @@ def run_of(record):
     return Run.objects.get(record=record, is_submission=True)
 
 
-@pytest.fixture
-def submit_quietly(form, django_capture_on_commit_callbacks):
-    """record_submit with no worker: what is queued stays queued."""
-
-    def submit(**data):
-        with django_capture_on_commit_callbacks(execute=True):
-            return record_submit(form=form, data={"email": "ann@example.com", "status": "", **data})
-
-    return submit
-
-
-@pytest.fixture
-def dispatch(sync_queue, django_capture_on_commit_callbacks):
-    """One pass of the worker's dispatcher, with a sync queue: due retries run here."""
-
-    def dispatch():
-        with django_capture_on_commit_callbacks(execute=True):
-            return queue.dispatch_due()
-
-    return dispatch
-
-
 def make_due(record, name):
     """Time passes: the next attempt is due now."""
     RunTask.objects.filter(run__record=record, name=name).update(due_at=timezone.now() - timedelta(seconds=1))
@@ -88,12 +66,12 @@ def make_due(record, name):
 
 
 def test_each_try_is_a_new_attempt_of_the_same_task_counted_before_its_side_effect(
-    form, flaky, submit_quietly, dispatch
+    form, flaky, submit_queued, dispatch
 ):
     add_flaky(form, succeed_on=3, max_attempts=3)
     add_after(form)
 
-    record = submit_quietly()
+    record = submit_queued().record
     assert task(record, "flaky").attempt == 1
     dispatch()
     assert task(record, "flaky").attempt == 2
@@ -122,11 +100,11 @@ def test_retry_delay_bounds_grow_exponentially_up_to_the_cap():
     assert bounds == [(5, 10), (10, 20), (20, 40), (30, 60), (30, 60)]
 
 
-def test_each_failure_sets_due_at_within_the_backoff_bounds_and_the_cap_holds(form, flaky, submit_quietly, dispatch):
+def test_each_failure_sets_due_at_within_the_backoff_bounds_and_the_cap_holds(form, flaky, submit_queued, dispatch):
     add_flaky(form, max_attempts=6, backoff=10, backoff_max=25)
 
     before = timezone.now()
-    record = submit_quietly()
+    record = submit_queued().record
     after = timezone.now()
     for attempt in range(1, 6):
         row = task(record, "flaky")
@@ -143,23 +121,23 @@ def test_each_failure_sets_due_at_within_the_backoff_bounds_and_the_cap_holds(fo
     assert task(record, "flaky").status == RunTask.Status.FAILED
 
 
-def test_the_jitter_spreads_waits_between_half_and_all_of_the_backoff(form, flaky, submit_quietly):
+def test_the_jitter_spreads_waits_between_half_and_all_of_the_backoff(form, flaky, submit_queued):
     add_flaky(form, max_attempts=2, backoff=100, backoff_max=1000)
 
     waits = []
     for _ in range(12):
         started = timezone.now()
-        record = submit_quietly()
+        record = submit_queued().record
         waits.append((task(record, "flaky").due_at - started).total_seconds())
 
     assert all(49.9 <= wait <= 100.5 for wait in waits), waits
     assert len({round(wait, 1) for wait in waits}) > 1, "no jitter: every wait was the same"
 
 
-def test_a_retry_that_is_not_due_yet_is_not_dispatched(form, flaky, submit_quietly, dispatch):
+def test_a_retry_that_is_not_due_yet_is_not_dispatched(form, flaky, submit_queued, dispatch):
     add_flaky(form, max_attempts=2, backoff=60)
 
-    record = submit_quietly()
+    record = submit_queued().record
 
     assert dispatch() == 0
     assert task(record, "flaky").attempt == 1
@@ -169,11 +147,11 @@ def test_a_retry_that_is_not_due_yet_is_not_dispatched(form, flaky, submit_quiet
 # Exhaustion -------------------------------------------------------------------------------------
 
 
-def test_exhausted_retries_fail_the_task_with_kind_retries_and_then_the_run(form, flaky, submit_quietly, dispatch):
+def test_exhausted_retries_fail_the_task_with_kind_retries_and_then_the_run(form, flaky, submit_queued, dispatch):
     add_flaky(form, max_attempts=3)
     add_after(form)
 
-    record = submit_quietly()
+    record = submit_queued().record
     dispatch()
     dispatch()
 
@@ -190,13 +168,13 @@ def test_exhausted_retries_fail_the_task_with_kind_retries_and_then_the_run(form
     assert dispatch() == 0  # nothing more to try
 
 
-def test_exhausted_retries_run_the_error_branch_and_the_sequence_goes_on(form, flaky, submit_quietly, dispatch):
+def test_exhausted_retries_run_the_error_branch_and_the_sequence_goes_on(form, flaky, submit_queued, dispatch):
     node = add_flaky(form, max_attempts=2)
     add_node(form, "update_field", parent=node, branch="on_error", name="catch",
              config={"field": "status", "value": "{{ error.type }}: {{ error.message }}"})
     add_after(form)
 
-    record = submit_quietly()
+    record = submit_queued().record
     dispatch()
 
     record.refresh_from_db()
@@ -205,10 +183,10 @@ def test_exhausted_retries_run_the_error_branch_and_the_sequence_goes_on(form, f
     assert run_of(record).status == Run.Status.COMPLETE
 
 
-def test_a_node_without_retries_fails_at_once_with_kind_raised(form, flaky, submit_quietly):
+def test_a_node_without_retries_fails_at_once_with_kind_raised(form, flaky, submit_queued):
     add_flaky(form, max_attempts=1)
 
-    record = submit_quietly()
+    record = submit_queued().record
 
     row = task(record, "flaky")
     assert row.status == RunTask.Status.FAILED
@@ -220,12 +198,12 @@ def test_a_node_without_retries_fails_at_once_with_kind_raised(form, flaky, subm
 # Inline failures do not keep the visitor waiting ---------------------------------------------------
 
 
-def test_an_inline_failure_with_retries_left_returns_at_once_with_the_task_pending(form, flaky, submit_quietly):
+def test_an_inline_failure_with_retries_left_returns_at_once_with_the_task_pending(form, flaky, submit_queued):
     add_flaky(form, max_attempts=3, backoff=30)
     add_after(form)
 
     before = timezone.now()
-    record = submit_quietly()
+    record = submit_queued().record
 
     row = task(record, "flaky")
     assert row.status == RunTask.Status.PENDING
@@ -242,13 +220,13 @@ def test_an_inline_failure_with_retries_left_returns_at_once_with_the_task_pendi
 
 
 def test_dispatch_due_sends_a_due_retry_and_the_job_runs_it_and_continues_the_sequence(
-    form, flaky, submit_quietly, django_capture_on_commit_callbacks
+    form, flaky, submit_queued, django_capture_on_commit_callbacks
 ):
     add_flaky(form, succeed_on=2, max_attempts=3, backoff=30)
     add_after(form)
     background = add_node(form, "background", name="bg")
     add_node(form, "update_field", parent=background, name="later", config={"field": "status", "value": "later"})
-    record = submit_quietly()
+    record = submit_queued().record
     make_due(record, "flaky")
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -268,9 +246,9 @@ def test_dispatch_due_sends_a_due_retry_and_the_job_runs_it_and_continues_the_se
     assert record.flags == {"after": True}
 
 
-def test_an_early_delivery_of_a_retry_does_nothing(form, flaky, submit_quietly):
+def test_an_early_delivery_of_a_retry_does_nothing(form, flaky, submit_queued):
     add_flaky(form, succeed_on=2, max_attempts=3, backoff=60)
-    record = submit_quietly()
+    record = submit_queued().record
 
     tasks.container_job(str(task(record, "flaky").pk))
 
@@ -284,7 +262,7 @@ def test_an_early_delivery_of_a_retry_does_nothing(form, flaky, submit_quietly):
 
 
 @pytest.fixture
-def broken(form, submit_quietly):
+def broken(form, submit_queued):
     """A run that failed at ``count`` (seats from the status field, which holds no number)."""
     add_node(form, "update_field", name="first", config={"field": "email", "value": "{{ record.email }}"})
     add_node(form, "update_field", name="count", label="Count seats", config={"field": "seats", "value": "{{ record.status }}"})
@@ -292,7 +270,7 @@ def broken(form, submit_quietly):
     background = add_node(form, "background", name="bg")
     add_node(form, "send_email", parent=background, name="mail",
              config={"to": "{{ record.email }}", "subject": "Booked", "body": "{{ record.seats }} seats"})
-    record = submit_quietly(status="many")
+    record = submit_queued(status="many").record
     assert run_of(record).status == Run.Status.FAILED
     return record
 
@@ -381,9 +359,9 @@ def test_redrive_inside_a_background_reopens_the_container(form, sync_queue, dja
     assert run_of(record).status == Run.Status.COMPLETE
 
 
-def test_redrive_refuses_a_task_that_did_not_fail(form, submit_quietly):
+def test_redrive_refuses_a_task_that_did_not_fail(form, submit_queued):
     add_after(form)
-    record = submit_quietly()
+    record = submit_queued().record
 
     assert engine.task_redrive(task_id=task(record, "after").pk) is False
     assert task(record, "after").attempt == 1

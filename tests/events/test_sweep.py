@@ -35,28 +35,6 @@ def start(trail_form):
     return start
 
 
-@pytest.fixture
-def dispatch(sync_queue, django_capture_on_commit_callbacks):
-    """One pass of the worker's dispatcher; the sync queue runs what it sends, here."""
-
-    def dispatch():
-        with django_capture_on_commit_callbacks(execute=True):
-            return queue.dispatch_due()
-
-    return dispatch
-
-
-@pytest.fixture
-def sweep_now(sync_queue, django_capture_on_commit_callbacks):
-    """One sweep; what it hands to the queue after commit (an error branch) runs here."""
-
-    def run(now=None):
-        with django_capture_on_commit_callbacks(execute=True):
-            return sweep(now=now)
-
-    return run
-
-
 def row(run, node):
     return RunTask.objects.get(run=run, node_id=node.pk)
 

@@ -1,16 +1,15 @@
 import datetime
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
-from django.db import transaction
 from django.utils import timezone
 from django_q.models import OrmQ
 
 from events import engine
 from events.models import Run, RunTask
-from events.tasks import container_job
 from events.queue import container_enqueue, dispatch_due
+from events.tasks import container_job
 from tests.factories import RecordFactory, add_node
 
 
@@ -89,8 +88,8 @@ def test_a_container_is_marked_enqueued_once(trail_form, add_mark, django_captur
     assert OrmQ.objects.count() == 1
 
 
-def test_jobs_carry_the_task_id_only(seed_tree, submit):
-    record = submit()
+def test_jobs_carry_the_task_id_only(seed_tree, submit_queued):
+    record = submit_queued().record
 
     [job] = OrmQ.objects.all()
     assert job.func() == "events.tasks.task_job"
@@ -99,8 +98,8 @@ def test_jobs_carry_the_task_id_only(seed_tree, submit):
     assert not job.kwargs()
 
 
-def test_a_duplicate_delivery_changes_nothing(seed_tree, submit, mailoutbox):
-    record = submit()
+def test_a_duplicate_delivery_changes_nothing(seed_tree, submit_queued, mailoutbox):
+    record = submit_queued().record
     task_id = str(task_of(record, seed_tree["background"]).pk)
 
     assert container_job(task_id) == "done"
@@ -118,8 +117,8 @@ def test_a_duplicate_delivery_changes_nothing(seed_tree, submit, mailoutbox):
     assert task_of(record, seed_tree["B"]).attempt == 1
 
 
-def test_a_delivery_while_another_worker_holds_the_task_runs_nothing(seed_tree, submit, mailoutbox):
-    record = submit()
+def test_a_delivery_while_another_worker_holds_the_task_runs_nothing(seed_tree, submit_queued, mailoutbox):
+    record = submit_queued().record
     task = task_of(record, seed_tree["background"])
     assert task.claim()  # another worker has it
 
@@ -146,8 +145,8 @@ def delay_tree(trail_form, add_mark):
     return delay
 
 
-def test_an_early_delivery_of_a_delay_runs_nothing_and_clears_the_hand_off(delay_tree, submit):
-    record = submit()
+def test_an_early_delivery_of_a_delay_runs_nothing_and_clears_the_hand_off(delay_tree, submit_queued):
+    record = submit_queued().record
     task = task_of(record, delay_tree)
     RunTask.objects.filter(pk=task.pk).update(enqueued_at=timezone.now())  # a stray or early message
 
@@ -162,9 +161,9 @@ def test_an_early_delivery_of_a_delay_runs_nothing_and_clears_the_hand_off(delay
 
 
 def test_dispatch_due_sends_an_early_delivered_delay_again_when_it_is_due(
-    delay_tree, submit, django_capture_on_commit_callbacks
+    delay_tree, submit_queued, django_capture_on_commit_callbacks
 ):
-    record = submit()
+    record = submit_queued().record
     task = task_of(record, delay_tree)
     RunTask.objects.filter(pk=task.pk).update(enqueued_at=timezone.now())
     container_job(str(task.pk))
@@ -241,8 +240,8 @@ def test_dispatch_due_never_sends_actions_that_have_no_due_time(trail_form, add_
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_failed_hand_off_is_unmarked_so_the_next_dispatch_tries_again(delay_tree, submit, monkeypatch):
-    record = submit()
+def test_a_failed_hand_off_is_unmarked_so_the_next_dispatch_tries_again(delay_tree, submit_queued, monkeypatch):
+    record = submit_queued().record
     task = task_of(record, delay_tree)
     RunTask.objects.filter(pk=task.pk).update(due_at=timezone.now() - datetime.timedelta(seconds=1))
 

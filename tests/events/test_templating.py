@@ -7,19 +7,7 @@ from events import engine, templating
 from events.models import RunTask
 from events.nodes import registry
 from forms_app.models import Record
-from forms_app.services import record_submit
 from tests.factories import add_node
-
-
-@pytest.fixture
-def submit(form, sync_queue, django_capture_on_commit_callbacks):
-    def submit(data):
-        with django_capture_on_commit_callbacks(execute=True):
-            record = record_submit(form=form, data=data)
-        record.refresh_from_db()
-        return record, record.runs.get()
-
-    return submit
 
 
 def test_templates_see_record_flags_earlier_outputs_and_the_run(form, submit):
@@ -37,7 +25,8 @@ def test_templates_see_record_flags_earlier_outputs_and_the_run(form, submit):
         },
     )
 
-    record, run = submit({"email": "ann@example.com", "seats": 4})
+    submitted = submit({"email": "ann@example.com", "seats": 4})
+    record, run = submitted.record, submitted.run
 
     assert record.data["status"] == f"ann@example.com|4|{record.pk}|True|vip|complete|{run.reference}|record_update"
 
@@ -64,7 +53,7 @@ def test_templates_do_not_autoescape(form, submit):
         config={"field": "status", "value": "<b>{{ record.email }}</b> & {{ properties.nothing }}"},
     )
 
-    record, _ = submit({"email": "o'neil&co@example.com"})
+    record = submit({"email": "o'neil&co@example.com"}).record
 
     assert record.data["status"] == "<b>o'neil&co@example.com</b> & "
 
@@ -124,7 +113,8 @@ def test_template_fields_validate_in_any_config_form():
 def test_templates_cannot_include_files(form, submit):
     add_node(form, "update_field", name="peek", config={"field": "status", "value": '{% include "/etc/passwd" %}'})
 
-    record, run = submit({"email": "ann@example.com"})
+    submitted = submit({"email": "ann@example.com"})
+    record, run = submitted.record, submitted.run
 
     assert "root:" not in str(record.data)
     task = run.tasks.get(name="peek")

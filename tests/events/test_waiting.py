@@ -11,10 +11,9 @@ from django_q.models import OrmQ
 
 from events import engine
 from events.models import Run, RunTask
-from events.tasks import resume_job, task_job
 from events.queue import dispatch_due
+from events.tasks import resume_job, task_job
 from forms_app.services import record_submit
-from tests.events.nodes.conftest import allow_local_http, http_server  # noqa: F401  (shared fixtures)
 from tests.factories import RecordFactory, add_node
 from tests.support.servers import QuietHandler, recording_server
 
@@ -42,7 +41,7 @@ def run_queued_jobs():
 
 
 @pytest.fixture
-def add_wait(trail_form, http_server, allow_local_http):  # noqa: F811
+def add_wait(trail_form, http_server, allow_local_http):
     """``add_wait("book", parent=bg)``: an http_request to the local test server that waits for a callback."""
 
     def add(name, parent=None, **config):
@@ -75,13 +74,13 @@ def callback(task, status="SUCCESS", **fields):
 # Inline ---------------------------------------------------------------------------------
 
 
-def test_an_inline_waiting_step_suspends_the_rest_of_the_sequence(add_mark, add_wait, submit):
+def test_an_inline_waiting_step_suspends_the_rest_of_the_sequence(add_mark, add_wait, submit_queued):
     add_mark("A")
     wait = add_wait("book")
     b = add_mark("B")
     c = add_mark("C")
 
-    record = submit()
+    record = submit_queued().record
 
     assert record.data["trail"] == "A"
     assert task_of(record, wait).status == RunTask.Status.AWAITING
@@ -93,14 +92,14 @@ def test_an_inline_waiting_step_suspends_the_rest_of_the_sequence(add_mark, add_
 
 
 def test_a_success_callback_resumes_the_inline_sequence_at_the_next_sibling(
-    add_mark, add_wait, add_reader, submit, django_capture_on_commit_callbacks
+    add_mark, add_wait, add_reader, submit_queued, django_capture_on_commit_callbacks
 ):
     add_mark("A")
     wait = add_wait("book")
     b = add_mark("B")
     add_reader()
     c = add_mark("C")
-    record = submit()
+    record = submit_queued().record
 
     with django_capture_on_commit_callbacks(execute=True):
         result = callback(task_of(record, wait), output=CALLBACK_OUTPUT, logs=["seat found"], subtext="Seat 12A")
@@ -131,11 +130,11 @@ def test_a_success_callback_resumes_the_inline_sequence_at_the_next_sibling(
 
 
 def test_with_a_sync_queue_the_callback_resumes_at_once(
-    add_mark, add_wait, submit, sync_queue, django_capture_on_commit_callbacks
+    add_mark, add_wait, submit, django_capture_on_commit_callbacks
 ):
     wait = add_wait("book")
     add_mark("B")
-    record = submit()
+    record = submit().record
 
     with django_capture_on_commit_callbacks(execute=True):
         callback(task_of(record, wait), output=CALLBACK_OUTPUT)
@@ -147,11 +146,11 @@ def test_with_a_sync_queue_the_callback_resumes_at_once(
 
 
 def test_a_waiting_step_as_the_last_node_completes_the_run_on_its_callback(
-    add_mark, add_wait, submit, django_capture_on_commit_callbacks
+    add_mark, add_wait, submit_queued, django_capture_on_commit_callbacks
 ):
     add_mark("A")
     wait = add_wait("book")
-    record = submit()
+    record = submit_queued().record
 
     with django_capture_on_commit_callbacks(execute=True):
         callback(task_of(record, wait), output=CALLBACK_OUTPUT)
@@ -166,7 +165,7 @@ def test_a_waiting_step_as_the_last_node_completes_the_run_on_its_callback(
 
 
 def test_a_waiting_step_parks_its_background_until_the_callback(
-    trail_form, add_mark, add_wait, add_reader, submit, django_capture_on_commit_callbacks
+    trail_form, add_mark, add_wait, add_reader, submit_queued, django_capture_on_commit_callbacks
 ):
     background = add_node(trail_form, "background", label="Confirm")
     add_mark("A", parent=background)
@@ -175,7 +174,7 @@ def test_a_waiting_step_parks_its_background_until_the_callback(
     add_reader(parent=background)
     c = add_mark("C", parent=background)
     add_mark("D")
-    record = submit()
+    record = submit_queued().record
     run_queued_jobs()  # the background job: A, then the request, then it parks
 
     record.refresh_from_db()
@@ -205,12 +204,12 @@ def test_a_waiting_step_parks_its_background_until_the_callback(
 
 
 def test_a_parked_background_is_not_taken_up_again_by_the_sweep(
-    trail_form, add_mark, add_wait, submit, django_capture_on_commit_callbacks
+    trail_form, add_mark, add_wait, submit_queued, django_capture_on_commit_callbacks
 ):
     background = add_node(trail_form, "background")
     wait = add_wait("book", parent=background)
     add_mark("B", parent=background)
-    record = submit()
+    record = submit_queued().record
     run_queued_jobs()
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -221,14 +220,14 @@ def test_a_parked_background_is_not_taken_up_again_by_the_sweep(
 
 
 def test_a_delay_after_a_waiting_step_is_deferred_again_when_the_sequence_resumes(
-    trail_form, add_mark, add_wait, submit, sync_queue, django_capture_on_commit_callbacks
+    trail_form, add_mark, add_wait, submit, django_capture_on_commit_callbacks
 ):
     background = add_node(trail_form, "background", label="Outer")
     wait = add_wait("book", parent=background)
     delay = add_node(trail_form, "delay", parent=background, label="Later", config={"after_seconds": 600})
     b = add_mark("B", parent=delay)
-    c = add_mark("C", parent=background)
-    record = submit()  # sync queue: the background runs here and parks at the request
+    add_mark("C", parent=background)
+    record = submit().record  # sync queue: the background runs here and parks at the request
     assert task_of(record, background).status == RunTask.Status.ACTIVE
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -256,14 +255,14 @@ def test_a_delay_after_a_waiting_step_is_deferred_again_when_the_sequence_resume
 
 
 def test_a_waiting_step_in_a_nested_delay_parks_only_that_delay(
-    trail_form, add_mark, add_wait, submit, sync_queue, django_capture_on_commit_callbacks
+    trail_form, add_mark, add_wait, submit, django_capture_on_commit_callbacks
 ):
     background = add_node(trail_form, "background", label="Outer")
     delay = add_node(trail_form, "delay", parent=background, label="Inner", config={"rule": "now"})
     wait = add_wait("book", parent=delay)
     add_mark("B", parent=delay)
     add_mark("C", parent=background)
-    record = submit()
+    record = submit().record
 
     record.refresh_from_db()
     assert record.data["trail"] == "C"
@@ -286,12 +285,12 @@ def test_a_waiting_step_in_a_nested_delay_parks_only_that_delay(
 
 
 def test_a_failure_callback_fails_the_task_and_the_run_and_nothing_after_it_runs(
-    add_mark, add_wait, submit, django_capture_on_commit_callbacks
+    add_mark, add_wait, submit_queued, django_capture_on_commit_callbacks
 ):
     add_mark("A")
     wait = add_wait("book")
     b = add_mark("B")
-    record = submit()
+    record = submit_queued().record
 
     with django_capture_on_commit_callbacks(execute=True):
         result = callback(task_of(record, wait), status="FAILURE", subtext="No seats left",
@@ -315,14 +314,14 @@ def test_a_failure_callback_fails_the_task_and_the_run_and_nothing_after_it_runs
 
 
 def test_a_failure_callback_cancels_the_parked_background_and_its_later_steps(
-    trail_form, add_mark, add_wait, submit, django_capture_on_commit_callbacks
+    trail_form, add_mark, add_wait, submit_queued, django_capture_on_commit_callbacks
 ):
     background = add_node(trail_form, "background")
     wait = add_wait("book", parent=background)
     b = add_mark("B", parent=background)
     later = add_node(trail_form, "delay", label="Later", config={"after_seconds": 600})
     c = add_mark("C", parent=later)
-    record = submit()
+    record = submit_queued().record
     run_queued_jobs()
     assert task_of(record, background).status == RunTask.Status.ACTIVE
 
@@ -343,10 +342,10 @@ def test_a_failure_callback_cancels_the_parked_background_and_its_later_steps(
     assert record.is_complete
 
 
-def test_an_expired_deadline_fails_the_task_as_timed_out_and_the_run(add_mark, add_wait, submit):
+def test_an_expired_deadline_fails_the_task_as_timed_out_and_the_run(add_mark, add_wait, submit_queued):
     wait = add_wait("book")
     b = add_mark("B")
-    record = submit()
+    record = submit_queued().record
     assert engine.awaiting_expire() == 0  # the deadline is ten minutes away
 
     RunTask.objects.filter(pk=task_of(record, wait).pk).update(deadline_at=timezone.now() - timedelta(seconds=1))
@@ -366,9 +365,9 @@ def test_an_expired_deadline_fails_the_task_as_timed_out_and_the_run(add_mark, a
     assert record.is_complete
 
 
-def test_awaiting_expire_takes_now_as_an_argument(add_wait, submit):
+def test_awaiting_expire_takes_now_as_an_argument(add_wait, submit_queued):
     wait = add_wait("book")
-    record = submit()
+    record = submit_queued().record
 
     assert engine.awaiting_expire(now=timezone.now() + timedelta(seconds=599)) == 0
     assert engine.awaiting_expire(now=timezone.now() + timedelta(seconds=601)) == 1
@@ -376,11 +375,11 @@ def test_awaiting_expire_takes_now_as_an_argument(add_wait, submit):
 
 
 def test_a_callback_after_the_deadline_is_refused_with_the_failed_status(
-    add_mark, add_wait, submit, django_capture_on_commit_callbacks
+    add_mark, add_wait, submit_queued, django_capture_on_commit_callbacks
 ):
     wait = add_wait("book")
     add_mark("B")
-    record = submit()
+    record = submit_queued().record
     RunTask.objects.filter(pk=task_of(record, wait).pk).update(deadline_at=timezone.now() - timedelta(seconds=1))
     engine.awaiting_expire()
 
@@ -397,11 +396,11 @@ def test_a_callback_after_the_deadline_is_refused_with_the_failed_status(
     assert run_of(record).status == Run.Status.FAILED
 
 
-def test_a_callback_after_the_deadline_gets_409_from_the_api(add_wait, submit, client):
+def test_a_callback_after_the_deadline_gets_409_from_the_api(add_wait, submit_queued, client):
     from events.models import ApiKey
 
     wait = add_wait("book")
-    record = submit()
+    record = submit_queued().record
     task = task_of(record, wait)
     RunTask.objects.filter(pk=task.pk).update(deadline_at=timezone.now() - timedelta(seconds=1))
     engine.awaiting_expire()
@@ -417,10 +416,10 @@ def test_a_callback_after_the_deadline_gets_409_from_the_api(add_wait, submit, c
     assert response.json()["error"]["details"] == {"status": "failed"}
 
 
-def test_a_callback_for_a_cancelled_run_changes_nothing(add_mark, add_wait, submit, django_capture_on_commit_callbacks):
+def test_a_callback_for_a_cancelled_run_changes_nothing(add_mark, add_wait, submit_queued, django_capture_on_commit_callbacks):
     wait = add_wait("book")
     add_mark("B")
-    record = submit()
+    record = submit_queued().record
     engine.run_cancel(run=run_of(record))
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -433,9 +432,9 @@ def test_a_callback_for_a_cancelled_run_changes_nothing(add_mark, add_wait, subm
 # Repeats --------------------------------------------------------------------------------
 
 
-def test_a_repeated_callback_is_recognised_and_changes_nothing(add_wait, submit, django_capture_on_commit_callbacks):
+def test_a_repeated_callback_is_recognised_and_changes_nothing(add_wait, submit_queued, django_capture_on_commit_callbacks):
     wait = add_wait("book")
-    record = submit()
+    record = submit_queued().record
     payload = {"output": CALLBACK_OUTPUT, "logs": ["one", "two"], "subtext": "Seat 12A"}
     with django_capture_on_commit_callbacks(execute=True):
         callback(task_of(record, wait), **payload)
@@ -454,12 +453,12 @@ def test_a_repeated_callback_is_recognised_and_changes_nothing(add_wait, submit,
 
 
 def test_a_duplicate_resume_delivery_runs_each_later_step_once(
-    add_mark, add_wait, submit, django_capture_on_commit_callbacks
+    add_mark, add_wait, submit_queued, django_capture_on_commit_callbacks
 ):
     wait = add_wait("book")
     b = add_mark("B")
     c = add_mark("C")
-    record = submit()
+    record = submit_queued().record
     with django_capture_on_commit_callbacks(execute=True):
         callback(task_of(record, wait))
 
@@ -475,14 +474,14 @@ def test_a_duplicate_resume_delivery_runs_each_later_step_once(
 
 
 def test_a_duplicate_resume_delivery_inside_a_background_runs_each_later_step_once(
-    trail_form, add_mark, add_wait, submit, django_capture_on_commit_callbacks
+    trail_form, add_mark, add_wait, submit_queued, django_capture_on_commit_callbacks
 ):
     background = add_node(trail_form, "background")
     wait = add_wait("book", parent=background)
     b = add_mark("B", parent=background)
     later = add_node(trail_form, "delay", config={"after_seconds": 600})  # keeps the run open
     add_mark("L", parent=later)
-    record = submit()
+    record = submit_queued().record
     run_queued_jobs()
     with django_capture_on_commit_callbacks(execute=True):
         callback(task_of(record, wait))
@@ -499,10 +498,10 @@ def test_a_duplicate_resume_delivery_inside_a_background_runs_each_later_step_on
     assert run_of(record).status == Run.Status.RUNNING
 
 
-def test_a_delivery_for_a_step_nobody_handed_off_does_nothing(add_mark, add_wait, submit):
+def test_a_delivery_for_a_step_nobody_handed_off_does_nothing(add_mark, add_wait, submit_queued):
     wait = add_wait("book")
     b = add_mark("B")
-    record = submit()
+    record = submit_queued().record
 
     assert task_job(str(task_of(record, b).pk)) == "elsewhere"
     assert resume_job(str(task_of(record, wait).pk)) == "stopped"  # the older job, too
@@ -563,7 +562,7 @@ def calling_back_server():
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.xdist_group("db_threads")
 def test_an_instant_callback_finds_the_task_awaiting_and_keeps_its_output(
-    trail_form, add_mark, add_reader, calling_back_server, allow_local_http  # noqa: F811
+    trail_form, add_mark, add_reader, calling_back_server, allow_local_http
 ):
     wait = add_node(trail_form, "http_request", name="book",
                     config={"method": "POST", "url": calling_back_server["url"], "wait_for_callback": True})
@@ -596,7 +595,7 @@ def test_an_instant_callback_finds_the_task_awaiting_and_keeps_its_output(
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.xdist_group("db_threads")
 def test_an_instant_success_callback_and_an_error_answer_leave_task_and_run_consistent(
-    trail_form, add_mark, calling_back_server, allow_local_http  # noqa: F811
+    trail_form, add_mark, calling_back_server, allow_local_http
 ):
     # The callback completed the task before the answer (a 500) came back. Whichever wins, the task
     # and its run must agree: a run failed "because Book failed" while Book is complete is wrong.
@@ -620,10 +619,10 @@ def test_an_instant_success_callback_and_an_error_answer_leave_task_and_run_cons
 
 
 def test_the_waiting_page_shows_an_awaiting_step_as_waiting_for_a_reply_with_its_subtext(
-    add_wait, submit, client
+    add_wait, submit_queued, client
 ):
     wait = add_wait("book")
-    record = submit()
+    record = submit_queued().record
     engine.task_progress(task_id=task_of(record, wait).pk, subtext="Checking seat availability…")
 
     html = client.get(f"/r/{record.token}/status/").content.decode()
@@ -637,10 +636,10 @@ def test_the_waiting_page_shows_an_awaiting_step_as_waiting_for_a_reply_with_its
 
 
 def test_the_waiting_page_turns_to_done_after_the_callback(
-    add_wait, submit, client, sync_queue, django_capture_on_commit_callbacks
+    add_wait, submit, client, django_capture_on_commit_callbacks
 ):
     wait = add_wait("book")
-    record = submit()
+    record = submit().record
     with django_capture_on_commit_callbacks(execute=True):
         callback(task_of(record, wait), subtext="Seat 12A booked")
 

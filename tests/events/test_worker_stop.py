@@ -41,12 +41,12 @@ def run_jobs(capture):
 
 
 def test_a_container_walk_stops_before_its_next_step_and_hands_the_container_back(
-    trail_form, add_mark, submit, django_capture_on_commit_callbacks, monkeypatch
+    trail_form, add_mark, submit_queued, django_capture_on_commit_callbacks, monkeypatch
 ):
     background = add_node(trail_form, "background", name="bg")
     add_mark("A", parent=background)
     add_mark("B", parent=background)
-    record = submit()
+    record = submit_queued().record
     [job] = OrmQ.objects.all()
     job.delete()
 
@@ -84,11 +84,11 @@ def test_a_container_walk_stops_before_its_next_step_and_hands_the_container_bac
 
 
 def test_a_job_delivered_to_a_stopping_worker_is_handed_back_untouched(
-    trail_form, add_mark, submit, stopping, django_capture_on_commit_callbacks
+    trail_form, add_mark, submit_queued, stopping, django_capture_on_commit_callbacks
 ):
     background = add_node(trail_form, "background", name="bg")
     add_mark("A", parent=background)
-    record = submit()
+    record = submit_queued().record
     [job] = OrmQ.objects.all()
     job.delete()
 
@@ -103,11 +103,11 @@ def test_a_job_delivered_to_a_stopping_worker_is_handed_back_untouched(
 
 
 def test_a_job_that_loses_the_database_puts_back_what_it_held_and_sends_itself_again(
-    trail_form, add_mark, submit, django_capture_on_commit_callbacks, monkeypatch
+    trail_form, add_mark, submit_queued, django_capture_on_commit_callbacks, monkeypatch
 ):
     background = add_node(trail_form, "background", name="bg")
     add_mark("A", parent=background)
-    record = submit()
+    record = submit_queued().record
     [job] = OrmQ.objects.all()
     job.delete()
 
@@ -131,11 +131,11 @@ def test_a_job_that_loses_the_database_puts_back_what_it_held_and_sends_itself_a
     assert record.data["trail"] == "A"
 
 
-def test_a_stopped_worker_puts_back_only_what_its_own_processes_held(add_mark, submit, settings):
+def test_a_stopped_worker_puts_back_only_what_its_own_processes_held(add_mark, submit_queued, settings):
     settings.EVENTS_LEASE_RETRY_LIMIT = 3
     add_mark("A")
     add_mark("B")
-    record = submit()
+    record = submit_queued().record
     lease = timezone.now() + timedelta(seconds=60)
     RunTask.objects.filter(run__record=record, name="a").update(
         status=RunTask.Status.ACTIVE, attempt=1, lease_expires_at=lease, lease_owner="host:10:abc/11")
@@ -153,24 +153,24 @@ def test_a_stopped_worker_puts_back_only_what_its_own_processes_held(add_mark, s
     assert Repair.objects.get(kind="lease_released_on_stop").count == 1
 
 
-def test_every_claim_names_the_process_that_holds_the_lease(add_mark, submit, monkeypatch):
+def test_every_claim_names_the_process_that_holds_the_lease(add_mark, submit_queued, monkeypatch):
     monkeypatch.setenv("EVENTS_WORKER_ID", "host:1:abc")
     add_mark("A")
-    record = submit()
+    record = submit_queued().record
 
     assert task(record, "a").lease_owner == lease_owner()
     assert lease_owner().startswith("host:1:abc/")
 
 
 def test_the_worker_fails_a_callback_past_its_deadline_on_every_dispatch_tick(
-    trail_form, add_mark, submit, callback_server, allow_local_http, django_capture_on_commit_callbacks
+    trail_form, add_mark, submit_queued, callback_server, allow_local_http, django_capture_on_commit_callbacks
 ):
     add_node(
         trail_form, "http_request", name="wait",
         config={"method": "POST", "url": callback_server.url + "/jobs", "timeout_seconds": 5,
                 "wait_for_callback": True, "callback_timeout_seconds": 600},
     )
-    record = submit()
+    record = submit_queued().record
     RunTask.objects.filter(pk=task(record, "wait").pk).update(deadline_at=timezone.now() - timedelta(seconds=0.1))
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -181,5 +181,3 @@ def test_the_worker_fails_a_callback_past_its_deadline_on_every_dispatch_tick(
     assert Run.objects.get(record=record).status == Run.Status.FAILED
     assert Repair.objects.get(kind="deadline_expired").count == 1
 
-
-from tests.events.api_fixtures import allow_local_http, callback_server  # noqa: E402,F401  fixtures

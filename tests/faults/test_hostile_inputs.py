@@ -22,7 +22,7 @@ import pytest
 
 from . import harness as h
 
-pytestmark = [pytest.mark.faults, pytest.mark.xdist_group("faults")]
+pytestmark = [pytest.mark.faults, pytest.mark.xdist_group("faults"), h.TIMEOUT]
 
 CALLBACK = "/api/external-events/callback/"
 LIMIT = 1024 * 1024  # EVENTS_API_MAX_BODY_BYTES, the shipped default
@@ -173,7 +173,7 @@ def _hostile_requests(stack, client, admin):
     # 3. 250,000 log lines in one PUT (just under the body limit), five times: a quick 413 each time.
     flood = json.dumps({"subtext": "flood", "logs": ["x"] * 250_000}, separators=(",", ":"))
     assert len(flood) < LIMIT
-    for attempt in range(5):
+    for _ in range(5):
         json_error(client.send("flood-250k", "PUT", f"/api/event-workflow-tasks/{flood_task}", raw=flood), 413,
                    "too_many_log_lines")
     json_error(client.send("flood-250k-callback", "POST", CALLBACK, raw=json.dumps(

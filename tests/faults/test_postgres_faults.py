@@ -19,7 +19,7 @@ import pytest
 from . import harness as h
 from .recorder import Recorder
 
-pytestmark = [pytest.mark.faults, pytest.mark.xdist_group("faults")]
+pytestmark = [pytest.mark.faults, pytest.mark.xdist_group("faults"), h.TIMEOUT]
 
 RECOVERY_TARGET_SECONDS = 30  # issue 8: every acknowledged run finishes within 30 s, with the shipped defaults
 

@@ -21,7 +21,7 @@ import pytest
 
 from . import harness as h
 
-pytestmark = [pytest.mark.faults, pytest.mark.xdist_group("faults")]
+pytestmark = [pytest.mark.faults, pytest.mark.xdist_group("faults"), h.TIMEOUT]
 
 
 def outcome(stack, recorder, acknowledged):

@@ -19,7 +19,8 @@ def stored():
     return Record.objects.count(), Run.objects.count()
 
 
-def submit(form, **data):
+def submit_inline_only(form, **data):
+    """record_submit alone: the inline phase runs; after-commit hand-offs never do (the test never commits)."""
     return record_submit(form=form, data={"email": "ann@example.com", "seats": 2, "status": "", **data})
 
 
@@ -124,7 +125,7 @@ def test_an_unknown_record_token_is_not_found(client, db, url):
 
 
 def test_the_waiting_page_is_reached_by_an_unguessable_token_only(client, form):
-    record = submit(form)
+    record = submit_inline_only(form)
 
     assert len(record.token) >= 32
     assert client.get(wait_url(record)).status_code == 200
@@ -136,7 +137,7 @@ def test_the_waiting_page_polls_and_refreshes_without_javascript_while_working(c
     form.poll_seconds = 3
     form.save()
     add_pending_delay(form)
-    record = submit(form)
+    record = submit_inline_only(form)
 
     response = client.get(wait_url(record))
 
@@ -151,7 +152,7 @@ def test_the_waiting_page_polls_and_refreshes_without_javascript_while_working(c
 
 def test_the_status_partial_is_only_the_status_section(client, form):
     add_pending_delay(form)
-    record = submit(form)
+    record = submit_inline_only(form)
 
     response = client.get(status_url(record), headers={"HX-Request": "true"})
 
@@ -169,7 +170,7 @@ def test_the_waiting_page_shows_visible_steps_with_their_state(client, form):
     delay = add_pending_delay(form, label="Confirm the seats", visible=True)
     add_node(form, "update_field", parent=delay, label="Invisible", config={"field": "status", "value": "x"})
     add_node(form, "set_subtext", label="Say hello", visible=True, config={"text": "Checking availability"})
-    record = submit(form)
+    record = submit_inline_only(form)
 
     html = client.get(status_url(record)).content.decode()
 
@@ -183,7 +184,7 @@ def test_the_waiting_page_shows_visible_steps_with_their_state(client, form):
 def test_progress_texts_made_from_submitted_values_are_escaped(client, form):
     add_node(form, "set_subtext", label="Hello", visible=True, config={"text": "Hello {{ record.email }}"})
     add_pending_delay(form)
-    record = submit(form, email="<b>ann</b>@example.com")
+    record = submit_inline_only(form, email="<b>ann</b>@example.com")
 
     html = client.get(status_url(record)).content.decode()
 
@@ -202,7 +203,7 @@ def test_a_submit_without_background_work_is_done_at_once_and_never_polls(client
     form.done_message = "Booked, {{ record.email }} ({{ record.seats }} seats)"
     form.save()
     add_node(form, "update_field", config={"field": "status", "value": "received"})
-    record = submit(form)
+    record = submit_inline_only(form)
 
     page = client.get(wait_url(record)).content.decode()
     partial = client.get(status_url(record)).content.decode()
@@ -230,7 +231,7 @@ def test_a_failed_run_shows_the_failed_message_and_the_run_reference(client, for
     form.save()
     add_node(form, "fail", config={"message": "no seats"})
     add_pending_delay(form)
-    record = submit(form)
+    record = submit_inline_only(form)
     reference = Run.objects.get(record=record).reference
 
     page = client.get(wait_url(record)).content.decode()
@@ -248,7 +249,7 @@ def test_a_cancelled_run_shows_as_cancelled(client, form):
     from events.engine import run_cancel
 
     add_pending_delay(form)
-    record = submit(form)
+    record = submit_inline_only(form)
     run_cancel(run=Run.objects.get(record=record))
 
     html = client.get(status_url(record)).content.decode()
@@ -263,7 +264,7 @@ def test_waiting_for_a_flag_is_done_when_the_flag_is_set_although_delays_are_pen
     form.save()
     add_node(form, "set_flag", config={"flag": "paid", "value": True})
     add_pending_delay(form)
-    record = submit(form)
+    record = submit_inline_only(form)
 
     html = client.get(status_url(record)).content.decode()
 
@@ -277,7 +278,7 @@ def test_waiting_for_a_flag_keeps_polling_while_the_flag_is_unset_although_the_r
     form.wait_flag = "paid"
     form.save()
     add_node(form, "update_field", config={"field": "status", "value": "received"})
-    record = submit(form)
+    record = submit_inline_only(form)
 
     html = client.get(status_url(record)).content.decode()
 
@@ -291,7 +292,7 @@ def test_past_the_maximum_wait_the_page_says_so_and_polls_more_slowly(client, fo
     form.poll_seconds = 2
     form.save()
     add_pending_delay(form)
-    record = submit(form)
+    record = submit_inline_only(form)
     Record.objects.filter(pk=record.pk).update(created_at=timezone.now() - datetime.timedelta(seconds=61))
 
     page = client.get(wait_url(record)).content.decode()
@@ -307,7 +308,7 @@ def test_before_the_maximum_wait_the_page_is_not_overdue(client, form):
     form.max_wait_seconds = 60
     form.save()
     add_pending_delay(form)
-    record = submit(form)
+    record = submit_inline_only(form)
     Record.objects.filter(pk=record.pk).update(created_at=timezone.now() - datetime.timedelta(seconds=50))
 
     html = client.get(status_url(record)).content.decode()
@@ -319,7 +320,7 @@ def test_before_the_maximum_wait_the_page_is_not_overdue(client, form):
 def test_a_done_redirect_url_redirects_the_page_and_the_partial(client, form):
     form.done_redirect_url = "https://example.com/thanks"
     form.save()
-    record = submit(form)
+    record = submit_inline_only(form)
 
     page = client.get(wait_url(record))
     partial = client.get(status_url(record), headers={"HX-Request": "true"})
@@ -334,7 +335,7 @@ def test_a_done_redirect_url_waits_until_the_run_is_done(client, form):
     form.done_redirect_url = "https://example.com/thanks"
     form.save()
     add_pending_delay(form)
-    record = submit(form)
+    record = submit_inline_only(form)
 
     assert client.get(wait_url(record)).status_code == 200
     assert "HX-Redirect" not in client.get(status_url(record))

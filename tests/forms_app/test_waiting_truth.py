@@ -27,7 +27,8 @@ def steps_shown(html):
     return re.findall(r'<span class="step-label">(.*?)</span> <span class="step-state">(.*?)</span>', html)
 
 
-def submit(form, **data):
+def submit_inline_only(form, **data):
+    """record_submit alone: the inline phase runs; after-commit hand-offs never do (the test never commits)."""
     return record_submit(form=form, data={"email": "ann@example.com", "seats": 2, "status": "", **data})
 
 
@@ -125,7 +126,7 @@ def test_a_failure_whose_error_branch_failed_too_is_a_plain_failure(client, form
     step = add_node(form, "fail", label="Charge card", visible=True, config={"message": "declined"})
     add_node(form, "fail", parent=step, branch="on_error", label="Apologise", visible=True,
              config={"message": "mail server down"})
-    record = submit(form)
+    record = submit_inline_only(form)
 
     html = status_html(client, record)
 
@@ -140,7 +141,7 @@ def test_the_failed_message_sees_the_failures_that_were_handled_before_the_run_f
     loyalty = add_node(form, "fail", label="Add loyalty miles", visible=True, config={"message": "down"})
     add_node(form, "set_subtext", parent=loyalty, branch="on_error", config={"text": "Miles later"})
     add_node(form, "fail", label="Charge card", visible=True, config={"message": "declined"})
-    record = submit(form)
+    record = submit_inline_only(form)
 
     html = status_html(client, record)
 
@@ -155,7 +156,7 @@ def test_the_messages_escape_submitted_values_next_to_handled_failures(client, f
     form.save()
     step = add_node(form, "fail", label="Add <miles>", config={"message": "down"})
     add_node(form, "set_subtext", parent=step, branch="on_error", config={"text": "later"})
-    record = submit(form, email="<b>ann</b>@example.com")
+    record = submit_inline_only(form, email="<b>ann</b>@example.com")
 
     html = status_html(client, record)
 
@@ -170,7 +171,7 @@ def test_a_failed_run_shows_the_progress_at_which_it_stopped(client, form):
     add_node(form, "fail", label="Charge card", visible=True, config={"message": "declined"})
     for label in ("Reserve", "Email", "Confirm"):
         add_node(form, "set_flag", label=label, visible=True, config={"flag": label.lower(), "value": True})
-    record = submit(form)
+    record = submit_inline_only(form)
 
     html = status_html(client, record)
 
@@ -187,7 +188,7 @@ def test_a_cancelled_run_says_cancelled_and_shows_the_progress_at_which_it_stopp
     add_node(form, "update_field", label="Received", visible=True, config={"field": "status", "value": "received"})
     delay = add_pending_delay(form, label="Follow-up", visible=True)
     add_node(form, "set_flag", parent=delay, config={"flag": "followed_up", "value": True})
-    record = submit(form)
+    record = submit_inline_only(form)
     engine.run_cancel(run=Run.objects.get(record=record))
 
     html = status_html(client, record)
@@ -205,7 +206,7 @@ def test_a_cancelled_run_says_cancelled_and_shows_the_progress_at_which_it_stopp
 def test_a_done_run_is_at_100_percent_even_with_a_handled_failure(client, form):
     step = add_node(form, "fail", label="Add loyalty miles", config={"message": "down"})
     add_node(form, "set_subtext", parent=step, branch="on_error", config={"text": "later"})
-    record = submit(form)
+    record = submit_inline_only(form)
 
     html = status_html(client, record)
 
@@ -227,7 +228,7 @@ def test_error_branch_steps_show_right_under_the_step_they_handle_before_its_lat
              config={"text": "Miles later"})
     add_node(form, "set_flag", label="Booked", visible=True, config={"flag": "booked"})
     add_pending_delay(form, label="Follow-up", visible=True)
-    record = submit(form)
+    record = submit_inline_only(form)
     [container] = Run.objects.get(record=record).tasks.filter(label="Confirm")
     engine.task_job(task_id=container.pk)  # the worker's part
 

@@ -8,3 +8,6 @@ class Entry(models.Model):
     city = models.CharField(max_length=100)
     comment = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self):
+        return self.name

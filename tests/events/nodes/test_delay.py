@@ -10,11 +10,10 @@ from events.models import RunTask
 from events.nodes import registry
 from events.nodes.base import NodeError
 from events.nodes.delay import due_at
-from forms_app.services import record_submit
 from tests.factories import FieldFactory, add_node, fields_of
 
 Delay = registry.get("delay")
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 PARIS = zoneinfo.ZoneInfo("Europe/Paris")
 SUBMITTED = datetime.datetime(2027, 3, 10, 9, 0, tzinfo=UTC)
 LATER = SUBMITTED + datetime.timedelta(hours=5)
@@ -277,20 +276,13 @@ def test_delay_config_stores_a_naive_at_as_aware_local_time(paris):
 # In a run
 
 
-def submit_without_worker(form, data, capture):
-    """Submit as a visitor would, with the real (ORM) broker and no worker to take jobs."""
-    with capture(execute=True):
-        record = record_submit(form=form, data=data)
-    record.refresh_from_db()
-    return record, {task.name: task for task in record.runs.get().tasks.all()}
-
-
-def test_delay_in_the_future_stays_pending_and_is_not_enqueued(form, django_capture_on_commit_callbacks):
+def test_delay_in_the_future_stays_pending_and_is_not_enqueued(form, submit_queued):
     delay = add_node(form, "delay", name="later", config={"rule": "after", "after_seconds": 600})
     add_node(form, "set_flag", parent=delay, name="child", config={"flag": "reminded"})
     add_node(form, "set_flag", name="inline", config={"flag": "inline"})
 
-    record, tasks = submit_without_worker(form, {"email": "ann@example.com"}, django_capture_on_commit_callbacks)
+    submitted = submit_queued({"email": "ann@example.com"})
+    record, tasks = submitted.record, submitted.tasks
 
     later = tasks["later"]
     assert later.status == RunTask.Status.PENDING
@@ -314,11 +306,11 @@ def test_delay_in_the_future_does_not_run_even_with_a_sync_queue(form, submit):
     assert outcome.run.status == "running"
 
 
-def test_delay_now_is_handed_to_the_queue(form, django_capture_on_commit_callbacks):
+def test_delay_now_is_handed_to_the_queue(form, submit_queued):
     delay = add_node(form, "delay", name="soon", config={"rule": "now"})
     add_node(form, "set_flag", parent=delay, name="child", config={"flag": "done"})
 
-    record, tasks = submit_without_worker(form, {"email": "ann@example.com"}, django_capture_on_commit_callbacks)
+    tasks = submit_queued({"email": "ann@example.com"}).tasks
 
     assert tasks["soon"].status == RunTask.Status.PENDING
     assert tasks["soon"].enqueued_at is not None

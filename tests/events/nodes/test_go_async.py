@@ -5,7 +5,6 @@ from django_q.models import OrmQ
 
 from events.models import Run, RunTask
 from events.nodes import registry
-from forms_app.services import record_submit
 from tests.factories import add_node
 
 GoAsync = registry.get("go_async")
@@ -27,27 +26,20 @@ def run_queued_jobs(capture):
     return ran
 
 
-def submit_without_worker(form, capture, **data):
-    with capture(execute=True):
-        record = record_submit(form=form, data={"email": "ann@example.com", "trail": "", **data})
-    record.refresh_from_db()
-    return record
-
-
 def statuses(record):
     run = record.runs.get(is_submission=True)
     return {task.name: task.status for task in run.tasks.all()}
 
 
 def test_go_async_at_the_top_level_leaves_the_later_siblings_for_one_background_job(
-    trail_form, add_mark, django_capture_on_commit_callbacks
+    trail_form, submit_queued, add_mark, django_capture_on_commit_callbacks
 ):
     add_mark("A")
     add_node(trail_form, "go_async", name="async")
     add_mark("B")
     add_mark("C")
 
-    record = submit_without_worker(trail_form, django_capture_on_commit_callbacks)
+    record = submit_queued().record
 
     # Before the redirect: A only.
     assert record.data["trail"] == "A"
@@ -71,12 +63,12 @@ def test_go_async_at_the_top_level_leaves_the_later_siblings_for_one_background_
 
 
 def test_go_async_as_the_last_step_completes_the_run_in_the_background(
-    trail_form, add_mark, django_capture_on_commit_callbacks
+    trail_form, submit_queued, add_mark, django_capture_on_commit_callbacks
 ):
     add_mark("A")
     add_node(trail_form, "go_async", name="async")
 
-    record = submit_without_worker(trail_form, django_capture_on_commit_callbacks)
+    record = submit_queued().record
     run_queued_jobs(django_capture_on_commit_callbacks)
 
     record.refresh_from_db()
@@ -85,14 +77,14 @@ def test_go_async_as_the_last_step_completes_the_run_in_the_background(
     assert record.is_complete is True
 
 
-def test_go_async_inside_a_background_changes_nothing(trail_form, add_mark, django_capture_on_commit_callbacks):
+def test_go_async_inside_a_background_changes_nothing(trail_form, submit_queued, add_mark, django_capture_on_commit_callbacks):
     background = add_node(trail_form, "background", name="bg")
     add_mark("A", parent=background)
     add_node(trail_form, "go_async", parent=background, name="async")
     add_mark("B", parent=background)
     add_mark("C")
 
-    record = submit_without_worker(trail_form, django_capture_on_commit_callbacks)
+    record = submit_queued().record
     assert record.data["trail"] == "C"
     assert queued() == ["events.tasks.task_job"]
 
@@ -107,7 +99,7 @@ def test_go_async_inside_a_background_changes_nothing(trail_form, add_mark, djan
 
 
 def test_go_async_inside_a_condition_sends_the_rest_of_the_condition_and_what_follows_it(
-    trail_form, add_mark, django_capture_on_commit_callbacks
+    trail_form, submit_queued, add_mark, django_capture_on_commit_callbacks
 ):
     condition = add_node(trail_form, "condition", name="cond",
                          config={"match": "all", "rules": [{"field": "email", "operator": "is_set"}]})
@@ -116,7 +108,7 @@ def test_go_async_inside_a_condition_sends_the_rest_of_the_condition_and_what_fo
     add_mark("B", parent=condition)
     add_mark("C")
 
-    record = submit_without_worker(trail_form, django_capture_on_commit_callbacks)
+    record = submit_queued().record
     assert record.data["trail"] == "A"
     assert statuses(record)["b"] == RunTask.Status.PENDING
     assert statuses(record)["c"] == RunTask.Status.PENDING
@@ -130,7 +122,7 @@ def test_go_async_inside_a_condition_sends_the_rest_of_the_condition_and_what_fo
 
 
 def test_go_async_in_an_error_branch_handles_the_error_in_the_background_then_goes_on(
-    trail_form, add_mark, django_capture_on_commit_callbacks
+    trail_form, submit_queued, add_mark, django_capture_on_commit_callbacks
 ):
     boom = add_node(trail_form, "fail", name="boom", config={"message": "not critical"})
     add_mark("A", parent=boom, branch="on_error")
@@ -138,7 +130,7 @@ def test_go_async_in_an_error_branch_handles_the_error_in_the_background_then_go
     add_mark("B", parent=boom, branch="on_error")
     add_mark("C")
 
-    record = submit_without_worker(trail_form, django_capture_on_commit_callbacks)
+    record = submit_queued().record
     assert record.data["trail"] == "A"
     assert record.is_complete is False
 
@@ -152,14 +144,14 @@ def test_go_async_in_an_error_branch_handles_the_error_in_the_background_then_go
 
 
 def test_a_failure_after_go_async_fails_the_run_in_the_background(
-    trail_form, add_mark, django_capture_on_commit_callbacks
+    trail_form, submit_queued, add_mark, django_capture_on_commit_callbacks
 ):
     add_mark("A")
     add_node(trail_form, "go_async", name="async")
     add_node(trail_form, "fail", name="boom", config={"message": "late"})
     add_mark("C")
 
-    record = submit_without_worker(trail_form, django_capture_on_commit_callbacks)
+    record = submit_queued().record
     assert record.runs.get().status == Run.Status.RUNNING
     run_queued_jobs(django_capture_on_commit_callbacks)
 
@@ -169,10 +161,10 @@ def test_a_failure_after_go_async_fails_the_run_in_the_background(
     assert record.runs.get().status == Run.Status.FAILED
 
 
-def test_a_duplicate_resume_job_runs_nothing_twice(trail_form, add_mark, django_capture_on_commit_callbacks):
+def test_a_duplicate_resume_job_runs_nothing_twice(trail_form, submit_queued, add_mark, django_capture_on_commit_callbacks):
     add_node(trail_form, "go_async", name="async")
     add_mark("B")
-    record = submit_without_worker(trail_form, django_capture_on_commit_callbacks)
+    record = submit_queued().record
     [job] = OrmQ.objects.all()
     job.delete()
 

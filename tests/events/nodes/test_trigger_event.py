@@ -1,39 +1,27 @@
 """trigger_event: fires another event of the form for the same record, as a child run of its own."""
 
+import itertools
+
 import pytest
 from django.core.exceptions import ValidationError
 
 from events.models import Run, RunTask
 from events.nodes import registry
-from forms_app.services import record_submit
 from tests.factories import add_node
 
 TriggerEvent = registry.get("trigger_event")
-
-
-@pytest.fixture
-def fire(form, sync_queue, django_capture_on_commit_callbacks):
-    """Submit the form (background work runs at once); returns the record, reloaded."""
-
-    def fire(**data):
-        with django_capture_on_commit_callbacks(execute=True):
-            record = record_submit(form=form, data={"email": "ann@example.com", "status": "", **data})
-        record.refresh_from_db()
-        return record
-
-    return fire
 
 
 def submission(record):
     return record.runs.get(is_submission=True)
 
 
-def test_trigger_event_runs_the_other_events_tree_for_the_same_record_as_a_child_run(form, fire):
+def test_trigger_event_runs_the_other_events_tree_for_the_same_record_as_a_child_run(form, submit):
     add_node(form, "update_field", event="welcome", name="greet", config={"field": "status", "value": "welcomed"})
     add_node(form, "trigger_event", name="fire", config={"event": "welcome"})
     add_node(form, "set_flag", name="after", config={"flag": "after"})
 
-    record = fire()
+    record = submit().record
 
     assert record.data["status"] == "welcomed"
     assert record.flags == {"after": True}
@@ -55,35 +43,35 @@ def test_trigger_event_runs_the_other_events_tree_for_the_same_record_as_a_child
     assert record.is_complete is True
 
 
-def test_trigger_event_properties_are_templated_and_seen_as_properties(form, fire):
+def test_trigger_event_properties_are_templated_and_seen_as_properties(form, submit):
     add_node(form, "update_field", event="welcome", name="greet",
              config={"field": "status", "value": "{{ properties.plan }} for {{ properties.who }}"})
     add_node(form, "trigger_event", name="fire",
              config={"event": "welcome", "properties": {"plan": "gold", "who": "{{ record.email }}"}})
 
-    record = fire()
+    record = submit().record
 
     assert record.data["status"] == "gold for ann@example.com"
     assert record.runs.get(event="welcome").properties == {"plan": "gold", "who": "ann@example.com"}
 
 
-def test_the_child_runs_background_work_goes_to_the_queue_and_finishes_the_child_run(form, fire):
+def test_the_child_runs_background_work_goes_to_the_queue_and_finishes_the_child_run(form, submit):
     background = add_node(form, "background", event="welcome", name="bg")
     add_node(form, "update_field", event="welcome", parent=background, name="late",
              config={"field": "status", "value": "late"})
     add_node(form, "trigger_event", name="fire", config={"event": "welcome"})
 
-    record = fire()
+    record = submit().record
 
     assert record.data["status"] == "late"
     assert record.runs.get(event="welcome").status == Run.Status.COMPLETE
 
 
-def test_a_failing_child_run_fails_on_its_own(form, fire):
+def test_a_failing_child_run_fails_on_its_own(form, submit):
     add_node(form, "fail", event="welcome", name="boom", config={"message": "welcome broke"})
     add_node(form, "trigger_event", name="fire", config={"event": "welcome"})
 
-    record = fire()
+    record = submit().record
 
     child = record.runs.get(event="welcome")
     assert child.status == Run.Status.FAILED
@@ -91,12 +79,12 @@ def test_a_failing_child_run_fails_on_its_own(form, fire):
     assert submission(record).tasks.get(name="fire").output["status"] == Run.Status.FAILED
 
 
-def test_an_event_that_triggers_itself_stops_at_the_depth_limit_with_a_clear_error(form, fire, settings):
+def test_an_event_that_triggers_itself_stops_at_the_depth_limit_with_a_clear_error(form, submit, settings):
     settings.EVENTS_MAX_EVENT_DEPTH = 3
     add_node(form, "trigger_event", event="loop", name="again", config={"event": "loop"})
     add_node(form, "trigger_event", name="start", config={"event": "loop"})
 
-    record = fire()
+    record = submit().record
 
     runs = list(record.runs.order_by("depth"))
     assert [run.depth for run in runs] == [0, 1, 2, 3]  # no runaway: nothing deeper than the limit
@@ -108,7 +96,7 @@ def test_an_event_that_triggers_itself_stops_at_the_depth_limit_with_a_clear_err
     assert deepest.status == Run.Status.FAILED
     assert "runaway" in deepest.error
     # Each child links to the run and the step that fired it.
-    for parent, child in zip(runs, runs[1:]):
+    for parent, child in itertools.pairwise(runs):
         assert child.parent_run_id == parent.pk
         assert child.parent_task.run_id == parent.pk
 

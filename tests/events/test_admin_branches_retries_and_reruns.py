@@ -1,10 +1,9 @@
-"""The admin for issue 4: error branches, retries, conditions, go_async, custom events, debug traces, re-runs."""
+"""The admin of error branches, retries, conditions, go_async, custom events, debug traces and re-runs."""
 
 import pytest
 from django.urls import reverse
 
 from events.models import RECORD_UPDATE, Node, Run, RunTask
-from forms_app.services import record_submit
 from tests.factories import FieldFactory, RecordFactory, add_node
 
 XSS = "<script>alert(1)</script>"
@@ -142,7 +141,7 @@ def test_overview_add_links_offer_an_error_step_under_any_node(admin_client, for
 
 
 @pytest.fixture
-def issue4_tree(form):
+def tree_with_every_kind_of_step(form):
     call = add_node(form, "update_field", name="call", label="Call the CRM", config={"field": "status", "value": "x"},
                     max_attempts=3, retry_backoff_seconds=10, retry_backoff_max_seconds=600)
     add_node(form, "set_subtext", parent=call, branch=Node.Branch.ON_ERROR, label="Apologise",
@@ -158,7 +157,7 @@ def issue4_tree(form):
 
 
 def test_overview_draws_error_branches_retries_conditions_markers_and_custom_events(admin_client, form,
-                                                                                     issue4_tree):
+                                                                                     tree_with_every_kind_of_step):
     content = overview(admin_client, form)
     assert "on error:" in content
     assert content.index("Call the CRM") < content.index("on error:") < content.index("Apologise")
@@ -176,7 +175,7 @@ def test_overview_draws_error_branches_retries_conditions_markers_and_custom_eve
     assert "inline" in content[content.index("Call the CRM"):content.index("Big group")]
 
 
-def test_overview_of_a_tree_with_error_branches_costs_a_fixed_number_of_queries(admin_client, form, issue4_tree,
+def test_overview_of_a_tree_with_error_branches_costs_a_fixed_number_of_queries(admin_client, form, tree_with_every_kind_of_step,
                                                                                django_assert_max_num_queries):
     with django_assert_max_num_queries(8):
         overview(admin_client, form)
@@ -249,14 +248,13 @@ def test_redrive_view_refuses_get_and_reports_when_nothing_can_be_rerun(admin_cl
 
 
 @pytest.fixture
-def failing_submission(form, sync_queue, django_capture_on_commit_callbacks):
+def failing_submission(form, submit):
     """A submit whose update_field puts the text field n into the integer seats: "x" fails the run."""
     FieldFactory(form=form, name="n", label="N", type="text")
     add_node(form, "update_field", name="copy", label="Copy n", config={"field": "seats", "value": "{{ record.n }}"})
     add_node(form, "set_flag", name="after", label="After", config={"flag": "copied", "value": True})
-    with django_capture_on_commit_callbacks(execute=True):
-        record = record_submit(form=form, data={"email": "a@example.com", "seats": 1, "n": "x"})
-    run = record.runs.get()
+    submitted = submit({"email": "a@example.com", "seats": 1, "n": "x"})
+    record, run = submitted.record, submitted.run
     assert run.status == Run.Status.FAILED
     task = run.tasks.get(name="copy")
     assert task.status == RunTask.Status.FAILED and task.failure == RunTask.Failure.RAISED
