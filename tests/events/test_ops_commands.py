@@ -166,18 +166,17 @@ def test_health_prints_the_sweeps_repairs(db):
 
 
 class IdleCluster:
-    """Stands in for django-q2's cluster: alive, and never doing anything."""
+    """Stands in for the worker's QueueCluster: alive, and never doing anything."""
 
-    class sentinel:  # the attribute of django-q2's Cluster that the worker looks at
-        @staticmethod
-        def is_alive():
-            return True
+    @staticmethod
+    def is_alive():
+        return True
 
 
 def test_worker_exits_with_status_3_when_the_watchdog_finds_the_cluster_stalled(db, settings, monkeypatch):
     monkeypatch.setattr(queue, "_stopping", None)  # the worker sets its stop flag: put it back afterwards
     monkeypatch.setenv("EVENTS_WORKER_ID", "")
-    monkeypatch.setattr(worker, "register_after_fork", lambda *args: None)
+    monkeypatch.setattr(worker, "cluster_processes_die_with", lambda owner: None)
     monkeypatch.setattr(worker, "close_old_connections", lambda: None)  # the test's transaction holds the connection
     monkeypatch.setattr(worker.Command, "cluster_start", lambda self: IdleCluster())
     monkeypatch.setattr(worker.Command, "cluster_stop", lambda self, cluster, grace: None)

@@ -1,27 +1,23 @@
-import ctypes
 import logging
-import multiprocessing
 import os
 import secrets
 import signal
 import socket
 import time
 from datetime import timedelta
-from multiprocessing.util import register_after_fork
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import close_old_connections
 from django.utils import timezone
-from django_q import cluster as q_cluster
 
 from events import engine, queue, sweep
 from events.models import Repair, RunTask
+from events.queue.cluster import QueueCluster, cluster_processes_die_with
 
 logger = logging.getLogger("events.worker")
 EXIT_STALLED = 3  # --exit-on-stall: the watchdog found the cluster stalled (a supervisor starts a fresh worker)
 STALLED_STOP_SECONDS = 3  # a stalled cluster will not stop by itself
-PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 class Command(BaseCommand):
@@ -44,14 +40,14 @@ class Command(BaseCommand):
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         os.environ["EVENTS_WORKER_ID"] = self.worker_id
         queue.worker_prepare()
-        register_after_fork(self, _die_with_parent)
+        cluster_processes_die_with(self)
         cluster = self.cluster_start()
         self.stdout.write(f"worker: cluster started; dispatching due tasks every {settings.EVENTS_DISPATCH_INTERVAL} s")
         next_sweep = time.monotonic() + settings.EVENTS_SWEEP_INTERVAL
         try:
             while not self.stopping:
                 close_old_connections()
-                if not cluster.sentinel.is_alive():
+                if not cluster.is_alive():
                     logger.error("the django-q2 cluster died; starting it again")
                     Repair.record("cluster_restarted")
                     cluster = self.cluster_start()
@@ -97,10 +93,9 @@ class Command(BaseCommand):
         return released
 
     def cluster_start(self):
-        q_cluster.Sentinel = EventsSentinel  # Cluster.start() looks the name up in its module
-        cluster = q_cluster.Cluster()
+        cluster = QueueCluster()
         cluster.start()
-        # Cluster() installs its own handlers; ours stop the loop, which then stops the cluster.
+        # django-q2 installs its own handlers; ours stop the loop, which then stops the cluster.
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGTERM, self.request_stop)
         return cluster
@@ -109,18 +104,7 @@ class Command(BaseCommand):
         self.stopping.append(signum)
 
     def cluster_stop(self, cluster, grace):
-        """Stop the cluster; one that does not stop in time is killed (it may be the stalled one)."""
-        sentinel = cluster.sentinel
-        if sentinel is None or not sentinel.is_alive():
-            return
-        cluster.stop_event.set()
-        sentinel.join(grace)
-        if sentinel.is_alive():
-            logger.error("the cluster did not stop within %s s; killing it", grace)
-            for child in _children(sentinel.pid):
-                _kill(child)
-            sentinel.kill()
-            sentinel.join(5)
+        cluster.stop(grace=grace)
 
     def dispatch(self):
         """Due containers and retries go to the queue; callbacks past their deadline fail (each tick)."""
@@ -158,58 +142,3 @@ class Command(BaseCommand):
             )
             return True
         return False
-
-
-def _die_with_parent(command):
-    """In every process of the cluster, just after it forks: die when the process that forked it dies.
-
-    So a worker killed with SIGKILL leaves no headless cluster behind (no
-    dispatcher, sweep or watchdog) pulling jobs beside the one that replaces it.
-    """
-    parent = multiprocessing.parent_process()
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        logger.warning("prctl(PR_SET_PDEATHSIG) is not available: cluster processes may outlive a killed worker")
-        return
-    if parent is not None and os.getppid() != parent.pid:
-        os._exit(0)  # the parent died before the signal was armed
-
-
-class EventsSentinel(q_cluster.Sentinel):
-    """django-q2's sentinel, deaf to SIGTERM: ``manage.py worker`` alone decides how its cluster stops.
-
-    A SIGTERM sent to the whole process group (a supervisor, a terminal) would
-    otherwise end every cluster process at once (django-q2 restores the default
-    action in the sentinel), cutting running steps short; the worker instead
-    stops claiming and lets them finish. Its processes inherit this.
-    """
-
-    def start(self):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        super().start()
-
-
-def _children(pid):
-    """Process ids whose parent is ``pid`` (Linux /proc), so a stalled cluster's workers die with it."""
-    import os
-
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    if int(stat.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        found.append(int(entry))
-            except (OSError, ValueError, IndexError):
-                continue
-    return found
-
-
-def _kill(pid):
-    import os
-
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except OSError:
-        pass

@@ -1,4 +1,15 @@
-"""The queue boundary, sending side: the only module that imports django_q.
+"""The queue boundary: the only package that imports django_q (this module and ``cluster.py``).
+
+What of django-q2 we rely on beyond ``async_task``, and why (check these when upgrading it):
+
+- the database broker's table ``OrmQ`` and ``get_broker().enqueue``: a hand-off inserts its row in
+  the caller's transaction (inside an atomic block the broker keeps our connection) and keeps its id;
+- ``SignedPackage`` and the package's keys (id, name, func, args, kwargs, started, ack_failure):
+  our rows must be what its pusher unpacks;
+- a taken row's ``lock`` is "taken at + Conf.RETRY": the sweep reads when a worker took a job;
+- ``Conf.SYNC`` (tests), ``Conf.RETRY``, ``Conf.ACK_FAILURES``;
+- in ``cluster.py``: ``Cluster.start`` looks ``Sentinel`` up in its module, ``Cluster.sentinel``
+  and ``Cluster.stop_event`` (the worker stops, watches and replaces its cluster).
 
 The engine's jobs carry ids only; what a worker runs is in ``events.tasks``, which
 loads each task by id and lets the engine claim it with a compare-and-set, so a
@@ -32,7 +43,7 @@ from django_q.models import OrmQ, Task
 from django_q.signing import SignedPackage
 from django_q.tasks import async_task
 
-from .models import RunTask, lease_owner
+from ..models import RunTask, lease_owner
 
 logger = logging.getLogger("events.tasks")
 
