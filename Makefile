@@ -57,6 +57,7 @@ run: demo
 # Then the fault tests (short version), one at a time, with their counts printed.
 test: install browser wrk
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -n 2 --dist loadgroup -m "not faults" $(PYTEST_ARGS)
 	@if [ -n "$$TEST_DATABASE_URL" ]; then \
 	  echo "== The whole suite again, on PostgreSQL ($$TEST_DATABASE_URL)"; \

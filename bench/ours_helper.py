@@ -133,8 +133,7 @@ class Copier:
         marks = ", ".join(["%s"] * len(self.fields))
         self.sql = f"INSERT INTO {connection.ops.quote_name(model._meta.db_table)} ({columns}) VALUES ({marks})"
         self.remapped = {i: f for i, f in enumerate(self.fields) if f.is_relation and f.related_model in copied_models}
-        self.fresh = {i: f for i, f in enumerate(self.fields)
-                      if f.unique and not f.primary_key and callable(f.default)}
+        self.fresh = {i: f for i, f in enumerate(self.fields) if f.unique and not f.primary_key and callable(f.default)}
         self.pk_index = next(i for i, f in enumerate(self.fields) if f.primary_key)
         self.index = {f.name: i for i, f in enumerate(self.fields)}
 
@@ -178,9 +177,11 @@ def copies_create(token, n, backdate_seconds=0, batch=1000):
     for first in range(0, n, batch):
         rows = {Record: [], Run: [], RunTask: []}
         for k in range(first, min(n, first + batch)):
-            maps = {Record: {record.pk: next_record_id + k},
-                    Run: {run.pk: uuid.uuid4() for run in runs},
-                    RunTask: {task.pk: uuid.uuid4() for task in tasks}}
+            maps = {
+                Record: {record.pk: next_record_id + k},
+                Run: {run.pk: uuid.uuid4() for run in runs},
+                RunTask: {task.pk: uuid.uuid4() for task in tasks},
+            }
             created = now - timedelta(seconds=backdate_seconds * (1 - k / n)) if backdate_seconds else None
             for copier, objects in plans:
                 overrides = {"created_at": created} if created is not None and "created_at" in copier.index else {}
@@ -232,7 +233,8 @@ def runs_cancel(slugs=None):
     now = timezone.now()
     with transaction.atomic():
         RunTask.objects.filter(run_id__in=run_ids).exclude(status__in=RunTask.TERMINAL).update(
-            status=RunTask.Status.CANCELLED, finished_at=now, lease_expires_at=None)
+            status=RunTask.Status.CANCELLED, finished_at=now, lease_expires_at=None
+        )
         Run.objects.filter(pk__in=run_ids).update(status=Run.Status.CANCELLED, finished_at=now)
     if slugs:
         open_tasks = set(RunTask.objects.exclude(status__in=RunTask.TERMINAL).values_list("pk", flat=True))
@@ -246,7 +248,9 @@ def runs_cancel(slugs=None):
 
 
 def awaiting_ids(slug):
-    return [str(pk) for pk in RunTask.objects.filter(run__form__slug=slug, status=AWAITING).values_list("pk", flat=True)]
+    return [
+        str(pk) for pk in RunTask.objects.filter(run__form__slug=slug, status=AWAITING).values_list("pk", flat=True)
+    ]
 
 
 def _drain_remaining(form_id):
@@ -259,15 +263,16 @@ def drain_size(slug):
 
 def drain(slug, start_count, window, first_wait):
     form_id = Form.objects.get(slug=slug).pk
-    return drain_watch(lambda: _drain_remaining(form_id), start_count=start_count, window=window,
-                       first_wait=first_wait)
+    return drain_watch(lambda: _drain_remaining(form_id), start_count=start_count, window=window, first_wait=first_wait)
 
 
 def lateness(slug):
     """Seconds from due to start of the delay containers of a form's runs, and how many have not started."""
     containers = RunTask.objects.filter(run__form__slug=slug, is_container=True, due_at__isnull=False)
-    started = [(task.started_at - task.due_at).total_seconds()
-               for task in containers.filter(started_at__isnull=False).only("started_at", "due_at")]
+    started = [
+        (task.started_at - task.due_at).total_seconds()
+        for task in containers.filter(started_at__isnull=False).only("started_at", "due_at")
+    ]
     return {"lateness": started, "waiting": containers.filter(started_at__isnull=True).count()}
 
 
@@ -316,10 +321,13 @@ def _query_summary(captured):
                 else:
                     write_transactions += 1
     shows_transactions = connection.vendor == "sqlite"
-    return {"queries": sum(kinds.values()), **kinds,
-            "write_transactions": write_transactions if shows_transactions else None,
-            "transactions": transactions if shows_transactions else None,
-            "sql": [query["sql"][:200] for query in captured]}
+    return {
+        "queries": sum(kinds.values()),
+        **kinds,
+        "write_transactions": write_transactions if shows_transactions else None,
+        "transactions": transactions if shows_transactions else None,
+        "sql": [query["sql"][:200] for query in captured],
+    }
 
 
 def query_profile(api_key, data):
@@ -347,8 +355,12 @@ def query_profile(api_key, data):
         task_id = RunTask.objects.get(run__record__token=submit("bench-callback", data)[0], status=AWAITING).pk
         body = {"taskId": str(task_id), "status": "SUCCESS", "logs": "done", "output": {"ok": True}, "subtext": "Done"}
         with CaptureQueriesContext(connection) as queries:
-            response = client.post("/api/external-events/callback/", body, content_type="application/json",
-                                   HTTP_AUTHORIZATION=f"Bearer {api_key}")
+            response = client.post(
+                "/api/external-events/callback/",
+                body,
+                content_type="application/json",
+                HTTP_AUTHORIZATION=f"Bearer {api_key}",
+            )
         assert response.status_code == 200, response.content
         return queries.captured_queries
 
@@ -400,10 +412,30 @@ def stats():
 
 if __name__ == "__main__":
     serve(
-        {name: function for name, function in globals().items()
-         if callable(function) and name in {
-             "forms_import", "api_key_create", "submit", "stub_start", "jobs_run", "copies_create",
-             "record_delete", "awaiting_delete", "runs_cancel", "awaiting_ids", "drain_size", "drain", "lateness",
-             "status_queries", "query_profile", "sweep_time", "stats"}},
+        {
+            name: function
+            for name, function in globals().items()
+            if callable(function)
+            and name
+            in {
+                "forms_import",
+                "api_key_create",
+                "submit",
+                "stub_start",
+                "jobs_run",
+                "copies_create",
+                "record_delete",
+                "awaiting_delete",
+                "runs_cancel",
+                "awaiting_ids",
+                "drain_size",
+                "drain",
+                "lateness",
+                "status_queries",
+                "query_profile",
+                "sweep_time",
+                "stats",
+            }
+        },
         after_each=lambda: (close_old_connections(), connection.close()),
     )

@@ -122,9 +122,13 @@ class Processes:
         log.write(f"\n=== {datetime.now().isoformat(timespec='seconds')} {' '.join(map(str, argv))}\n".encode())
         log.flush()
         process = subprocess.Popen(
-            [str(arg) for arg in argv], env=env, cwd=cwd, start_new_session=True,
+            [str(arg) for arg in argv],
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
             stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
-            stdout=subprocess.PIPE if pipes else log, stderr=log,
+            stdout=subprocess.PIPE if pipes else log,
+            stderr=log,
         )
         process.bench_name, process.bench_log = name, self.logs / f"{name}.log"
         self.live[process.pid] = process
@@ -233,11 +237,29 @@ class Server:
 
     def start(self):
         self.port = free_port()
-        self.process = self.processes.start(self.name, [
-            PY, "-m", "gunicorn", self.app, "--workers", GUNICORN_WORKERS, "--worker-class", "sync",
-            "--bind", f"127.0.0.1:{self.port}", "--timeout", "60", "--graceful-timeout", "5",
-            "--log-level", "warning",
-        ], env=self.env, cwd=self.cwd)
+        self.process = self.processes.start(
+            self.name,
+            [
+                PY,
+                "-m",
+                "gunicorn",
+                self.app,
+                "--workers",
+                GUNICORN_WORKERS,
+                "--worker-class",
+                "sync",
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--timeout",
+                "60",
+                "--graceful-timeout",
+                "5",
+                "--log-level",
+                "warning",
+            ],
+            env=self.env,
+            cwd=self.cwd,
+        )
 
     def wait_ready(self, timeout=60):
         deadline = time.monotonic() + timeout
@@ -310,8 +332,9 @@ class Request:
 def form_post(path, csrf):
     cookie, token = csrf
     body = urllib.parse.urlencode({"csrfmiddlewaretoken": token, **ANSWERS})
-    return Request("POST", path, body, [f"Cookie: csrftoken={cookie}",
-                                        "Content-Type: application/x-www-form-urlencoded"])
+    return Request(
+        "POST", path, body, [f"Cookie: csrftoken={cookie}", "Content-Type: application/x-www-form-urlencoded"]
+    )
 
 
 def page_get(path, csrf=None, htmx=False):
@@ -333,10 +356,26 @@ class Loader:
         path = self.workdir / f"requests-{self.count}.txt"
         path.write_text("\n".join(request.line() for request in requests) + "\n")
         env = {**os.environ, "BENCH_REQUESTS": str(path), "BENCH_MODE": mode, "BENCH_THREADS": str(threads)}
-        process = self.processes.start(f"wrk-{self.count}", [
-            "wrk", "-t", threads, "-c", connections, "-d", f"{seconds}s", "--timeout", "10s", "-s", LUA,
-            f"http://127.0.0.1:{port}",
-        ], env=env, cwd=self.workdir, pipes=True)
+        process = self.processes.start(
+            f"wrk-{self.count}",
+            [
+                "wrk",
+                "-t",
+                threads,
+                "-c",
+                connections,
+                "-d",
+                f"{seconds}s",
+                "--timeout",
+                "10s",
+                "-s",
+                LUA,
+                f"http://127.0.0.1:{port}",
+            ],
+            env=env,
+            cwd=self.workdir,
+            pipes=True,
+        )
         try:
             out, _ = process.communicate(timeout=seconds + 60)
         except subprocess.TimeoutExpired:
@@ -391,8 +430,7 @@ def requests_send(port, requests, count, *, connections=CONNECTIONS, timeout=120
                 sent["n"] += 1
             headers = dict(header.split(": ", 1) for header in request.headers)
             try:
-                status, _, _ = http_request(port, request.method, request.path, request.body.encode() or None,
-                                            headers)
+                status, _, _ = http_request(port, request.method, request.path, request.body.encode() or None, headers)
             except OSError:
                 status = "error"
             with lock:
@@ -486,40 +524,93 @@ class Postgres:
 
 
 def form_document(slug, tree):
-    return {"form": {"slug": slug, "title": slug, "fields": FIELDS,
-                     "waiting": {"poll_seconds": 2, "wait_for": "run", "max_wait_seconds": 120,
-                                 "done_message": "Done, {{ record.name }}", "failed_message": "Sorry"}},
-            "events": {"record_update": tree}}
+    return {
+        "form": {
+            "slug": slug,
+            "title": slug,
+            "fields": FIELDS,
+            "waiting": {
+                "poll_seconds": 2,
+                "wait_for": "run",
+                "max_wait_seconds": 120,
+                "done_message": "Done, {{ record.name }}",
+                "failed_message": "Sorry",
+            },
+        },
+        "events": {"record_update": tree},
+    }
 
 
 def our_forms(stub_port, delay_seconds):
     def visible_steps(n):
-        return [{"type": "set_subtext", "label": f"Step {i + 1}", "visible": True, "config": {"text": f"Step {i + 1}"}}
-                for i in range(n)]
+        return [
+            {"type": "set_subtext", "label": f"Step {i + 1}", "visible": True, "config": {"text": f"Step {i + 1}"}}
+            for i in range(n)
+        ]
 
     return {
         # Figures 1, 2, 5, 7, 10: one background branch holding one quick step.
-        "bench-submit": [{"type": "background", "name": "work", "label": "Work", "visible": True,
-                          "children": [{"type": "set_flag", "config": {"flag": "done"}}]}],
+        "bench-submit": [
+            {
+                "type": "background",
+                "name": "work",
+                "label": "Work",
+                "visible": True,
+                "children": [{"type": "set_flag", "config": {"flag": "done"}}],
+            }
+        ],
         # Figure 3.
         "bench-empty": [],
-        "bench-five": [{"type": "background", "name": f"slow{i}", "children": [
-            {"type": "pause", "config": {"seconds": 2}}]} for i in range(5)],
+        "bench-five": [
+            {"type": "background", "name": f"slow{i}", "children": [{"type": "pause", "config": {"seconds": 2}}]}
+            for i in range(5)
+        ],
         # Figures 4, 10: a run at work (its delay is not due for an hour) with visible steps.
-        "bench-status": [{"type": "delay", "name": "later", "label": "Later", "visible": True,
-                          "config": {"after_seconds": 3600}, "children": visible_steps(3)}],
+        "bench-status": [
+            {
+                "type": "delay",
+                "name": "later",
+                "label": "Later",
+                "visible": True,
+                "config": {"after_seconds": 3600},
+                "children": visible_steps(3),
+            }
+        ],
         # Figure 6: a step waiting for a callback (the request goes to a stand-in on 127.0.0.1).
-        "bench-callback": [{"type": "http_request", "name": "external", "config": {
-            "method": "POST", "url": f"http://127.0.0.1:{stub_port}/hook", "wait_for_callback": True,
-            "callback_timeout_seconds": 86400}}],
+        "bench-callback": [
+            {
+                "type": "http_request",
+                "name": "external",
+                "config": {
+                    "method": "POST",
+                    "url": f"http://127.0.0.1:{stub_port}/hook",
+                    "wait_for_callback": True,
+                    "callback_timeout_seconds": 86400,
+                },
+            }
+        ],
         # Figure 8.
-        "bench-delay": [{"type": "delay", "name": "soon", "config": {"after_seconds": delay_seconds},
-                         "children": [{"type": "set_flag", "config": {"flag": "delayed"}}]}],
+        "bench-delay": [
+            {
+                "type": "delay",
+                "name": "soon",
+                "config": {"after_seconds": delay_seconds},
+                "children": [{"type": "set_flag", "config": {"flag": "delayed"}}],
+            }
+        ],
         # Figure 9: runs of 1 and of 100 tasks.
-        "bench-q1": [{"type": "delay", "name": "later", "visible": True, "config": {"after_seconds": 3600},
-                      "children": []}],
-        "bench-q100": [{"type": "delay", "name": "later", "visible": True, "config": {"after_seconds": 3600},
-                        "children": visible_steps(99)}],
+        "bench-q1": [
+            {"type": "delay", "name": "later", "visible": True, "config": {"after_seconds": 3600}, "children": []}
+        ],
+        "bench-q100": [
+            {
+                "type": "delay",
+                "name": "later",
+                "visible": True,
+                "config": {"after_seconds": 3600},
+                "children": visible_steps(99),
+            }
+        ],
     }
 
 
@@ -555,12 +646,18 @@ class Bench:
         self.errors = {key: [] for key, *_ in FIGURES}
         secret = secrets.token_urlsafe(48)
         base = clean_environment()
-        self.ours_env = {**base, "DJANGO_SECRET_KEY": secret, "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
-                         "EVENTS_LOG_LEVEL": "WARNING", "EVENTS_HTTP_ALLOWED_HOSTS": "127.0.0.1",
-                         "EVENTS_QUEUE_WORKERS": str(QUEUE_WORKERS),
-                         # wrk sends everything from 127.0.0.1: limits no load reaches, so the
-                         # throttles still count every submission (their cost is measured) and refuse none.
-                         "EVENTS_FORM_POST_LIMIT": str(10**12), "EVENTS_API_AUTH_FAILURE_LIMIT": str(10**12)}
+        self.ours_env = {
+            **base,
+            "DJANGO_SECRET_KEY": secret,
+            "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
+            "EVENTS_LOG_LEVEL": "WARNING",
+            "EVENTS_HTTP_ALLOWED_HOSTS": "127.0.0.1",
+            "EVENTS_QUEUE_WORKERS": str(QUEUE_WORKERS),
+            # wrk sends everything from 127.0.0.1: limits no load reaches, so the
+            # throttles still count every submission (their cost is measured) and refuse none.
+            "EVENTS_FORM_POST_LIMIT": str(10**12),
+            "EVENTS_API_AUTH_FAILURE_LIMIT": str(10**12),
+        }
         self.ref_env = {**base, "REF_SECRET_KEY": secrets.token_urlsafe(48), "REF_DATABASE_URL": self.db.url("ref")}
         if os.environ.get("BENCH_REF_CONN_MAX_AGE"):  # to try the reference with other connection settings
             self.ref_env["REF_CONN_MAX_AGE"] = os.environ["BENCH_REF_CONN_MAX_AGE"]
@@ -573,14 +670,21 @@ class Bench:
         return {**self.ours_env, "DATABASE_URL": self.db.url(database)}
 
     def ours_helper(self, database):
-        helper = Helper(self.processes, f"ours-helper-{database}", [PY, BENCH / "ours_helper.py"],
-                        env=self.ours(database), cwd=ROOT)
+        helper = Helper(
+            self.processes, f"ours-helper-{database}", [PY, BENCH / "ours_helper.py"], env=self.ours(database), cwd=ROOT
+        )
         self.helpers.append(helper)
         return helper
 
     def ours_server(self, database):
-        return Server(self.processes, f"ours-web-{database}", "config.wsgi", env=self.ours(database), cwd=ROOT,
-                      ready_path="/healthz")
+        return Server(
+            self.processes,
+            f"ours-web-{database}",
+            "config.wsgi",
+            env=self.ours(database),
+            cwd=ROOT,
+            ready_path="/healthz",
+        )
 
     def manage(self, name, argv, *, env, cwd, timeout=300, attempts=1):
         """Run a management command to its end (bounded); ``attempts`` > 1 tries again after a failure."""
@@ -625,8 +729,9 @@ class Bench:
             raise BenchError("wrk is not installed (make bench installs Debian's wrk)")
         # Production settings serve static files from collectstatic's manifest (into ./staticfiles, as the
         # Procfile's release step does); tried twice, in case another run writes the same files just then.
-        self.manage("collectstatic", ["collectstatic", "--noinput", "-v0"], env=self.ours("ours_tmpl"), cwd=ROOT,
-                    attempts=2)
+        self.manage(
+            "collectstatic", ["collectstatic", "--noinput", "-v0"], env=self.ours("ours_tmpl"), cwd=ROOT, attempts=2
+        )
         self.db.create("ours_tmpl")
         self.db.create("ref")
         self.manage("ours-migrate", ["migrate", "--noinput", "-v0"], env=self.ours("ours_tmpl"), cwd=ROOT)
@@ -651,8 +756,9 @@ class Bench:
         self.helpers.append(self.ref_helper)
         self.ref_entry = self.ref_helper.call("entry_create")
         self.ours_web = self.ours_server("ours")
-        self.ref_web = Server(self.processes, "ref-web", "refsite.wsgi", env=self.ref_env, cwd=REFERENCE,
-                              ready_path="/bare/")
+        self.ref_web = Server(
+            self.processes, "ref-web", "refsite.wsgi", env=self.ref_env, cwd=REFERENCE, ready_path="/bare/"
+        )
 
     # --- figure 9
 
@@ -664,8 +770,11 @@ class Bench:
             counts = self.main.call("status_queries", tokens=[one, hundred])
             small, big = counts[one], counts[hundred]
             self.sample(kind="status_queries", small=small, big=big)
-            self.record("status_queries", (small["queries"], big["queries"]),
-                        f"{small['tasks']} task: {small['queries']} queries, {big['tasks']} tasks: {big['queries']}")
+            self.record(
+                "status_queries",
+                (small["queries"], big["queries"]),
+                f"{small['tasks']} task: {small['queries']} queries, {big['tasks']} tasks: {big['queries']}",
+            )
         except BenchError as exc:
             self.record("status_queries", None, error=str(exc))
 
@@ -720,10 +829,18 @@ class Bench:
         token = self.status_token
 
         # Figure 7: memory of each web worker after the same number of requests, on fresh servers.
-        ours_mix = [page_get("/f/bench-submit/", csrf_o), form_post("/f/bench-submit/", csrf_o),
-                    page_get(f"/r/{token}/"), page_get(f"/r/{token}/status/", htmx=True)]
-        ref_mix = [page_get("/bare/", csrf_r), form_post("/bare/", csrf_r), form_post("/async/", csrf_r),
-                   page_get(f"/read/{self.ref_entry}/")]
+        ours_mix = [
+            page_get("/f/bench-submit/", csrf_o),
+            form_post("/f/bench-submit/", csrf_o),
+            page_get(f"/r/{token}/"),
+            page_get(f"/r/{token}/status/", htmx=True),
+        ]
+        ref_mix = [
+            page_get("/bare/", csrf_r),
+            form_post("/bare/", csrf_r),
+            form_post("/async/", csrf_r),
+            page_get(f"/read/{self.ref_entry}/"),
+        ]
         rss = {}
         for name, server, mix in self.interleaved(round_, [("ours", ours, ours_mix), ("ref", ref, ref_mix)]):
             pids = sorted(server.worker_pids())
@@ -731,9 +848,15 @@ class Bench:
             sizes = server.worker_rss_mib()
             self.sample(kind="rss", round=round_, name=name, worker_rss_mib=sizes, statuses=statuses)
             unexpected = {status: n for status, n in statuses.items() if status not in (200, 303)}
-            problem = (f"unexpected statuses {unexpected}" if unexpected
-                       else "a worker was replaced" if sorted(server.worker_pids()) != pids
-                       else "no worker found" if not sizes else None)
+            problem = (
+                f"unexpected statuses {unexpected}"
+                if unexpected
+                else "a worker was replaced"
+                if sorted(server.worker_pids()) != pids
+                else "no worker found"
+                if not sizes
+                else None
+            )
             rss[name] = {"problem": problem, "mib": statistics.mean(sizes) if sizes else None}
         self.ratio("rss_vs_minimal", round_, rss["ours"], rss["ref"], field="mib", unit="MiB")
 
@@ -749,10 +872,18 @@ class Bench:
             self.sample(kind="callback_pool", round=round_, size=len(ids), **made)
         except BenchError as exc:
             self.record("callback_vs_bare", None, error=f"round {round_ + 1}: no awaiting tasks: {exc}")
-        callback_requests = [Request("POST", "/api/external-events/callback/", json.dumps(
-            {"taskId": task_id, "status": "SUCCESS", "logs": "done", "output": {"ok": True}, "subtext": "Done"},
-            separators=(",", ":")), ["Content-Type: application/json", f"Authorization: Bearer {self.api_key}"])
-            for task_id in ids]
+        callback_requests = [
+            Request(
+                "POST",
+                "/api/external-events/callback/",
+                json.dumps(
+                    {"taskId": task_id, "status": "SUCCESS", "logs": "done", "output": {"ok": True}, "subtext": "Done"},
+                    separators=(",", ":"),
+                ),
+                ["Content-Type: application/json", f"Authorization: Bearer {self.api_key}"],
+            )
+            for task_id in ids
+        ]
 
         seconds, lat = p.load_seconds, p.latency_seconds
         # Each ratio's two loads run one right after the other (the bare insert sits between the submit
@@ -778,10 +909,12 @@ class Bench:
         self.ratio("submit_vs_bare", round_, results["ours_submit"], results["ref_bare"])
         self.ratio("status_vs_read", round_, results["ours_status"], results["ref_read"])
         self.ratio("callback_vs_bare", round_, results["ours_callback"], results["ref_bare"])
-        self.ratio("latency_five_vs_empty", round_, results["ours_five"], results["ours_empty"], field="p50_ms",
-                   unit="ms")
-        self.say("  " + ", ".join(f"{name} {r['rps']:.0f}/s" if r.get("rps") else f"{name} -"
-                                  for name, r in results.items()))
+        self.ratio(
+            "latency_five_vs_empty", round_, results["ours_five"], results["ours_empty"], field="p50_ms", unit="ms"
+        )
+        self.say(
+            "  " + ", ".join(f"{name} {r['rps']:.0f}/s" if r.get("rps") else f"{name} -" for name, r in results.items())
+        )
 
         # Work queued by the latency forms (2-second pauses) must not run later; the unused callback pool goes.
         try:
@@ -804,8 +937,14 @@ class Bench:
                 return {"problem": "no submitted work to drain"}
             worker = self.processes.start("ours-worker", [PY, "manage.py", "worker"], env=self.ours("ours"), cwd=ROOT)
             try:
-                result = self.main.call("drain", slug="bench-submit", start_count=start, window=p.drain_window,
-                                        first_wait=60, timeout=p.drain_window + 90)
+                result = self.main.call(
+                    "drain",
+                    slug="bench-submit",
+                    start_count=start,
+                    window=p.drain_window,
+                    first_wait=60,
+                    timeout=p.drain_window + 90,
+                )
             finally:
                 self.processes.stop(worker, grace=40)
         except BenchError as exc:
@@ -820,11 +959,13 @@ class Bench:
         try:
             self.ref_helper.call("queue_clear")
             start = self.ref_helper.call("queue_fill", n=p.raw_jobs, timeout=300)
-            cluster = self.processes.start("ref-cluster", [PY, "manage.py", "qcluster"], env=self.ref_env,
-                                           cwd=REFERENCE)
+            cluster = self.processes.start(
+                "ref-cluster", [PY, "manage.py", "qcluster"], env=self.ref_env, cwd=REFERENCE
+            )
             try:
-                result = self.ref_helper.call("drain", start_count=start, window=p.drain_window, first_wait=60,
-                                              timeout=p.drain_window + 90)
+                result = self.ref_helper.call(
+                    "drain", start_count=start, window=p.drain_window, first_wait=60, timeout=p.drain_window + 90
+                )
             finally:
                 self.processes.stop(cluster, grace=20)
             self.ref_helper.call("queue_clear")
@@ -842,8 +983,9 @@ class Bench:
         self.say(f"figure 8: {p.delays} delays of {p.delay_seconds} s with a worker running")
         try:
             self.main.call("runs_cancel", timeout=120)  # an idle worker: nothing queued before
-            worker = self.processes.start("ours-worker-delays", [PY, "manage.py", "worker"], env=self.ours("ours"),
-                                          cwd=ROOT)
+            worker = self.processes.start(
+                "ours-worker-delays", [PY, "manage.py", "worker"], env=self.ours("ours"), cwd=ROOT
+            )
             try:
                 self.wait_for_log(worker, b"cluster started", timeout=60)
                 time.sleep(1)
@@ -854,7 +996,9 @@ class Bench:
                 request = form_post("/f/bench-delay/", csrf)
                 headers = dict(h.split(": ", 1) for h in request.headers)
                 for _ in range(p.delays):
-                    status, _, _ = http_request(self.ours_web.port, "POST", request.path, request.body.encode(), headers)
+                    status, _, _ = http_request(
+                        self.ours_web.port, "POST", request.path, request.body.encode(), headers
+                    )
                     if status != 303:
                         raise BenchError(f"a delayed submit answered {status}")
                     time.sleep(0.1)
@@ -876,8 +1020,9 @@ class Bench:
             return
         p99 = late[min(len(late) - 1, round(0.99 * (len(late) - 1)))]
         early = sum(1 for value in late if value < 0)
-        self.record("delay_lateness", (p99, early), f"min {late[0]:.2f} s, max {late[-1]:.2f} s, n={len(late)}, "
-                    f"{early} early")
+        self.record(
+            "delay_lateness", (p99, early), f"min {late[0]:.2f} s, max {late[-1]:.2f} s, n={len(late)}, {early} early"
+        )
 
     def wait_for_log(self, process, text, timeout):
         deadline = time.monotonic() + timeout
@@ -903,8 +1048,9 @@ class Bench:
                 helper = self.ours_helper(database)
                 template = helper.call("submit", slug="bench-submit", data=ANSWERS)[0]
                 helper.call("jobs_run", token=template)  # the queue's own job, run here: a finished run
-                made = helper.call("copies_create", token=template, n=count - 1, backdate_seconds=30 * 86400,
-                                   timeout=600)
+                made = helper.call(
+                    "copies_create", token=template, n=count - 1, backdate_seconds=30 * 86400, timeout=600
+                )
                 status_token = helper.call("submit", slug="bench-status", data=ANSWERS)[0]
                 stats = helper.call("stats")
                 self.sample(kind="seed", name=label, finished_runs=count, **made, stats=stats)
@@ -928,8 +1074,9 @@ class Bench:
             for label in ("small", "big"):
                 side = sides[label]
                 steps.append((f"submit_{label}", side["server"], [form_post("/f/bench-submit/", side["csrf"])], {303}))
-                steps.append((f"status_{label}", side["server"],
-                              [page_get(f"/r/{side['token']}/status/", htmx=True)], {200}))
+                steps.append(
+                    (f"status_{label}", side["server"], [page_get(f"/r/{side['token']}/status/", htmx=True)], {200})
+                )
             for name, server, requests, expect in self.interleaved(round_, steps):
                 results[name] = self.load(round_, f"scale_{name}", server, requests, expect, seconds=p.scale_seconds)
             self.ratio("scale_submit", round_, results["submit_big"], results["submit_small"])
@@ -940,8 +1087,9 @@ class Bench:
                     sweeps[label] = {"problem": sweep_dead[label]}
                     continue
                 try:
-                    result = sides[label]["helper"].call("sweep_time", passes=p.sweep_passes,
-                                                         timeout=p.sweep_timeout * p.sweep_passes)
+                    result = sides[label]["helper"].call(
+                        "sweep_time", passes=p.sweep_passes, timeout=p.sweep_timeout * p.sweep_passes
+                    )
                 except BenchError as exc:
                     sweep_dead[label] = f"a sweep pass took longer than {p.sweep_timeout} s ({exc})"
                     sweeps[label] = {"problem": sweep_dead[label]}
@@ -952,8 +1100,11 @@ class Bench:
             if sweeps["big"].get("problem"):
                 self.record("scale_sweep_ms", None, error=sweeps["big"]["problem"])
             else:
-                self.record("scale_sweep_ms", sweeps["big"]["ms"], f"{small:,}: "
-                            + (f"{sweeps['small']['ms']:.1f} ms" if not sweeps["small"].get("problem") else "-"))
+                self.record(
+                    "scale_sweep_ms",
+                    sweeps["big"]["ms"],
+                    f"{small:,}: " + (f"{sweeps['small']['ms']:.1f} ms" if not sweeps["small"].get("problem") else "-"),
+                )
         for side in sides.values():
             side["server"].stop()
 
@@ -977,8 +1128,15 @@ class Bench:
                 self.web_round(round_)
             except BenchError as exc:
                 self.say(f"round {round_ + 1} broke off: {exc}")
-                for key in ("submit_vs_async", "submit_vs_bare", "latency_five_vs_empty", "status_vs_read",
-                            "drain_vs_raw", "callback_vs_bare", "rss_vs_minimal"):
+                for key in (
+                    "submit_vs_async",
+                    "submit_vs_bare",
+                    "latency_five_vs_empty",
+                    "status_vs_read",
+                    "drain_vs_raw",
+                    "callback_vs_bare",
+                    "rss_vs_minimal",
+                ):
                     self.errors[key].append(f"round {round_ + 1} broke off: {exc}")
             round_seconds = self.elapsed() - begun
         self.delays()
@@ -1012,8 +1170,17 @@ class Bench:
         rows = []
         for key, number, what, op, goal in FIGURES:
             values, errors = self.values[key], self.errors[key]
-            row = {"key": key, "figure": number, "what": what.format(**names), "goal_op": op, "goal": goal,
-                   "values": values, "details": self.details[key], "errors": errors, "rounds": len(values)}
+            row = {
+                "key": key,
+                "figure": number,
+                "what": what.format(**names),
+                "goal_op": op,
+                "goal": goal,
+                "values": values,
+                "details": self.details[key],
+                "errors": errors,
+                "rounds": len(values),
+            }
             if key == "status_queries":
                 if values:
                     small, big = values[0]
@@ -1026,7 +1193,9 @@ class Bench:
                 median = statistics.median(values)
                 shown = f"{median:.2f} ({min(values):.2f}–{max(values):.2f})" if len(values) > 1 else f"{median:.2f}"
                 if key == "scale_sweep_ms":
-                    shown = f"{median:.1f} ({min(values):.1f}–{max(values):.1f})" if len(values) > 1 else f"{median:.1f}"
+                    shown = (
+                        f"{median:.1f} ({min(values):.1f}–{max(values):.1f})" if len(values) > 1 else f"{median:.1f}"
+                    )
                 passed = median >= goal if op == ">=" else median <= goal
                 row.update(shown=shown, median=median, passed=passed)
             if "shown" not in row:
@@ -1043,8 +1212,9 @@ class Bench:
         lines.append("-" * len(header))
         for row in rows:
             goal = goal_text[row["goal_op"]].format(row["goal"])
-            lines.append(f"{row['figure']:<4} {row['what']:<80} {goal:<7} {row['shown']:<20} {row['rounds']:>6}  "
-                         f"{row['result']}")
+            lines.append(
+                f"{row['figure']:<4} {row['what']:<80} {goal:<7} {row['shown']:<20} {row['rounds']:>6}  {row['result']}"
+            )
         lines.append("")
         for row in rows:
             detail = "; ".join(d for d in row["details"] if d)
@@ -1059,29 +1229,41 @@ class Bench:
                 if name == "error":
                     lines.append(f"  error: {counts}")
                     continue
-                written = " ".join(f"{counts[k]} {k}" for k in ("select", "insert", "update", "delete", "other")
-                                   if counts[k])
-                transactions = (f", {counts['write_transactions']} write transaction(s)"
-                                if counts.get("write_transactions") is not None else "")
+                written = " ".join(
+                    f"{counts[k]} {k}" for k in ("select", "insert", "update", "delete", "other") if counts[k]
+                )
+                transactions = (
+                    f", {counts['write_transactions']} write transaction(s)"
+                    if counts.get("write_transactions") is not None
+                    else ""
+                )
                 lines.append(f"  {name:<22} {counts['queries']:>3} queries ({written}){transactions}")
         return "\n".join(lines)
 
     def report(self):
         rows = self.figures()
         text = self.table(rows)
-        title = (f"make bench — {self.db.label}, {'quick' if self.profile.quick else 'full'}, "
-                 f"{self.elapsed():.0f} s, {datetime.now().isoformat(timespec='seconds')}")
+        title = (
+            f"make bench — {self.db.label}, {'quick' if self.profile.quick else 'full'}, "
+            f"{self.elapsed():.0f} s, {datetime.now().isoformat(timespec='seconds')}"
+        )
         print("\n" + title + "\n" + text, flush=True)
         output = Path(self.args.json) if self.args.json else RESULTS / f"latest-{self.db.label}.json"
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps({
-            "title": title,
-            "meta": self.meta(),
-            "figures": rows,
-            "query_profile": self.query_counts,
-            "samples": self.samples,
-            "table": text,
-        }, indent=1, default=str))
+        output.write_text(
+            json.dumps(
+                {
+                    "title": title,
+                    "meta": self.meta(),
+                    "figures": rows,
+                    "query_profile": self.query_counts,
+                    "samples": self.samples,
+                    "table": text,
+                },
+                indent=1,
+                default=str,
+            )
+        )
         print(f"\nraw results: {output}")
         return rows
 
@@ -1104,16 +1286,23 @@ class Bench:
             "cpus": os.cpu_count(),
             "loadavg": os.getloadavg(),
             "profile": vars(self.profile),
-            "load": {"connections": CONNECTIONS, "threads": THREADS, "gunicorn_workers": GUNICORN_WORKERS,
-                     "queue_workers": QUEUE_WORKERS},
+            "load": {
+                "connections": CONNECTIONS,
+                "threads": THREADS,
+                "gunicorn_workers": GUNICORN_WORKERS,
+                "queue_workers": QUEUE_WORKERS,
+            },
         }
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny counts and one round (make test runs this)")
-    parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", ""),
-                        help="a PostgreSQL server to run on (default: $BENCH_DATABASE_URL; empty: SQLite)")
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("BENCH_DATABASE_URL", ""),
+        help="a PostgreSQL server to run on (default: $BENCH_DATABASE_URL; empty: SQLite)",
+    )
     parser.add_argument("--sqlite", action="store_true", help="run on SQLite even if BENCH_DATABASE_URL is set")
     parser.add_argument("--prefix", default="bench", help="PostgreSQL: the names of the bench's databases")
     parser.add_argument("--json", help="where to write the raw results (default bench/results/latest-<db>.json)")

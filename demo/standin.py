@@ -62,10 +62,23 @@ def external_service(request):
         return JsonResponse({"error": {"code": "invalid_request", "message": str(exc), "details": None}}, status=400)
     step_seconds = float(getattr(settings, "EVENTS_DEMO_SERVICE_STEP_SECONDS", DEFAULT_STEP_SECONDS))
     # The job carries the task's callback token: the stand-in plays an external system, which holds it too.
-    queue.job_send("demo.standin.standin_job", work["task_id"], work["callback_url"], work["callback_token"],
-                   work["progress_url"], step_seconds, name=f"standin-{work['task_id']}")
-    return JsonResponse({"taskId": work["task_id"], "accepted": True,
-                         "message": "Checking seat availability; progress and the answer follow."}, status=202)
+    queue.job_send(
+        "demo.standin.standin_job",
+        work["task_id"],
+        work["callback_url"],
+        work["callback_token"],
+        work["progress_url"],
+        step_seconds,
+        name=f"standin-{work['task_id']}",
+    )
+    return JsonResponse(
+        {
+            "taskId": work["task_id"],
+            "accepted": True,
+            "message": "Checking seat availability; progress and the answer follow.",
+        },
+        status=202,
+    )
 
 
 @csrf_exempt
@@ -85,8 +98,11 @@ def standin_request_parse(body):
         raise StandInRequestError("The request body is not valid JSON.") from None
     if not isinstance(payload, dict):
         raise StandInRequestError("The request body must be a JSON object.")
-    missing = [key for key in ("taskId", "callbackUrl", "callbackToken")
-               if not isinstance(payload.get(key), str) or not payload[key].strip()]
+    missing = [
+        key
+        for key in ("taskId", "callbackUrl", "callbackToken")
+        if not isinstance(payload.get(key), str) or not payload[key].strip()
+    ]
     if missing:
         raise StandInRequestError(f"Missing or empty: {', '.join(missing)} (strings are expected).")
     task_id, callback_url = payload["taskId"].strip(), payload["callbackUrl"].strip()
@@ -106,8 +122,13 @@ def standin_request_parse(body):
 
 def standin_job(task_id, callback_url, callback_token, progress_url, step_seconds):
     """Queue entry point: the external system answering one request (see ``standin_reply``)."""
-    return standin_reply(task_id=task_id, callback_url=callback_url, callback_token=callback_token,
-                         progress_url=progress_url, step_seconds=step_seconds)
+    return standin_reply(
+        task_id=task_id,
+        callback_url=callback_url,
+        callback_token=callback_token,
+        progress_url=progress_url,
+        step_seconds=step_seconds,
+    )
 
 
 def standin_reply(*, task_id, callback_url, callback_token, progress_url, step_seconds=DEFAULT_STEP_SECONDS):
@@ -120,26 +141,38 @@ def standin_reply(*, task_id, callback_url, callback_token, progress_url, step_s
     import httpx
 
     headers = {"Authorization": f"Bearer {callback_token}"}
-    with httpx.Client(timeout=httpx.Timeout(REQUEST_TIMEOUT[0], connect=REQUEST_TIMEOUT[1]), follow_redirects=False, headers=headers) as client:
+    with httpx.Client(
+        timeout=httpx.Timeout(REQUEST_TIMEOUT[0], connect=REQUEST_TIMEOUT[1]), follow_redirects=False, headers=headers
+    ) as client:
         for subtext in PROGRESS:
             time.sleep(step_seconds)
             response = _send(client, "PUT", progress_url, {"subtext": subtext})
             if 400 <= response.status_code < 500:
                 # Unknown task, bad token, or the task no longer waits: nobody needs the answer.
-                logger.warning("Stand-in: progress for task %s refused (%s): %s; stopping",
-                               task_id, response.status_code, response.text[:200])
+                logger.warning(
+                    "Stand-in: progress for task %s refused (%s): %s; stopping",
+                    task_id,
+                    response.status_code,
+                    response.text[:200],
+                )
                 return f"stopped: progress refused with {response.status_code}"
         time.sleep(step_seconds)
-        response = _send(client, "POST", callback_url, {
-            "taskId": task_id,
-            "status": "SUCCESS",
-            "logs": ["Seat map checked: 3 window seats free", f"Seat {SEAT} held for 15 minutes"],
-            "output": {"seat": SEAT, "hold_minutes": 15},
-            "subtext": f"Seat {SEAT} held",
-        })
+        response = _send(
+            client,
+            "POST",
+            callback_url,
+            {
+                "taskId": task_id,
+                "status": "SUCCESS",
+                "logs": ["Seat map checked: 3 window seats free", f"Seat {SEAT} held for 15 minutes"],
+                "output": {"seat": SEAT, "hold_minutes": 15},
+                "subtext": f"Seat {SEAT} held",
+            },
+        )
     if response.status_code >= 400:
-        logger.warning("Stand-in: callback for task %s refused (%s): %s",
-                       task_id, response.status_code, response.text[:200])
+        logger.warning(
+            "Stand-in: callback for task %s refused (%s): %s", task_id, response.status_code, response.text[:200]
+        )
         return f"callback refused with {response.status_code}"
     logger.info("Stand-in: called back task %s", task_id)
     return f"called back: {response.status_code}"

@@ -81,8 +81,9 @@ def node_markers(node, node_type, config):
         markers.append(retry)
     if node_type is not None and node_type.is_deferred and (config.get("event_type") or config.get("event_properties")):
         event = config.get("event_type") or node.event
-        markers.append(f"as its own run of “{event}”"
-                       + (" with its own properties" if config.get("event_properties") else ""))
+        markers.append(
+            f"as its own run of “{event}”" + (" with its own properties" if config.get("event_properties") else "")
+        )
     if config.get("collect_debug"):
         markers.append("collects debug traces")
     if config.get("wait_for_callback"):
@@ -106,9 +107,9 @@ def overview_tree(nodes):
         config = node.config or {}
         is_error_step = parent is not None and node.branch == Node.Branch.ON_ERROR
         sequence = (id(parent) if parent else None, node.branch)
-        in_background = sequence in async_after or bool(parent and (
-            parent["in_background"] or (not is_error_step and parent["is_deferred"])
-        ))
+        in_background = sequence in async_after or bool(
+            parent and (parent["in_background"] or (not is_error_step and parent["is_deferred"]))
+        )
         if node_type is not None and node_type.backgrounds_later_siblings:
             async_after.add(sequence)
         mode = node_mode(node_type, config, in_background=in_background)
@@ -159,7 +160,9 @@ class NodeAdmin(TreeAdmin):
     def tree_links(self, node):
         return format_html(
             '{} · {} · <a href="{}">editor</a> · <a href="{}">overview</a>',
-            node.form, node.event, tree_editor_url(node.form_id, node.event),
+            node.form,
+            node.event,
+            tree_editor_url(node.form_id, node.event),
             tree_overview_url(node.form_id, node.event),
         )
 
@@ -185,18 +188,31 @@ class NodeAdmin(TreeAdmin):
         if node_type is None:
             fieldsets.append(("Configuration (unknown type: kept as is)", {"fields": ["config_json"]}))
         elif node_type.config_form.base_fields:
-            fieldsets.append((
-                f"{node_type.label} settings",
-                {"fields": [config_field_name(name) for name in node_type.config_form.base_fields],
-                 "description": (node_type.__doc__ or "").strip().split("\n")[0]},
-            ))
-        fieldsets.append((
-            "Retries",
-            {"fields": ["max_attempts", "retry_backoff_seconds", "retry_backoff_max_seconds", "retry_non_retryable"],
-             "description": "When the step raises an error, try it again after a wait that doubles each time "
-                            "(with jitter), up to the longest wait. When every attempt failed, the error branch "
-                            "runs, or else the run fails."},
-        ))
+            fieldsets.append(
+                (
+                    f"{node_type.label} settings",
+                    {
+                        "fields": [config_field_name(name) for name in node_type.config_form.base_fields],
+                        "description": (node_type.__doc__ or "").strip().split("\n")[0],
+                    },
+                )
+            )
+        fieldsets.append(
+            (
+                "Retries",
+                {
+                    "fields": [
+                        "max_attempts",
+                        "retry_backoff_seconds",
+                        "retry_backoff_max_seconds",
+                        "retry_non_retryable",
+                    ],
+                    "description": "When the step raises an error, try it again after a wait that doubles each time "
+                    "(with jitter), up to the longest wait. When every attempt failed, the error branch "
+                    "runs, or else the run fails.",
+                },
+            )
+        )
         fieldsets.append(("Place in the tree", {"fields": ["treebeard_position", "treebeard_ref_node"]}))
         return fieldsets
 
@@ -210,8 +226,11 @@ class NodeAdmin(TreeAdmin):
 
     def get_urls(self):
         return [
-            path("overview/<int:form_id>/<path:event>/", self.admin_site.admin_view(self.overview_view),
-                 name="events_node_overview"),
+            path(
+                "overview/<int:form_id>/<path:event>/",
+                self.admin_site.admin_view(self.overview_view),
+                name="events_node_overview",
+            ),
             *super().get_urls(),
         ]
 
@@ -247,9 +266,12 @@ class NodeAdmin(TreeAdmin):
         keep.pop("event__exact", None)
         url = reverse("admin:events_node_add")
         return [
-            {"label": node_type.label, "is_container": node_type.is_container,
-             "description": (node_type.__doc__ or "").strip().split("\n")[0],
-             "url": url + "?" + urlencode({**keep, "type": node_type.key})}
+            {
+                "label": node_type.label,
+                "is_container": node_type.is_container,
+                "description": (node_type.__doc__ or "").strip().split("\n")[0],
+                "url": url + "?" + urlencode({**keep, "type": node_type.key}),
+            }
             for node_type in registry.all_types()
         ]
 
@@ -298,8 +320,8 @@ class NodeAdmin(TreeAdmin):
     def add_another_in_same_tree(self, request, obj, response):
         """Save and add another: ask for the next node's type, in the same tree."""
         if "_addanother" in request.POST and isinstance(response, HttpResponseRedirect):
-            response["Location"] = reverse("admin:events_node_add") + "?" + urlencode(
-                {"form": obj.form_id, "event": obj.event}
+            response["Location"] = (
+                reverse("admin:events_node_add") + "?" + urlencode({"form": obj.form_id, "event": obj.event})
             )
         return response
 
@@ -328,8 +350,11 @@ def duration(task):
 
 def is_overdue(task, now=None):
     """An awaiting task whose deadline has passed (the worker will soon fail it as timed out)."""
-    return (task.status == RunTask.Status.AWAITING and task.deadline_at is not None
-            and task.deadline_at <= (now or timezone.now()))
+    return (
+        task.status == RunTask.Status.AWAITING
+        and task.deadline_at is not None
+        and task.deadline_at <= (now or timezone.now())
+    )
 
 
 def deadline_text(task):
@@ -387,23 +412,25 @@ def timeline(tasks, *, child_runs=None):
         depth = depth_of.get(task.parent_id, -1) + 1 if task.parent_id else 0
         depth_of[task.pk] = depth
         status_class, status_label = status_text(task, handled)
-        rows.append({
-            "task": task,
-            "depth": depth,
-            "indent": depth * 2,
-            "status_class": status_class,
-            "status_label": status_label,
-            "duration": duration(task),
-            "deadline": deadline_text(task),
-            "overdue": is_overdue(task, now),
-            "is_error_step": task.branch == Node.Branch.ON_ERROR,
-            "failure": task.get_failure_display() if task.failure else "",
-            "can_redrive": task.status == RunTask.Status.FAILED,
-            "child_runs": (child_runs or {}).get(task.pk, []),
-            "debug": debug_traces(task),
-            "output": json_text(task.output) if task.output else "",
-            **log_rows(task, last=RUN_PAGE_LOG_LINES),
-        })
+        rows.append(
+            {
+                "task": task,
+                "depth": depth,
+                "indent": depth * 2,
+                "status_class": status_class,
+                "status_label": status_label,
+                "duration": duration(task),
+                "deadline": deadline_text(task),
+                "overdue": is_overdue(task, now),
+                "is_error_step": task.branch == Node.Branch.ON_ERROR,
+                "failure": task.get_failure_display() if task.failure else "",
+                "can_redrive": task.status == RunTask.Status.FAILED,
+                "child_runs": (child_runs or {}).get(task.pk, []),
+                "debug": debug_traces(task),
+                "output": json_text(task.output) if task.output else "",
+                **log_rows(task, last=RUN_PAGE_LOG_LINES),
+            }
+        )
     return rows
 
 
@@ -417,10 +444,13 @@ def runs_by_parent_task(run):
 def redrive_message(task, redriven):
     """(level, text) telling an admin what a re-run did."""
     if redriven:
-        return messages.SUCCESS, (f"Re-running “{task}” (run {task.run.reference}): the run goes on from this step; "
-                                  "the failure stays on record in its log.")
-    return messages.WARNING, (f"“{task}” (run {task.run.reference}) was not re-run: it is no longer failed, "
-                              "or its run has moved on.")
+        return messages.SUCCESS, (
+            f"Re-running “{task}” (run {task.run.reference}): the run goes on from this step; "
+            "the failure stays on record in its log."
+        )
+    return messages.WARNING, (
+        f"“{task}” (run {task.run.reference}) was not re-run: it is no longer failed, or its run has moved on."
+    )
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -442,9 +472,12 @@ def child_runs_html(started_by):
     if not children:
         return "—"
     return format_html_join(
-        ", ", '<a href="{}">{}</a> ({})',
-        ((reverse("admin:events_run_change", args=[child.pk]), child, child.get_status_display())
-         for child in children),
+        ", ",
+        '<a href="{}">{}</a> ({})',
+        (
+            (reverse("admin:events_run_change", args=[child.pk]), child, child.get_status_display())
+            for child in children
+        ),
     )
 
 
@@ -457,13 +490,38 @@ class RunAdmin(ReadOnlyAdmin):
     actions = ["cancel_runs"]
     change_form_template = "admin/events/run/change_form.html"
     fieldsets = [
-        (None, {"fields": ["reference", "form", "record_link", "event", "status", "is_submission", "parent_run_link",
-                           "depth", "child_runs_links", "subtext", "error", "created_at", "finished_at"]}),
+        (
+            None,
+            {
+                "fields": [
+                    "reference",
+                    "form",
+                    "record_link",
+                    "event",
+                    "status",
+                    "is_submission",
+                    "parent_run_link",
+                    "depth",
+                    "child_runs_links",
+                    "subtext",
+                    "error",
+                    "created_at",
+                    "finished_at",
+                ]
+            },
+        ),
         ("Data", {"fields": ["properties_json", "record_data_json"]}),
         ("Snapshot of the tree", {"fields": ["snapshot_json"], "classes": ["collapse"]}),
     ]
-    readonly_fields = ["reference", "record_link", "parent_run_link", "child_runs_links", "properties_json",
-                       "record_data_json", "snapshot_json"]
+    readonly_fields = [
+        "reference",
+        "record_link",
+        "parent_run_link",
+        "child_runs_links",
+        "properties_json",
+        "record_data_json",
+        "snapshot_json",
+    ]
 
     @admin.display(description="reference")
     def reference(self, run):
@@ -571,8 +629,7 @@ class AwaitingFilter(admin.SimpleListFilter):
 
 # What "by hand" sends to the engine, per outcome: the callback status, the log note, the wording.
 BY_HAND = {
-    "complete": {"status": "SUCCESS", "note": "completed by hand by {user}", "verb": "Complete",
-                 "done": "Completed"},
+    "complete": {"status": "SUCCESS", "note": "completed by hand by {user}", "verb": "Complete", "done": "Completed"},
     "fail": {"status": "FAILURE", "note": "failed by hand by {user}", "verb": "Fail", "done": "Failed"},
 }
 
@@ -586,8 +643,13 @@ def tasks_settle_by_hand(tasks, *, outcome, user):
     applied, skipped = [], []
     for task in tasks:
         note = how["note"].format(user=user)
-        result = engine.task_callback(task_id=task.pk, status=how["status"], logs=[], note=note,
-                                      error=f"Failed by hand by {user}." if outcome == "fail" else "")
+        result = engine.task_callback(
+            task_id=task.pk,
+            status=how["status"],
+            logs=[],
+            note=note,
+            error=f"Failed by hand by {user}." if outcome == "fail" else "",
+        )
         if result.applied:
             applied.append(task)
         else:
@@ -600,23 +662,76 @@ class RunTaskAdmin(ReadOnlyAdmin):
     """Tasks are the engine's rows; an admin may only answer an awaiting one by hand, or re-run a failed one."""
 
     # New columns go last: a column's number is in sort links (o=7 is the deadline).
-    list_display = ("__str__", "run_link", "type", "status", "attempts", "due_at", "deadline", "started_at",
-                    "finished_at", "failure", "branch_text")
+    list_display = (
+        "__str__",
+        "run_link",
+        "type",
+        "status",
+        "attempts",
+        "due_at",
+        "deadline",
+        "started_at",
+        "finished_at",
+        "failure",
+        "branch_text",
+    )
     list_filter = (AwaitingFilter, "status", "failure", "branch", "type", "is_container")
     list_select_related = ("run",)
     actions = ["redrive_tasks", "complete_by_hand", "fail_by_hand"]
     change_form_template = "admin/events/runtask/change_form.html"
     fieldsets = [
-        (None, {"fields": ["run_link", "parent", "node_id", "position", "type", "name", "label", "visible",
-                           "is_container", "branch_text", "status", "attempts", "failure", "subtext", "error",
-                           "child_runs_links"]}),
-        ("Timing", {"fields": ["created_at", "due_at", "deadline", "enqueued_at", "lease_expires_at", "started_at",
-                               "finished_at", "duration"]}),
+        (
+            None,
+            {
+                "fields": [
+                    "run_link",
+                    "parent",
+                    "node_id",
+                    "position",
+                    "type",
+                    "name",
+                    "label",
+                    "visible",
+                    "is_container",
+                    "branch_text",
+                    "status",
+                    "attempts",
+                    "failure",
+                    "subtext",
+                    "error",
+                    "child_runs_links",
+                ]
+            },
+        ),
+        (
+            "Timing",
+            {
+                "fields": [
+                    "created_at",
+                    "due_at",
+                    "deadline",
+                    "enqueued_at",
+                    "lease_expires_at",
+                    "started_at",
+                    "finished_at",
+                    "duration",
+                ]
+            },
+        ),
         ("Logs and output", {"fields": ["logs_text", "output_json"]}),
         ("Debug trace", {"fields": ["collect_debug", "debug_json"]}),
     ]
-    readonly_fields = ["run_link", "branch_text", "attempts", "deadline", "duration", "logs_text", "output_json",
-                       "child_runs_links", "debug_json"]
+    readonly_fields = [
+        "run_link",
+        "branch_text",
+        "attempts",
+        "deadline",
+        "duration",
+        "logs_text",
+        "output_json",
+        "child_runs_links",
+        "debug_json",
+    ]
 
     def get_ordering(self, request):
         """Awaiting tasks come soonest deadline first (a column header click still wins)."""
@@ -649,7 +764,8 @@ class RunTaskAdmin(ReadOnlyAdmin):
         if not traces:
             return "—" if task.collect_debug else "— (off: collect_debug on the form or a container records one)"
         return format_html_join(
-            "", '<h4 class="events-debug-title">{}</h4><pre class="events-json events-debug">{}</pre>',
+            "",
+            '<h4 class="events-debug-title">{}</h4><pre class="events-json events-debug">{}</pre>',
             ((trace["title"], trace["json"]) for trace in traces),
         )
 
@@ -688,8 +804,7 @@ class RunTaskAdmin(ReadOnlyAdmin):
     def has_redrive_permission(self, request):
         return request.user.has_perm("events.change_runtask")
 
-    @admin.action(description="Re-run the selected failed tasks (the run goes on from there)",
-                  permissions=["redrive"])
+    @admin.action(description="Re-run the selected failed tasks (the run goes on from there)", permissions=["redrive"])
     def redrive_tasks(self, request, queryset):
         for task in queryset.select_related("run"):
             self.redrive(request, task)
@@ -738,11 +853,19 @@ class RunTaskAdmin(ReadOnlyAdmin):
         applied, skipped = tasks_settle_by_hand(tasks, outcome=outcome, user=request.user)
         how = BY_HAND[outcome]
         if applied:
-            messages.success(request, f"{how['done']} {len(applied)} task(s) by hand: "
-                                      + ", ".join(f"{task} (run {task.run.reference})" for task in applied) + ".")
+            messages.success(
+                request,
+                f"{how['done']} {len(applied)} task(s) by hand: "
+                + ", ".join(f"{task} (run {task.run.reference})" for task in applied)
+                + ".",
+            )
         if skipped:
-            messages.warning(request, f"{len(skipped)} task(s) were no longer awaiting and were left as they were: "
-                                      + ", ".join(f"{task} ({status})" for task, status in skipped) + ".")
+            messages.warning(
+                request,
+                f"{len(skipped)} task(s) were no longer awaiting and were left as they were: "
+                + ", ".join(f"{task} ({status})" for task, status in skipped)
+                + ".",
+            )
 
     def settle_confirmation(self, request, tasks, outcome, *, action=None):
         how = BY_HAND[outcome]
@@ -763,10 +886,16 @@ class RunTaskAdmin(ReadOnlyAdmin):
 
     def get_urls(self):
         return [
-            path("<path:object_id>/by-hand/<str:outcome>/", self.admin_site.admin_view(self.by_hand_view),
-                 name="events_runtask_by_hand"),
-            path("<path:object_id>/redrive/", self.admin_site.admin_view(self.redrive_view),
-                 name="events_runtask_redrive"),
+            path(
+                "<path:object_id>/by-hand/<str:outcome>/",
+                self.admin_site.admin_view(self.by_hand_view),
+                name="events_runtask_by_hand",
+            ),
+            path(
+                "<path:object_id>/redrive/",
+                self.admin_site.admin_view(self.redrive_view),
+                name="events_runtask_redrive",
+            ),
             *super().get_urls(),
         ]
 
@@ -880,8 +1009,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     def get_urls(self):
         return [
-            path("<path:object_id>/revoke/", self.admin_site.admin_view(self.revoke_view),
-                 name="events_apikey_revoke"),
+            path("<path:object_id>/revoke/", self.admin_site.admin_view(self.revoke_view), name="events_apikey_revoke"),
             *super().get_urls(),
         ]
 

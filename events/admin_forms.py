@@ -23,7 +23,8 @@ RETRY_FIELDS = tuple(RetryPolicy.NODE_FIELDS.values())
 
 def position_help_text():
     return (
-        f"Only containers ({registry.container_labels()}) hold steps that run in order; any node, an action too, may hold "
+        f"Only containers ({registry.container_labels()}) hold steps that run in order; "
+        "any node, an action too, may hold "
         "error-branch steps (choose “runs when the parent fails” above). A node stays in its own form's event tree."
     )
 
@@ -49,9 +50,10 @@ class NodeAdminForm(MoveNodeForm):
 
     node_type = None  # a NodeType class, or None when the stored type is no longer registered
     retry_non_retryable = LinesField(
-        label="Not retried", required=False,
+        label="Not retried",
+        required=False,
         help_text="Errors that a retry cannot fix: one per line, the beginning of the error message "
-                  "(e.g. “HTTP 404”). Such an error fails the step at once.",
+        "(e.g. “HTTP 404”). Such an error fails the step at once.",
     )
 
     def __init__(self, *args, initial=None, instance=None, **kwargs):
@@ -92,9 +94,7 @@ class NodeAdminForm(MoveNodeForm):
         """Like treebeard's, but the previous sibling of a root is looked for in this tree only."""
         if instance.is_root():
             previous = (
-                Node.objects.of_tree(instance.form_id, instance.event)
-                .filter(depth=1, path__lt=instance.path)
-                .last()
+                Node.objects.of_tree(instance.form_id, instance.event).filter(depth=1, path__lt=instance.path).last()
             )
             if previous is None:
                 return {"treebeard_ref_node": None, "treebeard_position": "first-child"}
@@ -104,9 +104,7 @@ class NodeAdminForm(MoveNodeForm):
     def _set_ref_model_queryset(self, opts, instance):
         """Offer the nodes of this node's own tree, without the node and its descendants."""
         if instance is not None and not instance._state.adding:
-            queryset = Node.objects.of_tree(instance.form_id, instance.event).exclude(
-                path__startswith=instance.path
-            )
+            queryset = Node.objects.of_tree(instance.form_id, instance.event).exclude(path__startswith=instance.path)
         else:
             key = self.tree_key()
             queryset = Node.objects.of_tree(*key) if key else Node.objects.all()
@@ -154,8 +152,13 @@ class NodeAdminForm(MoveNodeForm):
             probe = Node(form=form, event=cleaned.get("event") or "", type=self.instance.type, branch=branch)
         else:
             # The instance still has its stored branch here; the rules must see the chosen one.
-            probe = Node(pk=self.instance.pk, form_id=self.instance.form_id, event=self.instance.event,
-                         type=self.instance.type, branch=branch)
+            probe = Node(
+                pk=self.instance.pk,
+                form_id=self.instance.form_id,
+                event=self.instance.event,
+                type=self.instance.type,
+                branch=branch,
+            )
         if ref is None:
             parent = None
         else:
@@ -168,8 +171,11 @@ class NodeAdminForm(MoveNodeForm):
                 self.add_error("treebeard_ref_node", exc.messages)
                 return
         if branch == Node.Branch.ON_ERROR and parent is None:
-            self.add_error("branch", "An error-branch step runs when its parent fails: place it under the node "
-                                     "whose failure it handles (any node: an action, a container or a marker).")
+            self.add_error(
+                "branch",
+                "An error-branch step runs when its parent fails: place it under the node "
+                "whose failure it handles (any node: an action, a container or a marker).",
+            )
 
     def clean_retry(self, cleaned):
         """The retry settings, checked by the RetryPolicy they make (as the form file's are)."""
@@ -178,8 +184,9 @@ class NodeAdminForm(MoveNodeForm):
                 cleaned[name] = Node._meta.get_field(name).get_default()
         if any(name in self.errors for name in RETRY_FIELDS):
             return
-        policy = RetryPolicy(**{attr: cleaned.get(column) for attr, column in RetryPolicy.NODE_FIELDS.items()
-                                if column in cleaned})
+        policy = RetryPolicy(
+            **{attr: cleaned.get(column) for attr, column in RetryPolicy.NODE_FIELDS.items() if column in cleaned}
+        )
         columns = {RetryPolicy.DOCUMENT_KEYS[attr]: column for attr, column in RetryPolicy.NODE_FIELDS.items()}
         for key, message in policy.problems().items():
             self.add_error(columns[key], message[0].upper() + message[1:] + ".")
@@ -203,8 +210,11 @@ class NodeAdminForm(MoveNodeForm):
                 node = manager.add_root(instance=node)
             elif position == "first-child":
                 first = manager.get_first_child(ref)
-                node = (manager.add_sibling(first, "left", instance=node) if first
-                        else manager.add_child(ref, instance=node))
+                node = (
+                    manager.add_sibling(first, "left", instance=node)
+                    if first
+                    else manager.add_child(ref, instance=node)
+                )
             else:
                 node = manager.add_sibling(ref, position, instance=node)
         else:

@@ -55,9 +55,13 @@ def refuse_after_failures(request):
     """
     wait = AUTH_FAILURES.wait(request)
     if wait:
-        raise ApiError(429, "too_many_failed_authentications",
-                       f"Too many failed authentications from this address; try again in {wait} s.",
-                       {"retry_after": wait}, retry_after=wait)
+        raise ApiError(
+            429,
+            "too_many_failed_authentications",
+            f"Too many failed authentications from this address; try again in {wait} s.",
+            {"retry_after": wait},
+            retry_after=wait,
+        )
     return None  # ninja goes on to the next auth in the list: the real credential check
 
 
@@ -196,12 +200,22 @@ def _lines_per_call(schema):
     schema["maxItems"] = settings.EVENTS_TASK_LOG_MAX_LINES_PER_CALL
 
 
-JsonValue = TypeAliasType("JsonValue", Annotated[
-    Text | bool | int | float | None | list["JsonValue"]
-    | Annotated[dict[Text, "JsonValue"], Field(json_schema_extra=_keys_are_text)],
-    Field(description="Any JSON value. Text may not hold NUL characters or unpaired surrogates; "
-                      "numbers must be finite (NaN, Infinity and 1e999 are refused)."),
-])
+JsonValue = TypeAliasType(
+    "JsonValue",
+    Annotated[
+        Text
+        | bool
+        | int
+        | float
+        | None
+        | list["JsonValue"]
+        | Annotated[dict[Text, "JsonValue"], Field(json_schema_extra=_keys_are_text)],
+        Field(
+            description="Any JSON value. Text may not hold NUL characters or unpaired surrogates; "
+            "numbers must be finite (NaN, Infinity and 1e999 are refused)."
+        ),
+    ],
+)
 
 
 def _an_object(value):
@@ -212,8 +226,12 @@ def _an_object(value):
     return value
 
 
-JsonObject = Annotated[dict[str, Any], PlainValidator(_an_object, json_schema_input_type=Annotated[
-    dict[Text, JsonValue], Field(json_schema_extra=_keys_are_text)])]
+JsonObject = Annotated[
+    dict[str, Any],
+    PlainValidator(
+        _an_object, json_schema_input_type=Annotated[dict[Text, JsonValue], Field(json_schema_extra=_keys_are_text)]
+    ),
+]
 LogLines = Annotated[list[Text], Field(json_schema_extra=_lines_per_call)]
 
 
@@ -227,9 +245,9 @@ class CallbackIn(Schema):
     status: Literal["SUCCESS", "FAILURE"]
     logs: Text | LogLines | None = None
     output: JsonObject | None = None
-    subtext: Annotated[
-        str, Field(max_length=SUBTEXT_MAX_LENGTH, json_schema_extra={"pattern": STORABLE_TEXT})
-    ] | None = None
+    subtext: (
+        Annotated[str, Field(max_length=SUBTEXT_MAX_LENGTH, json_schema_extra={"pattern": STORABLE_TEXT})] | None
+    ) = None
 
     @field_validator("taskId", "logs", "output", "subtext")
     @classmethod
@@ -320,11 +338,22 @@ class RecordOut(Schema):
 
 def task_out(task):
     return {
-        "id": task.pk, "run": task.run_id, "type": task.type, "name": task.name, "label": task.label,
-        "status": task.status, "attempt": task.attempt, "max_attempts": task.max_attempts,
-        "due_at": task.due_at, "deadline_at": task.deadline_at, "started_at": task.started_at,
-        "finished_at": task.finished_at, "subtext": task.subtext, "error": task.error,
-        "output": task.output, "logs": task.logs,
+        "id": task.pk,
+        "run": task.run_id,
+        "type": task.type,
+        "name": task.name,
+        "label": task.label,
+        "status": task.status,
+        "attempt": task.attempt,
+        "max_attempts": task.max_attempts,
+        "due_at": task.due_at,
+        "deadline_at": task.deadline_at,
+        "started_at": task.started_at,
+        "finished_at": task.finished_at,
+        "subtext": task.subtext,
+        "error": task.error,
+        "output": task.output,
+        "logs": task.logs,
     }
 
 
@@ -352,17 +381,25 @@ def _uuid_or_404(task_id):
 def _refuse_too_many_lines(lines):
     limit = settings.EVENTS_TASK_LOG_MAX_LINES_PER_CALL
     if len(lines) > limit:
-        raise ApiError(413, "too_many_log_lines",
-                       f"{len(lines)} log lines in one call; at most {limit} are taken (send them in several calls).",
-                       {"limit": limit, "lines": len(lines)})
+        raise ApiError(
+            413,
+            "too_many_log_lines",
+            f"{len(lines)} log lines in one call; at most {limit} are taken (send them in several calls).",
+            {"limit": limit, "lines": len(lines)},
+        )
     return lines
 
 
 # Endpoints ------------------------------------------------------------------------------
 
 
-@api.post("/external-events/callback/", auth=key_or_token, response={200: CallbackOut, **ERRORS},
-          summary="Complete or fail an awaiting task", operation_id="callback")
+@api.post(
+    "/external-events/callback/",
+    auth=key_or_token,
+    response={200: CallbackOut, **ERRORS},
+    summary="Complete or fail an awaiting task",
+    operation_id="callback",
+)
 def callback(request, payload: CallbackIn):
     if request.auth.api_key is None:
         task_id = _task_for(request.auth, payload.taskId).pk  # a task's own token: checked against the task
@@ -379,28 +416,46 @@ def callback(request, payload: CallbackIn):
         return CallbackOut(taskId=str(task_id), status=result.status, applied=True, message="Callback applied.")
     if result.duplicate:
         return CallbackOut(
-            taskId=str(task_id), status=result.status, applied=False, duplicate=True,
+            taskId=str(task_id),
+            status=result.status,
+            applied=False,
+            duplicate=True,
             message="This callback was already applied; nothing changed.",
         )
-    raise ApiError(409, "not_awaiting", f"The task is {result.status}, not awaiting a callback.",
-                   {"status": result.status})
+    raise ApiError(
+        409, "not_awaiting", f"The task is {result.status}, not awaiting a callback.", {"status": result.status}
+    )
 
 
-@api.put("/event-workflow-tasks/{task_id}", auth=key_or_token, response={200: TaskOut, **ERRORS},
-         summary="Update a task's progress text (and its run's)", operation_id="task_progress")
+@api.put(
+    "/event-workflow-tasks/{task_id}",
+    auth=key_or_token,
+    response={200: TaskOut, **ERRORS},
+    summary="Update a task's progress text (and its run's)",
+    operation_id="task_progress",
+)
 def task_progress(request, task_id: str, payload: ProgressIn):
     task = _task_for(request.auth, task_id)
     logs = _refuse_too_many_lines(payload.log_lines())
     changed, status = engine.task_progress(task_id=task.pk, subtext=payload.subtext, logs=logs)
     if not changed:
-        raise ApiError(409, "task_finished", f"The task is {status}; progress can only be set while it runs or awaits.",
-                       {"status": status})
+        raise ApiError(
+            409,
+            "task_finished",
+            f"The task is {status}; progress can only be set while it runs or awaits.",
+            {"status": status},
+        )
     task.refresh_from_db()
     return task_out(task)
 
 
-@api.get("/tasks/{task_id}", auth=key_only, response={200: TaskOut, **ERRORS}, summary="Look up a task",
-         operation_id="task_detail")
+@api.get(
+    "/tasks/{task_id}",
+    auth=key_only,
+    response={200: TaskOut, **ERRORS},
+    summary="Look up a task",
+    operation_id="task_detail",
+)
 def task_detail(request, task_id: UUID):
     task = RunTask.objects.filter(pk=task_id).first()
     if task is None:
@@ -408,22 +463,39 @@ def task_detail(request, task_id: UUID):
     return task_out(task)
 
 
-@api.get("/runs/{run_id}", auth=key_only, response={200: RunOut, **ERRORS}, summary="Look up a run and its tasks",
-         operation_id="run_detail")
+@api.get(
+    "/runs/{run_id}",
+    auth=key_only,
+    response={200: RunOut, **ERRORS},
+    summary="Look up a run and its tasks",
+    operation_id="run_detail",
+)
 def run_detail(request, run_id: UUID):
     run = Run.objects.select_related("form", "record").filter(pk=run_id).first()
     if run is None:
         raise ApiError(404, "run_not_found", f"No run has the id {run_id}.")
     return {
-        "id": run.pk, "reference": run.reference, "form": run.form.slug, "record": run.record.token,
-        "event": run.event, "status": run.status, "subtext": run.subtext, "error": run.error,
-        "created_at": run.created_at, "finished_at": run.finished_at,
+        "id": run.pk,
+        "reference": run.reference,
+        "form": run.form.slug,
+        "record": run.record.token,
+        "event": run.event,
+        "status": run.status,
+        "subtext": run.subtext,
+        "error": run.error,
+        "created_at": run.created_at,
+        "finished_at": run.finished_at,
         "tasks": [task_out(task) for task in run.tasks.all()],
     }
 
 
-@api.get("/records/{token}", auth=key_only, response={200: RecordOut, **ERRORS},
-         summary="Look up a record, its flags and runs", operation_id="record_detail")
+@api.get(
+    "/records/{token}",
+    auth=key_only,
+    response={200: RecordOut, **ERRORS},
+    summary="Look up a record, its flags and runs",
+    operation_id="record_detail",
+)
 def record_detail(request, token: str):
     record = None
     if TOKEN_PATTERN.fullmatch(token):
@@ -431,11 +503,22 @@ def record_detail(request, token: str):
     if record is None:
         raise ApiError(404, "record_not_found", "No record has this token.")
     return {
-        "token": record.token, "form": record.form.slug, "data": record.data, "flags": record.flags,
-        "is_complete": record.is_complete, "created_at": record.created_at,
+        "token": record.token,
+        "form": record.form.slug,
+        "data": record.data,
+        "flags": record.flags,
+        "is_complete": record.is_complete,
+        "created_at": record.created_at,
         "runs": [
-            {"id": run.pk, "reference": run.reference, "event": run.event, "status": run.status,
-             "subtext": run.subtext, "created_at": run.created_at, "finished_at": run.finished_at}
+            {
+                "id": run.pk,
+                "reference": run.reference,
+                "event": run.event,
+                "status": run.status,
+                "subtext": run.subtext,
+                "created_at": run.created_at,
+                "finished_at": run.finished_at,
+            }
             for run in record.runs.order_by("created_at")
         ],
     }
@@ -445,8 +528,9 @@ def record_detail(request, token: str):
 
 
 def error_response(request, status, code, message, details=None):
-    return api.create_response(request, {"error": {"code": code, "message": message, "details": details}},
-                               status=status)
+    return api.create_response(
+        request, {"error": {"code": code, "message": message, "details": details}}, status=status
+    )
 
 
 @api.exception_handler(ApiError)
@@ -460,8 +544,9 @@ def on_api_error(request, exc):
 @api.exception_handler(AuthenticationError)
 def on_authentication_error(request, exc):
     AUTH_FAILURES.count(request)
-    return error_response(request, 401, "unauthorized",
-                          "Missing or invalid credentials: send Authorization: Bearer <key> or X-Api-Key.")
+    return error_response(
+        request, 401, "unauthorized", "Missing or invalid credentials: send Authorization: Bearer <key> or X-Api-Key."
+    )
 
 
 @api.exception_handler(ValidationError)
@@ -470,7 +555,11 @@ def on_validation_error(request, exc):
         # A malformed id (or a NUL byte) in the path names nothing: not found, like an unknown id.
         return error_response(request, 404, "not_found", "Nothing has this id.")
     details = [
-        {"loc": [str(part) for part in error.get("loc", [])], "msg": error.get("msg", ""), "type": error.get("type", "")}
+        {
+            "loc": [str(part) for part in error.get("loc", [])],
+            "msg": error.get("msg", ""),
+            "type": error.get("type", ""),
+        }
         for error in exc.errors
     ]
     return error_response(request, 422, "invalid_request", "The request does not match the schema.", details)
@@ -480,9 +569,14 @@ def on_validation_error(request, exc):
 def on_http_error(request, exc):
     if exc.status_code == 400 and isinstance(exc.__cause__, NonFiniteNumber):
         number = str(exc.__cause__)[:40]
-        return error_response(request, 400, "malformed_json",
-                              f"The request body is not valid JSON: {number} is not a finite number "
-                              "(NaN, Infinity and numbers beyond ±1.8e308 are refused).", {"number": number})
+        return error_response(
+            request,
+            400,
+            "malformed_json",
+            f"The request body is not valid JSON: {number} is not a finite number "
+            "(NaN, Infinity and numbers beyond ±1.8e308 are refused).",
+            {"number": number},
+        )
     if exc.status_code == 400:
         return error_response(request, 400, "malformed_json", "The request body is not valid JSON.")
     return error_response(request, exc.status_code, "http_error", str(exc))
@@ -498,9 +592,12 @@ def on_database_unavailable(request, exc):
     logger.warning("API %s %s: the database is unreachable: %s", request.method, request.path, exc)
     seconds = settings.EVENTS_UNAVAILABLE_RETRY_AFTER_SECONDS
     response = error_response(
-        request, 503, "database_unavailable",
+        request,
+        503,
+        "database_unavailable",
         f"The database is unreachable just now; send the request again in {seconds} s "
-        "(a repeat of a callback that was applied changes nothing).", {"retry_after": seconds},
+        "(a repeat of a callback that was applied changes nothing).",
+        {"retry_after": seconds},
     )
     response["Retry-After"] = str(seconds)
     return response

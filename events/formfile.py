@@ -144,8 +144,10 @@ def _node_export(node):
 def _events_export(form):
     nodes = list(Node.objects.filter(form=form).order_by("path"))
     order = sorted({node.event for node in nodes}, key=lambda event: (event != RECORD_UPDATE, event))
-    return {event: tree_nest([node for node in nodes if node.event == event], lambda node, parent: _node_export(node))
-            for event in order}
+    return {
+        event: tree_nest([node for node in nodes if node.event == event], lambda node, parent: _node_export(node))
+        for event in order
+    }
 
 
 def form_export(form):
@@ -272,8 +274,7 @@ def schema():
     node = document["$defs"]["NodeDoc"]
     node["properties"]["type"]["enum"] = [cls.key for cls in registry.all_types()]
     node["allOf"] = [
-        {"if": {"properties": {"type": {"const": cls.key}}},
-         "then": {"properties": {"config": _config_schema(cls)}}}
+        {"if": {"properties": {"type": {"const": cls.key}}}, "then": {"properties": {"config": _config_schema(cls)}}}
         for cls in registry.all_types()
     ]
     return document
@@ -341,14 +342,27 @@ def _describe(value):
 
 
 EXPECTED = {  # pydantic error type -> what the document should have held there
-    "string_type": "a string", "bool_type": "true or false", "int_type": "a whole number",
-    "int_from_float": "a whole number", "float_type": "a number", "list_type": "a list",
-    "dict_type": "an object", "model_type": "an object", "model_attributes_type": "an object",
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "int_type": "a whole number",
+    "int_from_float": "a whole number",
+    "float_type": "a number",
+    "list_type": "a list",
+    "dict_type": "an object",
+    "model_type": "an object",
+    "model_attributes_type": "an object",
 }
 
 
-MODEL_OF_KEY = {"form": FormDoc, "fields": FieldDoc, "waiting": WaitingDoc, "retry": RetryDoc,
-                "children": NodeDoc, "on_error": NodeDoc, "events": NodeDoc}
+MODEL_OF_KEY = {
+    "form": FormDoc,
+    "fields": FieldDoc,
+    "waiting": WaitingDoc,
+    "retry": RetryDoc,
+    "children": NodeDoc,
+    "on_error": NodeDoc,
+    "events": NodeDoc,
+}
 
 
 def _model_at(loc):
@@ -395,14 +409,37 @@ class _Plan:
     events: dict  # event name -> list of node plans
 
 
-FORM_ATTRS = {"slug": "slug", "title": "title", "description": "description", "submit_label": "submit_label",
-              "is_published": "is_published", "collect_debug": "collect_debug"}
-WAITING_ATTRS = {"poll_seconds": "poll_seconds", "wait_for": "wait_for", "wait_flag": "wait_flag",
-                 "max_wait_seconds": "max_wait_seconds", "title": "waiting_title", "done_message": "done_message",
-                 "done_redirect_url": "done_redirect_url", "failed_message": "failed_message"}
-FIELD_ATTRS = {"name": "name", "label": "label", "type": "type", "required": "required", "help_text": "help_text",
-               "choices": "choices", "min": "min_value", "max": "max_value", "max_length": "max_length",
-               "pattern": "pattern", "default": "default"}
+FORM_ATTRS = {
+    "slug": "slug",
+    "title": "title",
+    "description": "description",
+    "submit_label": "submit_label",
+    "is_published": "is_published",
+    "collect_debug": "collect_debug",
+}
+WAITING_ATTRS = {
+    "poll_seconds": "poll_seconds",
+    "wait_for": "wait_for",
+    "wait_flag": "wait_flag",
+    "max_wait_seconds": "max_wait_seconds",
+    "title": "waiting_title",
+    "done_message": "done_message",
+    "done_redirect_url": "done_redirect_url",
+    "failed_message": "failed_message",
+}
+FIELD_ATTRS = {
+    "name": "name",
+    "label": "label",
+    "type": "type",
+    "required": "required",
+    "help_text": "help_text",
+    "choices": "choices",
+    "min": "min_value",
+    "max": "max_value",
+    "max_length": "max_length",
+    "pattern": "pattern",
+    "default": "default",
+}
 CHOICE_TYPES = (Field.Type.CHOICE, Field.Type.MULTIPLE_CHOICE)
 NAME = re.compile(r"[-a-zA-Z0-9_]{1,100}")
 
@@ -436,8 +473,11 @@ class _Checker:
     def model_errors(self, instance, paths):
         """Run the model's own field validation; report it under ``paths`` (attribute -> path)."""
         try:
-            instance.full_clean(exclude=["form"] if isinstance(instance, Field) else None,
-                                validate_unique=False, validate_constraints=False)
+            instance.full_clean(
+                exclude=["form"] if isinstance(instance, Field) else None,
+                validate_unique=False,
+                validate_constraints=False,
+            )
         except ValidationError as exc:
             for attr, messages in exc.message_dict.items():
                 path = paths.get(attr, "")
@@ -511,10 +551,15 @@ class _Checker:
                     self.problem(paths["pattern"], f"not a valid regular expression: {exc}")
                     self.bad.add(paths["pattern"])
             if self.sound(paths["name"]) and "name" in raw:
-                self.model_errors(Field(**{**attrs, "choices": attrs["choices"] if self.sound(paths["choices"]) else []}),
-                                  {attr: p for attr, p in paths.items() if attr != "type" or self.sound(p)} | (
-                                      {"type": paths["type"]} if attrs["type"] in Field.Type.values else
-                                      {"type": item_path + "\0type"}))
+                self.model_errors(
+                    Field(**{**attrs, "choices": attrs["choices"] if self.sound(paths["choices"]) else []}),
+                    {attr: p for attr, p in paths.items() if attr != "type" or self.sound(p)}
+                    | (
+                        {"type": paths["type"]}
+                        if attrs["type"] in Field.Type.values
+                        else {"type": item_path + "\0type"}
+                    ),
+                )
                 name = raw["name"]
                 if name in seen:
                     self.problem(paths["name"], f'duplicate field name "{name}" (also {seen[name]})')
@@ -536,8 +581,9 @@ class _Checker:
             if not isinstance(nodes, list):
                 continue  # reported by the schema
             names = {}
-            plans = [self.check_node(raw, f"{event_path}[{index}]", form_fields, names)
-                     for index, raw in enumerate(nodes)]
+            plans = [
+                self.check_node(raw, f"{event_path}[{index}]", form_fields, names) for index, raw in enumerate(nodes)
+            ]
             events[event] = [plan for plan in plans if plan is not None]
         return events
 
@@ -580,14 +626,19 @@ class _Checker:
         children_path, on_error_path = _key_path(path, "children"), _key_path(path, "on_error")
         raw_children = raw.get("children") if isinstance(raw.get("children"), list) else []
         raw_on_error = raw.get("on_error") if isinstance(raw.get("on_error"), list) else []
-        children = [self.check_node(child, f"{children_path}[{index}]", form_fields, names)
-                    for index, child in enumerate(raw_children)]
-        on_error = [self.check_node(child, f"{on_error_path}[{index}]", form_fields, names)
-                    for index, child in enumerate(raw_on_error)]
+        children = [
+            self.check_node(child, f"{children_path}[{index}]", form_fields, names)
+            for index, child in enumerate(raw_children)
+        ]
+        on_error = [
+            self.check_node(child, f"{on_error_path}[{index}]", form_fields, names)
+            for index, child in enumerate(raw_on_error)
+        ]
         if node_type is not None and raw_children and not node_type.is_container:
             containers = ", ".join(cls.key for cls in registry.all_types() if cls.is_container)
             self.problem(
-                children_path, f'a node of type "{node_type.key}" cannot have children; only containers ({containers}) can'
+                children_path,
+                f'a node of type "{node_type.key}" cannot have children; only containers ({containers}) can',
             )
         if node_type is not None and raw_on_error:
             # The tree's own rule decides (NodeManager.check_parent), so the import never accepts
@@ -632,7 +683,7 @@ class _Checker:
                 label = config_form.fields[key].label if key in config_form.fields else None
                 for message in messages:
                     if label and message.startswith(f"{label}: "):
-                        message = message[len(label) + 2:]
+                        message = message[len(label) + 2 :]
                     self.problem(where, message)
             return config
 
@@ -668,7 +719,9 @@ def _config_kind(form_field):
         return "number"
     if isinstance(form_field, forms.IntegerField):
         return "integer"
-    if isinstance(form_field, (forms.CharField, forms.ChoiceField, forms.DateField, forms.DateTimeField, forms.TimeField)):
+    if isinstance(
+        form_field, (forms.CharField, forms.ChoiceField, forms.DateField, forms.DateTimeField, forms.TimeField)
+    ):
         return "string"
     return None
 
@@ -688,8 +741,17 @@ def form_check(document):
 
 
 def _node_create(form, event, plan, keep_ids, *, parent=None, branch=Node.Branch.MAIN):
-    node = Node(form=form, event=event, type=plan["type"], name=plan["name"], label=plan["label"],
-                visible=plan["visible"], config=plan["config"], branch=branch, **plan["retry"])
+    node = Node(
+        form=form,
+        event=event,
+        type=plan["type"],
+        name=plan["name"],
+        label=plan["label"],
+        visible=plan["visible"],
+        config=plan["config"],
+        branch=branch,
+        **plan["retry"],
+    )
     if plan["name"] in keep_ids:
         node.pk = keep_ids[plan["name"]]  # the same node, re-imported: admin links and runs' references hold
     node = Node.objects.add_root(instance=node) if parent is None else Node.objects.add_child(parent, instance=node)
@@ -736,8 +798,9 @@ def form_import_result(document):
                     counts[event] = total
     except InvalidTreeOperation as exc:
         raise FormFileError([("events", " ".join(exc.messages))]) from None
-    return ImportResult(form=form, created=created, field_count=len(plan.fields), node_counts=counts,
-                        removed_fields=removed)
+    return ImportResult(
+        form=form, created=created, field_count=len(plan.fields), node_counts=counts, removed_fields=removed
+    )
 
 
 def form_import(document):

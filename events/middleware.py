@@ -61,15 +61,20 @@ class ChunkedBodies:
         self.application = application
 
     def __call__(self, environ, start_response):
-        if (environ.get("PATH_INFO", "").startswith(API_PREFIX) and not environ.get("CONTENT_LENGTH")
-                and environ.get("wsgi.input_terminated")
-                and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()):
+        if (
+            environ.get("PATH_INFO", "").startswith(API_PREFIX)
+            and not environ.get("CONTENT_LENGTH")
+            and environ.get("wsgi.input_terminated")
+            and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+        ):
             limit = settings.EVENTS_API_MAX_BODY_BYTES
             body = self.read_at_most(environ["wsgi.input"], limit + 1)
             if len(body) > limit:
                 answer = json.dumps(payload_too_large()).encode()
-                start_response(f"413 {HTTPStatus(413).phrase}", [
-                    ("Content-Type", "application/json"), ("Content-Length", str(len(answer)))])
+                start_response(
+                    f"413 {HTTPStatus(413).phrase}",
+                    [("Content-Type", "application/json"), ("Content-Length", str(len(answer)))],
+                )
                 return [answer]
             environ["wsgi.input"] = io.BytesIO(body)
             environ["CONTENT_LENGTH"] = str(len(body))

@@ -95,7 +95,9 @@ class NodeManager(MP_NodeManager):
     def check_parent(self, node, parent):
         if parent is None:
             if node.branch == Node.Branch.ON_ERROR:
-                raise InvalidTreeOperation("An error-branch node must be placed under the node whose failure it handles.")
+                raise InvalidTreeOperation(
+                    "An error-branch node must be placed under the node whose failure it handles."
+                )
             return
         if (parent.form_id, parent.event) != (node.form_id, node.event):
             raise InvalidTreeOperation("A node can only move within its own form's event tree.")
@@ -164,7 +166,8 @@ class Node(MP_Node):
     )
     retry_backoff_max_seconds = models.PositiveIntegerField(default=600, help_text="The longest wait between attempts.")
     retry_non_retryable = models.JSONField(
-        default=list, blank=True,
+        default=list,
+        blank=True,
         help_text="Errors not to retry: an error whose message starts with one of these texts fails at once.",
     )
 
@@ -239,10 +242,16 @@ class Run(models.Model):
     form = models.ForeignKey(FORM_MODEL, on_delete=models.CASCADE, related_name="runs")
     record = models.ForeignKey(RECORD_MODEL, on_delete=models.CASCADE, related_name="runs")
     event = models.CharField(max_length=100, default=RECORD_UPDATE)
-    is_submission = models.BooleanField(default=False, help_text="The run the submit fired; the record's completion flag follows it.")
+    is_submission = models.BooleanField(
+        default=False, help_text="The run the submit fired; the record's completion flag follows it."
+    )
     parent_run = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="child_runs")
     parent_task = models.ForeignKey(
-        "RunTask", null=True, blank=True, on_delete=models.SET_NULL, related_name="child_runs",
+        "RunTask",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="child_runs",
         help_text="The step (trigger_event or a container with event_type) that started this run.",
     )
     depth = models.PositiveSmallIntegerField(default=0, help_text="How many runs started this one, in a chain.")
@@ -365,7 +374,9 @@ class RunTask(models.Model):
     due_at = models.DateTimeField(null=True, blank=True, db_index=True)
     enqueued_at = models.DateTimeField(null=True, blank=True)
     handoff_id = models.BigIntegerField(
-        null=True, blank=True, editable=False,
+        null=True,
+        blank=True,
+        editable=False,
         help_text="The broker row of the job this pending task was handed to (the sweep checks it before re-sending).",
     )
     lease_expires_at = models.DateTimeField(null=True, blank=True)
@@ -381,7 +392,9 @@ class RunTask(models.Model):
     error = models.TextField(blank=True)
     failure = models.CharField(max_length=20, choices=Failure, blank=True)
     collect_debug = models.BooleanField(default=False)
-    debug = models.JSONField(default=list, blank=True, help_text="Per attempt: rendered config, inputs, output, timing.")
+    debug = models.JSONField(
+        default=list, blank=True, help_text="Per attempt: rendered config, inputs, output, timing."
+    )
     # Waiting for a callback: the deadline, the hash of the per-task callback
     # token, and a digest of the callback that was applied (to recognise repeats).
     deadline_at = models.DateTimeField(null=True, blank=True, db_index=True)
@@ -433,11 +446,17 @@ class RunTask(models.Model):
             dropped += len(lines) - keep
             lines = lines[-keep:]
         if marker is None or dropped != marker["dropped"]:
-            marker = None if not dropped else {
-                **RunTask.log_line(f"[{dropped} earlier log lines dropped: a task keeps its last {max_lines - 1} "
-                                   "lines (EVENTS_TASK_LOG_MAX_LINES)]"),
-                "dropped": dropped,
-            }
+            marker = (
+                None
+                if not dropped
+                else {
+                    **RunTask.log_line(
+                        f"[{dropped} earlier log lines dropped: a task keeps its last {max_lines - 1} "
+                        "lines (EVENTS_TASK_LOG_MAX_LINES)]"
+                    ),
+                    "dropped": dropped,
+                }
+            )
         return [marker, *lines] if marker else lines
 
     storage_problem = staticmethod(storable.storage_problem)
@@ -459,7 +478,10 @@ class RunTask(models.Model):
             claimable = claimable.filter(Q(due_at__isnull=True) | Q(due_at__lte=now))
         owner = lease_owner()
         won = claimable.update(
-            status=self.Status.ACTIVE, attempt=F("attempt") + 1, started_at=now, lease_expires_at=lease,
+            status=self.Status.ACTIVE,
+            attempt=F("attempt") + 1,
+            started_at=now,
+            lease_expires_at=lease,
             lease_owner=owner,
         )
         if won:
@@ -471,15 +493,22 @@ class RunTask(models.Model):
     def finish(self, status, *, logs=(), output=None, error="", failure="", debug=None):
         """active | awaiting → complete | failed | cancelled, appending logs. True if this call made the change."""
         now = timezone.now()
-        changes = {"status": status, "finished_at": now, "lease_expires_at": None, "error": storable_text(error),
-                   "failure": failure}
+        changes = {
+            "status": status,
+            "finished_at": now,
+            "lease_expires_at": None,
+            "error": storable_text(error),
+            "failure": failure,
+        }
         if output is not None:
             changes["output"] = output
         if logs:
             changes["logs"] = RunTask.capped_logs(self.logs, logs)
         if debug is not None:
             changes["debug"] = self.debug + [debug]
-        won = RunTask.objects.filter(pk=self.pk, status__in=[self.Status.ACTIVE, self.Status.AWAITING]).update(**changes)
+        won = RunTask.objects.filter(pk=self.pk, status__in=[self.Status.ACTIVE, self.Status.AWAITING]).update(
+            **changes
+        )
         if won:
             for key, value in changes.items():
                 setattr(self, key, value)

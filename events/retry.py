@@ -28,10 +28,18 @@ class RetryPolicy:
     jitter: float = JITTER
 
     # How it is stored: the Node's columns, and the "retry" dict of a run's snapshot and of the form file.
-    NODE_FIELDS = {"attempts": "max_attempts", "backoff_seconds": "retry_backoff_seconds",
-                   "backoff_max_seconds": "retry_backoff_max_seconds", "non_retryable": "retry_non_retryable"}
-    DOCUMENT_KEYS = {"attempts": "max_attempts", "backoff_seconds": "backoff_seconds",
-                     "backoff_max_seconds": "backoff_max_seconds", "non_retryable": "non_retryable"}
+    NODE_FIELDS = {
+        "attempts": "max_attempts",
+        "backoff_seconds": "retry_backoff_seconds",
+        "backoff_max_seconds": "retry_backoff_max_seconds",
+        "non_retryable": "retry_non_retryable",
+    }
+    DOCUMENT_KEYS = {
+        "attempts": "max_attempts",
+        "backoff_seconds": "backoff_seconds",
+        "backoff_max_seconds": "backoff_max_seconds",
+        "non_retryable": "non_retryable",
+    }
 
     @classmethod
     def of_node(cls, node):
@@ -88,8 +96,10 @@ class RetryPolicy:
         """“up to 3 attempts, backoff 10 s doubling up to 600 s”, or "" without retries."""
         if self.attempts <= 1:
             return ""
-        text = (f"up to {self.attempts} attempts, backoff {self.backoff_seconds} s "
-                f"doubling up to {self.backoff_max_seconds} s")
+        text = (
+            f"up to {self.attempts} attempts, backoff {self.backoff_seconds} s "
+            f"doubling up to {self.backoff_max_seconds} s"
+        )
         if self.non_retryable:
             text += "; not retried: " + ", ".join(f"“{prefix}…”" for prefix in self.non_retryable)
         return text

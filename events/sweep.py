@@ -62,7 +62,8 @@ def _lost_handoffs(now):
     taken_cutoff = now - timedelta(seconds=settings.EVENTS_REQUEUE_AFTER_SECONDS)
     candidates = list(
         RunTask.objects.filter(status=RunTask.Status.PENDING, enqueued_at__lt=check)
-        .order_by("enqueued_at").values_list("pk", "enqueued_at", "handoff_id")[:BATCH]
+        .order_by("enqueued_at")
+        .values_list("pk", "enqueued_at", "handoff_id")[:BATCH]
     )
     in_broker = queue.handoffs_in_broker([handoff_id for _, _, handoff_id in candidates], now=now)
     requeued = 0

@@ -57,8 +57,9 @@ def _job(entry, task_id):
     except (OperationalError, InterfaceError) as exc:
         logger.warning("Job for task %s lost the database (%s); waiting for it to come back", task_id, exc)
         database_wait(deadline=time.monotonic() + settings.EVENTS_DATABASE_WAIT_SECONDS)
-        engine.leases_release(tasks=RunTask.objects.filter(lease_owner=lease_owner()),
-                              reason="its worker lost the database")
+        engine.leases_release(
+            tasks=RunTask.objects.filter(lease_owner=lease_owner()), reason="its worker lost the database"
+        )
         task_enqueue(task_id=task_id, only_unsent=False)
         return "database lost; handed back"
 
@@ -78,4 +79,3 @@ def database_wait(*, deadline):
                 raise
             time.sleep(pause)
             pause = min(pause * 2, 2.0)
-

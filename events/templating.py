@@ -7,7 +7,9 @@ HTML; every place that shows them in a page escapes them there.
 from django import forms
 from django.template import Context, Engine, TemplateSyntaxError
 
-_engine = Engine(autoescape=False, libraries={}, builtins=["django.template.defaulttags", "django.template.defaultfilters"])
+_engine = Engine(
+    autoescape=False, libraries={}, builtins=["django.template.defaulttags", "django.template.defaultfilters"]
+)
 
 
 def render(text, context):

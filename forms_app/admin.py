@@ -20,8 +20,20 @@ class FieldInline(admin.TabularInline):
     model = Field
     extra = 0
     ordering = ["position", "id"]
-    fields = ["position", "name", "label", "type", "required", "help_text", "choices", "min_value", "max_value",
-              "max_length", "pattern", "default"]
+    fields = [
+        "position",
+        "name",
+        "label",
+        "type",
+        "required",
+        "help_text",
+        "choices",
+        "min_value",
+        "max_value",
+        "max_length",
+        "pattern",
+        "default",
+    ]
 
 
 @admin.register(Form)
@@ -35,14 +47,27 @@ class FormAdmin(admin.ModelAdmin):
     fieldsets = [
         (None, {"fields": ["title", "slug", "description", "submit_label", "is_published", "public_link"]}),
         ("Event trees", {"fields": ["event_trees", "collect_debug"]}),
-        ("Waiting page", {"fields": ["waiting_title", "poll_seconds", "wait_for", "wait_flag", "max_wait_seconds",
-                                     "done_message", "done_redirect_url", "failed_message"]}),
+        (
+            "Waiting page",
+            {
+                "fields": [
+                    "waiting_title",
+                    "poll_seconds",
+                    "wait_for",
+                    "wait_flag",
+                    "max_wait_seconds",
+                    "done_message",
+                    "done_redirect_url",
+                    "failed_message",
+                ]
+            },
+        ),
     ]
 
     # Here rather than on the model fields: the words are for the admin page (no migration for a help text).
     message_help_texts = {
         "done_message": "Template over the record: {{ record.email }}, {{ flags.paid }}; {% if handled_failures %} "
-                        "when a step failed and its error branch took care of it (each has a label and a name).",
+        "when a step failed and its error branch took care of it (each has a label and a name).",
         "failed_message": "Template, like the done message (record, flags, handled_failures).",
     }
 
@@ -70,13 +95,15 @@ class FormAdmin(admin.ModelAdmin):
         events = [RECORD_UPDATE, *sorted(set(form.nodes.exclude(event=RECORD_UPDATE).values_list("event", flat=True)))]
         add_url = reverse("admin:events_node_add") + "?" + urlencode({"form": form.pk})
         lines = format_html_join(
-            "", '<li>{}: <a href="{}">edit the tree</a> · <a href="{}">overview</a></li>',
+            "",
+            '<li>{}: <a href="{}">edit the tree</a> · <a href="{}">overview</a></li>',
             ((event, *tree_links(form.pk, event)) for event in events),
         )
         return format_html(
             '<ul class="events-tree-links">{}</ul><p><a href="{}">Add a node</a> '
             "(give it another event name to start a custom event's tree).</p>",
-            lines, add_url,
+            lines,
+            add_url,
         )
 
 
@@ -89,8 +116,16 @@ class RecordAdmin(admin.ModelAdmin):
     list_select_related = ["form"]
     search_fields = ["token", "form__title", "form__slug"]
     date_hierarchy = "created_at"
-    fields = ["form", "created_at", "updated_at", "is_complete", "data_json", "flags_json", "runs_link",
-              "waiting_page_link"]
+    fields = [
+        "form",
+        "created_at",
+        "updated_at",
+        "is_complete",
+        "data_json",
+        "flags_json",
+        "runs_link",
+        "waiting_page_link",
+    ]
     readonly_fields = fields
 
     def has_add_permission(self, request):

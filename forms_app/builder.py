@@ -61,9 +61,7 @@ def form_field(field):
         case T.CHOICE:
             return forms.ChoiceField(choices=[("", "---------")] + _choices(field), **common)
         case T.MULTIPLE_CHOICE:
-            return forms.MultipleChoiceField(
-                choices=_choices(field), widget=forms.CheckboxSelectMultiple, **common
-            )
+            return forms.MultipleChoiceField(choices=_choices(field), widget=forms.CheckboxSelectMultiple, **common)
         case T.CHECKBOX:
             return forms.BooleanField(**common)
     raise ValueError(f"Unknown field type {field.type!r}")

@@ -125,7 +125,10 @@ class Field(models.Model):
             stored = Field.objects.filter(pk=self.pk).values_list("name", flat=True).first()
             if stored and stored != self.name and self.form.records.exists():
                 raise ValidationError(
-                    {"name": f"Records already store values under “{stored}”: a field's name cannot change once records exist."}
+                    {
+                        "name": f"Records already store values under “{stored}”: "
+                        "a field's name cannot change once records exist."
+                    }
                 )
 
 
@@ -188,8 +191,9 @@ class Record(models.Model):
         it set; elsewhere the row is locked, read and written back.
         """
         if connection.vendor in JsonKeySet.VENDORS and JsonKeySet.SAFE_KEY.match(key):
-            Record.objects.filter(pk=self.pk).update(**{attname: JsonKeySet(attname, key, value),
-                                                        "updated_at": timezone.now()})
+            Record.objects.filter(pk=self.pk).update(
+                **{attname: JsonKeySet(attname, key, value), "updated_at": timezone.now()}
+            )
             getattr(self, attname)[key] = value
             return
         with transaction.atomic():
@@ -198,4 +202,3 @@ class Record(models.Model):
             stored[key] = value
             Record.objects.filter(pk=self.pk).update(**{attname: stored, "updated_at": timezone.now()})
         setattr(self, attname, stored)
-

@@ -18,8 +18,10 @@ logger = logging.getLogger("forms_app.views")
 
 NOT_SAVED = "Your answers were not saved, please try again: we cannot reach our database just now."
 NOT_SHOWN = "This form cannot be shown just now, please try again in a moment."
-TOO_MANY = ("Your answers were not saved: too many forms were sent from your address in a short time. "
-            "Please wait {seconds} seconds, then send the form again.")
+TOO_MANY = (
+    "Your answers were not saved: too many forms were sent from your address in a short time. "
+    "Please wait {seconds} seconds, then send the form again."
+)
 
 FORM_POSTS = Throttle("form-posts", "EVENTS_FORM_POST_LIMIT", "EVENTS_FORM_POST_WINDOW_SECONDS")
 
@@ -51,8 +53,11 @@ def form_detail(request, slug):
 def form_throttled(request, form, wait):
     """429: the client sent this form too often (EVENTS_FORM_POST_LIMIT). The form again, with what was typed."""
     logger.info("Form %s: too many posts from one address; answered 429 (try again in %s s)", form.slug, wait)
-    context = {"form_obj": form, "submission": build_form_class(form)(request.POST),
-               "throttled": TOO_MANY.format(seconds=wait)}
+    context = {
+        "form_obj": form,
+        "submission": build_form_class(form)(request.POST),
+        "throttled": TOO_MANY.format(seconds=wait),
+    }
     response = render(request, "forms_app/form_detail.html", context, status=429)
     response["Retry-After"] = str(wait)
     return response
@@ -67,9 +72,11 @@ def form_unavailable(request, slug, error):
     logger.warning("Form %s: the database cannot be reached (%s); answered 503", slug, error)
     form = last_known_forms.get(slug)
     posted = request.POST if request.method == "POST" else None
-    kept = [] if posted is None else [
-        (name, value) for name, values in posted.lists() if name != "csrfmiddlewaretoken" for value in values
-    ]
+    kept = (
+        []
+        if posted is None
+        else [(name, value) for name, values in posted.lists() if name != "csrfmiddlewaretoken" for value in values]
+    )
     context = {
         "form_obj": form,
         "submission": build_form_class(form)(posted) if form is not None else None,

@@ -78,8 +78,9 @@ def render_message(template_text, record, *, handled_failures=()):
         template = _compiled(template_text)
     except TemplateSyntaxError:
         return template_text
-    return template.render(Context({"record": record.data, "flags": record.flags,
-                                    "handled_failures": list(handled_failures)}))
+    return template.render(
+        Context({"record": record.data, "flags": record.flags, "handled_failures": list(handled_failures)})
+    )
 
 
 @functools.lru_cache(maxsize=256)
@@ -98,8 +99,11 @@ def is_done_before(row, stopped_at):
     """A finished task; once the run stopped, not one of those the stop cancelled (they never ran)."""
     if row.status not in RunTask.TERMINAL:
         return False
-    cancelled_by_stop = (stopped_at is not None and row.status == RunTask.Status.CANCELLED
-                         and (row.finished_at is None or row.finished_at >= stopped_at))
+    cancelled_by_stop = (
+        stopped_at is not None
+        and row.status == RunTask.Status.CANCELLED
+        and (row.finished_at is None or row.finished_at >= stopped_at)
+    )
     return not cancelled_by_stop
 
 
@@ -118,13 +122,28 @@ def record_progress(record, run=False):
     """The state of a record's submission run, as the waiting page shows it (``run``: already read)."""
     form = record.form
     if run is False:
-        run = (Run.objects.filter(record=record, is_submission=True)
-               .only("id", "status", "subtext", "snapshot", "finished_at").first())
+        run = (
+            Run.objects.filter(record=record, is_submission=True)
+            .only("id", "status", "subtext", "snapshot", "finished_at")
+            .first()
+        )
     rows = []
     if run is not None:
         rows = run.in_tree_order(
-            run.tasks.values_list("id", "parent_id", "branch", "node_id", "position", "name", "label", "status",
-                                  "visible", "subtext", "finished_at", named=True),
+            run.tasks.values_list(
+                "id",
+                "parent_id",
+                "branch",
+                "node_id",
+                "position",
+                "name",
+                "label",
+                "status",
+                "visible",
+                "subtext",
+                "finished_at",
+                named=True,
+            ),
             key=lambda row: (row.node_id, row.position),
         )
     stopped = run is not None and run.status in (Run.Status.FAILED, Run.Status.CANCELLED)

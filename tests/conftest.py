@@ -87,7 +87,9 @@ def add_mark(trail_form):
 
     def add(letter, parent=None, **fields):
         config = {"field": "trail", "value": "{{ record.trail }}" + letter}
-        return add_node(trail_form, "update_field", parent=parent, name=letter.lower(), label=letter, config=config, **fields)
+        return add_node(
+            trail_form, "update_field", parent=parent, name=letter.lower(), label=letter, config=config, **fields
+        )
 
     return add
 
@@ -130,7 +132,9 @@ def _submitter(form, capture):
                 # As record_submit starts the run, with event properties (record_submit passes none).
                 with transaction.atomic(durable=True):
                     record = Record.objects.create(form=form, data=data)
-                    run = engine.run_start(record=record, event=RECORD_UPDATE, properties=properties, is_submission=True)
+                    run = engine.run_start(
+                        record=record, event=RECORD_UPDATE, properties=properties, is_submission=True
+                    )
                 engine.run_inline(run=run)
         return Submitted.of(record)
 
@@ -250,7 +254,10 @@ def waiting_form(form, callback_server, allow_local_http):
         "update_field",
         name="after",
         label="Recording the result",
-        config={"field": "status", "value": "zip={{ tasks.book.output.zipFileLocation }} code={{ tasks.book.output.status_code }}"},
+        config={
+            "field": "status",
+            "value": "zip={{ tasks.book.output.zipFileLocation }} code={{ tasks.book.output.status_code }}",
+        },
     )
     return form
 

@@ -41,8 +41,21 @@ def test_bench_quick_run_measures_and_prints_every_figure(tmp_path):
     report = f"stdout:\n{finished.stdout[-6000:]}\nstderr:\n{finished.stderr[-6000:]}"
     assert results.exists(), report
     figures = json.loads(results.read_text())["figures"]
-    assert [row["figure"] for row in figures] == ["1", "2", "3", "4", "5", "6", "7", "8", "9",
-                                                   "10a", "10b", "10c", "10d"]
+    assert [row["figure"] for row in figures] == [
+        "1",
+        "2",
+        "3",
+        "4",
+        "5",
+        "6",
+        "7",
+        "8",
+        "9",
+        "10a",
+        "10b",
+        "10c",
+        "10d",
+    ]
     for row in figures:
         assert row["values"], f"figure {row['figure']} ({row['what']}) was not measured: {row['errors']}\n{report}"
         assert f"{row['figure']:<4} {row['what']}" in finished.stdout, report

@@ -116,7 +116,10 @@ def chain(graph, group):
                 while previous[path[-1]] is not None:
                     path.append(previous[path[-1]])
                 path.reverse()
-                return " -> ".join(f"{m}:{graph[m][n]}" for m, n in zip(path, path[1:] + [start], strict=True)) + f" -> {start}"
+                return (
+                    " -> ".join(f"{m}:{graph[m][n]}" for m, n in zip(path, path[1:] + [start], strict=True))
+                    + f" -> {start}"
+                )
             if target in group and target not in previous:
                 previous[target] = here
                 todo.append(target)
@@ -126,8 +129,10 @@ def chain(graph, group):
 def edges_between(graph, source_package, target_package):
     return sorted(
         f"{module}:{line} imports {target}"
-        for module, targets in graph.items() if module.split(".")[0] == source_package
-        for target, line in targets.items() if target.split(".")[0] == target_package
+        for module, targets in graph.items()
+        if module.split(".")[0] == source_package
+        for target, line in targets.items()
+        if target.split(".")[0] == target_package
     )
 
 
@@ -146,8 +151,10 @@ GRAPH = import_graph(Path(settings.BASE_DIR))
 
 def test_no_module_of_the_project_takes_part_in_an_import_cycle():
     known = set(KNOWN_CYCLES.values())
-    graph = {module: {target: line for target, line in targets.items() if (module, target) not in known}
-             for module, targets in GRAPH.items()}
+    graph = {
+        module: {target: line for target, line in targets.items() if (module, target) not in known}
+        for module, targets in GRAPH.items()
+    }
 
     assert [chain(graph, group) for group in cycles(graph)] == []
 
@@ -206,8 +213,11 @@ def test_only_the_queue_package_imports_django_q():
             if relative.startswith("events/queue/"):
                 continue
             for node in ast.walk(ast.parse(path.read_text())):
-                names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else (
-                    [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+                names = (
+                    [alias.name for alias in node.names]
+                    if isinstance(node, ast.Import)
+                    else ([node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+                )
                 if any(name == "django_q" or name.startswith("django_q.") for name in names):
                     importers.append(f"{relative}:{node.lineno}")
     assert importers == []

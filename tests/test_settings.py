@@ -20,14 +20,19 @@ def manage(tmp_path):
 
     def run(*args, **env):
         clean = {
-            name: value for name, value in os.environ.items()
+            name: value
+            for name, value in os.environ.items()
             if not name.startswith(("DJANGO_", "EVENTS_")) and name != "DATABASE_URL"
         }
         clean.update(DJANGO_SETTINGS_MODULE="config.settings", DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}")
         clean.update(env)
         return subprocess.run(
-            [sys.executable, "manage.py", *args], cwd=settings.BASE_DIR, env=clean,
-            capture_output=True, text=True, timeout=TIMEOUT,
+            [sys.executable, "manage.py", *args],
+            cwd=settings.BASE_DIR,
+            env=clean,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
         )
 
     return run
@@ -75,7 +80,8 @@ def test_production_with_a_good_key_starts_with_secure_cookies_and_debug_off(man
     assert "System check identified no issues" in check.stdout
 
     shown = manage(
-        "shell", "-c",
+        "shell",
+        "-c",
         "from django.conf import settings; "
         "print(settings.SESSION_COOKIE_SECURE, settings.CSRF_COOKIE_SECURE, settings.DEBUG, settings.ALLOWED_HOSTS)",
         **env,
@@ -93,10 +99,21 @@ def test_a_web_worker_on_sqlite_loads_neither_the_http_client_nor_the_postgresql
         "import sys, django; django.setup(); import config.wsgi; from django.urls import resolve; resolve('/admin/');"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'httpx', 'psycopg'}))"
     )
-    env = {"DJANGO_SETTINGS_MODULE": "config.settings", "DJANGO_SECRET_KEY": "x" * 50,
-           "DJANGO_ALLOWED_HOSTS": "127.0.0.1", "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3", "PATH": "/usr/bin:/bin"}
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
-                            cwd=str(__import__("pathlib").Path(__file__).resolve().parent.parent))
+    env = {
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "DJANGO_SECRET_KEY": "x" * 50,
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
+        "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3",
+        "PATH": "/usr/bin:/bin",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(__import__("pathlib").Path(__file__).resolve().parent.parent),
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
 
@@ -122,10 +139,14 @@ def test_behind_an_https_proxy_the_throttles_read_one_forwarded_address(manage):
 
 def test_postgresql_keeps_each_connection_open_rather_than_pooling(manage):
     """One persistent, health-checked connection per process (config/settings.py says why no pool)."""
-    show = ("from django.conf import settings; d = settings.DATABASES['default']; "
-            "print(d['ENGINE'], d['CONN_MAX_AGE'], d['CONN_HEALTH_CHECKS'], 'pool' in d.get('OPTIONS', {}))")
+    show = (
+        "from django.conf import settings; d = settings.DATABASES['default']; "
+        "print(d['ENGINE'], d['CONN_MAX_AGE'], d['CONN_HEALTH_CHECKS'], 'pool' in d.get('OPTIONS', {}))"
+    )
 
-    result = manage("shell", "-c", show, DJANGO_DEBUG="1", DATABASE_URL="postgres://events:secret@127.0.0.1:5432/events")
+    result = manage(
+        "shell", "-c", show, DJANGO_DEBUG="1", DATABASE_URL="postgres://events:secret@127.0.0.1:5432/events"
+    )
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[-4:] == ["django.db.backends.postgresql", "600", "True", "False"]

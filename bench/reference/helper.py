@@ -52,7 +52,13 @@ def stats():
 
 if __name__ == "__main__":
     serve(
-        {"entry_create": entry_create, "queue_fill": queue_fill, "queue_clear": queue_clear,
-         "queue_size": queue_size, "drain": drain, "stats": stats},
+        {
+            "entry_create": entry_create,
+            "queue_fill": queue_fill,
+            "queue_clear": queue_clear,
+            "queue_size": queue_size,
+            "drain": drain,
+            "stats": stats,
+        },
         after_each=lambda: (close_old_connections(), connection.close()),
     )

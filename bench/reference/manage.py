@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """The reference app's manage.py: a minimal hand-written Django + django-q2 project (see refsite/settings.py)."""
+
 import os
 import sys
 

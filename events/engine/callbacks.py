@@ -69,8 +69,14 @@ def callback_digest(*, status: str, logs: list[str], output: dict[str, Any] | No
 
 
 def task_callback(
-    *, task_id: uuid.UUID | str, status: str, logs: Sequence[str] = (), output: dict[str, Any] | None = None,
-    subtext: str | None = None, note: str = "", error: str = "",
+    *,
+    task_id: uuid.UUID | str,
+    status: str,
+    logs: Sequence[str] = (),
+    output: dict[str, Any] | None = None,
+    subtext: str | None = None,
+    note: str = "",
+    error: str = "",
 ) -> CallbackResult:
     """Apply an external system's answer to an awaiting task. The first valid one wins.
 
@@ -97,7 +103,9 @@ def task_callback(
             "output": {**row.output, **(output or {})},
             "logs": RunTask.capped_logs(row.logs, lines),
             "callback_digest": digest,
-            "error": "" if succeeded else (error or f"The external system reported FAILURE{': ' + subtext if subtext else ''}."),
+            "error": ""
+            if succeeded
+            else (error or f"The external system reported FAILURE{': ' + subtext if subtext else ''}."),
             "failure": "" if succeeded else RunTask.Failure.CALLBACK,
         }
         if subtext is not None:
@@ -112,8 +120,9 @@ def task_callback(
         if succeeded:
             sequence_hand_on(run=row.run, task=row)
         else:
-            failure_consequence(run=row.run, task=row, node=snapshot_node(row.run.snapshot, row.node_id) or {},
-                                hand_off=True)
+            failure_consequence(
+                run=row.run, task=row, node=snapshot_node(row.run.snapshot, row.node_id) or {}, hand_off=True
+            )
     return CallbackResult(applied=True, status=changes["status"])
 
 
@@ -145,12 +154,15 @@ def awaiting_expire(*, now: datetime | None = None) -> int:
                 finished_at=timezone.now(),
                 error=error,
                 failure=RunTask.Failure.TIMEOUT,
-                logs=RunTask.capped_logs(task.logs, [
-                    RunTask.log_line(f"timed out waiting for a callback (deadline {task.deadline_at.isoformat()})")]),
+                logs=RunTask.capped_logs(
+                    task.logs,
+                    [RunTask.log_line(f"timed out waiting for a callback (deadline {task.deadline_at.isoformat()})")],
+                ),
             )
             if won:
                 expired += 1
                 task.status, task.error, task.failure = RunTask.Status.FAILED, error, RunTask.Failure.TIMEOUT
-                failure_consequence(run=task.run, task=task, hand_off=True,
-                                    node=snapshot_node(task.run.snapshot, task.node_id) or {})
+                failure_consequence(
+                    run=task.run, task=task, hand_off=True, node=snapshot_node(task.run.snapshot, task.node_id) or {}
+                )
     return expired

@@ -43,8 +43,9 @@ def error_branch_open(*, run, task, node):
     if first is not None:
         return first
     start = (run.tasks.aggregate(last=Max("position"))["last"] or 0) + 1
-    branch = tasks_for(run, node["on_error"], parent_id=task.pk, branch="on_error",
-                        debug=task.collect_debug, position=start)
+    branch = tasks_for(
+        run, node["on_error"], parent_id=task.pk, branch="on_error", debug=task.collect_debug, position=start
+    )
     try:
         with transaction.atomic():
             RunTask.objects.bulk_create(branch)
@@ -59,10 +60,15 @@ def error_branch_open(*, run, task, node):
 def task_retry_later(*, task, policy, error, logs=(), debug=None):
     """Put a failed attempt back to pending, due after the policy's backoff."""
     due = timezone.now() + timedelta(seconds=policy.next_delay(task.attempt))
-    line = f"attempt {task.attempt} of {task.max_attempts} failed: {error}; next attempt at {due.isoformat(timespec='seconds')}"
+    next_at = due.isoformat(timespec="seconds")
+    line = f"attempt {task.attempt} of {task.max_attempts} failed: {error}; next attempt at {next_at}"
     changes = {
-        "status": RunTask.Status.PENDING, "due_at": due, "enqueued_at": None, "lease_expires_at": None,
-        "error": error, "logs": RunTask.capped_logs(task.logs, [*logs, RunTask.log_line(line)]),
+        "status": RunTask.Status.PENDING,
+        "due_at": due,
+        "enqueued_at": None,
+        "lease_expires_at": None,
+        "error": error,
+        "logs": RunTask.capped_logs(task.logs, [*logs, RunTask.log_line(line)]),
     }
     if debug is not None:
         changes["debug"] = task.debug + [debug]
@@ -101,9 +107,15 @@ def task_redrive(*, task_id: uuid.UUID | str) -> bool:
             status=RunTask.Status.ACTIVE, finished_at=None, lease_expires_at=None, error=""
         )
         RunTask.objects.filter(pk=task.pk).update(
-            status=RunTask.Status.PENDING, due_at=now, enqueued_at=None, finished_at=None,
-            attempt=F("attempt") if task.attempt else 1, max_attempts=max(task.attempt, 1) + 1,
-            logs=RunTask.capped_logs(task.logs, [RunTask.log_line("re-run by an admin; the failure above stays on record")]),
+            status=RunTask.Status.PENDING,
+            due_at=now,
+            enqueued_at=None,
+            finished_at=None,
+            attempt=F("attempt") if task.attempt else 1,
+            max_attempts=max(task.attempt, 1) + 1,
+            logs=RunTask.capped_logs(
+                task.logs, [RunTask.log_line("re-run by an admin; the failure above stays on record")]
+            ),
         )
         queue.container_enqueue(task_id=task.pk)
     return True
@@ -129,17 +141,31 @@ def leases_release(*, tasks: QuerySet[RunTask], reason: str, now: datetime | Non
         if task.attempt >= limit:
             error = f"Its worker stopped while running it ({reason}), {task.attempt} times; given up."
             with transaction.atomic():
-                if still.update(status=RunTask.Status.FAILED, finished_at=now, lease_expires_at=None, error=error,
-                                failure=RunTask.Failure.RAISED,
-                                logs=RunTask.capped_logs(task.logs, [RunTask.log_line(error)])):
+                if still.update(
+                    status=RunTask.Status.FAILED,
+                    finished_at=now,
+                    lease_expires_at=None,
+                    error=error,
+                    failure=RunTask.Failure.RAISED,
+                    logs=RunTask.capped_logs(task.logs, [RunTask.log_line(error)]),
+                ):
                     failed += 1
                     task.status, task.error, task.failure = RunTask.Status.FAILED, error, RunTask.Failure.RAISED
-                    failure_consequence(run=task.run, task=task, hand_off=True,
-                                        node=snapshot_node(task.run.snapshot, task.node_id) or {})
+                    failure_consequence(
+                        run=task.run,
+                        task=task,
+                        hand_off=True,
+                        node=snapshot_node(task.run.snapshot, task.node_id) or {},
+                    )
             continue
         walked_by_parent = task.parent_id in held_ids and task.branch == "main"
-        if still.update(status=RunTask.Status.PENDING, lease_expires_at=None, lease_owner="", enqueued_at=None,
-                        due_at=None if walked_by_parent else now,
-                        logs=RunTask.capped_logs(task.logs, [RunTask.log_line(f"{reason}: it will run again")])):
+        if still.update(
+            status=RunTask.Status.PENDING,
+            lease_expires_at=None,
+            lease_owner="",
+            enqueued_at=None,
+            due_at=None if walked_by_parent else now,
+            logs=RunTask.capped_logs(task.logs, [RunTask.log_line(f"{reason}: it will run again")]),
+        ):
             retried += 1
     return retried, failed

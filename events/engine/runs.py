@@ -25,9 +25,15 @@ class Outcome(enum.Enum):
 
 
 def run_start(
-    *, record: models.Model, event: str = RECORD_UPDATE, properties: dict[str, Any] | None = None,
-    parent_run: Run | None = None, parent_task: RunTask | None = None, is_submission: bool = False,
-    snapshot: list[dict[str, Any]] | None = None, debug: bool = False,
+    *,
+    record: models.Model,
+    event: str = RECORD_UPDATE,
+    properties: dict[str, Any] | None = None,
+    parent_run: Run | None = None,
+    parent_task: RunTask | None = None,
+    is_submission: bool = False,
+    snapshot: list[dict[str, Any]] | None = None,
+    debug: bool = False,
 ) -> Run:
     """Create a run pinned to the current tree of (form, event) and a pending task per node.
 
@@ -177,15 +183,19 @@ def run_finish_if_done(*, run: Run, check_failures: bool = False) -> bool:
             # The row lock serialises two last tasks finishing at once (SQLite's write lock already does).
             Run.objects.select_for_update().filter(pk=run.pk).values_list("pk", flat=True).first()
         if check_failures:
-            unhandled = run.tasks.filter(status=RunTask.Status.FAILED).exclude(
-                Exists(RunTask.objects.filter(parent=OuterRef("pk"), branch="on_error"))
-            ).first()
+            unhandled = (
+                run.tasks.filter(status=RunTask.Status.FAILED)
+                .exclude(Exists(RunTask.objects.filter(parent=OuterRef("pk"), branch="on_error")))
+                .first()
+            )
             if unhandled is not None:
                 run_fail(run=run, error=failure_message(unhandled))
                 return False
         still_open = RunTask.objects.filter(run_id=run.pk, status__in=RunTask.OPEN)
-        won = Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).exclude(Exists(still_open)).update(
-            status=Run.Status.COMPLETE, finished_at=timezone.now()
+        won = (
+            Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING)
+            .exclude(Exists(still_open))
+            .update(status=Run.Status.COMPLETE, finished_at=timezone.now())
         )
         if won and run.is_submission:
             record_model().objects.filter(pk=run.record_id).update(is_complete=True)

@@ -97,7 +97,10 @@ def walk_hand_back(*, task, holders):
     with transaction.atomic():
         if holders:
             RunTask.objects.filter(pk__in=holders, status=RunTask.Status.ACTIVE).update(
-                status=RunTask.Status.PENDING, lease_expires_at=None, lease_owner="", enqueued_at=None,
+                status=RunTask.Status.PENDING,
+                lease_expires_at=None,
+                lease_owner="",
+                enqueued_at=None,
                 attempt=F("attempt") - 1,
             )
             queue.task_enqueue(task_id=holders[0], only_unsent=False)
@@ -133,8 +136,10 @@ def run_repair(*, run: Run) -> Literal["nothing", "failed", "resumed", "finished
         for node in order:
             task = tasks.get(node["id"])
             parent = by_id.get(task.parent_id) if task is not None else None
-            if task is not None and task.status == RunTask.Status.PENDING and (
-                parent is None or parent.status != RunTask.Status.PENDING
+            if (
+                task is not None
+                and task.status == RunTask.Status.PENDING
+                and (parent is None or parent.status != RunTask.Status.PENDING)
             ):
                 queue.task_enqueue(task_id=task.pk, only_unsent=False)
                 return "resumed"

@@ -270,27 +270,54 @@ def action_execute(*, run, task, node, inline=False, require_due=False):
         result = node_type().execute(ctx)
     except NodeError as exc:
         writes.begin()
-        return task_fail(run=run, task=task, node=node, error=str(exc), logs=ctx.logs, inline=inline,
-                         debug=_trace(task, ctx, started, error=str(exc)), retryable=exc.retryable)
+        return task_fail(
+            run=run,
+            task=task,
+            node=node,
+            error=str(exc),
+            logs=ctx.logs,
+            inline=inline,
+            debug=_trace(task, ctx, started, error=str(exc)),
+            retryable=exc.retryable,
+        )
     except Exception as exc:
         writes.begin()
         logger.exception("Task %s (%s) raised", task.pk, node["type"])
         ctx.log(traceback.format_exc(limit=5))
         error = f"{exc.__class__.__name__}: {exc}"
-        return task_fail(run=run, task=task, node=node, error=error, logs=ctx.logs, inline=inline,
-                         debug=_trace(task, ctx, started, error=error))
+        return task_fail(
+            run=run,
+            task=task,
+            node=node,
+            error=error,
+            logs=ctx.logs,
+            inline=inline,
+            debug=_trace(task, ctx, started, error=error),
+        )
     writes.begin()
     problem = RunTask.storage_problem(result.output if isinstance(result, Waiting) else result, "output")
     if problem:
         error = f"Its output cannot be stored: {problem}."
-        return task_fail(run=run, task=task, node=node, error=error, logs=ctx.logs, inline=inline,
-                         debug=_trace(task, ctx, started, error=error))
+        return task_fail(
+            run=run,
+            task=task,
+            node=node,
+            error=error,
+            logs=ctx.logs,
+            inline=inline,
+            debug=_trace(task, ctx, started, error=error),
+        )
     if isinstance(result, Waiting):
-        task_store_waiting(task=task, output=result.output, logs=ctx.logs,
-                           debug=_trace(task, ctx, started, output=result.output))
+        task_store_waiting(
+            task=task, output=result.output, logs=ctx.logs, debug=_trace(task, ctx, started, output=result.output)
+        )
         return Outcome.SUSPENDED
-    task.finish(RunTask.Status.COMPLETE, logs=ctx.logs, output=result or {},
-                debug=_trace(task, ctx, started, output=result or {}))
+    task.finish(
+        RunTask.Status.COMPLETE,
+        logs=ctx.logs,
+        output=result or {},
+        debug=_trace(task, ctx, started, output=result or {}),
+    )
     walk_outputs_note(run, task)
     return Outcome.DONE
 
@@ -314,8 +341,17 @@ def _trace(task, ctx, started, *, output=None, error=""):
     }
     trace = json.loads(json.dumps(trace, cls=DjangoJSONEncoder, default=str))
     problem = RunTask.storage_problem(trace, "trace")
-    return trace if problem is None else {**trace, "inputs": None, "output": None, "rendered_config": None,
-                                          "note": f"Part of this trace cannot be stored ({problem})."}
+    return (
+        trace
+        if problem is None
+        else {
+            **trace,
+            "inputs": None,
+            "output": None,
+            "rendered_config": None,
+            "note": f"Part of this trace cannot be stored ({problem}).",
+        }
+    )
 
 
 def marker_pass(*, run, task, inline):
@@ -325,8 +361,9 @@ def marker_pass(*, run, task, inline):
     if lost is not None:
         return lost
     if not (inline and registry.get(task.type).backgrounds_later_siblings):
-        task.finish(RunTask.Status.COMPLETE, logs=[RunTask.log_line("already in the background" if not inline
-                                                                    else "passed")])
+        task.finish(
+            RunTask.Status.COMPLETE, logs=[RunTask.log_line("already in the background" if not inline else "passed")]
+        )
         return Outcome.DONE
     with transaction.atomic():
         task.finish(RunTask.Status.COMPLETE, logs=[RunTask.log_line("the rest of the sequence goes to the background")])
@@ -351,8 +388,11 @@ def condition_execute(*, run, task, node, inline, holders=()):
         run.tasks.filter(node_id__in=skipped, status=RunTask.Status.PENDING).update(
             status=RunTask.Status.SKIPPED, finished_at=timezone.now()
         )
-        task.finish(RunTask.Status.COMPLETE, logs=logs + [RunTask.log_line("steps skipped")],
-                    output=registry.get(node["type"]).settled_output(held=False))
+        task.finish(
+            RunTask.Status.COMPLETE,
+            logs=logs + [RunTask.log_line("steps skipped")],
+            output=registry.get(node["type"]).settled_output(held=False),
+        )
         return Outcome.DONE
     task.logs = RunTask.capped_logs(task.logs, logs)
     RunTask.objects.filter(pk=task.pk).update(logs=task.logs)
@@ -361,8 +401,14 @@ def condition_execute(*, run, task, node, inline, holders=()):
 
 
 def run_trigger(
-    *, run: Run, task: RunTask, record: models.Model, event: str, properties: dict[str, Any] | None,
-    snapshot: list[dict[str, Any]] | None = None, debug: bool = False,
+    *,
+    run: Run,
+    task: RunTask,
+    record: models.Model,
+    event: str,
+    properties: dict[str, Any] | None,
+    snapshot: list[dict[str, Any]] | None = None,
+    debug: bool = False,
 ) -> dict[str, str]:
     """trigger_event: fire ``event`` for the same record as a child run, and walk its inline phase now.
 
@@ -370,8 +416,9 @@ def run_trigger(
     (a container's branch recorded as a run of its own); ``debug``: its tasks collect debug traces.
     """
     with transaction.atomic():
-        child = run_child_start(run=run, task=task, record=record, event=event, properties=properties,
-                                snapshot=snapshot, debug=debug)
+        child = run_child_start(
+            run=run, task=task, record=record, event=event, properties=properties, snapshot=snapshot, debug=debug
+        )
     outcome = run_inline(run=child)
     child.refresh_from_db(fields=["status"])
     return {"run_id": str(child.pk), "event": event, "status": child.status, "outcome": outcome.value}
@@ -381,8 +428,15 @@ def run_child_start(*, run, task, record, event, properties, snapshot=None, debu
     """The child run ``task`` fires, created once: an attempt run again after a crash finds the first one."""
     child = Run.objects.filter(parent_task=task).first()
     if child is None:
-        child = run_start(record=record, event=event, properties=properties, parent_run=run, parent_task=task,
-                          snapshot=snapshot, debug=debug)
+        child = run_start(
+            record=record,
+            event=event,
+            properties=properties,
+            parent_run=run,
+            parent_task=task,
+            snapshot=snapshot,
+            debug=debug,
+        )
     return child
 
 
@@ -412,8 +466,14 @@ def container_defer(*, run, task, node, inline=False):
     except Exception as exc:
         logger.exception("Could not hand task %s to the queue", task.pk)
         task.claim()
-        return task_fail(run=run, task=task, node=node, error=f"Could not schedule: {exc.__class__.__name__}: {exc}",
-                         failure=RunTask.Failure.SCHEDULE, inline=inline)
+        return task_fail(
+            run=run,
+            task=task,
+            node=node,
+            error=f"Could not schedule: {exc.__class__.__name__}: {exc}",
+            failure=RunTask.Failure.SCHEDULE,
+            inline=inline,
+        )
     return Outcome.DONE
 
 
@@ -492,10 +552,20 @@ def container_run_branch(*, run, task, node):
         # The child run and this container's completion commit together: a crash can neither
         # lose the branch nor start it twice. The child's inline phase runs after the commit.
         with transaction.atomic():
-            child = run_child_start(run=run, task=task, record=record, event=event, properties=properties,
-                                    snapshot=node.get("children", []), debug=task.collect_debug)
-            task.finish(RunTask.Status.COMPLETE, output={"run_id": str(child.pk), "event": event},
-                        logs=[RunTask.log_line(f"branch recorded as run {child.pk} of “{event}”")])
+            child = run_child_start(
+                run=run,
+                task=task,
+                record=record,
+                event=event,
+                properties=properties,
+                snapshot=node.get("children", []),
+                debug=task.collect_debug,
+            )
+            task.finish(
+                RunTask.Status.COMPLETE,
+                output={"run_id": str(child.pk), "event": event},
+                logs=[RunTask.log_line(f"branch recorded as run {child.pk} of “{event}”")],
+            )
     except Exception as exc:
         error = str(exc) if isinstance(exc, NodeError) else f"{exc.__class__.__name__}: {exc}"
         return task_fail(run=run, task=task, node=node, error=error, failure=RunTask.Failure.SCHEDULE)
@@ -520,8 +590,9 @@ def sequence_resume(*, task_id: uuid.UUID | str) -> Outcome:
         return sequence_continue_after(run=task.run, task=task)
 
 
-def task_fail(*, run, task, node=None, error, logs=(), failure=RunTask.Failure.RAISED, inline=False, debug=None,
-              retryable=True):
+def task_fail(
+    *, run, task, node=None, error, logs=(), failure=RunTask.Failure.RAISED, inline=False, debug=None, retryable=True
+):
     """A claimed step failed: retry it, run its error branch, or fail the run.
 
     The failure and what follows from it (the run failing, or the error branch's
@@ -532,15 +603,23 @@ def task_fail(*, run, task, node=None, error, logs=(), failure=RunTask.Failure.R
     """
     node = node or snapshot_node(run.snapshot, task.node_id) or {}
     policy = RetryPolicy.of_document(node.get("retry"))
-    if (failure == RunTask.Failure.RAISED and task.status == RunTask.Status.ACTIVE
-            and policy.retries(attempt=task.attempt, error=error, retryable=retryable)):
+    if (
+        failure == RunTask.Failure.RAISED
+        and task.status == RunTask.Status.ACTIVE
+        and policy.retries(attempt=task.attempt, error=error, retryable=retryable)
+    ):
         return task_retry_later(task=task, policy=policy, error=error, logs=logs, debug=debug)
     if failure == RunTask.Failure.RAISED and task.max_attempts > 1 and task.attempt > 1:
         failure = RunTask.Failure.RETRIES
         error = f"{error} (after {task.attempt} attempts)"
     with transaction.atomic():
-        if not task.finish(RunTask.Status.FAILED, logs=list(logs) + [RunTask.log_line(f"failed: {error}")],
-                           error=error, failure=failure, debug=debug):
+        if not task.finish(
+            RunTask.Status.FAILED,
+            logs=list(logs) + [RunTask.log_line(f"failed: {error}")],
+            error=error,
+            failure=failure,
+            debug=debug,
+        ):
             # Already settled elsewhere (a callback answered while the request was in flight):
             # the first outcome stands, and whoever settled it carries the sequence on.
             return Outcome.ELSEWHERE

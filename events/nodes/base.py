@@ -97,15 +97,19 @@ class ContainerConfig(ConfigForm):
     """The options every deferred container takes (from the Run In Background seed)."""
 
     event_type = forms.SlugField(
-        label="Event type", required=False, max_length=100,
+        label="Event type",
+        required=False,
+        max_length=100,
         help_text="Record this branch as a run of its own, under this event name.",
     )
     event_properties = forms.JSONField(
-        label="Event properties", required=False,
+        label="Event properties",
+        required=False,
         help_text='A JSON object the branch sees as its properties (values may be templates): {"source": "web"}.',
     )
     collect_debug = forms.BooleanField(
-        label="Collect debug traces", required=False,
+        label="Collect debug traces",
+        required=False,
         help_text="Store each step's rendered config, inputs, output and timing (costs storage).",
     )
 
@@ -154,7 +158,12 @@ class NodeContext:
             "flags": self.record.flags,
             "properties": self.run.properties,
             "tasks": self.outputs,
-            "run": {"id": str(self.run.pk), "reference": self.run.reference, "event": self.run.event, "subtext": self.run.subtext},
+            "run": {
+                "id": str(self.run.pk),
+                "reference": self.run.reference,
+                "event": self.run.event,
+                "subtext": self.run.subtext,
+            },
             "site": {"public_url": settings.EVENTS_PUBLIC_URL.rstrip("/")},
             "error": self.error or {},
         }
@@ -202,8 +211,10 @@ class NodeContext:
         limit = self.wait_limit()
         if limit is None or seconds <= limit:
             return seconds
-        note = (f"{what} cut from {seconds:g} s to {limit:g} s: this step runs in the submit request "
-                "(EVENTS_INLINE_STEP_MAX_SECONDS); put it in a Background container to wait longer")
+        note = (
+            f"{what} cut from {seconds:g} s to {limit:g} s: this step runs in the submit request "
+            "(EVENTS_INLINE_STEP_MAX_SECONDS); put it in a Background container to wait longer"
+        )
         self.log(note)
         logger.info("Task %s: %s", self.task.pk, note)
         return limit
@@ -236,7 +247,9 @@ class NodeType:
     backgrounds_later_siblings: ClassVar[bool] = False
 
     @classmethod
-    def clean_config(cls, data: Mapping[str, Any] | None, *, form_fields: Mapping[str, str] | None = None) -> dict[str, Any]:
+    def clean_config(
+        cls, data: Mapping[str, Any] | None, *, form_fields: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
         """Validate raw config; return it normalised, or raise ValidationError naming the fields.
 
         ``form_fields``: the form's field names and types, when known (see ConfigForm).
@@ -244,9 +257,13 @@ class NodeType:
         form = cls.config_form(data=data or {}, form_fields=form_fields)
         if not form.is_valid():
             raise ValidationError(
-                {name: [f"{form.fields[name].label or name}: {message}" if name in form.fields else message
-                        for message in messages]
-                 for name, messages in form.errors.items()}
+                {
+                    name: [
+                        f"{form.fields[name].label or name}: {message}" if name in form.fields else message
+                        for message in messages
+                    ]
+                    for name, messages in form.errors.items()
+                }
             )
         return form.to_config()
 

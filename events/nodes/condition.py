@@ -36,8 +36,13 @@ class ConditionConfig(ConfigForm):
     __init__ spreads it over the rows, so both shapes are validated the same way.
     """
 
-    match = forms.ChoiceField(label="Match", choices=list(MATCHES.items()), required=False, initial="all",
-                              help_text="All rules must hold, or any one of them. Left empty: all.")
+    match = forms.ChoiceField(
+        label="Match",
+        choices=list(MATCHES.items()),
+        required=False,
+        initial="all",
+        help_text="All rules must hold, or any one of them. Left empty: all.",
+    )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -136,14 +141,20 @@ class ConditionConfig(ConfigForm):
 
 for _number in range(1, ROWS + 1):
     ConditionConfig.base_fields[f"field_{_number}"] = forms.CharField(
-        label=f"Field {_number}", required=False, max_length=120,
+        label=f"Field {_number}",
+        required=False,
+        max_length=120,
         help_text="A field name of this form, or flags.<name>." if _number == 1 else "",
     )
     ConditionConfig.base_fields[f"operator_{_number}"] = forms.ChoiceField(
-        label=f"Operator {_number}", required=False, choices=[("", "---------"), *OPERATORS.items()],
+        label=f"Operator {_number}",
+        required=False,
+        choices=[("", "---------"), *OPERATORS.items()],
     )
     ConditionConfig.base_fields[f"value_{_number}"] = forms.CharField(
-        label=f"Value {_number}", required=False, strip=False,
+        label=f"Value {_number}",
+        required=False,
+        strip=False,
         help_text="Not needed for “is empty” and “is set”." if _number == 1 else "",
     )
 
@@ -209,7 +220,7 @@ def contains(actual, expected):
 def rule_holds(rule, *, data, flags):
     """(holds, what the field held) for one rule; a missing field is reported as "missing"."""
     name, operator, expected = rule["field"], rule["operator"], str(rule.get("value", ""))
-    source, key = (flags, name[len(FLAG_PREFIX):]) if name.startswith(FLAG_PREFIX) else (data, name)
+    source, key = (flags, name[len(FLAG_PREFIX) :]) if name.startswith(FLAG_PREFIX) else (data, name)
     if key not in source:
         return operator in ("is_empty", "not_equals"), "missing"
     actual = source[key]

@@ -18,8 +18,12 @@ RULES = {
 
 
 class DelayConfig(ContainerConfig):
-    rule = forms.ChoiceField(label="Due", choices=list(RULES.items()), required=False,
-                             help_text="Left empty, it follows from the value given below.")
+    rule = forms.ChoiceField(
+        label="Due",
+        choices=list(RULES.items()),
+        required=False,
+        help_text="Left empty, it follows from the value given below.",
+    )
     after_seconds = forms.IntegerField(label="Seconds after the submit", min_value=0, required=False)
     at = forms.DateTimeField(label="At", required=False, help_text="ISO date and time, e.g. 2027-01-31T09:00:00+00:00.")
     field = forms.SlugField(label="Date field", required=False)
@@ -28,9 +32,12 @@ class DelayConfig(ContainerConfig):
     def clean(self):
         data = super().clean()
         rule = data.get("rule") or (
-            "after" if data.get("after_seconds") is not None
-            else "at" if data.get("at")
-            else "field" if data.get("field")
+            "after"
+            if data.get("after_seconds") is not None
+            else "at"
+            if data.get("at")
+            else "field"
+            if data.get("field")
             else ""
         )
         if not rule:

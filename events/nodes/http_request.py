@@ -24,16 +24,26 @@ class HttpRequestConfig(ConfigForm):
     headers = forms.JSONField(label="Headers", required=False, help_text='A JSON object: {"X-Token": "..."}.')
     body = TemplateTextField(label="Body", required=False, help_text="Sent as is; templates allowed.")
     timeout_seconds = forms.FloatField(
-        label="Read timeout (seconds)", min_value=0.1, max_value=120, initial=DEFAULT_TIMEOUT_SECONDS, required=False,
+        label="Read timeout (seconds)",
+        min_value=0.1,
+        max_value=120,
+        initial=DEFAULT_TIMEOUT_SECONDS,
+        required=False,
         help_text="The longest wait for the answer, per read and for the whole answer of each request. "
-                  "In the submit request (not in Background) it is cut to EVENTS_INLINE_STEP_MAX_SECONDS.",
+        "In the submit request (not in Background) it is cut to EVENTS_INLINE_STEP_MAX_SECONDS.",
     )
     connect_timeout_seconds = forms.FloatField(
-        label="Connect timeout (seconds)", min_value=0.1, max_value=60, required=False,
+        label="Connect timeout (seconds)",
+        min_value=0.1,
+        max_value=60,
+        required=False,
         help_text=f"The longest wait for a connection (default {DEFAULT_CONNECT_TIMEOUT_SECONDS:g}).",
     )
     max_redirects = forms.IntegerField(
-        label="Redirects to follow", min_value=0, max_value=MAX_REDIRECTS_LIMIT, required=False,
+        label="Redirects to follow",
+        min_value=0,
+        max_value=MAX_REDIRECTS_LIMIT,
+        required=False,
         help_text=f"Default {DEFAULT_MAX_REDIRECTS}; 0 keeps a redirect as the answer.",
     )
     fail_on_status = forms.BooleanField(
@@ -49,7 +59,9 @@ class HttpRequestConfig(ConfigForm):
         required=False,
         min_value=1,
         max_value=MAX_CALLBACK_TIMEOUT_SECONDS,
-        help_text=f"With a callback: fail as timed out if none arrives in time (default {DEFAULT_CALLBACK_TIMEOUT_SECONDS}).",
+        help_text=(
+            f"With a callback: fail as timed out if none arrives in time (default {DEFAULT_CALLBACK_TIMEOUT_SECONDS})."
+        ),
     )
 
     def clean_url(self):
@@ -67,7 +79,9 @@ class HttpRequestConfig(ConfigForm):
     def to_config(self):
         config = super().to_config()
         # Left out of a config document it defaults to true; a form always sends it.
-        config["fail_on_status"] = bool(self.cleaned_data.get("fail_on_status")) if "fail_on_status" in self.data else True
+        config["fail_on_status"] = (
+            bool(self.cleaned_data.get("fail_on_status")) if "fail_on_status" in self.data else True
+        )
         config.setdefault("timeout_seconds", DEFAULT_TIMEOUT_SECONDS)
         if config.get("wait_for_callback"):
             config.setdefault("callback_timeout_seconds", DEFAULT_CALLBACK_TIMEOUT_SECONDS)
@@ -157,8 +171,11 @@ class HttpRequest(NodeType):
         body = ctx.render(ctx.config.get("body") or "", extra)
         if waits and not body:
             body = json.dumps(
-                {"taskId": extra["callback"]["task_id"], "callbackUrl": extra["callback"]["url"],
-                 "callbackToken": extra["callback"]["token"]}
+                {
+                    "taskId": extra["callback"]["task_id"],
+                    "callbackUrl": extra["callback"]["url"],
+                    "callbackToken": extra["callback"]["token"],
+                }
             )
             if not any(name.lower() == "content-type" for name in headers):
                 headers["Content-Type"] = "application/json"
@@ -167,11 +184,16 @@ class HttpRequest(NodeType):
         connect_timeout = float(ctx.config.get("connect_timeout_seconds") or DEFAULT_CONNECT_TIMEOUT_SECONDS)
         try:
             answer = outbound.request(
-                method, url, headers=headers, content=body.encode() if body else b"", message_id=str(ctx.task.pk),
+                method,
+                url,
+                headers=headers,
+                content=body.encode() if body else b"",
+                message_id=str(ctx.task.pk),
                 timeout=ctx.bounded_wait(timeout, what="the read timeout"),
                 connect_timeout=ctx.bounded_wait(connect_timeout, what="the connect timeout"),
                 max_redirects=DEFAULT_MAX_REDIRECTS if max_redirects in (None, "") else int(max_redirects),
-                total_timeout=ctx.wait_limit(), log=ctx.log,
+                total_timeout=ctx.wait_limit(),
+                log=ctx.log,
             )
         except outbound.DestinationRefused as exc:
             raise NodeError(str(exc), retryable=False) from None

@@ -10,7 +10,9 @@ MAX_PAUSE_SECONDS = 60
 
 class PauseConfig(ConfigForm):
     seconds = forms.FloatField(
-        label="Seconds", min_value=0, max_value=MAX_PAUSE_SECONDS,
+        label="Seconds",
+        min_value=0,
+        max_value=MAX_PAUSE_SECONDS,
         help_text="In the submit request (not in Background), at most EVENTS_INLINE_STEP_MAX_SECONDS.",
     )
 

@@ -9,7 +9,9 @@ from .registry import register
 
 
 class SendEmailConfig(ConfigForm):
-    to = TemplateCharField(label="To", help_text="Addresses separated by commas; templates allowed: {{ record.email }}.")
+    to = TemplateCharField(
+        label="To", help_text="Addresses separated by commas; templates allowed: {{ record.email }}."
+    )
     subject = TemplateCharField(label="Subject", max_length=300)
     body = TemplateTextField(label="Body")
     from_email = TemplateCharField(label="From", required=False, help_text="Default: DEFAULT_FROM_EMAIL.")

@@ -5,8 +5,9 @@ from .registry import register
 
 
 class SetSubtextConfig(ConfigForm):
-    text = TemplateCharField(label="Text", max_length=SUBTEXT_MAX_LENGTH,
-                             help_text="Progress text shown on the waiting page.")
+    text = TemplateCharField(
+        label="Text", max_length=SUBTEXT_MAX_LENGTH, help_text="Progress text shown on the waiting page."
+    )
 
 
 @register

@@ -7,8 +7,12 @@ from .registry import register
 class TriggerEventConfig(ConfigForm):
     event = forms.SlugField(label="Event", max_length=100, help_text="The name of another event of this form.")
     properties = forms.JSONField(
-        label="Properties", required=False,
-        help_text='A JSON object the event\'s run sees as properties (values may be templates): {"plan": "{{ record.plan }}"}.',
+        label="Properties",
+        required=False,
+        help_text=(
+            "A JSON object the event's run sees as properties (values may be templates): "
+            '{"plan": "{{ record.plan }}"}.'
+        ),
     )
 
     def clean_properties(self):

@@ -62,7 +62,7 @@ def parse_target(url):
 def _normalised_host(host):
     host = host.strip().lower()
     if host.startswith("[") and "]" in host:  # [v6] or [v6]:port
-        host = host[1:host.index("]")]
+        host = host[1 : host.index("]")]
     elif host.count(":") == 1:  # name:port or v4:port
         host = host.partition(":")[0]
     try:

@@ -36,7 +36,7 @@ def signing_key(secret):
         return secret
     if secret.startswith(SECRET_PREFIX):
         try:
-            return base64.b64decode(secret[len(SECRET_PREFIX):], validate=True)
+            return base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
         except binascii.Error:
             raise ValueError("a secret that starts with “whsec_” must go on in base64") from None
     return secret.encode()

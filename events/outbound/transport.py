@@ -67,7 +67,10 @@ class GuardedTransport(httpx.BaseTransport):
         failure = None
         for address in destination.addresses:
             pinned = httpx.Request(
-                request.method, request.url.copy_with(host=str(address)), headers=headers, stream=request.stream,
+                request.method,
+                request.url.copy_with(host=str(address)),
+                headers=headers,
+                stream=request.stream,
                 extensions=extensions,
             )
             try:
@@ -75,8 +78,11 @@ class GuardedTransport(httpx.BaseTransport):
             except httpx.ConnectError as exc:  # nothing was sent: the next address may answer
                 failure = exc
                 continue
-            return self._capped(response, read_timeout=(extensions.get("timeout") or {}).get("read"),
-                                deadline=request.extensions.get(DEADLINE))
+            return self._capped(
+                response,
+                read_timeout=(extensions.get("timeout") or {}).get("read"),
+                deadline=request.extensions.get(DEADLINE),
+            )
         raise failure
 
     def _capped(self, response, *, read_timeout, deadline=None):
@@ -87,7 +93,9 @@ class GuardedTransport(httpx.BaseTransport):
         if read_timeout is not None:
             deadline = min(deadline or math.inf, time.monotonic() + read_timeout)
         return httpx.Response(
-            status_code=response.status_code, headers=response.headers, extensions=response.extensions,
+            status_code=response.status_code,
+            headers=response.headers,
+            extensions=response.extensions,
             stream=_CappedStream(response.stream, max_bytes=self.max_bytes, deadline=deadline),
         )
 
@@ -138,8 +146,11 @@ def read_body(response, *, max_bytes=MAX_RESPONSE_BYTES):
 
 
 # zlib window bits: gzip wrapper; deflate is meant to be zlib-wrapped but is often raw (tried second).
-_INFLATE_WBITS = {"gzip": (zlib.MAX_WBITS | 16,), "x-gzip": (zlib.MAX_WBITS | 16,),
-                  "deflate": (zlib.MAX_WBITS, -zlib.MAX_WBITS)}
+_INFLATE_WBITS = {
+    "gzip": (zlib.MAX_WBITS | 16,),
+    "x-gzip": (zlib.MAX_WBITS | 16,),
+    "deflate": (zlib.MAX_WBITS, -zlib.MAX_WBITS),
+}
 
 
 def _inflated(pieces, coding):
@@ -179,8 +190,19 @@ class Answer:
     redirects: list = field(default_factory=list)  # one {"url", "status_code", "location"} per redirect followed
 
 
-def request(method, url, *, headers=None, content=b"", message_id=None, timeout=10.0, connect_timeout=5.0,
-            max_redirects=5, total_timeout=None, log=None):
+def request(
+    method,
+    url,
+    *,
+    headers=None,
+    content=b"",
+    message_id=None,
+    timeout=10.0,
+    connect_timeout=5.0,
+    max_redirects=5,
+    total_timeout=None,
+    log=None,
+):
     """Send one request through a GuardedTransport, follow its redirects, and return its Answer.
 
     - ``headers``: sent as given, after ``Idempotency-Key: <message_id>`` (a given
@@ -212,16 +234,28 @@ def request(method, url, *, headers=None, content=b"", message_id=None, timeout=
     redirects = []
     deadline = None if total_timeout is None else time.monotonic() + total_timeout
     # trust_env=False: a proxy from the environment would connect instead of us, to an unchecked address.
-    with httpx.Client(transport=transport, timeout=httpx.Timeout(timeout, connect=connect_timeout),
-                      follow_redirects=False, trust_env=False) as client:
+    with httpx.Client(
+        transport=transport,
+        timeout=httpx.Timeout(timeout, connect=connect_timeout),
+        follow_redirects=False,
+        trust_env=False,
+    ) as client:
         while True:
             # What is left of total_timeout: all of it for the first request (it starts now).
             left = None if deadline is None else total_timeout if not redirects else deadline - time.monotonic()
             timeouts = _timeouts(timeout, connect_timeout, left=left, total=total_timeout)
             log(f"{method} {url}")
-            response, body = _exchange(client, method=method, url=url, headers=sent, content=content,
-                                       message_id=message_id, max_bytes=transport.max_bytes, timeout=timeouts,
-                                       deadline=deadline)
+            response, body = _exchange(
+                client,
+                method=method,
+                url=url,
+                headers=sent,
+                content=content,
+                message_id=message_id,
+                max_bytes=transport.max_bytes,
+                timeout=timeouts,
+                deadline=deadline,
+            )
             location = response.headers.get("Location")
             if response.status_code not in REDIRECT_STATUSES or not location or max_redirects == 0:
                 break
@@ -238,8 +272,14 @@ def request(method, url, *, headers=None, content=b"", message_id=None, timeout=
                 for name in ORIGIN_BOUND_HEADERS:
                     sent.pop(name, None)
             url = next_url
-    return Answer(status_code=response.status_code, headers=dict(response.headers), body=body,
-                  encoding=response.encoding or "utf-8", url=url, redirects=redirects)
+    return Answer(
+        status_code=response.status_code,
+        headers=dict(response.headers),
+        body=body,
+        encoding=response.encoding or "utf-8",
+        url=url,
+        redirects=redirects,
+    )
 
 
 def _timeouts(read, connect, *, left, total):
@@ -258,8 +298,9 @@ def _exchange(client, *, method, url, headers, content, message_id, max_bytes, t
     if deadline is not None:
         extensions[DEADLINE] = deadline
     try:
-        request = client.build_request(method, url, headers=headers, content=content or None, timeout=timeout,
-                                       extensions=extensions)
+        request = client.build_request(
+            method, url, headers=headers, content=content or None, timeout=timeout, extensions=extensions
+        )
     except httpx.InvalidURL:
         check_destination(url)  # a refusal says more than "invalid" (0177.0.0.1 is loopback to the resolver)
         raise DestinationRefused(f"“{url}” is not a valid URL.") from None

@@ -92,11 +92,16 @@ def task_jobs_send(*, task_ids: Iterable[uuid.UUID | str]) -> list[int | None]:
     if Conf.SYNC:
         return [_send(TASK_JOB, str(task_id), name=f"task-{task_id}") for task_id in task_ids]
     broker = get_broker()
-    rows = OrmQ.objects.bulk_create([
-        OrmQ(key=broker.list_key or Conf.CLUSTER_NAME, payload=_package(TASK_JOB, str(task_id), name=f"task-{task_id}"),
-             lock=timezone.now())
-        for task_id in task_ids
-    ])
+    rows = OrmQ.objects.bulk_create(
+        [
+            OrmQ(
+                key=broker.list_key or Conf.CLUSTER_NAME,
+                payload=_package(TASK_JOB, str(task_id), name=f"task-{task_id}"),
+                lock=timezone.now(),
+            )
+            for task_id in task_ids
+        ]
+    )
     return [row.pk for row in rows]
 
 
@@ -135,15 +140,17 @@ def _send(func, *args, name):
 
 def _package(func, *args, name):
     """A job as django-q2's workers read it: signed, with our function's dotted path and the task id."""
-    return SignedPackage.dumps({
-        "id": uuid.uuid4().hex,
-        "name": name,
-        "func": func,
-        "args": args,
-        "kwargs": {},
-        "started": timezone.now(),
-        "ack_failure": Conf.ACK_FAILURES,
-    })
+    return SignedPackage.dumps(
+        {
+            "id": uuid.uuid4().hex,
+            "name": name,
+            "func": func,
+            "args": args,
+            "kwargs": {},
+            "started": timezone.now(),
+            "ack_failure": Conf.ACK_FAILURES,
+        }
+    )
 
 
 def handoffs_in_broker(
@@ -157,8 +164,10 @@ def handoffs_in_broker(
     """
     now = now or timezone.now()
     rows = OrmQ.objects.filter(pk__in=[pk for pk in handoff_ids if pk is not None]).values_list("pk", "lock")
-    return {pk: ("taken", lock - timedelta(seconds=Conf.RETRY)) if lock and lock > now else ("ready", None)
-            for pk, lock in rows}
+    return {
+        pk: ("taken", lock - timedelta(seconds=Conf.RETRY)) if lock and lock > now else ("ready", None)
+        for pk, lock in rows
+    }
 
 
 def dispatch_due(*, limit: int = 200) -> int:

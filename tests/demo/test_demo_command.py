@@ -89,16 +89,20 @@ def test_demo_booking_form_has_the_seed_tree(db, debug):
     tree = Node.objects.snapshot(form)
     assert shape(tree) == [
         ("update_field", "Update Field A"),
-        ("background", "Confirm your booking", [
-            ("update_field", "Update Field B"),
-            ("update_field", "Update Field C"),
-            ("http_request", "Checking seat availability"),
-            ("update_field", "Store the seat"),
-            ("pause", "Reserve seats"),
-            ("send_email", "Send confirmation email"),
-            ("http_request", "Add loyalty miles"),
-            ("set_flag", "Booking confirmed"),
-        ]),
+        (
+            "background",
+            "Confirm your booking",
+            [
+                ("update_field", "Update Field B"),
+                ("update_field", "Update Field C"),
+                ("http_request", "Checking seat availability"),
+                ("update_field", "Store the seat"),
+                ("pause", "Reserve seats"),
+                ("send_email", "Send confirmation email"),
+                ("http_request", "Add loyalty miles"),
+                ("set_flag", "Booking confirmed"),
+            ],
+        ),
         ("update_field", "Update Field D"),
         ("delay", "Follow-up email", [("send_email", "Send follow-up email")]),
     ]
@@ -114,8 +118,14 @@ def test_demo_booking_form_has_the_seed_tree(db, debug):
     assert check_seat["config"]["callback_timeout_seconds"] == 120
     assert confirm["Store the seat"]["config"] == {"field": "seat", "value": "{{ tasks.check_seat.output.seat }}"}
     visible = [node["label"] for node in tree + tree[1]["children"] if node["visible"]]
-    assert visible == ["Update Field A", "Confirm your booking", "Checking seat availability", "Reserve seats",
-                       "Send confirmation email", "Add loyalty miles"]
+    assert visible == [
+        "Update Field A",
+        "Confirm your booking",
+        "Checking seat availability",
+        "Reserve seats",
+        "Send confirmation email",
+        "Add loyalty miles",
+    ]
     loyalty = confirm["Add loyalty miles"]
     assert loyalty["config"]["url"] == "{{ site.public_url }}/demo/loyalty-service/"
     assert loyalty["retry"]["max_attempts"] == 2
@@ -150,8 +160,16 @@ def test_demo_booking_waits_for_the_seat_check_then_runs_to_the_booked_flag(
     debug.EVENTS_HTTP_ALLOWED_HOSTS = ["127.0.0.1"]
     run_demo()
     form = Form.objects.get(slug="booking")
-    data = {"name": "Ann", "email": "ann@example.com", "origin": "Oslo", "destination": "Rome",
-            "departure": datetime.date(2030, 5, 1).isoformat(), "seats": 2, "cabin": "Business", "notes": ""}
+    data = {
+        "name": "Ann",
+        "email": "ann@example.com",
+        "origin": "Oslo",
+        "destination": "Rome",
+        "departure": datetime.date(2030, 5, 1).isoformat(),
+        "seats": 2,
+        "cabin": "Business",
+        "notes": "",
+    }
 
     with django_capture_on_commit_callbacks(execute=True):
         record = record_submit(form=form, data=data)
@@ -169,9 +187,15 @@ def test_demo_booking_waits_for_the_seat_check_then_runs_to_the_booked_flag(
     with django_capture_on_commit_callbacks(execute=True):
         response = client.post(
             "/api/external-events/callback/",
-            {"taskId": body["taskId"], "status": "SUCCESS", "logs": ["Seat 14C held"], "output": {"seat": "14C"},
-             "subtext": "Seat 14C held"},
-            content_type="application/json", headers={"Authorization": f"Bearer {body['callbackToken']}"},
+            {
+                "taskId": body["taskId"],
+                "status": "SUCCESS",
+                "logs": ["Seat 14C held"],
+                "output": {"seat": "14C"},
+                "subtext": "Seat 14C held",
+            },
+            content_type="application/json",
+            headers={"Authorization": f"Bearer {body['callbackToken']}"},
         )
 
     assert response.status_code == 200, response.content

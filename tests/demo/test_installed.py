@@ -28,14 +28,25 @@ print("demo:", apps.is_installed("demo"), routed, "demo" in get_commands())
 def demo_presence(tmp_path, **env):
     """(installed, its URL routed, its command known) in a fresh process with a production environment plus env."""
     clean = {
-        name: value for name, value in os.environ.items()
+        name: value
+        for name, value in os.environ.items()
         if not name.startswith(("DJANGO_", "EVENTS_")) and name != "DATABASE_URL"
     }
-    clean.update(DJANGO_SETTINGS_MODULE="config.settings", DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
-                 DJANGO_SECRET_KEY=secrets.token_urlsafe(50), DJANGO_ALLOWED_HOSTS="127.0.0.1")
+    clean.update(
+        DJANGO_SETTINGS_MODULE="config.settings",
+        DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
+        DJANGO_ALLOWED_HOSTS="127.0.0.1",
+    )
     clean.update(env)
-    result = subprocess.run([sys.executable, "manage.py", "shell", "-c", SHOW], cwd=settings.BASE_DIR, env=clean,
-                            capture_output=True, text=True, timeout=TIMEOUT)
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", SHOW],
+        cwd=settings.BASE_DIR,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert result.returncode == 0, result.stderr
     [shown] = [line for line in result.stdout.splitlines() if line.startswith("demo:")]
     return tuple(word == "True" for word in shown.split()[1:])

@@ -21,8 +21,11 @@ from tests.support.servers import QuietHandler, recording_server
 
 URL = "/demo/external-service/"
 PUBLIC_URL = "http://127.0.0.1:8000"
-GOOD = {"taskId": "5f0c7f9e-2d1b-4c55-9a7e-0c3f1d2b4a11", "callbackUrl": f"{PUBLIC_URL}/api/external-events/callback/",
-        "callbackToken": "t0k3n"}
+GOOD = {
+    "taskId": "5f0c7f9e-2d1b-4c55-9a7e-0c3f1d2b4a11",
+    "callbackUrl": f"{PUBLIC_URL}/api/external-events/callback/",
+    "callbackToken": "t0k3n",
+}
 
 
 @pytest.fixture
@@ -139,9 +142,16 @@ def _handler(recorder):
             with recorder.lock:
                 dropped = recorder.drop > 0
                 recorder.drop -= dropped
-                recorder.requests.append({"method": self.command, "path": self.path, "dropped": dropped,
-                                          "headers": dict(self.headers), "body": json.loads(body or b"null"),
-                                          "at": time.monotonic()})
+                recorder.requests.append(
+                    {
+                        "method": self.command,
+                        "path": self.path,
+                        "dropped": dropped,
+                        "headers": dict(self.headers),
+                        "body": json.loads(body or b"null"),
+                        "at": time.monotonic(),
+                    }
+                )
             if dropped:
                 self.close_connection = True
                 return
@@ -163,8 +173,11 @@ def external_api():
 
 def run_job(base_url, *, step_seconds=0.05, task_id="task-1", token="secret-token"):
     return standin.standin_job(
-        task_id, f"{base_url}/api/external-events/callback/", token,
-        f"{base_url}/api/event-workflow-tasks/{task_id}", step_seconds,
+        task_id,
+        f"{base_url}/api/external-events/callback/",
+        token,
+        f"{base_url}/api/event-workflow-tasks/{task_id}",
+        step_seconds,
     )
 
 
@@ -216,9 +229,7 @@ def test_the_job_gives_up_after_its_attempts(external_api, monkeypatch):
     assert len(external_api.requests) == standin.ATTEMPTS
 
 
-def test_the_job_completes_a_real_awaiting_task_through_the_api(
-    transactional_db, live_server, make_awaiting, settings
-):
+def test_the_job_completes_a_real_awaiting_task_through_the_api(transactional_db, live_server, make_awaiting, settings):
     awaiting = make_awaiting()
     settings.EVENTS_PUBLIC_URL = live_server.url
 
@@ -230,6 +241,7 @@ def test_the_job_completes_a_real_awaiting_task_through_the_api(
     assert awaiting.task.output["seat"] == "14C"
     assert awaiting.task.subtext == "Seat 14C held" and awaiting.run.subtext == "Seat 14C held"
     assert [line["line"] for line in awaiting.task.logs][-2:] == [
-        "Seat map checked: 3 window seats free", "Seat 14C held for 15 minutes",
+        "Seat map checked: 3 window seats free",
+        "Seat 14C held for 15 minutes",
     ]
     assert awaiting.record.data["status"].startswith("zip=")

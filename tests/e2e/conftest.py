@@ -102,9 +102,13 @@ def worker(transactional_db, tmp_path, request, worker_env):
     # Its own session: stop() SIGKILLs the group, so the cluster's children (sentinel,
     # pusher, workers, monitor) cannot outlive the test.
     running = ManagedProcess(
-        "The worker", [sys.executable, "manage.py", "worker"], cwd=settings.BASE_DIR,
-        env=_worker_env(_test_database_url(), worker_env), log_path=tmp_path / "worker.log",
-        start_seconds=WORKER_START_SECONDS, stop_seconds=WORKER_STOP_SECONDS,
+        "The worker",
+        [sys.executable, "manage.py", "worker"],
+        cwd=settings.BASE_DIR,
+        env=_worker_env(_test_database_url(), worker_env),
+        log_path=tmp_path / "worker.log",
+        start_seconds=WORKER_START_SECONDS,
+        stop_seconds=WORKER_STOP_SECONDS,
     )
     request.addfinalizer(lambda: _stop_and_report(running, request))
     running.wait_for_line(WORKER_READY_LINE)

@@ -7,7 +7,6 @@ service on the live server (see test_callback_demo.py), so both processes get
 the live server as their public URL.
 """
 
-
 import pytest
 
 from events.models import Run
@@ -17,8 +16,15 @@ from forms_app.waiting import render_message
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e"), pytest.mark.django_db(transaction=True)]
 
 DONE_TIMEOUT_MS = 30_000
-BOOKING = {"name": "Ada Lovelace", "email": "ada@example.com", "origin": "London", "destination": "Turin",
-           "departure": "2031-05-04", "seats": "2", "notes": "Window seat, please"}
+BOOKING = {
+    "name": "Ada Lovelace",
+    "email": "ada@example.com",
+    "origin": "London",
+    "destination": "Turin",
+    "departure": "2031-05-04",
+    "seats": "2",
+    "notes": "Window seat, please",
+}
 
 
 @pytest.fixture
@@ -52,8 +58,13 @@ def assert_done(page, record):
     assert message.inner_text().strip() == render_message(record.form.done_message, record).strip()
     assert page.locator("#status").get_attribute("hx-trigger") is None
     # The demo's loyalty programme is always down: its error branch took care of it, and the page says so.
-    states = dict(zip(page.locator("#status .steps .step-label").all_inner_texts(),
-                      page.locator("#status .steps .step-state").all_inner_texts(), strict=True))
+    states = dict(
+        zip(
+            page.locator("#status .steps .step-label").all_inner_texts(),
+            page.locator("#status .steps .step-state").all_inner_texts(),
+            strict=True,
+        )
+    )
     assert states["Add loyalty miles"] == "failed — handled"
 
 

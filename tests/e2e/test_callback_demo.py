@@ -49,9 +49,7 @@ def watch_subtexts(page, *, timeout):
     pytest.fail(f"The page was not done after {timeout} s; it showed the progress texts {seen}")
 
 
-def test_the_waiting_step_shows_progress_then_the_page_turns_done_with_the_seat(
-    live_server, worker, booking, page
-):
+def test_the_waiting_step_shows_progress_then_the_page_turns_done_with_the_seat(live_server, worker, booking, page):
     record = submit_booking(page, live_server)
     navigations = []
     page.on("framenavigated", lambda frame: navigations.append(frame.url) if frame == page.main_frame else None)
@@ -67,8 +65,10 @@ def test_the_waiting_step_shows_progress_then_the_page_turns_done_with_the_seat(
     message = page.locator("#status .message.done").inner_text()
     assert f"Your booking is confirmed, {BOOKING['name']}: your seat is 14C." in message
     assert step_state(page).inner_text() == "done"
-    assert page.locator("#status .step", has=page.get_by_text(STEP, exact=True)).locator(
-        ".step-subtext").inner_text() == "Seat 14C held"
+    assert (
+        page.locator("#status .step", has=page.get_by_text(STEP, exact=True)).locator(".step-subtext").inner_text()
+        == "Seat 14C held"
+    )
 
     record.refresh_from_db()
     assert record.data["seat"] == "14C" and record.flags.get("booked") is True

@@ -37,9 +37,25 @@ def gunicorn(transactional_db, tmp_path, request):
     env = _worker_env(_test_database_url(), {"EVENTS_API_MAX_BODY_BYTES": str(LIMIT)})
     server = ManagedProcess(
         "gunicorn",
-        [str(Path(sys.executable).parent / "gunicorn"), "config.wsgi:application", "--bind", f"127.0.0.1:{port}",
-         "--workers", "1", "--threads", "2", "--timeout", "30", "--graceful-timeout", "5", "--no-control-socket"],
-        cwd=settings.BASE_DIR, env=env, log_path=tmp_path / "gunicorn.log", start_seconds=START_SECONDS,
+        [
+            str(Path(sys.executable).parent / "gunicorn"),
+            "config.wsgi:application",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "1",
+            "--threads",
+            "2",
+            "--timeout",
+            "30",
+            "--graceful-timeout",
+            "5",
+            "--no-control-socket",
+        ],
+        cwd=settings.BASE_DIR,
+        env=env,
+        log_path=tmp_path / "gunicorn.log",
+        start_seconds=START_SECONDS,
     )
     request.addfinalizer(server.stop)
 
@@ -60,12 +76,16 @@ def gunicorn(transactional_db, tmp_path, request):
 def send_chunked(port, method, path, body, headers, *, chunk_size=64 * 1024):
     """Send ``body`` in chunks, without Content-Length, over a raw socket; (status, headers, body) of the answer."""
     with socket.create_connection(("127.0.0.1", port), timeout=REQUEST_SECONDS) as sock:
-        head = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Transfer-Encoding: chunked",
-                *(f"{name}: {value}" for name, value in headers.items())]
+        head = [
+            f"{method} {path} HTTP/1.1",
+            f"Host: 127.0.0.1:{port}",
+            "Transfer-Encoding: chunked",
+            *(f"{name}: {value}" for name, value in headers.items()),
+        ]
         try:
             sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
             for start in range(0, len(body), chunk_size):
-                part = body[start:start + chunk_size]
+                part = body[start : start + chunk_size]
                 sock.sendall(b"%x\r\n%s\r\n" % (len(part), part))
             sock.sendall(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):
@@ -80,9 +100,16 @@ def task_and_key(transactional_db):
     record = RecordFactory(data={"email": "ann@example.com"})
     run = Run.objects.create(form=record.form, record=record, is_submission=True, snapshot=[])
     now = timezone.now()
-    task = RunTask.objects.create(run=run, node_id=1, position=0, type="http_request", name="book",
-                                  status=RunTask.Status.AWAITING, started_at=now,
-                                  deadline_at=now + timedelta(hours=1))
+    task = RunTask.objects.create(
+        run=run,
+        node_id=1,
+        position=0,
+        type="http_request",
+        name="book",
+        status=RunTask.Status.AWAITING,
+        started_at=now,
+        deadline_at=now + timedelta(hours=1),
+    )
     _, key = ApiKey.issue(name="chunked")
     return task, {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
 
@@ -91,8 +118,9 @@ def test_a_chunked_progress_update_is_read_and_applied(gunicorn, task_and_key):
     task, headers = task_and_key
     body = json.dumps({"subtext": "half way", "logs": ["one", "two"]}).encode()
 
-    status, _, answer = send_chunked(gunicorn, "PUT", f"/api/event-workflow-tasks/{task.pk}", body, headers,
-                                     chunk_size=7)
+    status, _, answer = send_chunked(
+        gunicorn, "PUT", f"/api/event-workflow-tasks/{task.pk}", body, headers, chunk_size=7
+    )
 
     assert status == 200, answer
     assert json.loads(answer)["subtext"] == "half way"
@@ -106,14 +134,19 @@ def test_a_chunked_body_over_the_limit_is_413_in_the_json_shape(gunicorn, task_a
     body = json.dumps({"subtext": "x", "logs": ["y" * 1000] * 2560}).encode()  # about 2.5 MiB
     assert len(body) > 2.4 * LIMIT
 
-    status, answer_headers, answer = send_chunked(gunicorn, "PUT", f"/api/event-workflow-tasks/{task.pk}", body,
-                                                  headers)
+    status, answer_headers, answer = send_chunked(
+        gunicorn, "PUT", f"/api/event-workflow-tasks/{task.pk}", body, headers
+    )
 
     assert status == 413, answer[:300]
     assert answer_headers["content-type"].startswith("application/json")
-    assert json.loads(answer) == {"error": {"code": "payload_too_large",
-                                            "message": f"The request body is over {LIMIT} bytes.",
-                                            "details": {"limit": LIMIT}}}
+    assert json.loads(answer) == {
+        "error": {
+            "code": "payload_too_large",
+            "message": f"The request body is over {LIMIT} bytes.",
+            "details": {"limit": LIMIT},
+        }
+    }
     task.refresh_from_db()
     assert task.subtext == ""
 

@@ -19,8 +19,9 @@ MOVE_URL = CHANGELIST_URL + "move/"
 
 
 def add_url(form, type_key, **params):
-    query = "&".join(f"{key}={value}" for key, value in {"form": form.pk, "event": RECORD_UPDATE,
-                                                           "type": type_key, **params}.items())
+    query = "&".join(
+        f"{key}={value}" for key, value in {"form": form.pk, "event": RECORD_UPDATE, "type": type_key, **params}.items()
+    )
     return f"{ADD_URL}?{query}"
 
 
@@ -45,11 +46,19 @@ def tree_shape(form, event=RECORD_UPDATE):
 @pytest.fixture
 def tree(form):
     """inline action, Background[action], Delay 10 s [action]."""
-    first = add_node(form, "update_field", name="first", label="Mark received",
-                     config={"field": "status", "value": "received"})
+    first = add_node(
+        form, "update_field", name="first", label="Mark received", config={"field": "status", "value": "received"}
+    )
     background = add_node(form, "background", name="bg", label="Later")
-    mail = add_node(form, "send_email", parent=background, name="mail", label="Confirmation", visible=True,
-                    config={"to": "{{ record.email }}", "subject": "Hi", "body": "Thanks"})
+    mail = add_node(
+        form,
+        "send_email",
+        parent=background,
+        name="mail",
+        label="Confirmation",
+        visible=True,
+        config={"to": "{{ record.email }}", "subject": "Hi", "body": "Thanks"},
+    )
     delay = add_node(form, "delay", name="wait", label="Wait a bit", config={"rule": "after", "after_seconds": 10})
     flag = add_node(form, "set_flag", parent=delay, name="flagged", config={"flag": "done", "value": True})
     return {"first": first, "background": background, "mail": mail, "delay": delay, "flag": flag}
@@ -161,8 +170,7 @@ def test_delay_after_without_seconds_shows_the_field_error_and_saves_nothing(adm
 
 
 def test_update_field_naming_an_unknown_field_is_refused(admin_client, form):
-    response = admin_client.post(add_url(form, "update_field"),
-                                 node_post(form, config_field="nope", config_value="x"))
+    response = admin_client.post(add_url(form, "update_field"), node_post(form, config_field="nope", config_value="x"))
     assert response.status_code == 200
     errors = response.context["adminform"].form.errors
     assert "no field named “nope”" in str(errors["config_field"])
@@ -177,8 +185,9 @@ def test_pause_longer_than_a_minute_is_refused(admin_client, form):
 
 
 def test_duplicate_name_in_a_tree_is_refused(admin_client, form, tree):
-    response = admin_client.post(add_url(form, "set_flag"),
-                                 node_post(form, name="first", config_flag="x", config_value="on"))
+    response = admin_client.post(
+        add_url(form, "set_flag"), node_post(form, name="first", config_flag="x", config_value="on")
+    )
     assert response.status_code == 200
     assert "name" in response.context["adminform"].form.errors
     assert Node.objects.count() == 5
@@ -187,8 +196,14 @@ def test_duplicate_name_in_a_tree_is_refused(admin_client, form, tree):
 def test_valid_add_stores_clean_config_as_child_of_a_container(admin_client, form, tree):
     response = admin_client.post(
         add_url(form, "update_field"),
-        node_post(form, name="later_status", ref=tree["background"].pk, position="first-child",
-                  config_field="status", config_value="{{ record.email }}"),
+        node_post(
+            form,
+            name="later_status",
+            ref=tree["background"].pk,
+            position="first-child",
+            config_field="status",
+            config_value="{{ record.email }}",
+        ),
     )
     assert response.status_code == 302, response.context["adminform"].form.errors
     node = Node.objects.get(name="later_status")
@@ -230,8 +245,15 @@ def test_moving_a_node_under_an_action_in_the_change_form_is_refused(admin_clien
     node = tree["flag"]
     response = admin_client.post(
         reverse("admin:events_node_change", args=[node.pk]),
-        {"name": node.name, "label": "", "branch": "main", "config_flag": "done", "config_value": "on",
-         "treebeard_position": "first-child", "treebeard_ref_node": tree["first"].pk},
+        {
+            "name": node.name,
+            "label": "",
+            "branch": "main",
+            "config_flag": "done",
+            "config_value": "on",
+            "treebeard_position": "first-child",
+            "treebeard_ref_node": tree["first"].pk,
+        },
     )
     assert response.status_code == 200
     assert "treebeard_ref_node" in response.context["adminform"].form.errors
@@ -242,8 +264,15 @@ def test_moving_a_node_in_the_change_form_reorders_it(admin_client, form, tree):
     node = tree["flag"]
     response = admin_client.post(
         reverse("admin:events_node_change", args=[node.pk]),
-        {"name": node.name, "label": "Done", "branch": "main", "config_flag": "done", "config_value": "on",
-         "treebeard_position": "first-child", "treebeard_ref_node": tree["background"].pk},
+        {
+            "name": node.name,
+            "label": "Done",
+            "branch": "main",
+            "config_flag": "done",
+            "config_value": "on",
+            "treebeard_position": "first-child",
+            "treebeard_ref_node": tree["background"].pk,
+        },
     )
     assert response.status_code == 302
     node.refresh_from_db()
@@ -262,8 +291,15 @@ def test_saving_a_root_node_unchanged_keeps_its_place(admin_client, form, tree):
     assert initial["treebeard_ref_node"] == Node.objects.get(pk=tree["background"].pk)
     response = admin_client.post(
         reverse("admin:events_node_change", args=[delay.pk]),
-        {"name": "wait", "label": "Wait a bit", "branch": "main", "config_rule": "after",
-         "config_after_seconds": "20", "treebeard_position": "right", "treebeard_ref_node": tree["background"].pk},
+        {
+            "name": "wait",
+            "label": "Wait a bit",
+            "branch": "main",
+            "config_rule": "after",
+            "config_after_seconds": "20",
+            "treebeard_position": "right",
+            "treebeard_ref_node": tree["background"].pk,
+        },
     )
     assert response.status_code == 302
     assert tree_shape(form) == before
@@ -275,8 +311,15 @@ def test_moving_to_another_forms_tree_is_refused_in_the_change_form(admin_client
     foreign = add_node(other, "background", name="foreign")
     response = admin_client.post(
         reverse("admin:events_node_change", args=[tree["flag"].pk]),
-        {"name": "flagged", "label": "", "branch": "main", "config_flag": "done", "config_value": "on",
-         "treebeard_position": "first-child", "treebeard_ref_node": foreign.pk},
+        {
+            "name": "flagged",
+            "label": "",
+            "branch": "main",
+            "config_flag": "done",
+            "config_value": "on",
+            "treebeard_position": "first-child",
+            "treebeard_ref_node": foreign.pk,
+        },
     )
     assert response.status_code == 200
     assert "treebeard_ref_node" in response.context["adminform"].form.errors
@@ -300,8 +343,7 @@ def test_adding_into_another_forms_tree_is_refused(admin_client, form):
 
 def test_move_endpoint_refuses_a_child_of_an_action_with_400(admin_client, form, tree):
     before = tree_shape(form)
-    response = admin_client.post(MOVE_URL, {"node": tree["flag"].pk, "target": tree["first"].pk,
-                                            "relation": "child"})
+    response = admin_client.post(MOVE_URL, {"node": tree["flag"].pk, "target": tree["first"].pk, "relation": "child"})
     assert response.status_code == 400
     assert "only containers" in response.content.decode()
     assert tree_shape(form) == before
@@ -321,8 +363,7 @@ def test_move_endpoint_refuses_another_forms_tree_with_400(admin_client, form, t
 
 
 def test_move_endpoint_moves_into_a_container(admin_client, form, tree):
-    response = admin_client.post(MOVE_URL, {"node": tree["first"].pk, "target": tree["delay"].pk,
-                                            "relation": "child"})
+    response = admin_client.post(MOVE_URL, {"node": tree["first"].pk, "target": tree["delay"].pk, "relation": "child"})
     assert response.status_code == 200
     assert Node.objects.get_parent(Node.objects.get(pk=tree["first"].pk)) == tree["delay"]
 
@@ -335,17 +376,43 @@ def run(form):
     record = RecordFactory(form=form, data={"email": XSS})
     run = Run.objects.create(form=form, record=record, is_submission=True, subtext=XSS)
     now = timezone.now()
-    container = RunTask.objects.create(run=run, node_id=1, position=0, type="background", label="Later",
-                                       is_container=True, status=RunTask.Status.ACTIVE, attempt=1,
-                                       started_at=now - timedelta(seconds=3))
+    container = RunTask.objects.create(
+        run=run,
+        node_id=1,
+        position=0,
+        type="background",
+        label="Later",
+        is_container=True,
+        status=RunTask.Status.ACTIVE,
+        attempt=1,
+        started_at=now - timedelta(seconds=3),
+    )
     RunTask.objects.create(
-        run=run, parent=container, node_id=2, position=1, type="http_request", label="Call CRM",
-        status=RunTask.Status.COMPLETE, attempt=1, max_attempts=3, started_at=now - timedelta(seconds=2),
-        finished_at=now, logs=[RunTask.log_line(f"sent {XSS}")], output={"echo": XSS, "status": 200},
+        run=run,
+        parent=container,
+        node_id=2,
+        position=1,
+        type="http_request",
+        label="Call CRM",
+        status=RunTask.Status.COMPLETE,
+        attempt=1,
+        max_attempts=3,
+        started_at=now - timedelta(seconds=2),
+        finished_at=now,
+        logs=[RunTask.log_line(f"sent {XSS}")],
+        output={"echo": XSS, "status": 200},
         subtext="almost there",
     )
-    RunTask.objects.create(run=run, parent=container, node_id=3, position=2, type="fail", label="Boom",
-                           status=RunTask.Status.PENDING, error=f"failed: {XSS}")
+    RunTask.objects.create(
+        run=run,
+        parent=container,
+        node_id=3,
+        position=2,
+        type="fail",
+        label="Boom",
+        status=RunTask.Status.PENDING,
+        error=f"failed: {XSS}",
+    )
     return run
 
 
@@ -355,7 +422,7 @@ def test_run_change_view_shows_a_timeline_escaped(admin_client, run):
     content = response.content.decode()
     assert XSS not in content
     assert f"sent {ESCAPED}" in content
-    assert "&quot;echo&quot;: &quot;&lt;script&gt;" in content or "\"echo\": \"&lt;script&gt;" in content
+    assert "&quot;echo&quot;: &quot;&lt;script&gt;" in content or '"echo": "&lt;script&gt;' in content
     assert "1/3" in content
     assert "almost there" in content
     assert f"failed: {ESCAPED}" in content
@@ -368,8 +435,12 @@ def test_run_change_view_shows_a_timeline_escaped(admin_client, run):
 
 def test_run_list_filters_by_form_event_and_status(admin_client, run):
     url = reverse("admin:events_run_changelist")
-    for query in (f"form__id__exact={run.form_id}", "event=record_update", "status__exact=running",
-                  f"record__id__exact={run.record_id}"):
+    for query in (
+        f"form__id__exact={run.form_id}",
+        "event=record_update",
+        "status__exact=running",
+        f"record__id__exact={run.record_id}",
+    ):
         response = admin_client.get(f"{url}?{query}")
         assert response.status_code == 200
         assert run.reference in response.content.decode()
@@ -377,8 +448,9 @@ def test_run_list_filters_by_form_event_and_status(admin_client, run):
 
 
 def test_cancel_action_cancels_a_running_run(admin_client, run):
-    response = admin_client.post(reverse("admin:events_run_changelist"),
-                                 {"action": "cancel_runs", "_selected_action": [run.pk]})
+    response = admin_client.post(
+        reverse("admin:events_run_changelist"), {"action": "cancel_runs", "_selected_action": [run.pk]}
+    )
     assert response.status_code == 302
     run.refresh_from_db()
     assert run.status == Run.Status.CANCELLED
@@ -453,13 +525,13 @@ def test_after_saving_the_editor_shows_the_same_tree(admin_client, form, tree):
     response = admin_client.post(add_url(form, "set_flag"), node_post(form, name="n", config_flag="x"))
     assert response.status_code == 302
     assert response["Location"] == f"{CHANGELIST_URL}?form__id__exact={form.pk}&event={RECORD_UPDATE}"
-    response = admin_client.post(add_url(form, "set_flag"),
-                                 node_post(form, name="m", config_flag="x", _addanother="1"))
+    response = admin_client.post(add_url(form, "set_flag"), node_post(form, name="m", config_flag="x", _addanother="1"))
     assert response["Location"] == f"{ADD_URL}?form={form.pk}&event={RECORD_UPDATE}"
 
 
-def test_a_real_submission_shows_up_in_the_run_timeline(admin_client, form, tree, sync_queue,
-                                                         django_capture_on_commit_callbacks):
+def test_a_real_submission_shows_up_in_the_run_timeline(
+    admin_client, form, tree, sync_queue, django_capture_on_commit_callbacks
+):
     from forms_app.services import record_submit
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -484,11 +556,14 @@ def test_unfiltered_editor_and_type_chooser_render(admin_client, form, tree):
 def test_overview_offers_adding_inside_a_container(admin_client, form, tree):
     content = admin_client.get(reverse("admin:events_node_overview", args=[form.pk, RECORD_UPDATE])).content.decode()
     assert f"treebeard_ref_node={tree['background'].pk}" in content
-    chooser = admin_client.get(f"{ADD_URL}?form={form.pk}&event={RECORD_UPDATE}&treebeard_position=first-child"
-                               f"&treebeard_ref_node={tree['background'].pk}").content.decode()
+    chooser = admin_client.get(
+        f"{ADD_URL}?form={form.pk}&event={RECORD_UPDATE}&treebeard_position=first-child"
+        f"&treebeard_ref_node={tree['background'].pk}"
+    ).content.decode()
     assert f"treebeard_ref_node={tree['background'].pk}&amp;type=update_field" in chooser
-    page = admin_client.get(add_url(form, "update_field", treebeard_position="first-child",
-                                    treebeard_ref_node=tree["background"].pk))
+    page = admin_client.get(
+        add_url(form, "update_field", treebeard_position="first-child", treebeard_ref_node=tree["background"].pk)
+    )
     assert page.context["adminform"].form["treebeard_ref_node"].value() == str(tree["background"].pk)
 
 

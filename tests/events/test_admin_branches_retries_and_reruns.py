@@ -16,9 +16,19 @@ def add_url(form, type_key):
 
 
 def node_post(form, *, position="first-child", ref="", **fields):
-    return {"form": form.pk, "event": RECORD_UPDATE, "name": "", "label": "", "branch": Node.Branch.MAIN,
-            "max_attempts": 1, "retry_backoff_seconds": 10, "retry_backoff_max_seconds": 600,
-            "treebeard_position": position, "treebeard_ref_node": ref, **fields}
+    return {
+        "form": form.pk,
+        "event": RECORD_UPDATE,
+        "name": "",
+        "label": "",
+        "branch": Node.Branch.MAIN,
+        "max_attempts": 1,
+        "retry_backoff_seconds": 10,
+        "retry_backoff_max_seconds": 600,
+        "treebeard_position": position,
+        "treebeard_ref_node": ref,
+        **fields,
+    }
 
 
 def overview(client, form, event=RECORD_UPDATE):
@@ -32,8 +42,10 @@ def overview(client, form, event=RECORD_UPDATE):
 
 def test_an_error_branch_step_under_an_action_is_added(admin_client, form):
     action = add_node(form, "fail", name="boom", config={"message": "no"})
-    response = admin_client.post(add_url(form, "set_subtext"), node_post(
-        form, name="sorry", ref=action.pk, branch="on_error", config_text="We will call you"))
+    response = admin_client.post(
+        add_url(form, "set_subtext"),
+        node_post(form, name="sorry", ref=action.pk, branch="on_error", config_text="We will call you"),
+    )
     assert response.status_code == 302, response.context["adminform"].form.errors
     node = Node.objects.get(name="sorry")
     assert node.branch == Node.Branch.ON_ERROR
@@ -43,8 +55,9 @@ def test_an_error_branch_step_under_an_action_is_added(admin_client, form):
 
 def test_a_main_step_under_an_action_is_refused_and_the_help_names_the_containers(admin_client, form):
     action = add_node(form, "fail", name="boom", config={"message": "no"})
-    response = admin_client.post(add_url(form, "set_subtext"), node_post(
-        form, name="inside", ref=action.pk, config_text="x"))
+    response = admin_client.post(
+        add_url(form, "set_subtext"), node_post(form, name="inside", ref=action.pk, config_text="x")
+    )
     assert response.status_code == 200
     form_errors = response.context["adminform"].form.errors
     assert "only containers" in str(form_errors["treebeard_ref_node"])
@@ -57,10 +70,21 @@ def test_a_main_step_under_an_action_is_refused_and_the_help_names_the_container
 def test_changing_a_step_to_the_error_branch_of_an_action_is_allowed(admin_client, form):
     action = add_node(form, "fail", name="boom", config={"message": "no"})
     step = add_node(form, "set_flag", name="flag", config={"flag": "x", "value": True})
-    response = admin_client.post(reverse("admin:events_node_change", args=[step.pk]), {
-        "name": "flag", "label": "", "branch": "on_error", "config_flag": "x", "config_value": "on",
-        "max_attempts": 1, "retry_backoff_seconds": 10, "retry_backoff_max_seconds": 600,
-        "treebeard_position": "first-child", "treebeard_ref_node": action.pk})
+    response = admin_client.post(
+        reverse("admin:events_node_change", args=[step.pk]),
+        {
+            "name": "flag",
+            "label": "",
+            "branch": "on_error",
+            "config_flag": "x",
+            "config_value": "on",
+            "max_attempts": 1,
+            "retry_backoff_seconds": 10,
+            "retry_backoff_max_seconds": 600,
+            "treebeard_position": "first-child",
+            "treebeard_ref_node": action.pk,
+        },
+    )
     assert response.status_code == 302, response.context["adminform"].form.errors
     step.refresh_from_db()
     assert step.branch == Node.Branch.ON_ERROR and Node.objects.get_parent(step) == action
@@ -71,32 +95,54 @@ def test_the_editor_shows_and_saves_branch_and_retries(admin_client, form):
     for name in ("branch", "max_attempts", "retry_backoff_seconds", "retry_backoff_max_seconds"):
         assert f'name="{name}"' in page
     assert "runs when the parent fails" in page
-    response = admin_client.post(add_url(form, "fail"), node_post(
-        form, name="flaky", config_message="no", max_attempts=3, retry_backoff_seconds=5,
-        retry_backoff_max_seconds=60))
+    response = admin_client.post(
+        add_url(form, "fail"),
+        node_post(
+            form,
+            name="flaky",
+            config_message="no",
+            max_attempts=3,
+            retry_backoff_seconds=5,
+            retry_backoff_max_seconds=60,
+        ),
+    )
     assert response.status_code == 302
     node = Node.objects.get(name="flaky")
     assert (node.max_attempts, node.retry_backoff_seconds, node.retry_backoff_max_seconds) == (3, 5, 60)
-    assert Node.objects.snapshot(form)[0]["retry"] == {"max_attempts": 3, "backoff_seconds": 5,
-                                                       "backoff_max_seconds": 60}
+    assert Node.objects.snapshot(form)[0]["retry"] == {
+        "max_attempts": 3,
+        "backoff_seconds": 5,
+        "backoff_max_seconds": 60,
+    }
 
 
 def test_left_empty_the_retry_fields_take_their_defaults(admin_client, form):
-    response = admin_client.post(add_url(form, "fail"), node_post(
-        form, name="once", config_message="no", max_attempts="", retry_backoff_seconds="",
-        retry_backoff_max_seconds=""))
+    response = admin_client.post(
+        add_url(form, "fail"),
+        node_post(
+            form,
+            name="once",
+            config_message="no",
+            max_attempts="",
+            retry_backoff_seconds="",
+            retry_backoff_max_seconds="",
+        ),
+    )
     assert response.status_code == 302, response.context["adminform"].form.errors
     node = Node.objects.get(name="once")
     assert (node.max_attempts, node.retry_backoff_seconds, node.retry_backoff_max_seconds) == (1, 10, 600)
 
 
-@pytest.mark.parametrize("fields, error_field", [
-    ({"max_attempts": 0}, "max_attempts"),
-    ({"max_attempts": 101}, "max_attempts"),
-    ({"retry_backoff_seconds": 60, "retry_backoff_max_seconds": 30}, "retry_backoff_max_seconds"),
-    ({"retry_backoff_seconds": -1}, "retry_backoff_seconds"),
-    ({"retry_backoff_max_seconds": 10**9}, "retry_backoff_max_seconds"),
-])
+@pytest.mark.parametrize(
+    "fields, error_field",
+    [
+        ({"max_attempts": 0}, "max_attempts"),
+        ({"max_attempts": 101}, "max_attempts"),
+        ({"retry_backoff_seconds": 60, "retry_backoff_max_seconds": 30}, "retry_backoff_max_seconds"),
+        ({"retry_backoff_seconds": -1}, "retry_backoff_seconds"),
+        ({"retry_backoff_max_seconds": 10**9}, "retry_backoff_max_seconds"),
+    ],
+)
 def test_bad_retry_settings_are_refused(admin_client, form, fields, error_field):
     response = admin_client.post(add_url(form, "fail"), node_post(form, config_message="no", **fields))
     assert response.status_code == 200
@@ -105,13 +151,28 @@ def test_bad_retry_settings_are_refused(admin_client, form, fields, error_field)
 
 
 def test_a_condition_is_added_from_its_rows_and_edited_with_its_rows_shown(admin_client, form):
-    response = admin_client.post(add_url(form, "condition"), node_post(
-        form, name="many", config_match="any", config_field_1="seats", config_operator_1="greater_than",
-        config_value_1="2", config_field_2="flags.vip", config_operator_2="is_set"))
+    response = admin_client.post(
+        add_url(form, "condition"),
+        node_post(
+            form,
+            name="many",
+            config_match="any",
+            config_field_1="seats",
+            config_operator_1="greater_than",
+            config_value_1="2",
+            config_field_2="flags.vip",
+            config_operator_2="is_set",
+        ),
+    )
     assert response.status_code == 302, response.context["adminform"].form.errors
     node = Node.objects.get(name="many")
-    assert node.config == {"match": "any", "rules": [
-        {"field": "seats", "operator": "greater_than", "value": "2"}, {"field": "flags.vip", "operator": "is_set"}]}
+    assert node.config == {
+        "match": "any",
+        "rules": [
+            {"field": "seats", "operator": "greater_than", "value": "2"},
+            {"field": "flags.vip", "operator": "is_set"},
+        ],
+    }
 
     page = admin_client.get(reverse("admin:events_node_change", args=[node.pk]))
     initial = page.context["adminform"].form.initial
@@ -122,8 +183,9 @@ def test_a_condition_is_added_from_its_rows_and_edited_with_its_rows_shown(admin
     assert 'name="config_field_1"' in content and 'value="seats"' in content
     assert 'value="flags.vip"' in content
 
-    step = admin_client.post(add_url(form, "set_flag"), node_post(
-        form, name="group", ref=node.pk, config_flag="group", config_value="on"))
+    step = admin_client.post(
+        add_url(form, "set_flag"), node_post(form, name="group", ref=node.pk, config_flag="group", config_value="on")
+    )
     assert step.status_code == 302
     assert Node.objects.get_parent(Node.objects.get(name="group")) == node
 
@@ -132,8 +194,9 @@ def test_overview_add_links_offer_an_error_step_under_any_node(admin_client, for
     action = add_node(form, "fail", name="boom", config={"message": "no"})
     content = overview(admin_client, form)
     assert f"treebeard_ref_node={action.pk}&amp;branch=on_error" in content
-    page = admin_client.get(f"{add_url(form, 'set_flag')}&treebeard_position=first-child"
-                            f"&treebeard_ref_node={action.pk}&branch=on_error")
+    page = admin_client.get(
+        f"{add_url(form, 'set_flag')}&treebeard_position=first-child&treebeard_ref_node={action.pk}&branch=on_error"
+    )
     assert page.context["adminform"].form["branch"].value() == "on_error"
 
 
@@ -142,12 +205,30 @@ def test_overview_add_links_offer_an_error_step_under_any_node(admin_client, for
 
 @pytest.fixture
 def tree_with_every_kind_of_step(form):
-    call = add_node(form, "update_field", name="call", label="Call the CRM", config={"field": "status", "value": "x"},
-                    max_attempts=3, retry_backoff_seconds=10, retry_backoff_max_seconds=600)
-    add_node(form, "set_subtext", parent=call, branch=Node.Branch.ON_ERROR, label="Apologise",
-             config={"text": "We will email you"})
-    condition = add_node(form, "condition", label="Big group", config={
-        "match": "all", "rules": [{"field": "seats", "operator": "greater_than", "value": "2"}]})
+    call = add_node(
+        form,
+        "update_field",
+        name="call",
+        label="Call the CRM",
+        config={"field": "status", "value": "x"},
+        max_attempts=3,
+        retry_backoff_seconds=10,
+        retry_backoff_max_seconds=600,
+    )
+    add_node(
+        form,
+        "set_subtext",
+        parent=call,
+        branch=Node.Branch.ON_ERROR,
+        label="Apologise",
+        config={"text": "We will email you"},
+    )
+    condition = add_node(
+        form,
+        "condition",
+        label="Big group",
+        config={"match": "all", "rules": [{"field": "seats", "operator": "greater_than", "value": "2"}]},
+    )
     add_node(form, "set_flag", parent=condition, label="Flag group", config={"flag": "group", "value": True})
     add_node(form, "go_async", label="Answer now")
     add_node(form, "trigger_event", label="Fire paid", config={"event": "paid"})
@@ -156,8 +237,9 @@ def tree_with_every_kind_of_step(form):
     return {"call": call, "condition": condition, "background": background}
 
 
-def test_overview_draws_error_branches_retries_conditions_markers_and_custom_events(admin_client, form,
-                                                                                     tree_with_every_kind_of_step):
+def test_overview_draws_error_branches_retries_conditions_markers_and_custom_events(
+    admin_client, form, tree_with_every_kind_of_step
+):
     content = overview(admin_client, form)
     assert "on error:" in content
     assert content.index("Call the CRM") < content.index("on error:") < content.index("Apologise")
@@ -171,12 +253,13 @@ def test_overview_draws_error_branches_retries_conditions_markers_and_custom_eve
     assert "collects debug traces" in content
     # after the go_async marker, the top level runs in the background
     fire = content.index("Fire paid")
-    assert "in background" in content[fire:content.index("Own run")]
-    assert "inline" in content[content.index("Call the CRM"):content.index("Big group")]
+    assert "in background" in content[fire : content.index("Own run")]
+    assert "inline" in content[content.index("Call the CRM") : content.index("Big group")]
 
 
-def test_overview_of_a_tree_with_error_branches_costs_a_fixed_number_of_queries(admin_client, form, tree_with_every_kind_of_step,
-                                                                               django_assert_max_num_queries):
+def test_overview_of_a_tree_with_error_branches_costs_a_fixed_number_of_queries(
+    admin_client, form, tree_with_every_kind_of_step, django_assert_max_num_queries
+):
     with django_assert_max_num_queries(8):
         overview(admin_client, form)
 
@@ -189,20 +272,48 @@ def failed_run(form):
     record = RecordFactory(form=form, data={"email": "a@example.com"})
     run = Run.objects.create(form=form, record=record, status=Run.Status.FAILED, error="Call failed")
     call = RunTask.objects.create(
-        run=run, node_id=1, position=0, type="http_request", label="Call", status=RunTask.Status.FAILED,
-        attempt=3, max_attempts=3, failure=RunTask.Failure.RETRIES, error="503 (after 3 attempts)",
+        run=run,
+        node_id=1,
+        position=0,
+        type="http_request",
+        label="Call",
+        status=RunTask.Status.FAILED,
+        attempt=3,
+        max_attempts=3,
+        failure=RunTask.Failure.RETRIES,
+        error="503 (after 3 attempts)",
         collect_debug=True,
-        debug=[{"attempt": 1, "rendered_config": {"url": XSS}, "error": "503"},
-               {"attempt": 2, "rendered_config": {"url": "x"}, "error": "503"}],
+        debug=[
+            {"attempt": 1, "rendered_config": {"url": XSS}, "error": "503"},
+            {"attempt": 2, "rendered_config": {"url": "x"}, "error": "503"},
+        ],
     )
-    RunTask.objects.create(run=run, parent=call, node_id=2, position=1, type="set_subtext", label="Apologise",
-                           branch="on_error", status=RunTask.Status.COMPLETE, attempt=1)
-    RunTask.objects.create(run=run, node_id=3, position=2, type="set_flag", label="Skipped flag",
-                           status=RunTask.Status.SKIPPED)
-    trigger = RunTask.objects.create(run=run, node_id=4, position=3, type="trigger_event", label="Fire paid",
-                                     status=RunTask.Status.COMPLETE, attempt=1)
-    child = Run.objects.create(form=form, record=record, event="paid", parent_run=run, parent_task=trigger, depth=1,
-                               status=Run.Status.COMPLETE)
+    RunTask.objects.create(
+        run=run,
+        parent=call,
+        node_id=2,
+        position=1,
+        type="set_subtext",
+        label="Apologise",
+        branch="on_error",
+        status=RunTask.Status.COMPLETE,
+        attempt=1,
+    )
+    RunTask.objects.create(
+        run=run, node_id=3, position=2, type="set_flag", label="Skipped flag", status=RunTask.Status.SKIPPED
+    )
+    trigger = RunTask.objects.create(
+        run=run,
+        node_id=4,
+        position=3,
+        type="trigger_event",
+        label="Fire paid",
+        status=RunTask.Status.COMPLETE,
+        attempt=1,
+    )
+    child = Run.objects.create(
+        form=form, record=record, event="paid", parent_run=run, parent_task=trigger, depth=1, status=Run.Status.COMPLETE
+    )
     return {"run": run, "call": call, "trigger": trigger, "child": child}
 
 
@@ -263,8 +374,9 @@ def failing_submission(form, submit):
     return record, run, task
 
 
-def test_rerun_button_on_the_timeline_continues_the_failed_run(admin_client, failing_submission,
-                                                               django_capture_on_commit_callbacks):
+def test_rerun_button_on_the_timeline_continues_the_failed_run(
+    admin_client, failing_submission, django_capture_on_commit_callbacks
+):
     record, run, task = failing_submission
     page = admin_client.get(reverse("admin:events_run_change", args=[run.pk])).content.decode()
     assert "is not a whole number" in page and "Re-run" in page
@@ -285,18 +397,25 @@ def test_rerun_button_on_the_timeline_continues_the_failed_run(admin_client, fai
     assert "Re-running “Copy n”" in followed
 
 
-def test_rerun_action_on_the_task_list_continues_the_failed_run(admin_client, failing_submission,
-                                                                django_capture_on_commit_callbacks):
+def test_rerun_action_on_the_task_list_continues_the_failed_run(
+    admin_client, failing_submission, django_capture_on_commit_callbacks
+):
     record, run, task = failing_submission
     with django_capture_on_commit_callbacks(execute=True):
-        response = admin_client.post(reverse("admin:events_runtask_changelist"),
-                                     {"action": "redrive_tasks", "_selected_action": [task.pk]}, follow=True)
+        response = admin_client.post(
+            reverse("admin:events_runtask_changelist"),
+            {"action": "redrive_tasks", "_selected_action": [task.pk]},
+            follow=True,
+        )
     assert "Re-running" in response.content.decode()
     run.refresh_from_db()
     assert run.status == Run.Status.COMPLETE
     # a second re-run finds nothing failed
-    response = admin_client.post(reverse("admin:events_runtask_changelist"),
-                                 {"action": "redrive_tasks", "_selected_action": [task.pk]}, follow=True)
+    response = admin_client.post(
+        reverse("admin:events_runtask_changelist"),
+        {"action": "redrive_tasks", "_selected_action": [task.pk]},
+        follow=True,
+    )
     assert "was not re-run" in response.content.decode()
 
 

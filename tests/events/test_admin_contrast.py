@@ -44,7 +44,7 @@ def css_rules(text, media=None):
         while depth:
             depth += {"{": 1, "}": -1}.get(text[end], 0)
             end += 1
-        body = text[opening + 1:end - 1]
+        body = text[opening + 1 : end - 1]
         if prelude.startswith("@media"):
             rules += css_rules(body, media=prelude)
         elif not prelude.startswith("@"):
@@ -65,8 +65,7 @@ def custom_properties(rules, *, data_theme, prefers_dark):
         if media is not None and not (prefers_dark and "prefers-color-scheme: dark" in media):
             continue
         specificity = max(
-            {":root": 10, f'html[data-theme="{data_theme}"]': 11}.get(part.strip(), -1)
-            for part in selector.split(",")
+            {":root": 10, f'html[data-theme="{data_theme}"]': 11}.get(part.strip(), -1) for part in selector.split(",")
         )
         if specificity < 0:
             continue
@@ -95,7 +94,7 @@ def luminance(hex_colour):
         c = int(c, 16) / 255
         return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
 
-    r, g, b = (channel(hex_colour[i:i + 2]) for i in (1, 3, 5))
+    r, g, b = (channel(hex_colour[i : i + 2]) for i in (1, 3, 5))
     return 0.2126 * r + 0.7152 * g + 0.0722 * b
 
 
@@ -139,9 +138,11 @@ def test_the_check_catches_a_low_contrast_status_colour():
 @pytest.mark.parametrize("status", [*RunTask.Status.values, "handled", "handling"])
 def test_every_status_has_its_own_colour_in_every_theme(status):
     rules = css_rules(read_static(OURS))
-    colours = [declarations["color"] for _, selector, declarations in rules
-               if f".events-status-{status}" in [part.strip() for part in selector.split(",")]
-               and "color" in declarations]
+    colours = [
+        declarations["color"]
+        for _, selector, declarations in rules
+        if f".events-status-{status}" in [part.strip() for part in selector.split(",")] and "color" in declarations
+    ]
     assert colours, f"no colour for .events-status-{status}"
     django_rules = [rule for path in DJANGO for rule in css_rules(read_static(path))]
     for data_theme, prefers_dark in THEMES.values():
@@ -154,8 +155,11 @@ def test_the_run_and_task_pages_take_their_colours_from_the_shipped_stylesheet(a
     record = RecordFactory(form=form)
     run = Run.objects.create(form=form, record=record)
     task = RunTask.objects.create(run=run, node_id=1, position=0, type="set_flag", status=RunTask.Status.COMPLETE)
-    url = reverse("admin:events_run_change", args=[run.pk]) if page == "run" else reverse(
-        "admin:events_runtask_change", args=[task.pk])
+    url = (
+        reverse("admin:events_run_change", args=[run.pk])
+        if page == "run"
+        else reverse("admin:events_runtask_change", args=[task.pk])
+    )
 
     html = admin_client.get(url).content.decode()
 

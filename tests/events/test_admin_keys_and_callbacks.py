@@ -62,8 +62,10 @@ def test_key_change_page_shows_when_it_was_last_used_and_cannot_edit_the_prefix(
     content = response.content.decode()
     assert "Revoke this key" in content
     assert timezone.localtime(key.last_used_at).strftime("%Y") in content
-    response = admin_client.post(reverse("admin:events_apikey_change", args=[key.pk]),
-                                 {"name": "crm-renamed", "prefix": "fe_hacked", "key_hash": "0" * 64})
+    response = admin_client.post(
+        reverse("admin:events_apikey_change", args=[key.pk]),
+        {"name": "crm-renamed", "prefix": "fe_hacked", "key_hash": "0" * 64},
+    )
     assert response.status_code == 302
     stored = ApiKey.objects.get(pk=key.pk)
     assert (stored.name, stored.prefix, stored.key_hash) == ("crm-renamed", key.prefix, key.key_hash)
@@ -177,8 +179,9 @@ def test_complete_by_hand_completes_the_task_and_the_run_goes_on(
     assert any("Completed 1 task(s) by hand" in message for message in messages_of(response))
 
 
-def test_fail_by_hand_fails_the_task_and_the_run(admin_client, admin_user, awaiting,
-                                                 django_capture_on_commit_callbacks):
+def test_fail_by_hand_fails_the_task_and_the_run(
+    admin_client, admin_user, awaiting, django_capture_on_commit_callbacks
+):
     with django_capture_on_commit_callbacks(execute=True):
         admin_client.post(by_hand_url(awaiting.task, "fail"))
 
@@ -228,8 +231,7 @@ def test_by_hand_on_a_task_no_longer_awaiting_changes_nothing_and_says_so(
         response = admin_client.post(by_hand_url(awaiting.task, "fail"), follow=True)
     assert any("no longer awaiting" in message and "Done" in message for message in messages_of(response))
     with django_capture_on_commit_callbacks(execute=True):
-        action = admin_client.post(TASKS_URL, {"action": "fail_by_hand", "_selected_action": [settled.pk]},
-                                   follow=True)
+        action = admin_client.post(TASKS_URL, {"action": "fail_by_hand", "_selected_action": [settled.pk]}, follow=True)
     assert any("no longer awaiting" in message for message in messages_of(action))
 
     awaiting.reload()

@@ -23,7 +23,10 @@ def timeline_rows(admin_client, run):
     labels = {str(task.pk): task.label for task in run.tasks.all()}
     rows = re.findall(
         r'<tr id="task-([0-9a-f-]+)"[^>]*>\s*<td class="events-indent-(\d+)">.*?'
-        r'<span class="events-status events-status-[a-z]+">(.*?)</span>', html, re.S)
+        r'<span class="events-status events-status-[a-z]+">(.*?)</span>',
+        html,
+        re.S,
+    )
     assert len(rows) == len(labels), html
     return [(labels[pk], int(indent), status) for pk, indent, status in rows], html
 
@@ -95,5 +98,8 @@ def test_the_timeline_of_a_cancelled_run_keeps_the_tree_order(admin_client, form
     rows, _ = timeline_rows(admin_client, run)
 
     assert [(label, indent) for label, indent, _ in rows] == [
-        ("Charge card", 0), ("Pay later", 2), ("Follow-up", 0), ("Followed up", 2),
+        ("Charge card", 0),
+        ("Pay later", 2),
+        ("Follow-up", 0),
+        ("Followed up", 2),
     ]

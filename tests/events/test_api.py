@@ -43,7 +43,9 @@ def assert_timestamped(line):
 
 def task_snapshot(task):
     task.refresh_from_db()
-    return {f: getattr(task, f) for f in ("status", "logs", "output", "subtext", "error", "finished_at", "callback_digest")}
+    return {
+        f: getattr(task, f) for f in ("status", "logs", "output", "subtext", "error", "finished_at", "callback_digest")
+    }
 
 
 # The callback ---------------------------------------------------------------------------
@@ -57,7 +59,10 @@ def test_seed_sample_payload_with_lowercase_bearer_completes_the_task(api, api_k
 
     assert response.status_code == 200, response.content
     assert response.json() == {
-        "taskId": str(awaiting.task.pk), "status": "complete", "applied": True, "duplicate": False,
+        "taskId": str(awaiting.task.pk),
+        "status": "complete",
+        "applied": True,
+        "duplicate": False,
         "message": "Callback applied.",
     }
     awaiting.reload()
@@ -89,7 +94,8 @@ def test_callback_output_is_merged_with_the_callbacks_keys_winning(api, api_key,
     assert native["status_code"] == 200 and native["json"] == {"accepted": True, "job": "j-1"}
 
     response = api.post(
-        CALLBACK_URL, seed_payload(awaiting.task, output={"zipFileLocation": "https://example.com/z", "status_code": 299}),
+        CALLBACK_URL,
+        seed_payload(awaiting.task, output={"zipFileLocation": "https://example.com/z", "status_code": 299}),
         key=raw,
     )
 
@@ -183,7 +189,9 @@ def test_put_progress_updates_task_and_run_subtext_and_appends_logs(api, api_key
     before = len(awaiting.task.logs)
 
     response = api.put(
-        progress_url(awaiting.task.pk), {"subtext": "Checking seat availability…", "logs": ["step 1", "step 2"]}, key=raw
+        progress_url(awaiting.task.pk),
+        {"subtext": "Checking seat availability…", "logs": ["step 1", "step 2"]},
+        key=raw,
     )
 
     assert response.status_code == 200, response.content
@@ -225,8 +233,22 @@ def test_put_progress_on_a_finished_task_gets_409(api, api_key, awaiting):
 
 
 TASK_FIELDS = {
-    "id", "run", "type", "name", "label", "status", "attempt", "max_attempts", "due_at", "deadline_at",
-    "started_at", "finished_at", "subtext", "error", "output", "logs",
+    "id",
+    "run",
+    "type",
+    "name",
+    "label",
+    "status",
+    "attempt",
+    "max_attempts",
+    "due_at",
+    "deadline_at",
+    "started_at",
+    "finished_at",
+    "subtext",
+    "error",
+    "output",
+    "logs",
 }
 
 
@@ -248,8 +270,19 @@ def test_get_task_run_and_record_return_the_documented_fields(api, api_key, awai
     run = api.get(f"/api/runs/{awaiting.run.pk}", key=raw)
     assert run.status_code == 200, run.content
     body = run.json()
-    assert set(body) == {"id", "reference", "form", "record", "event", "status", "subtext", "error", "created_at",
-                         "finished_at", "tasks"}
+    assert set(body) == {
+        "id",
+        "reference",
+        "form",
+        "record",
+        "event",
+        "status",
+        "subtext",
+        "error",
+        "created_at",
+        "finished_at",
+        "tasks",
+    }
     assert body["status"] == "running" and body["subtext"] == "Half way"
     assert body["record"] == awaiting.record.token and body["form"] == awaiting.record.form.slug
     assert body["reference"] == awaiting.run.reference
@@ -280,7 +313,11 @@ def test_get_unknown_objects_are_404(api, api_key):
 
 
 def test_get_endpoints_need_a_key_not_a_callback_token(api, awaiting):
-    for url in (f"/api/tasks/{awaiting.task.pk}", f"/api/runs/{awaiting.run.pk}", f"/api/records/{awaiting.record.token}"):
+    for url in (
+        f"/api/tasks/{awaiting.task.pk}",
+        f"/api/runs/{awaiting.run.pk}",
+        f"/api/records/{awaiting.record.token}",
+    ):
         assert api.get(url).status_code == 401
         assert api.get(url, key=awaiting.token).status_code == 401
 
@@ -359,8 +396,11 @@ def test_unknown_task_with_a_valid_key_is_404(api, api_key):
 
 def test_the_tasks_own_callback_token_authenticates_its_put_and_callback(api, awaiting, callback_server):
     sent = awaiting.sent
-    assert sent == {"taskId": str(awaiting.task.pk), "callbackUrl": "http://testserver" + CALLBACK_URL,
-                    "callbackToken": awaiting.token}
+    assert sent == {
+        "taskId": str(awaiting.task.pk),
+        "callbackUrl": "http://testserver" + CALLBACK_URL,
+        "callbackToken": awaiting.token,
+    }
     assert callback_server.requests[-1]["headers"]["Content-Type"] == "application/json"
 
     progress = api.put(progress_url(awaiting.task.pk), {"subtext": "via token"}, key=awaiting.token)
@@ -556,10 +596,15 @@ def test_put_progress_with_a_nul_byte_is_not_a_500(api, api_key, awaiting):
 def test_bad_input_is_never_a_500(api, api_key, awaiting):
     _, key = api_key
     bodies = [
-        "{}", '{"taskId": null, "status": "SUCCESS"}', '{"taskId": "' + "9" * 1000 + '", "status": "SUCCESS"}',
-        '{"taskId": "\\u0000", "status": "SUCCESS"}', '{"taskId": [], "status": []}',
+        "{}",
+        '{"taskId": null, "status": "SUCCESS"}',
+        '{"taskId": "' + "9" * 1000 + '", "status": "SUCCESS"}',
+        '{"taskId": "\\u0000", "status": "SUCCESS"}',
+        '{"taskId": [], "status": []}',
         json.dumps(seed_payload(awaiting.task, output={"nested": {"deep": [1, {"x": None}]}}, logs=[])),
-        "\x00", "{" * 5000 + "}" * 5000, '{"taskId": "' + str(awaiting.task.pk) + '", "status": "SUCCESS", "logs": "x", "extra": 1}',
+        "\x00",
+        "{" * 5000 + "}" * 5000,
+        '{"taskId": "' + str(awaiting.task.pk) + '", "status": "SUCCESS", "logs": "x", "extra": 1}',
     ]
     for raw in bodies:
         response = api.post(CALLBACK_URL, raw=raw, key=key)

@@ -70,8 +70,12 @@ def payload(i):
 @pytest.fixture
 def awaiting_before_b_and_c(trail_form, add_mark, http_server, allow_local_http):
     """A submitted record whose http_request step awaits its callback, with B and C after it."""
-    wait = add_node(trail_form, "http_request", name="book",
-                    config={"method": "POST", "url": http_server.url + "/start", "wait_for_callback": True})
+    wait = add_node(
+        trail_form,
+        "http_request",
+        name="book",
+        config={"method": "POST", "url": http_server.url + "/start", "wait_for_callback": True},
+    )
     add_mark("B")
     add_mark("C")
     record = record_submit(form=trail_form, data={"email": "ann@example.com", "trail": ""})
@@ -139,9 +143,9 @@ def test_concurrent_success_and_failure_callbacks_apply_one_of_them(awaiting_bef
         assert task.status == RunTask.Status.FAILED
         assert resume_jobs() == []
         assert Run.objects.get(record=record).status == Run.Status.FAILED
-        assert set(RunTask.objects.filter(run__record=record, name__in=["b", "c"]).values_list("status", flat=True)) == {
-            RunTask.Status.CANCELLED
-        }
+        assert set(
+            RunTask.objects.filter(run__record=record, name__in=["b", "c"]).values_list("status", flat=True)
+        ) == {RunTask.Status.CANCELLED}
     assert all(other.status == task.status for _, other in results)
 
 
@@ -164,8 +168,10 @@ def test_concurrent_callbacks_through_the_api_apply_once(awaiting_before_b_and_c
 
     def post(i):
         response = Client().post(
-            "/api/external-events/callback/", {"taskId": str(task.pk), **payload(i)},
-            content_type="application/json", headers={"Authorization": f"Bearer {key}"},
+            "/api/external-events/callback/",
+            {"taskId": str(task.pk), **payload(i)},
+            content_type="application/json",
+            headers={"Authorization": f"Bearer {key}"},
         )
         return response.status_code, response.json()
 

@@ -22,7 +22,9 @@ def tasks_of(record):
 def test_when_the_condition_holds_its_steps_run_in_order_before_the_next_sibling(form, submit):
     condition = add_condition(form, rule("seats", "greater_than", "2"))
     add_node(form, "update_field", parent=condition, name="one", config={"field": "status", "value": "1"})
-    add_node(form, "update_field", parent=condition, name="two", config={"field": "status", "value": "{{ record.status }}2"})
+    add_node(
+        form, "update_field", parent=condition, name="two", config={"field": "status", "value": "{{ record.status }}2"}
+    )
     add_node(form, "update_field", name="after", config={"field": "status", "value": "{{ record.status }}3"})
 
     record = submit(seats=4).record
@@ -40,7 +42,9 @@ def test_when_the_condition_does_not_hold_its_steps_are_skipped_and_the_run_stil
     condition = add_condition(form, rule("seats", "greater_than", "2"))
     add_node(form, "update_field", parent=condition, name="one", config={"field": "status", "value": "1"})
     background = add_node(form, "background", parent=condition, name="bg")
-    add_node(form, "send_email", parent=background, name="mail", config={"to": "a@example.com", "subject": "s", "body": "b"})
+    add_node(
+        form, "send_email", parent=background, name="mail", config={"to": "a@example.com", "subject": "s", "body": "b"}
+    )
     add_node(form, "set_flag", name="after", config={"flag": "after"})
 
     record = submit(seats=1).record
@@ -68,8 +72,9 @@ OPERATOR_CASES = [
 ]
 
 
-@pytest.mark.parametrize("operator, value, holds_for, fails_for, missing_holds", OPERATOR_CASES,
-                         ids=[case[0] for case in OPERATOR_CASES])
+@pytest.mark.parametrize(
+    "operator, value, holds_for, fails_for, missing_holds", OPERATOR_CASES, ids=[case[0] for case in OPERATOR_CASES]
+)
 def test_every_operator_in_a_real_run_with_present_and_missing_fields(
     form, submit, operator, value, holds_for, fails_for, missing_holds
 ):
@@ -89,13 +94,23 @@ def test_every_operator_in_a_real_run_with_present_and_missing_fields(
     assert "plan is missing" in " ".join(entry["line"] for entry in tasks_of(missing)["cond"].logs)
 
 
-@pytest.mark.parametrize("match, seats, expected", [
-    ("all", 5, True), ("all", 1, False), ("any", 1, True), ("any", 0, False),
-])
+@pytest.mark.parametrize(
+    "match, seats, expected",
+    [
+        ("all", 5, True),
+        ("all", 1, False),
+        ("any", 1, True),
+        ("any", 0, False),
+    ],
+)
 def test_all_needs_every_rule_and_any_needs_one(form, submit, match, seats, expected):
     # email is set for every submission; seats > 2 only for some.
-    condition = add_condition(form, rule("seats", "greater_than", "2"),
-                              rule("email", "equals", "ann@example.com" if seats else "bob@example.com"), match=match)
+    condition = add_condition(
+        form,
+        rule("seats", "greater_than", "2"),
+        rule("email", "equals", "ann@example.com" if seats else "bob@example.com"),
+        match=match,
+    )
     add_node(form, "set_flag", parent=condition, name="inside", config={"flag": "inside"})
 
     record = submit(seats=seats).record
@@ -140,12 +155,26 @@ def test_a_waiting_step_inside_a_condition_resumes_and_then_continues_after_the_
     form, submit, callback_server, allow_local_http, django_capture_on_commit_callbacks
 ):
     condition = add_condition(form, rule("email", "is_set"))
-    add_node(form, "http_request", parent=condition, name="book", config={
-        "method": "POST", "url": callback_server.url + "/jobs", "timeout_seconds": 5,
-        "wait_for_callback": True, "callback_timeout_seconds": 600,
-    })
-    add_node(form, "update_field", parent=condition, name="inside",
-             config={"field": "status", "value": "seat {{ tasks.book.output.seat }}"})
+    add_node(
+        form,
+        "http_request",
+        parent=condition,
+        name="book",
+        config={
+            "method": "POST",
+            "url": callback_server.url + "/jobs",
+            "timeout_seconds": 5,
+            "wait_for_callback": True,
+            "callback_timeout_seconds": 600,
+        },
+    )
+    add_node(
+        form,
+        "update_field",
+        parent=condition,
+        name="inside",
+        config={"field": "status", "value": "seat {{ tasks.book.output.seat }}"},
+    )
     add_node(form, "set_flag", name="after", config={"flag": "after"})
 
     record = submit().record

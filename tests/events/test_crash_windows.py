@@ -31,9 +31,17 @@ def add_wait_then_b(trail_form, add_mark, callback_server, allow_local_http):
 
     def build(*, catch=False):
         wait = add_node(
-            trail_form, "http_request", name="wait", label="Wait",
-            config={"method": "POST", "url": callback_server.url + "/jobs", "timeout_seconds": 5,
-                    "wait_for_callback": True, "callback_timeout_seconds": 600},
+            trail_form,
+            "http_request",
+            name="wait",
+            label="Wait",
+            config={
+                "method": "POST",
+                "url": callback_server.url + "/jobs",
+                "timeout_seconds": 5,
+                "wait_for_callback": True,
+                "callback_timeout_seconds": 600,
+            },
         )
         if catch:
             add_mark("E", parent=wait, branch="on_error")
@@ -160,7 +168,8 @@ def test_a_failure_inside_a_walk_that_breaks_off_leaves_no_failure_without_its_c
 
     age(record)
     RunTask.objects.filter(run__record=record, status=RunTask.Status.ACTIVE).update(
-        lease_expires_at=timezone.now() - timedelta(seconds=1))
+        lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
     sweep_now()
     sweep_now()
 
@@ -175,7 +184,9 @@ def test_a_failure_inside_a_walk_that_breaks_off_leaves_no_failure_without_its_c
 def old_crash_state(record, name, *, failure=""):
     """What an older version left when it died between the two commits: a failed step, nothing else."""
     RunTask.objects.filter(run__record=record, name=name).update(
-        status=RunTask.Status.FAILED, failure=failure, error="The external system reported FAILURE.",
+        status=RunTask.Status.FAILED,
+        failure=failure,
+        error="The external system reported FAILURE.",
         finished_at=timezone.now(),
     )
 
@@ -275,9 +286,17 @@ def test_a_callback_completing_the_last_step_of_a_branch_completes_the_branch_an
     background = add_node(trail_form, "background", name="bg")
     add_mark("A", parent=background)
     add_node(
-        trail_form, "http_request", parent=background, name="wait",
-        config={"method": "POST", "url": callback_server.url + "/jobs", "timeout_seconds": 5,
-                "wait_for_callback": True, "callback_timeout_seconds": 600},
+        trail_form,
+        "http_request",
+        parent=background,
+        name="wait",
+        config={
+            "method": "POST",
+            "url": callback_server.url + "/jobs",
+            "timeout_seconds": 5,
+            "wait_for_callback": True,
+            "callback_timeout_seconds": 600,
+        },
     )
     record = submit().record
     assert task(record, "bg").status == RunTask.Status.ACTIVE  # parked behind the waiting step

@@ -1,6 +1,5 @@
 """Custom events: a container's ``event_type`` / ``event_properties`` record its branch as a run of its own."""
 
-
 from events.models import RECORD_UPDATE, Run, RunTask
 from tests.factories import FieldFactory, add_node
 
@@ -36,8 +35,13 @@ def test_a_container_with_event_type_records_its_branch_as_a_run_of_that_event(f
 
 def test_the_branch_run_sees_the_original_properties_without_event_properties(form, submit):
     background = add_node(form, "background", name="bg", config={"event_type": "followup"})
-    add_node(form, "update_field", parent=background, name="inside",
-             config={"field": "status", "value": "from {{ properties.source }}"})
+    add_node(
+        form,
+        "update_field",
+        parent=background,
+        name="inside",
+        config={"field": "status", "value": "from {{ properties.source }}"},
+    )
 
     record = submit(properties={"source": "web"}).record
 
@@ -47,11 +51,22 @@ def test_the_branch_run_sees_the_original_properties_without_event_properties(fo
 
 def test_event_properties_override_what_the_branch_sees_as_properties(form, submit):
     FieldFactory(form=form, name="note", label="Note", type="hidden")
-    background = add_node(form, "background", name="bg", config={
-        "event_type": "followup", "event_properties": {"source": "crm", "who": "{{ record.email }}"},
-    })
-    add_node(form, "update_field", parent=background, name="inside",
-             config={"field": "status", "value": "{{ properties.source }}/{{ properties.who }}"})
+    background = add_node(
+        form,
+        "background",
+        name="bg",
+        config={
+            "event_type": "followup",
+            "event_properties": {"source": "crm", "who": "{{ record.email }}"},
+        },
+    )
+    add_node(
+        form,
+        "update_field",
+        parent=background,
+        name="inside",
+        config={"field": "status", "value": "{{ properties.source }}/{{ properties.who }}"},
+    )
     add_node(form, "update_field", name="outside", config={"field": "note", "value": "{{ properties.source }}"})
 
     record = submit(properties={"source": "web"}).record
@@ -63,8 +78,13 @@ def test_event_properties_override_what_the_branch_sees_as_properties(form, subm
 
 def test_event_properties_alone_run_the_branch_under_the_same_event_name(form, submit):
     background = add_node(form, "background", name="bg", config={"event_properties": {"source": "crm"}})
-    add_node(form, "update_field", parent=background, name="inside",
-             config={"field": "status", "value": "{{ status }}{{ properties.source }}"})
+    add_node(
+        form,
+        "update_field",
+        parent=background,
+        name="inside",
+        config={"field": "status", "value": "{{ status }}{{ properties.source }}"},
+    )
     add_node(form, "update_field", name="top", config={"field": "seats", "value": "1"})
 
     record = submit(properties={"source": "web"}).record
@@ -104,7 +124,13 @@ def test_a_branch_run_that_fails_fails_on_its_own_and_the_submission_still_compl
 
 def test_containers_without_the_options_run_their_branch_in_the_same_run(form, submit):
     background = add_node(form, "background", name="bg")
-    add_node(form, "update_field", parent=background, name="inside", config={"field": "status", "value": "{{ properties.source }}"})
+    add_node(
+        form,
+        "update_field",
+        parent=background,
+        name="inside",
+        config={"field": "status", "value": "{{ properties.source }}"},
+    )
 
     record = submit(properties={"source": "web"}).record
 

@@ -1,6 +1,5 @@
 """Debug traces: with collect_debug (a container's, or the form's), each step stores what it saw and did."""
 
-
 from events import queue
 from events.models import RunTask
 from tests.factories import add_node
@@ -13,8 +12,14 @@ def tasks_of(record):
 
 
 def add_greeting(form, parent=None, name="greet", **fields):
-    return add_node(form, "update_field", parent=parent, name=name,
-                    config={"field": "status", "value": "hello {{ record.email }}"}, **fields)
+    return add_node(
+        form,
+        "update_field",
+        parent=parent,
+        name=name,
+        config={"field": "status", "value": "hello {{ record.email }}"},
+        **fields,
+    )
 
 
 def test_debug_is_off_by_default(form, submit):
@@ -104,8 +109,14 @@ def test_each_attempt_of_a_retried_step_gets_its_own_trace(form, submit, django_
 def test_error_branch_steps_inherit_collect_debug_from_the_failed_step(form, submit):
     background = add_node(form, "background", name="bg", config={"collect_debug": True})
     boom = add_node(form, "fail", parent=background, name="boom", config={"message": "x"})
-    add_node(form, "update_field", parent=boom, branch="on_error", name="catch",
-             config={"field": "status", "value": "{{ error.message }}"})
+    add_node(
+        form,
+        "update_field",
+        parent=boom,
+        branch="on_error",
+        name="catch",
+        config={"field": "status", "value": "{{ error.message }}"},
+    )
 
     record = submit().record
 
@@ -116,8 +127,7 @@ def test_error_branch_steps_inherit_collect_debug_from_the_failed_step(form, sub
 
 def test_a_container_recorded_as_its_own_run_keeps_collect_debug_for_that_run(form, submit):
     # The README's own example: collect_debug together with event_type (a run of its own).
-    background = add_node(form, "background", name="bg",
-                          config={"collect_debug": True, "event_type": "confirmation"})
+    background = add_node(form, "background", name="bg", config={"collect_debug": True, "event_type": "confirmation"})
     add_greeting(form, parent=background, name="inside")
     nested = add_node(form, "background", parent=background, name="nested")
     add_greeting(form, parent=nested, name="deeper")

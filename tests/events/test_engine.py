@@ -171,8 +171,13 @@ def test_a_failed_inline_node_fails_the_run_and_later_nodes_never_run(trail_form
     add_mark("A")
     add_node(trail_form, "fail", label="Boom", config={"message": "No seats for {{ record.email }}"})
     background = add_node(trail_form, "background", label="Later background")
-    add_node(trail_form, "send_email", parent=background, label="Mail",
-             config={"to": "{{ record.email }}", "subject": "s", "body": "b"})
+    add_node(
+        trail_form,
+        "send_email",
+        parent=background,
+        label="Mail",
+        config={"to": "{{ record.email }}", "subject": "s", "body": "b"},
+    )
     add_mark("D")
 
     record = submit_queued().record

@@ -29,7 +29,12 @@ def errors_form(form):
 
 def add_catcher(form, parent, *, name="catch", value=ERROR_REPORT):
     return add_node(
-        form, "update_field", parent=parent, branch="on_error", name=name, label="Catch",
+        form,
+        "update_field",
+        parent=parent,
+        branch="on_error",
+        name=name,
+        label="Catch",
         config={"field": "caught", "value": value},
     )
 
@@ -40,9 +45,17 @@ def add_after(form, parent=None):
 
 def add_waiting(form, url, **fields):
     return add_node(
-        form, "http_request", name="book", label="Book seats",
-        config={"method": "POST", "url": url + "/jobs", "timeout_seconds": 5, "wait_for_callback": True,
-                "callback_timeout_seconds": 600},
+        form,
+        "http_request",
+        name="book",
+        label="Book seats",
+        config={
+            "method": "POST",
+            "url": url + "/jobs",
+            "timeout_seconds": 5,
+            "wait_for_callback": True,
+            "callback_timeout_seconds": 600,
+        },
         **fields,
     )
 
@@ -51,7 +64,9 @@ def add_waiting(form, url, **fields):
 
 
 def test_a_raised_error_runs_the_error_branch_with_message_type_and_node(errors_form, submit):
-    boom = add_node(errors_form, "fail", name="boom", label="Boom", config={"message": "No seats for {{ record.email }}"})
+    boom = add_node(
+        errors_form, "fail", name="boom", label="Boom", config={"message": "No seats for {{ record.email }}"}
+    )
     add_catcher(errors_form, boom)
     add_after(errors_form)
 
@@ -96,8 +111,13 @@ def test_without_an_error_branch_the_run_fails_and_pending_tasks_are_cancelled(e
     add_node(errors_form, "fail", name="boom", label="Boom", config={"message": "no luck"})
     add_after(errors_form)
     background = add_node(errors_form, "background", name="bg")
-    add_node(errors_form, "send_email", parent=background, name="mail",
-             config={"to": "a@example.com", "subject": "s", "body": "b"})
+    add_node(
+        errors_form,
+        "send_email",
+        parent=background,
+        name="mail",
+        config={"to": "a@example.com", "subject": "s", "body": "b"},
+    )
 
     done = submit()
 
@@ -306,8 +326,9 @@ def test_a_passed_deadline_without_an_error_branch_fails_the_run(
 def test_exhausted_retries_run_the_error_branch_with_type_retries(
     errors_form, submit, django_capture_on_commit_callbacks
 ):
-    boom = add_node(errors_form, "fail", name="boom", config={"message": "still down"},
-                    max_attempts=2, retry_backoff_seconds=0)
+    boom = add_node(
+        errors_form, "fail", name="boom", config={"message": "still down"}, max_attempts=2, retry_backoff_seconds=0
+    )
     add_catcher(errors_form, boom)
     add_after(errors_form)
 

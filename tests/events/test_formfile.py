@@ -13,18 +13,33 @@ from tests.factories import FieldFactory, FormFactory, RecordFactory, add_node
 
 # DESIGN.md section 10's example, as printed there.
 DESIGN_EXAMPLE = {
-    "form": {"slug": "booking", "title": "Book a flight",
-             "fields": [{"name": "email", "label": "Email", "type": "email", "required": True},
-                        {"name": "seats", "label": "Seats", "type": "integer", "min": 1, "max": 9}],
-             "waiting": {"poll_seconds": 2, "wait_for": "run", "max_wait_seconds": 120,
-                         "done_message": "Booked, {{ record.email }}", "failed_message": "Sorry"}},
+    "form": {
+        "slug": "booking",
+        "title": "Book a flight",
+        "fields": [
+            {"name": "email", "label": "Email", "type": "email", "required": True},
+            {"name": "seats", "label": "Seats", "type": "integer", "min": 1, "max": 9},
+        ],
+        "waiting": {
+            "poll_seconds": 2,
+            "wait_for": "run",
+            "max_wait_seconds": 120,
+            "done_message": "Booked, {{ record.email }}",
+            "failed_message": "Sorry",
+        },
+    },
     "events": {
         "record_update": [
             {"type": "update_field", "name": "a", "config": {"field": "status", "value": "received"}},
-            {"type": "background", "name": "confirm", "children": [
-                {"type": "update_field", "config": {"field": "status", "value": "confirmed"}},
-                {"type": "send_email", "config": {"to": "{{ record.email }}", "subject": "Booked", "body": "..."}}],
-             "on_error": [{"type": "set_subtext", "config": {"text": "We will email you"}}]},
+            {
+                "type": "background",
+                "name": "confirm",
+                "children": [
+                    {"type": "update_field", "config": {"field": "status", "value": "confirmed"}},
+                    {"type": "send_email", "config": {"to": "{{ record.email }}", "subject": "Booked", "body": "..."}},
+                ],
+                "on_error": [{"type": "set_subtext", "config": {"text": "We will email you"}}],
+            },
             {"type": "delay", "config": {"after_seconds": 600}, "children": []},
         ]
     },
@@ -48,12 +63,32 @@ def paths_of(document):
 @pytest.fixture
 def full_form(db):
     """A form using every part of the format: all field options, nested containers, an error branch, two events."""
-    form = FormFactory(slug="trip", title="Plan a trip", description="Where to?", submit_label="Go",
-                       is_published=False, poll_seconds=3, wait_for="flag", wait_flag="planned",
-                       max_wait_seconds=90, waiting_title="Planning", done_message="Planned, {{ record.email }}",
-                       done_redirect_url="https://example.com/thanks", failed_message="Oh no")
-    FieldFactory(form=form, name="email", label="Email", type="email", required=True, help_text="Yours",
-                 max_length=120, pattern=r".+@.+", default="a@example.com")
+    form = FormFactory(
+        slug="trip",
+        title="Plan a trip",
+        description="Where to?",
+        submit_label="Go",
+        is_published=False,
+        poll_seconds=3,
+        wait_for="flag",
+        wait_flag="planned",
+        max_wait_seconds=90,
+        waiting_title="Planning",
+        done_message="Planned, {{ record.email }}",
+        done_redirect_url="https://example.com/thanks",
+        failed_message="Oh no",
+    )
+    FieldFactory(
+        form=form,
+        name="email",
+        label="Email",
+        type="email",
+        required=True,
+        help_text="Yours",
+        max_length=120,
+        pattern=r".+@.+",
+        default="a@example.com",
+    )
     FieldFactory(form=form, name="seats", label="Seats", type="integer", min_value=1, max_value=9)
     FieldFactory(form=form, name="budget", label="Budget", type="decimal", min_value="0.5", max_value="1000.25")
     FieldFactory(form=form, name="cabin", label="Cabin", type="choice", choices=["Economy", "Business"])
@@ -62,8 +97,13 @@ def full_form(db):
     add_node(form, "update_field", name="a", label="Mark A", visible=True, config={"field": "status", "value": "a"})
     background = add_node(form, "background", name="confirm", label="Confirm", visible=True)
     add_node(form, "update_field", parent=background, config={"field": "status", "value": "b"})
-    delay = add_node(form, "delay", parent=background, name="later",
-                     config={"rule": "field", "field": "day", "offset_seconds": -3600})
+    delay = add_node(
+        form,
+        "delay",
+        parent=background,
+        name="later",
+        config={"rule": "field", "field": "day", "offset_seconds": -3600},
+    )
     add_node(form, "pause", parent=delay, config={"seconds": 1.5})
     add_node(form, "set_subtext", parent=background, branch=Node.Branch.ON_ERROR, config={"text": "Retrying"})
     add_node(form, "set_flag", parent=background, config={"flag": "planned", "value": True})
@@ -76,18 +116,36 @@ def test_export_writes_only_set_optional_keys(full_form):
     exported = form_export(full_form)
 
     fields = exported["form"]["fields"]
-    assert fields[0] == {"name": "email", "label": "Email", "type": "email", "required": True, "help_text": "Yours",
-                         "max_length": 120, "pattern": ".+@.+", "default": "a@example.com"}
+    assert fields[0] == {
+        "name": "email",
+        "label": "Email",
+        "type": "email",
+        "required": True,
+        "help_text": "Yours",
+        "max_length": 120,
+        "pattern": ".+@.+",
+        "default": "a@example.com",
+    }
     assert fields[1] == {"name": "seats", "label": "Seats", "type": "integer", "required": False, "min": 1, "max": 9}
     assert fields[2]["min"] == 0.5 and fields[2]["max"] == 1000.25
     assert exported["form"]["waiting"] == {
-        "poll_seconds": 3, "wait_for": "flag", "wait_flag": "planned", "max_wait_seconds": 90, "title": "Planning",
-        "done_message": "Planned, {{ record.email }}", "done_redirect_url": "https://example.com/thanks",
+        "poll_seconds": 3,
+        "wait_for": "flag",
+        "wait_flag": "planned",
+        "max_wait_seconds": 90,
+        "title": "Planning",
+        "done_message": "Planned, {{ record.email }}",
+        "done_redirect_url": "https://example.com/thanks",
         "failed_message": "Oh no",
     }
     tree = exported["events"]["record_update"]
-    assert tree[0] == {"type": "update_field", "name": "a", "label": "Mark A", "visible": True,
-                       "config": {"field": "status", "value": "a"}}
+    assert tree[0] == {
+        "type": "update_field",
+        "name": "a",
+        "label": "Mark A",
+        "visible": True,
+        "config": {"field": "status", "value": "a"},
+    }
     assert [child["type"] for child in tree[1]["children"]] == ["update_field", "delay", "set_flag"]
     assert tree[1]["children"][1]["children"] == [{"type": "pause", "config": {"seconds": 1.5}}]
     assert tree[1]["on_error"] == [{"type": "set_subtext", "config": {"text": "Retrying"}}]
@@ -110,8 +168,9 @@ def test_export_then_import_into_a_fresh_database_gives_the_same_form(full_form)
 def test_importing_an_existing_slug_replaces_its_fields_and_trees(full_form):
     record = RecordFactory(form=full_form, data={"email": "x@example.com", "budget": "3"})
     document = form_export(full_form)
-    named_before = dict(Node.objects.filter(form=full_form, event="record_update").exclude(name="")
-                        .values_list("name", "pk"))
+    named_before = dict(
+        Node.objects.filter(form=full_form, event="record_update").exclude(name="").values_list("name", "pk")
+    )
     unnamed_before = set(Node.objects.filter(form=full_form, name="").values_list("pk", flat=True))
     kept_field_id = full_form.fields.get(name="email").pk
     document["form"]["title"] = "Plan a journey"
@@ -127,8 +186,11 @@ def test_importing_an_existing_slug_replaces_its_fields_and_trees(full_form):
     assert full_form.fields.get(name="email").pk == kept_field_id
     # A named node is the same node after the import (admin links and runs' references hold);
     # an unnamed one cannot be matched and is new.
-    assert named_before and dict(Node.objects.filter(form=full_form, event="record_update").exclude(name="")
-                                 .values_list("name", "pk")) == named_before
+    assert (
+        named_before
+        and dict(Node.objects.filter(form=full_form, event="record_update").exclude(name="").values_list("name", "pk"))
+        == named_before
+    )
     assert not Node.objects.filter(pk__in=unnamed_before).exists()
     assert not Node.objects.filter(form=full_form, event="custom_event").exists()
     record.refresh_from_db()
@@ -255,11 +317,13 @@ def test_node_configs_are_checked_against_the_documents_own_fields(db):
     FieldFactory(form=Form.objects.get(slug="other"), name="only_elsewhere")
     document = {
         "form": {"slug": "new", "title": "New", "fields": [{"name": "when", "type": "text"}]},
-        "events": {"record_update": [
-            {"type": "update_field", "config": {"field": "only_elsewhere"}},
-            {"type": "delay", "config": {"rule": "field", "field": "when"}, "children": []},
-            {"type": "update_field", "config": {"field": "when", "value": "x"}},
-        ]},
+        "events": {
+            "record_update": [
+                {"type": "update_field", "config": {"field": "only_elsewhere"}},
+                {"type": "delay", "config": {"rule": "field", "field": "when"}, "children": []},
+                {"type": "update_field", "config": {"field": "when", "value": "x"}},
+            ]
+        },
     }
     assert paths_of(document) == ["events.record_update[0].config.field"]
 
@@ -275,23 +339,41 @@ def test_node_configs_are_checked_against_the_documents_own_fields(db):
         ({}, [("form", "required")]),
         ({"form": "booking"}, [("form", "expected an object, got a string")]),
         ({"form": {}}, [("form.slug", "required"), ("form.title", "required")]),
-        ({"form": {"slug": "Not a slug!", "title": "T"}},
-         [("form.slug", "Enter a valid “slug” consisting of letters, numbers, underscores or hyphens.")]),
+        (
+            {"form": {"slug": "Not a slug!", "title": "T"}},
+            [("form.slug", "Enter a valid “slug” consisting of letters, numbers, underscores or hyphens.")],
+        ),
         ({"form": {"slug": "s", "title": "T", "fields": {}}}, [("form.fields", "expected a list, got an object")]),
-        ({"form": {"slug": "s", "title": "T", "waiting": {"wait_for": "moon"}}},
-         [("form.waiting.wait_for", "Value 'moon' is not a valid choice.")]),
-        ({"form": {"slug": "s", "title": "T", "fields": [{"name": "n", "max_length": None}]}},
-         [("form.fields[0].max_length", "expected a whole number, got null (leave the key out instead)")]),
-        ({"form": {"slug": "s", "title": "T"}, "events": {"record_update": [{"type": "pause", "config": {}}]}},
-         [("events.record_update[0].config.seconds", "This field is required.")]),
-        ({"form": {"slug": "s", "title": "T"}, "events": {"record_update": [
-            {"type": "delay", "config": {"after_seconds": "soon"}, "children": []},
-            {"type": "send_email", "config": {"to": ["a@example.com"], "subject": "s", "body": "b"}},
-            {"type": "set_flag", "config": {"flag": "done", "value": "yes"}},
-            {"type": "pause", "config": {"seconds": 2.5}}]}},
-         [("events.record_update[0].config.after_seconds", "expected a whole number, got a string"),
-          ("events.record_update[1].config.to", "expected a string, got a list"),
-          ("events.record_update[2].config.value", "expected true or false, got a string")]),
+        (
+            {"form": {"slug": "s", "title": "T", "waiting": {"wait_for": "moon"}}},
+            [("form.waiting.wait_for", "Value 'moon' is not a valid choice.")],
+        ),
+        (
+            {"form": {"slug": "s", "title": "T", "fields": [{"name": "n", "max_length": None}]}},
+            [("form.fields[0].max_length", "expected a whole number, got null (leave the key out instead)")],
+        ),
+        (
+            {"form": {"slug": "s", "title": "T"}, "events": {"record_update": [{"type": "pause", "config": {}}]}},
+            [("events.record_update[0].config.seconds", "This field is required.")],
+        ),
+        (
+            {
+                "form": {"slug": "s", "title": "T"},
+                "events": {
+                    "record_update": [
+                        {"type": "delay", "config": {"after_seconds": "soon"}, "children": []},
+                        {"type": "send_email", "config": {"to": ["a@example.com"], "subject": "s", "body": "b"}},
+                        {"type": "set_flag", "config": {"flag": "done", "value": "yes"}},
+                        {"type": "pause", "config": {"seconds": 2.5}},
+                    ]
+                },
+            },
+            [
+                ("events.record_update[0].config.after_seconds", "expected a whole number, got a string"),
+                ("events.record_update[1].config.to", "expected a string, got a list"),
+                ("events.record_update[2].config.value", "expected true or false, got a string"),
+            ],
+        ),
     ],
 )
 def test_small_bad_documents(db, document, expected):
@@ -398,62 +480,98 @@ def test_records_survive_a_replacing_import(full_form):
 
 
 @pytest.fixture
-def issue4_form(db):
+def form_with_branches_and_retries(db):
     """A form using every part the issue 4 engine added to trees and forms."""
     form = FormFactory(slug="errors", title="Errors and retries", collect_debug=True)
     FieldFactory(form=form, name="email", type="email")
     FieldFactory(form=form, name="seats", type="integer")
     FieldFactory(form=form, name="status", type="hidden")
-    call = add_node(form, "update_field", name="call", config={"field": "status", "value": "calling"},
-                    max_attempts=3, retry_backoff_seconds=5, retry_backoff_max_seconds=60)
-    add_node(form, "set_subtext", parent=call, branch=Node.Branch.ON_ERROR, name="tell",
-             config={"text": "Failed: {{ error.message }}"})
+    call = add_node(
+        form,
+        "update_field",
+        name="call",
+        config={"field": "status", "value": "calling"},
+        max_attempts=3,
+        retry_backoff_seconds=5,
+        retry_backoff_max_seconds=60,
+    )
+    add_node(
+        form,
+        "set_subtext",
+        parent=call,
+        branch=Node.Branch.ON_ERROR,
+        name="tell",
+        config={"text": "Failed: {{ error.message }}"},
+    )
     add_node(form, "fail", name="boom", config={"message": "no"}, retry_backoff_seconds=30)
-    condition = add_node(form, "condition", name="many", config={
-        "match": "any", "rules": [{"field": "seats", "operator": "greater_than", "value": "2"},
-                                  {"field": "flags.vip", "operator": "is_set"}]})
+    condition = add_node(
+        form,
+        "condition",
+        name="many",
+        config={
+            "match": "any",
+            "rules": [
+                {"field": "seats", "operator": "greater_than", "value": "2"},
+                {"field": "flags.vip", "operator": "is_set"},
+            ],
+        },
+    )
     add_node(form, "set_flag", parent=condition, config={"flag": "group", "value": True})
     add_node(form, "go_async", name="rest")
-    background = add_node(form, "background", name="own_run", config={
-        "event_type": "confirm", "event_properties": {"source": "{{ record.email }}"}, "collect_debug": True})
+    background = add_node(
+        form,
+        "background",
+        name="own_run",
+        config={"event_type": "confirm", "event_properties": {"source": "{{ record.email }}"}, "collect_debug": True},
+    )
     add_node(form, "trigger_event", parent=background, config={"event": "paid", "properties": {"plan": "gold"}})
-    add_node(form, "fail", parent=background, branch=Node.Branch.ON_ERROR, config={"message": "again"},
-             max_attempts=2)
+    add_node(form, "fail", parent=background, branch=Node.Branch.ON_ERROR, config={"message": "again"}, max_attempts=2)
     add_node(form, "set_flag", event="paid", config={"flag": "paid", "value": True})
     return form
 
 
-def test_export_writes_retry_only_when_not_the_default_and_collect_debug_only_when_on(issue4_form):
-    exported = form_export(issue4_form)
+def test_export_writes_retry_only_when_not_the_default_and_collect_debug_only_when_on(form_with_branches_and_retries):
+    exported = form_export(form_with_branches_and_retries)
 
     assert exported["form"]["collect_debug"] is True
     tree = exported["events"]["record_update"]
     assert tree[0] == {
-        "type": "update_field", "name": "call", "config": {"field": "status", "value": "calling"},
+        "type": "update_field",
+        "name": "call",
+        "config": {"field": "status", "value": "calling"},
         "retry": {"max_attempts": 3, "backoff_seconds": 5, "backoff_max_seconds": 60},
         "on_error": [{"type": "set_subtext", "name": "tell", "config": {"text": "Failed: {{ error.message }}"}}],
     }
     assert tree[1]["retry"] == {"max_attempts": 1, "backoff_seconds": 30, "backoff_max_seconds": 600}
     assert "retry" not in tree[2] and "retry" not in tree[2]["children"][0]
-    assert tree[2]["config"] == {"match": "any", "rules": [
-        {"field": "seats", "operator": "greater_than", "value": "2"}, {"field": "flags.vip", "operator": "is_set"}]}
+    assert tree[2]["config"] == {
+        "match": "any",
+        "rules": [
+            {"field": "seats", "operator": "greater_than", "value": "2"},
+            {"field": "flags.vip", "operator": "is_set"},
+        ],
+    }
     assert tree[3] == {"type": "go_async", "name": "rest", "config": {}}
-    assert tree[4]["config"] == {"event_type": "confirm", "event_properties": {"source": "{{ record.email }}"},
-                                 "collect_debug": True}
-    assert tree[4]["children"] == [{"type": "trigger_event",
-                                    "config": {"event": "paid", "properties": {"plan": "gold"}}}]
+    assert tree[4]["config"] == {
+        "event_type": "confirm",
+        "event_properties": {"source": "{{ record.email }}"},
+        "collect_debug": True,
+    }
+    assert tree[4]["children"] == [
+        {"type": "trigger_event", "config": {"event": "paid", "properties": {"plan": "gold"}}}
+    ]
     assert tree[4]["on_error"][0]["retry"]["max_attempts"] == 2
     assert list(exported["events"]) == ["record_update", "paid"]
 
-    issue4_form.collect_debug = False
-    issue4_form.save()
-    assert "collect_debug" not in form_export(issue4_form)["form"]
+    form_with_branches_and_retries.collect_debug = False
+    form_with_branches_and_retries.save()
+    assert "collect_debug" not in form_export(form_with_branches_and_retries)["form"]
 
 
-def test_issue4_trees_round_trip_through_a_fresh_database(issue4_form):
-    exported = form_export(issue4_form)
+def test_trees_with_branches_and_retries_round_trip_through_a_fresh_database(form_with_branches_and_retries):
+    exported = form_export(form_with_branches_and_retries)
     text = json.dumps(exported)
-    issue4_form.delete()
+    form_with_branches_and_retries.delete()
     assert row_counts() == (0, 0, 0)
 
     form = form_import(json.loads(text))
@@ -473,25 +591,50 @@ def test_issue4_trees_round_trip_through_a_fresh_database(issue4_form):
 
 
 def test_an_error_branch_under_an_action_or_a_marker_imports(db):
-    document = {"form": {"slug": "s", "title": "T"}, "events": {"record_update": [
-        {"type": "fail", "config": {"message": "x"}, "on_error": [{"type": "go_async", "config": {}}]},
-        {"type": "go_async", "config": {}, "on_error": [
-            {"type": "fail", "config": {"message": "y"}, "on_error": [{"type": "set_flag", "config": {"flag": "z"}}]}]},
-    ]}}
+    document = {
+        "form": {"slug": "s", "title": "T"},
+        "events": {
+            "record_update": [
+                {"type": "fail", "config": {"message": "x"}, "on_error": [{"type": "go_async", "config": {}}]},
+                {
+                    "type": "go_async",
+                    "config": {},
+                    "on_error": [
+                        {
+                            "type": "fail",
+                            "config": {"message": "y"},
+                            "on_error": [{"type": "set_flag", "config": {"flag": "z"}}],
+                        }
+                    ],
+                },
+            ]
+        },
+    }
     form = form_import(document)
     assert Node.objects.filter(form=form, branch=Node.Branch.ON_ERROR).count() == 3
-    assert form_export(form)["events"] == {"record_update": [
-        {"type": "fail", "config": {"message": "x"}, "on_error": [{"type": "go_async", "config": {}}]},
-        {"type": "go_async", "config": {}, "on_error": [
-            {"type": "fail", "config": {"message": "y"},
-             "on_error": [{"type": "set_flag", "config": {"flag": "z", "value": True}}]}]},
-    ]}
+    assert form_export(form)["events"] == {
+        "record_update": [
+            {"type": "fail", "config": {"message": "x"}, "on_error": [{"type": "go_async", "config": {}}]},
+            {
+                "type": "go_async",
+                "config": {},
+                "on_error": [
+                    {
+                        "type": "fail",
+                        "config": {"message": "y"},
+                        "on_error": [{"type": "set_flag", "config": {"flag": "z", "value": True}}],
+                    }
+                ],
+            },
+        ]
+    }
 
 
 def test_a_retry_may_give_only_some_keys(db):
-    document = {"form": {"slug": "s", "title": "T"},
-                "events": {"record_update": [
-                    {"type": "fail", "config": {"message": "x"}, "retry": {"max_attempts": 4}}]}}
+    document = {
+        "form": {"slug": "s", "title": "T"},
+        "events": {"record_update": [{"type": "fail", "config": {"message": "x"}, "retry": {"max_attempts": 4}}]},
+    }
     node = Node.objects.get(form=form_import(document))
     assert (node.max_attempts, node.retry_backoff_seconds, node.retry_backoff_max_seconds) == (4, 10, 600)
 
@@ -506,38 +649,59 @@ def test_a_retry_may_give_only_some_keys(db):
         ({"backoff_seconds": -1}, [("retry.backoff_seconds", "must be 0 to 31536000 seconds (a year)")]),
         ({"backoff_max_seconds": -5}, [("retry.backoff_max_seconds", "must be 0 to 31536000 seconds (a year)")]),
         ({"backoff_seconds": 10**12}, [("retry.backoff_seconds", "must be 0 to 31536000 seconds (a year)")]),
-        ({"backoff_seconds": 60, "backoff_max_seconds": 30},
-         [("retry.backoff_max_seconds", "must be at least backoff_seconds (60)")]),
+        (
+            {"backoff_seconds": 60, "backoff_max_seconds": 30},
+            [("retry.backoff_max_seconds", "must be at least backoff_seconds (60)")],
+        ),
         ({"backoff_seconds": 900}, [("retry.backoff_max_seconds", "must be at least backoff_seconds (900)")]),
-        ({"attempts": 3}, [("retry.attempts", "unknown key (known keys: max_attempts, backoff_seconds, "
-                                              "backoff_max_seconds, non_retryable)")]),
+        (
+            {"attempts": 3},
+            [
+                (
+                    "retry.attempts",
+                    "unknown key (known keys: max_attempts, backoff_seconds, backoff_max_seconds, non_retryable)",
+                )
+            ],
+        ),
         ({"non_retryable": ["HTTP 404", 7]}, [("retry.non_retryable[1]", "expected a string, got a number")]),
-        ({"non_retryable": ["  "]},
-         [("retry.non_retryable", "must be a list of texts (the beginnings of error messages)")]),
+        (
+            {"non_retryable": ["  "]},
+            [("retry.non_retryable", "must be a list of texts (the beginnings of error messages)")],
+        ),
         (3, [("retry", "expected an object, got a number")]),
     ],
 )
 def test_bad_retry_values_are_reported_with_their_paths(db, retry, expected):
-    document = {"form": {"slug": "s", "title": "T"}, "events": {"record_update": [
-        {"type": "set_flag", "config": {"flag": "ok"}},
-        {"type": "background", "children": [{"type": "fail", "config": {"message": "x"}, "retry": retry}]},
-    ]}}
+    document = {
+        "form": {"slug": "s", "title": "T"},
+        "events": {
+            "record_update": [
+                {"type": "set_flag", "config": {"flag": "ok"}},
+                {"type": "background", "children": [{"type": "fail", "config": {"message": "x"}, "retry": retry}]},
+            ]
+        },
+    }
     prefix = "events.record_update[1].children[0]."
     assert problems_of(document) == [(prefix + path, message) for path, message in expected]
     assert row_counts() == (0, 0, 0)
 
 
-def test_bad_issue4_configs_are_reported_with_their_paths(db):
-    document = {"form": {"slug": "s", "title": "T", "collect_debug": "yes",
-                         "fields": [{"name": "seats", "type": "integer"}]},
-                "events": {"record_update": [
-                    {"type": "condition", "config": {"rules": [{"field": "nope", "operator": "equals", "value": "1"}]},
-                     "children": []},
-                    {"type": "go_async", "config": {}, "children": [{"type": "fail", "config": {"message": "x"}}]},
-                    {"type": "trigger_event", "config": {"properties": {"a": 1}}},
-                    {"type": "background", "config": {"event_type": "not a slug", "collect_debug": "on"},
-                     "children": []},
-                ]}}
+def test_bad_branch_retry_and_debug_configs_are_reported_with_their_paths(db):
+    document = {
+        "form": {"slug": "s", "title": "T", "collect_debug": "yes", "fields": [{"name": "seats", "type": "integer"}]},
+        "events": {
+            "record_update": [
+                {
+                    "type": "condition",
+                    "config": {"rules": [{"field": "nope", "operator": "equals", "value": "1"}]},
+                    "children": [],
+                },
+                {"type": "go_async", "config": {}, "children": [{"type": "fail", "config": {"message": "x"}}]},
+                {"type": "trigger_event", "config": {"properties": {"a": 1}}},
+                {"type": "background", "config": {"event_type": "not a slug", "collect_debug": "on"}, "children": []},
+            ]
+        },
+    }
     problems = dict(problems_of(document))
     assert set(problems) == {
         "form.collect_debug",
@@ -568,13 +732,16 @@ def test_export_form_prints_a_json_schema_that_every_exported_file_satisfies(ful
     assert validator.is_valid(demo)
 
 
-@pytest.mark.parametrize("change", [
-    lambda doc: doc["form"].update(colour="red"),
-    lambda doc: doc["form"]["fields"][0].update(required="yes"),
-    lambda doc: doc["events"]["record_update"][0].update(type="teleport"),
-    lambda doc: doc["events"]["record_update"][0]["config"].update(extra=1),
-    lambda doc: doc["events"]["record_update"][1].update(retry={"max_attempts": "3"}),
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda doc: doc["form"].update(colour="red"),
+        lambda doc: doc["form"]["fields"][0].update(required="yes"),
+        lambda doc: doc["events"]["record_update"][0].update(type="teleport"),
+        lambda doc: doc["events"]["record_update"][0]["config"].update(extra=1),
+        lambda doc: doc["events"]["record_update"][1].update(retry={"max_attempts": "3"}),
+    ],
+)
 def test_the_schema_refuses_what_the_import_refuses(full_form, change):
     import jsonschema_rs
 

@@ -88,8 +88,13 @@ def test_a_progress_update_holding_a_non_finite_number_is_400_and_changes_nothin
 
 def test_large_but_finite_numbers_are_stored(api, api_key, awaiting):
     _, key = api_key
-    raw = json.dumps({"taskId": str(awaiting.task.pk), "status": "SUCCESS",
-                      "output": {"big": 1.7e308, "tiny": 1e-320, "int": 10**30, "neg": -0.0}})
+    raw = json.dumps(
+        {
+            "taskId": str(awaiting.task.pk),
+            "status": "SUCCESS",
+            "output": {"big": 1.7e308, "tiny": 1e-320, "int": 10**30, "neg": -0.0},
+        }
+    )
 
     response = api.post(CALLBACK_URL, raw=raw, key=key)
 
@@ -113,8 +118,9 @@ def test_more_log_lines_than_a_call_may_send_is_413_and_changes_nothing(api, api
     before = unchanged(awaiting.task)
 
     if endpoint == "callback":
-        response = api.post(CALLBACK_URL, {"taskId": str(awaiting.task.pk), "status": "SUCCESS",
-                                           "logs": lines("line", 11)}, key=key)
+        response = api.post(
+            CALLBACK_URL, {"taskId": str(awaiting.task.pk), "status": "SUCCESS", "logs": lines("line", 11)}, key=key
+        )
     else:
         response = api.put(progress_url(awaiting.task.pk), {"subtext": "x", "logs": lines("line", 11)}, key=key)
 
@@ -146,8 +152,9 @@ def test_past_the_total_cap_the_oldest_lines_make_way_behind_one_marker(api, api
     first = len(awaiting.task.logs)
 
     for batch in range(3):
-        response = api.put(progress_url(awaiting.task.pk), {"subtext": "x", "logs": lines(f"batch {batch}", 10)},
-                           key=key)
+        response = api.put(
+            progress_url(awaiting.task.pk), {"subtext": "x", "logs": lines(f"batch {batch}", 10)}, key=key
+        )
         assert response.status_code == 200, response.content
 
     awaiting.reload()
@@ -172,8 +179,10 @@ def test_past_the_total_cap_the_oldest_lines_make_way_behind_one_marker(api, api
 
 def at_the_cap(task, settings):
     """Fill ``task``'s logs to the cap with the longest lines there may be, as the engine would."""
-    flood = [RunTask.log_line("x" * (settings.EVENTS_TASK_LOG_MAX_LINE_CHARS + 50)) for _ in range(
-        settings.EVENTS_TASK_LOG_MAX_LINES + 200)]
+    flood = [
+        RunTask.log_line("x" * (settings.EVENTS_TASK_LOG_MAX_LINE_CHARS + 50))
+        for _ in range(settings.EVENTS_TASK_LOG_MAX_LINES + 200)
+    ]
     RunTask.objects.filter(pk=task.pk).update(logs=RunTask.capped_logs(task.logs, flood))
     task.refresh_from_db()
     assert len(task.logs) == settings.EVENTS_TASK_LOG_MAX_LINES
@@ -194,8 +203,9 @@ def test_a_task_at_the_cap_that_times_out_stays_at_the_cap(awaiting, settings):
 
 def test_a_task_at_the_cap_whose_lease_expires_stays_at_the_cap(awaiting, settings):
     task = at_the_cap(awaiting.task, settings)
-    RunTask.objects.filter(pk=task.pk).update(status=RunTask.Status.ACTIVE,
-                                              lease_expires_at=timezone.now() - timedelta(seconds=1))
+    RunTask.objects.filter(pk=task.pk).update(
+        status=RunTask.Status.ACTIVE, lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
 
     assert sweep()["lease_expired_retried"] == 1
 
@@ -247,8 +257,18 @@ def test_a_nul_byte_in_a_record_token_is_404(awaiting, path):
     assert response.status_code == 404
 
 
-@pytest.mark.parametrize("path", ["/api/tasks/%00", "/api/tasks/a%00b", "/api/runs/%00", "/api/runs/a%00b",
-                                  "/api/records/%00", "/api/records/a%00b", "/api/tasks/not-a-uuid"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/tasks/%00",
+        "/api/tasks/a%00b",
+        "/api/runs/%00",
+        "/api/runs/a%00b",
+        "/api/records/%00",
+        "/api/records/a%00b",
+        "/api/tasks/not-a-uuid",
+    ],
+)
 def test_a_nul_byte_or_a_malformed_id_in_an_api_path_is_404(api_key, awaiting, path):
     _, key = api_key
 
@@ -273,8 +293,9 @@ def test_the_callback_without_its_trailing_slash_is_applied(api_key, awaiting, s
     _, key = api_key
     settings.DEBUG = debug
 
-    response = json_client("post", CALLBACK_URL.rstrip("/"),
-                           json.dumps({"taskId": str(awaiting.task.pk), "status": "SUCCESS"}), key)
+    response = json_client(
+        "post", CALLBACK_URL.rstrip("/"), json.dumps({"taskId": str(awaiting.task.pk), "status": "SUCCESS"}), key
+    )
 
     assert response.status_code == 200, response.content[:300]
     assert response.json()["applied"] is True
@@ -292,8 +313,9 @@ def test_progress_with_a_trailing_slash_is_applied(api_key, awaiting):
     assert awaiting.task.subtext == "half way"
 
 
-@pytest.mark.parametrize("path", ["/api/tasks/{task}/", "/api/runs/{run}/", "/api/records/{token}/",
-                                  "/api/openapi.json/"])
+@pytest.mark.parametrize(
+    "path", ["/api/tasks/{task}/", "/api/runs/{run}/", "/api/records/{token}/", "/api/openapi.json/"]
+)
 def test_look_ups_answer_with_a_trailing_slash_too(api_key, awaiting, path):
     _, key = api_key
     url = path.format(task=awaiting.task.pk, run=awaiting.run.pk, token=awaiting.record.token)
@@ -357,10 +379,17 @@ def request_schemas(client):
 def test_the_openapi_document_declares_what_the_server_refuses_in_text(client):
     document = client.get("/api/openapi.json").json()
     schemas = document["components"]["schemas"]
-    callback, progress, value = schemas["CallbackIn"]["properties"], schemas["ProgressIn"]["properties"], schemas["JsonValue"]
+    callback, progress, value = (
+        schemas["CallbackIn"]["properties"],
+        schemas["ProgressIn"]["properties"],
+        schemas["JsonValue"],
+    )
     text_patterns = [
-        callback["taskId"]["pattern"], callback["subtext"]["anyOf"][0]["pattern"], progress["subtext"]["pattern"],
-        callback["logs"]["anyOf"][0]["pattern"], callback["logs"]["anyOf"][1]["items"]["pattern"],
+        callback["taskId"]["pattern"],
+        callback["subtext"]["anyOf"][0]["pattern"],
+        progress["subtext"]["pattern"],
+        callback["logs"]["anyOf"][0]["pattern"],
+        callback["logs"]["anyOf"][1]["items"]["pattern"],
         progress["logs"]["anyOf"][1]["items"]["pattern"],
         callback["output"]["anyOf"][0]["propertyNames"]["pattern"],
         next(item["pattern"] for item in value["anyOf"] if item.get("type") == "string"),
@@ -385,16 +414,25 @@ def test_the_openapi_document_declares_the_lines_a_call_may_send(client, setting
         assert schemas[name]["properties"]["logs"]["anyOf"][1]["maxItems"] == 7
 
 
-@pytest.mark.parametrize("changes", [
-    {"taskId": "nul\x00"}, {"subtext": "nul\x00"}, {"logs": "nul\x00"}, {"logs": ["ok", "nul\x00"]},
-    {"output": {"nul\x00key": 1}}, {"output": {"a": [{"b": "nul\x00"}]}}, {"output": {"a": "\ud800"}},
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"taskId": "nul\x00"},
+        {"subtext": "nul\x00"},
+        {"logs": "nul\x00"},
+        {"logs": ["ok", "nul\x00"]},
+        {"output": {"nul\x00key": 1}},
+        {"output": {"a": [{"b": "nul\x00"}]}},
+        {"output": {"a": "\ud800"}},
+    ],
+)
 def test_text_the_document_refuses_the_server_refuses_with_422(api, api_key, awaiting, changes):
     _, key = api_key
     before = unchanged(awaiting.task)
 
-    response = api.post(CALLBACK_URL, raw=json.dumps({"taskId": str(awaiting.task.pk), "status": "SUCCESS",
-                                                      **changes}), key=key)
+    response = api.post(
+        CALLBACK_URL, raw=json.dumps({"taskId": str(awaiting.task.pk), "status": "SUCCESS", **changes}), key=key
+    )
 
     assert error_of(response, 422)["code"] == "invalid_request"
     assert unchanged(awaiting.task) == before
@@ -403,8 +441,9 @@ def test_text_the_document_refuses_the_server_refuses_with_422(api, api_key, awa
 # The database out of reach ----------------------------------------------------------------
 
 
-def test_while_the_database_is_unreachable_the_api_answers_503_with_retry_after(api_key, awaiting, database_down,
-                                                                                 settings):
+def test_while_the_database_is_unreachable_the_api_answers_503_with_retry_after(
+    api_key, awaiting, database_down, settings
+):
     _, key = api_key
     settings.EVENTS_UNAVAILABLE_RETRY_AFTER_SECONDS = 7
     body = json.dumps({"taskId": str(awaiting.task.pk), "status": "SUCCESS"})
@@ -413,8 +452,9 @@ def test_while_the_database_is_unreachable_the_api_answers_503_with_retry_after(
     answers = [
         json_client("post", CALLBACK_URL, body, key),
         json_client("put", progress_url(awaiting.task.pk), '{"subtext": "x"}', key),
-        Client(raise_request_exception=False).get(f"/api/tasks/{awaiting.task.pk}",
-                                                  headers={"Authorization": f"Bearer {key}"}),
+        Client(raise_request_exception=False).get(
+            f"/api/tasks/{awaiting.task.pk}", headers={"Authorization": f"Bearer {key}"}
+        ),
     ]
     outage.up()
 

@@ -29,8 +29,13 @@ pytestmark = pytest.mark.django_db
 
 # positive_data_acceptance (ST202): what the document allows, the server takes; what the server refuses
 # (NUL characters, unpaired surrogates, too many log lines) the document declares.
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
-          positive_data_acceptance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    positive_data_acceptance,
+]
 # Bounded: 5 operations × 25 examples × 2 runs stays well under a minute.
 BOUNDED = settings(
     max_examples=25,
@@ -87,8 +92,16 @@ def task_with_status(status):
     run = Run.objects.create(form=record.form, record=record, is_submission=True, snapshot=[])
     now = timezone.now()
     return RunTask.objects.create(
-        run=run, node_id=1, position=0, type="http_request", name="book", label="Book", status=status,
-        started_at=now, deadline_at=now + timedelta(hours=1), output={"status_code": 200},
+        run=run,
+        node_id=1,
+        position=0,
+        type="http_request",
+        name="book",
+        label="Book",
+        status=status,
+        started_at=now,
+        deadline_at=now + timedelta(hours=1),
+        output={"status_code": 200},
         finished_at=now if status == RunTask.Status.COMPLETE else None,
     )
 

@@ -21,8 +21,16 @@ from forms_app.models import Record
 from tests.factories import RecordFactory, add_node
 
 HEALTH_KEYS = {
-    "healthy", "problems", "queue_ready_jobs", "queue_taken_jobs", "queue_oldest_ready_age_seconds",
-    "stuck_tasks", "overdue_tasks", "awaiting_past_deadline", "awaiting", "repairs",
+    "healthy",
+    "problems",
+    "queue_ready_jobs",
+    "queue_taken_jobs",
+    "queue_oldest_ready_age_seconds",
+    "stuck_tasks",
+    "overdue_tasks",
+    "awaiting_past_deadline",
+    "awaiting",
+    "repairs",
 }
 
 
@@ -270,8 +278,14 @@ def test_prune_refusing_exits_2_from_manage_py(tmp_path):
     """The status a cron job or a timer sees: manage.py's own, in a process of its own."""
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
 
-    result = subprocess.run([sys.executable, "manage.py", "events_prune", "--days", "0"], cwd=settings.BASE_DIR,
-                            env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "manage.py", "events_prune", "--days", "0"],
+        cwd=settings.BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
     assert result.returncode == 2, result.stderr
     assert "CommandError: Keep at least one day." in result.stderr
@@ -280,8 +294,14 @@ def test_prune_refusing_exits_2_from_manage_py(tmp_path):
 def test_prune_deletes_old_queue_results_and_keeps_recent_ones(db):
     now = timezone.now()
     for name, days in (("old", 40), ("recent", 1)):
-        Task.objects.create(id=f"{name:0<32}", name=name, func="events.tasks.task_job",
-                            started=now - timedelta(days=days), stopped=now - timedelta(days=days), success=True)
+        Task.objects.create(
+            id=f"{name:0<32}",
+            name=name,
+            func="events.tasks.task_job",
+            started=now - timedelta(days=days),
+            stopped=now - timedelta(days=days),
+            success=True,
+        )
 
     code, out, _ = run_command("events_prune", "--days", "30")
 
@@ -333,8 +353,9 @@ def test_check_refuses_an_inline_step_cap_above_a_third_of_the_web_timeout(setti
 
     assert code == 1
     assert "events.E001" in out + err
-    assert ("EVENTS_INLINE_STEP_MAX_SECONDS (11) must be above 0 and at most a third of "
-            "EVENTS_WEB_TIMEOUT_SECONDS (30)") in err
+    assert (
+        "EVENTS_INLINE_STEP_MAX_SECONDS (11) must be above 0 and at most a third of EVENTS_WEB_TIMEOUT_SECONDS (30)"
+    ) in err
 
 
 def test_the_shipped_inline_step_cap_fits_the_web_timeout_gunicorn_is_given():

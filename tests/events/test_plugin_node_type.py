@@ -77,8 +77,14 @@ def plugin_types(monkeypatch):
 @pytest.fixture
 def plugin_form(trail_form):
     """stamp (visible), then later 0 s [stamp]."""
-    add_node(trail_form, "stamp", name="first", label="First stamp", visible=True,
-             config={"field": "status", "word": "{{ record.email }}"})
+    add_node(
+        trail_form,
+        "stamp",
+        name="first",
+        label="First stamp",
+        visible=True,
+        config={"field": "status", "word": "{{ record.email }}"},
+    )
     later = add_node(trail_form, "later", name="later", label="Soon", config={"seconds": 0})
     add_node(trail_form, "stamp", parent=later, name="second", config={"field": "trail", "word": "done"})
     return trail_form
@@ -115,8 +121,14 @@ def test_a_plugin_container_is_due_by_its_own_rule(trail_form):
 
 
 def test_a_plugin_error_that_cannot_succeed_on_retry_fails_at_once(trail_form):
-    add_node(trail_form, "stamp", name="refusing", config={"field": "status", "word": "refuse"},
-             max_attempts=5, retry_backoff_seconds=1)
+    add_node(
+        trail_form,
+        "stamp",
+        name="refusing",
+        config={"field": "status", "word": "refuse"},
+        max_attempts=5,
+        retry_backoff_seconds=1,
+    )
 
     record = record_submit(form=trail_form, data={"email": "ann@example.com", "trail": ""})
 
@@ -128,21 +140,26 @@ def test_the_admin_editor_shows_a_plugin_types_config_as_fields_and_validates_it
     page = admin_client.get(add_url(trail_form, "stamp")).content.decode()
     assert 'name="config_field"' in page and 'name="config_word"' in page
 
-    refused = admin_client.post(add_url(trail_form, "stamp"), node_post(trail_form, position="first-child",
-                                config_field="nowhere", config_word="x"))
+    refused = admin_client.post(
+        add_url(trail_form, "stamp"),
+        node_post(trail_form, position="first-child", config_field="nowhere", config_word="x"),
+    )
     assert refused.status_code == 200 and "No such field." in refused.content.decode()
     assert not Node.objects.filter(type="stamp").exists()
 
-    admin_client.post(add_url(trail_form, "stamp"), node_post(trail_form, position="first-child",
-                      config_field="status", config_word="hello"))
+    admin_client.post(
+        add_url(trail_form, "stamp"),
+        node_post(trail_form, position="first-child", config_field="status", config_word="hello"),
+    )
     assert Node.objects.get(type="stamp").config == {"field": "status", "word": "hello"}
 
 
 def test_the_tree_overview_draws_plugin_nodes_with_their_own_mode_and_summary(admin_client, plugin_form):
     from django.urls import reverse
 
-    page = admin_client.get(reverse("admin:events_node_overview", kwargs={"form_id": plugin_form.pk,
-                                                                         "event": "record_update"})).content.decode()
+    page = admin_client.get(
+        reverse("admin:events_node_overview", kwargs={"form_id": plugin_form.pk, "event": "record_update"})
+    ).content.decode()
     assert "later: 0 s later" in page
     assert "status ← {{ record.email }}" in page
     assert "in background" in page  # the stamp under the container

@@ -40,8 +40,15 @@ def flaky(monkeypatch):
 
 def add_flaky(form, *, succeed_on=1000, max_attempts=3, backoff=0, backoff_max=600, **fields):
     return add_node(
-        form, Flaky.key, name="flaky", label="Flaky", config={"succeed_on": succeed_on},
-        max_attempts=max_attempts, retry_backoff_seconds=backoff, retry_backoff_max_seconds=backoff_max, **fields,
+        form,
+        Flaky.key,
+        name="flaky",
+        label="Flaky",
+        config={"succeed_on": succeed_on},
+        max_attempts=max_attempts,
+        retry_backoff_seconds=backoff,
+        retry_backoff_max_seconds=backoff_max,
+        **fields,
     )
 
 
@@ -170,8 +177,14 @@ def test_exhausted_retries_fail_the_task_with_kind_retries_and_then_the_run(form
 
 def test_exhausted_retries_run_the_error_branch_and_the_sequence_goes_on(form, flaky, submit_queued, dispatch):
     node = add_flaky(form, max_attempts=2)
-    add_node(form, "update_field", parent=node, branch="on_error", name="catch",
-             config={"field": "status", "value": "{{ error.type }}: {{ error.message }}"})
+    add_node(
+        form,
+        "update_field",
+        parent=node,
+        branch="on_error",
+        name="catch",
+        config={"field": "status", "value": "{{ error.type }}: {{ error.message }}"},
+    )
     add_after(form)
 
     record = submit_queued().record
@@ -265,11 +278,22 @@ def test_an_early_delivery_of_a_retry_does_nothing(form, flaky, submit_queued):
 def broken(form, submit_queued):
     """A run that failed at ``count`` (seats from the status field, which holds no number)."""
     add_node(form, "update_field", name="first", config={"field": "email", "value": "{{ record.email }}"})
-    add_node(form, "update_field", name="count", label="Count seats", config={"field": "seats", "value": "{{ record.status }}"})
+    add_node(
+        form,
+        "update_field",
+        name="count",
+        label="Count seats",
+        config={"field": "seats", "value": "{{ record.status }}"},
+    )
     add_after(form)
     background = add_node(form, "background", name="bg")
-    add_node(form, "send_email", parent=background, name="mail",
-             config={"to": "{{ record.email }}", "subject": "Booked", "body": "{{ record.seats }} seats"})
+    add_node(
+        form,
+        "send_email",
+        parent=background,
+        name="mail",
+        config={"to": "{{ record.email }}", "subject": "Booked", "body": "{{ record.seats }} seats"},
+    )
     record = submit_queued(status="many").record
     assert run_of(record).status == Run.Status.FAILED
     return record
@@ -343,7 +367,9 @@ def test_redrive_of_a_step_that_fails_again_fails_the_run_again_and_keeps_both_f
 
 def test_redrive_inside_a_background_reopens_the_container(form, sync_queue, django_capture_on_commit_callbacks):
     background = add_node(form, "background", name="bg")
-    add_node(form, "update_field", parent=background, name="count", config={"field": "seats", "value": "{{ record.status }}"})
+    add_node(
+        form, "update_field", parent=background, name="count", config={"field": "seats", "value": "{{ record.status }}"}
+    )
     add_after(form, parent=background)
     with django_capture_on_commit_callbacks(execute=True):
         record = record_submit(form=form, data={"email": "ann@example.com", "status": "lots"})

@@ -143,8 +143,15 @@ def test_a_task_past_the_lease_retry_limit_runs_its_error_branch_and_the_run_goe
 ):
     settings.EVENTS_LEASE_RETRY_LIMIT = 2
     a = add_mark("A")
-    add_node(trail_form, "update_field", parent=a, branch="on_error", name="e", label="E",
-             config={"field": "trail", "value": "{{ record.trail }}E"})
+    add_node(
+        trail_form,
+        "update_field",
+        parent=a,
+        branch="on_error",
+        name="e",
+        label="E",
+        config={"field": "trail", "value": "{{ record.trail }}E"},
+    )
     add_mark("D")
     run = start()
     held_by_a_dead_worker(run, a, attempt=2)
@@ -183,7 +190,6 @@ def test_a_lease_not_yet_expired_is_left_alone(add_mark, start):
     assert not Repair.objects.exists()
 
 
-
 def test_a_step_whose_lease_runs_out_after_its_containers_is_re_run_on_its_own_and_completes_the_run(
     trail_form, add_mark, start, dispatch
 ):
@@ -209,6 +215,7 @@ def test_a_step_whose_lease_runs_out_after_its_containers_is_re_run_on_its_own_a
     assert trail(run) == "BC"
     assert row(run, background).status == RunTask.Status.COMPLETE
 
+
 # Lost hand-offs ---------------------------------------------------------------------------------
 
 
@@ -222,7 +229,8 @@ def handed_off(run, node, *, seconds_ago, in_broker=False, taken=False, taken_se
     if task.handoff_id is None:  # a leading container is handed off with its run; a later one by the walk
         assert queue.container_enqueue(task_id=task.pk)
     RunTask.objects.filter(pk=task.pk).update(
-        due_at=timezone.now() - timedelta(seconds=seconds_ago), enqueued_at=timezone.now() - timedelta(seconds=seconds_ago)
+        due_at=timezone.now() - timedelta(seconds=seconds_ago),
+        enqueued_at=timezone.now() - timedelta(seconds=seconds_ago),
     )
     job = OrmQ.objects.get(pk=row(run, node).handoff_id)
     if not in_broker:
@@ -268,7 +276,9 @@ def test_a_hand_off_whose_job_is_gone_from_the_broker_is_sent_again(
     assert trail(run) == "B"
 
 
-def test_a_lost_hand_off_of_a_step_is_sent_again_as_it_was(settings, add_mark, start, django_capture_on_commit_callbacks):
+def test_a_lost_hand_off_of_a_step_is_sent_again_as_it_was(
+    settings, add_mark, start, django_capture_on_commit_callbacks
+):
     settings.EVENTS_HANDOFF_CHECK_SECONDS = 10
     a = add_mark("A")
     add_mark("B")
@@ -463,8 +473,7 @@ def one_of_each(settings, trail_form, add_mark, start):
     RunTask.objects.filter(pk=row(late, a).pk).update(
         status=RunTask.Status.AWAITING, deadline_at=timezone.now() - timedelta(seconds=1)
     )
-    return {"retried": retried, "failed": failed, "lost": lost, "stalled": stalled, "finished": finished,
-            "late": late}
+    return {"retried": retried, "failed": failed, "lost": lost, "stalled": stalled, "finished": finished, "late": late}
 
 
 def test_each_kind_of_repair_is_counted_in_the_repair_table(one_of_each, sweep_now):
@@ -477,8 +486,12 @@ def test_each_kind_of_repair_is_counted_in_the_repair_table(one_of_each, sweep_n
     assert all(r.last_at >= before for r in Repair.objects.all())
     statuses = {name: Run.objects.get(pk=run.pk).status for name, run in one_of_each.items()}
     assert statuses == {
-        "retried": Run.Status.RUNNING, "failed": Run.Status.FAILED, "lost": Run.Status.COMPLETE,
-        "stalled": Run.Status.COMPLETE, "finished": Run.Status.COMPLETE, "late": Run.Status.FAILED,
+        "retried": Run.Status.RUNNING,
+        "failed": Run.Status.FAILED,
+        "lost": Run.Status.COMPLETE,
+        "stalled": Run.Status.COMPLETE,
+        "finished": Run.Status.COMPLETE,
+        "late": Run.Status.FAILED,
     }
 
 
@@ -506,7 +519,6 @@ def test_counts_add_up_across_sweeps(add_mark, start):
 def test_a_sweep_with_nothing_to_do_records_nothing(db):
     assert sweep() == NOTHING
     assert not Repair.objects.exists()
-
 
 
 # A resumed step that is not a plain action ----------------------------------------------------
@@ -584,9 +596,11 @@ def test_the_heartbeat_renews_the_leases_its_process_holds_and_no_others(setting
     run = start()
     soon = timezone.now() + timedelta(seconds=5)
     RunTask.objects.filter(pk=row(run, a).pk).update(
-        status=RunTask.Status.ACTIVE, lease_expires_at=soon, lease_owner=lease_owner())
+        status=RunTask.Status.ACTIVE, lease_expires_at=soon, lease_owner=lease_owner()
+    )
     RunTask.objects.filter(pk=row(run, b).pk).update(
-        status=RunTask.Status.ACTIVE, lease_expires_at=soon, lease_owner="elsewhere:1:x/2")
+        status=RunTask.Status.ACTIVE, lease_expires_at=soon, lease_owner="elsewhere:1:x/2"
+    )
 
     assert queue.leases_renew(owner=lease_owner()) == 1
 

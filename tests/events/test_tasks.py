@@ -112,7 +112,9 @@ def test_a_duplicate_delivery_changes_nothing(seed_tree, submit_queued, mailoutb
     record.refresh_from_db()
     assert record.data["trail"] == trail == "ADBC"
     assert len(mailoutbox) == 1
-    assert {task.pk: (task.status, task.attempt, task.logs, task.finished_at) for task in RunTask.objects.all()} == first
+    assert {
+        task.pk: (task.status, task.attempt, task.logs, task.finished_at) for task in RunTask.objects.all()
+    } == first
     assert task_of(record, seed_tree["background"]).attempt == 1
     assert task_of(record, seed_tree["B"]).attempt == 1
 
@@ -228,7 +230,9 @@ def test_a_second_dispatch_due_sends_nothing(delays, django_capture_on_commit_ca
     assert OrmQ.objects.count() == 1
 
 
-def test_dispatch_due_never_sends_actions_that_have_no_due_time(trail_form, add_mark, django_capture_on_commit_callbacks):
+def test_dispatch_due_never_sends_actions_that_have_no_due_time(
+    trail_form, add_mark, django_capture_on_commit_callbacks
+):
     # Actions run where their sequence is walked; only a retry or a repair gives one a due time.
     add_mark("A")
     record = RecordFactory(form=trail_form, data={"trail": ""})

@@ -33,7 +33,8 @@ def test_templates_see_record_flags_earlier_outputs_and_the_run(form, submit):
 
 def test_templates_see_event_properties(form, sync_queue, django_capture_on_commit_callbacks):
     add_node(
-        form, "update_field",
+        form,
+        "update_field",
         config={"field": "status", "value": "{{ properties.source }}/{{ properties.ids.0 }}"},
     )
 
@@ -49,7 +50,8 @@ def test_templates_see_event_properties(form, sync_queue, django_capture_on_comm
 
 def test_templates_do_not_autoescape(form, submit):
     add_node(
-        form, "update_field",
+        form,
+        "update_field",
         config={"field": "status", "value": "<b>{{ record.email }}</b> & {{ properties.nothing }}"},
     )
 
@@ -60,14 +62,15 @@ def test_templates_do_not_autoescape(form, submit):
 
 def test_rendered_email_keeps_html_and_quotes(form, submit, mailoutbox):
     add_node(
-        form, "send_email",
-        config={"to": "ann@example.com", "subject": "<i>{{ record.status }}</i>", "body": "{{ record.status }} \"q\""},
+        form,
+        "send_email",
+        config={"to": "ann@example.com", "subject": "<i>{{ record.status }}</i>", "body": '{{ record.status }} "q"'},
     )
 
     submit({"email": "ann@example.com", "status": "<b>Tom & Jerry's</b>"})
 
     assert mailoutbox[0].subject == "<i><b>Tom & Jerry's</b></i>"
-    assert mailoutbox[0].body == "<b>Tom & Jerry's</b> \"q\""
+    assert mailoutbox[0].body == '<b>Tom & Jerry\'s</b> "q"'
 
 
 def test_render_without_template_syntax_returns_the_value_unchanged():

@@ -46,9 +46,19 @@ def add_wait(trail_form, http_server, allow_local_http):
 
     def add(name, parent=None, **config):
         return add_node(
-            trail_form, "http_request", parent=parent, name=name, label=name.title(), visible=True,
-            config={"method": "POST", "url": http_server.url + "/start", "wait_for_callback": True,
-                    "callback_timeout_seconds": 600, **config},
+            trail_form,
+            "http_request",
+            parent=parent,
+            name=name,
+            label=name.title(),
+            visible=True,
+            config={
+                "method": "POST",
+                "url": http_server.url + "/start",
+                "wait_for_callback": True,
+                "callback_timeout_seconds": 600,
+                **config,
+            },
         )
 
     return add
@@ -60,8 +70,14 @@ def add_reader(trail_form):
 
     def add(parent=None):
         value = "{{ tasks.book.output.seat }}|{{ tasks.book.output.body }}|{{ tasks.book.output.status_code }}"
-        return add_node(trail_form, "update_field", parent=parent, name="reader", label="Reader",
-                        config={"field": "status", "value": value})
+        return add_node(
+            trail_form,
+            "update_field",
+            parent=parent,
+            name="reader",
+            label="Reader",
+            config={"field": "status", "value": value},
+        )
 
     return add
 
@@ -129,9 +145,7 @@ def test_a_success_callback_resumes_the_inline_sequence_at_the_next_sibling(
     assert record.is_complete
 
 
-def test_with_a_sync_queue_the_callback_resumes_at_once(
-    add_mark, add_wait, submit, django_capture_on_commit_callbacks
-):
+def test_with_a_sync_queue_the_callback_resumes_at_once(add_mark, add_wait, submit, django_capture_on_commit_callbacks):
     wait = add_wait("book")
     add_mark("B")
     record = submit().record
@@ -293,8 +307,13 @@ def test_a_failure_callback_fails_the_task_and_the_run_and_nothing_after_it_runs
     record = submit_queued().record
 
     with django_capture_on_commit_callbacks(execute=True):
-        result = callback(task_of(record, wait), status="FAILURE", subtext="No seats left",
-                          logs=["sold out"], output={"reason": "sold_out"})
+        result = callback(
+            task_of(record, wait),
+            status="FAILURE",
+            subtext="No seats left",
+            logs=["sold out"],
+            output={"reason": "sold_out"},
+        )
     run_queued_jobs()
 
     assert (result.applied, result.status) == (True, RunTask.Status.FAILED)
@@ -407,8 +426,10 @@ def test_a_callback_after_the_deadline_gets_409_from_the_api(add_wait, submit_qu
     _, key = ApiKey.issue(name="partner")
 
     response = client.post(
-        "/api/external-events/callback/", {"taskId": str(task.pk), "status": "SUCCESS"},
-        content_type="application/json", headers={"Authorization": f"Bearer {key}"},
+        "/api/external-events/callback/",
+        {"taskId": str(task.pk), "status": "SUCCESS"},
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {key}"},
     )
 
     assert response.status_code == 409
@@ -416,7 +437,9 @@ def test_a_callback_after_the_deadline_gets_409_from_the_api(add_wait, submit_qu
     assert response.json()["error"]["details"] == {"status": "failed"}
 
 
-def test_a_callback_for_a_cancelled_run_changes_nothing(add_mark, add_wait, submit_queued, django_capture_on_commit_callbacks):
+def test_a_callback_for_a_cancelled_run_changes_nothing(
+    add_mark, add_wait, submit_queued, django_capture_on_commit_callbacks
+):
     wait = add_wait("book")
     add_mark("B")
     record = submit_queued().record
@@ -432,7 +455,9 @@ def test_a_callback_for_a_cancelled_run_changes_nothing(add_mark, add_wait, subm
 # Repeats --------------------------------------------------------------------------------
 
 
-def test_a_repeated_callback_is_recognised_and_changes_nothing(add_wait, submit_queued, django_capture_on_commit_callbacks):
+def test_a_repeated_callback_is_recognised_and_changes_nothing(
+    add_wait, submit_queued, django_capture_on_commit_callbacks
+):
     wait = add_wait("book")
     record = submit_queued().record
     payload = {"output": CALLBACK_OUTPUT, "logs": ["one", "two"], "subtext": "Seat 12A"}
@@ -468,7 +493,9 @@ def test_a_duplicate_resume_delivery_runs_each_later_step_once(
 
     record.refresh_from_db()
     assert record.data["trail"] == "BC"
-    assert {task.pk: (task.status, task.attempt, task.logs, task.finished_at) for task in RunTask.objects.all()} == first
+    assert {
+        task.pk: (task.status, task.attempt, task.logs, task.finished_at) for task in RunTask.objects.all()
+    } == first
     assert task_of(record, b).attempt == task_of(record, c).attempt == 1
     assert run_of(record).status == Run.Status.COMPLETE
 
@@ -492,7 +519,9 @@ def test_a_duplicate_resume_delivery_inside_a_background_runs_each_later_step_on
 
     record.refresh_from_db()
     assert record.data["trail"] == "B"
-    assert {task.pk: (task.status, task.attempt, task.logs, task.finished_at) for task in RunTask.objects.all()} == first
+    assert {
+        task.pk: (task.status, task.attempt, task.logs, task.finished_at) for task in RunTask.objects.all()
+    } == first
     assert task_of(record, b).attempt == 1
     assert task_of(record, background).status == RunTask.Status.COMPLETE
     assert run_of(record).status == Run.Status.RUNNING
@@ -518,8 +547,12 @@ def test_a_resume_delivery_for_an_unknown_task_does_nothing(db):
 
 
 def test_a_callback_before_the_response_is_stored_keeps_the_callbacks_output(trail_form, add_mark):
-    wait = add_node(trail_form, "http_request", name="book",
-                    config={"method": "POST", "url": "http://x/", "wait_for_callback": True})
+    wait = add_node(
+        trail_form,
+        "http_request",
+        name="book",
+        config={"method": "POST", "url": "http://x/", "wait_for_callback": True},
+    )
     record = RecordFactory(form=trail_form, data={"trail": ""})
     run = engine.run_start(record=record, is_submission=True)
     task = task_of(record, wait)
@@ -527,8 +560,9 @@ def test_a_callback_before_the_response_is_stored_keeps_the_callbacks_output(tra
     engine.task_await(task=task, timeout_seconds=60)
 
     engine.task_callback(task_id=task.pk, status="SUCCESS", output=CALLBACK_OUTPUT, logs=["at once"])
-    engine.task_store_waiting(task=task, output={"status_code": 200, "body": "from the response"},
-                              logs=[RunTask.log_line("answered 200")])
+    engine.task_store_waiting(
+        task=task, output={"status_code": 200, "body": "from the response"}, logs=[RunTask.log_line("answered 200")]
+    )
 
     task.refresh_from_db()
     assert task.status == RunTask.Status.COMPLETE
@@ -564,8 +598,12 @@ def calling_back_server():
 def test_an_instant_callback_finds_the_task_awaiting_and_keeps_its_output(
     trail_form, add_mark, add_reader, calling_back_server, allow_local_http
 ):
-    wait = add_node(trail_form, "http_request", name="book",
-                    config={"method": "POST", "url": calling_back_server["url"], "wait_for_callback": True})
+    wait = add_node(
+        trail_form,
+        "http_request",
+        name="book",
+        config={"method": "POST", "url": calling_back_server["url"], "wait_for_callback": True},
+    )
     add_mark("B")
     add_reader()
 
@@ -600,8 +638,13 @@ def test_an_instant_success_callback_and_an_error_answer_leave_task_and_run_cons
     # The callback completed the task before the answer (a 500) came back. Whichever wins, the task
     # and its run must agree: a run failed "because Book failed" while Book is complete is wrong.
     calling_back_server["answer_status"] = 500
-    wait = add_node(trail_form, "http_request", name="book", label="Book",
-                    config={"method": "POST", "url": calling_back_server["url"], "wait_for_callback": True})
+    wait = add_node(
+        trail_form,
+        "http_request",
+        name="book",
+        label="Book",
+        config={"method": "POST", "url": calling_back_server["url"], "wait_for_callback": True},
+    )
     add_mark("B")
 
     record = record_submit(form=trail_form, data={"email": "ann@example.com", "trail": ""})
@@ -628,9 +671,11 @@ def test_the_waiting_page_shows_an_awaiting_step_as_waiting_for_a_reply_with_its
     html = client.get(f"/r/{record.token}/status/").content.decode()
 
     assert 'data-state="working"' in html
-    assert ('<li class="step step-waiting-for-a-reply"><span class="step-label">Book</span> '
-            '<span class="step-state">waiting for a reply</span>'
-            '<small class="step-subtext">Checking seat availability…</small></li>') in html
+    assert (
+        '<li class="step step-waiting-for-a-reply"><span class="step-label">Book</span> '
+        '<span class="step-state">waiting for a reply</span>'
+        '<small class="step-subtext">Checking seat availability…</small></li>'
+    ) in html
     assert '<p class="subtext">Checking seat availability…</p>' in html
     assert "hx-get" in html
 

@@ -138,9 +138,11 @@ def test_a_stopped_worker_puts_back_only_what_its_own_processes_held(add_mark, s
     record = submit_queued().record
     lease = timezone.now() + timedelta(seconds=60)
     RunTask.objects.filter(run__record=record, name="a").update(
-        status=RunTask.Status.ACTIVE, attempt=1, lease_expires_at=lease, lease_owner="host:10:abc/11")
+        status=RunTask.Status.ACTIVE, attempt=1, lease_expires_at=lease, lease_owner="host:10:abc/11"
+    )
     RunTask.objects.filter(run__record=record, name="b").update(
-        status=RunTask.Status.ACTIVE, attempt=1, lease_expires_at=lease, lease_owner="host:20:def/21")
+        status=RunTask.Status.ACTIVE, attempt=1, lease_expires_at=lease, lease_owner="host:20:def/21"
+    )
     Run.objects.filter(record=record).update(status=Run.Status.RUNNING)
     command = Command()
     command.worker_id = "host:10:abc"
@@ -166,9 +168,16 @@ def test_the_worker_fails_a_callback_past_its_deadline_on_every_dispatch_tick(
     trail_form, add_mark, submit_queued, callback_server, allow_local_http, django_capture_on_commit_callbacks
 ):
     add_node(
-        trail_form, "http_request", name="wait",
-        config={"method": "POST", "url": callback_server.url + "/jobs", "timeout_seconds": 5,
-                "wait_for_callback": True, "callback_timeout_seconds": 600},
+        trail_form,
+        "http_request",
+        name="wait",
+        config={
+            "method": "POST",
+            "url": callback_server.url + "/jobs",
+            "timeout_seconds": 5,
+            "wait_for_callback": True,
+            "callback_timeout_seconds": 600,
+        },
     )
     record = submit_queued().record
     RunTask.objects.filter(pk=task(record, "wait").pk).update(deadline_at=timezone.now() - timedelta(seconds=0.1))
@@ -180,4 +189,3 @@ def test_the_worker_fails_a_callback_past_its_deadline_on_every_dispatch_tick(
     assert (wait.status, wait.failure) == (RunTask.Status.FAILED, RunTask.Failure.TIMEOUT)
     assert Run.objects.get(record=record).status == Run.Status.FAILED
     assert Repair.objects.get(kind="deadline_expired").count == 1
-

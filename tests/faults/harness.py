@@ -54,9 +54,16 @@ BASE_ENV = {
     "EVENTS_API_AUTH_FAILURE_LIMIT": "0",
 }
 # What a test may not override when it claims to run with the shipped defaults.
-TIMING_SETTINGS = ("EVENTS_TASK_LEASE_SECONDS", "EVENTS_SWEEP_INTERVAL", "EVENTS_REQUEUE_AFTER_SECONDS",
-                   "EVENTS_HANDOFF_CHECK_SECONDS", "EVENTS_DISPATCH_INTERVAL", "EVENTS_JOB_TIMEOUT",
-                   "EVENTS_STOP_GRACE_SECONDS", "EVENTS_DATABASE_WAIT_SECONDS")
+TIMING_SETTINGS = (
+    "EVENTS_TASK_LEASE_SECONDS",
+    "EVENTS_SWEEP_INTERVAL",
+    "EVENTS_REQUEUE_AFTER_SECONDS",
+    "EVENTS_HANDOFF_CHECK_SECONDS",
+    "EVENTS_DISPATCH_INTERVAL",
+    "EVENTS_JOB_TIMEOUT",
+    "EVENTS_STOP_GRACE_SECONDS",
+    "EVENTS_DATABASE_WAIT_SECONDS",
+)
 
 
 def scale(short, long):
@@ -233,8 +240,16 @@ class Proc(ManagedProcess):
     """A process in its own session, its output appended to a log file."""
 
     def __init__(self, name, args, env, log_path):
-        super().__init__(name, args, cwd=BASE_DIR, env=env, log_path=log_path, append=True,
-                         start_seconds=START_SECONDS, stop_seconds=STOP_SECONDS)
+        super().__init__(
+            name,
+            args,
+            cwd=BASE_DIR,
+            env=env,
+            log_path=log_path,
+            append=True,
+            start_seconds=START_SECONDS,
+            stop_seconds=STOP_SECONDS,
+        )
         self.ready_at = None  # time.monotonic() when it was ready
 
     def running(self):
@@ -255,8 +270,11 @@ class Stack:
         self.overrides = dict(overrides or {})
         self.web_port = free_port()
         self.web_url = f"http://127.0.0.1:{self.web_port}"
-        self.env = {name: value for name, value in os.environ.items()
-                    if not name.startswith(("EVENTS_", "DJANGO_", "PYTEST_")) and name != "DATABASE_URL"}
+        self.env = {
+            name: value
+            for name, value in os.environ.items()
+            if not name.startswith(("EVENTS_", "DJANGO_", "PYTEST_")) and name != "DATABASE_URL"
+        }
         self.env.update(BASE_ENV)
         self.env.update(DATABASE_URL=database.url, EVENTS_PUBLIC_URL=self.web_url)
         self.env.update(self.overrides)
@@ -268,20 +286,30 @@ class Stack:
     @property
     def settings_label(self):
         """``defaults``, or the overrides of timing settings this stack runs with."""
-        changed = {name: value for name, value in self.overrides.items() if name in TIMING_SETTINGS
-                   or name == "EVENTS_WATCHDOG_SECONDS"}
+        changed = {
+            name: value
+            for name, value in self.overrides.items()
+            if name in TIMING_SETTINGS or name == "EVENTS_WATCHDOG_SECONDS"
+        }
         return "defaults" if not changed else ",".join(f"{k.removeprefix('EVENTS_')}={v}" for k, v in changed.items())
 
     # --- management commands --------------------------------------------------------------
 
     def manage(self, *args, timeout=180, check=True, extra_env=None):
         result = subprocess.run(
-            [PYTHON, "manage.py", *args], cwd=BASE_DIR, env={**self.env, **(extra_env or {})}, capture_output=True,
-            text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False,
+            [PYTHON, "manage.py", *args],
+            cwd=BASE_DIR,
+            env={**self.env, **(extra_env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            check=False,
         )
         if check and result.returncode != 0:
-            raise AssertionError(f"manage.py {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n"
-                                 f"{result.stderr}")
+            raise AssertionError(
+                f"manage.py {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+            )
         return result
 
     def migrate(self):
@@ -296,8 +324,15 @@ class Stack:
         return self.manage("create_api_key", name).stdout.strip().splitlines()[-1]
 
     def create_superuser(self, username="admin", password="faults-admin-password"):
-        self.manage("createsuperuser", "--noinput", "--username", username, "--email", "admin@example.com",
-                    extra_env={"DJANGO_SUPERUSER_PASSWORD": password})
+        self.manage(
+            "createsuperuser",
+            "--noinput",
+            "--username",
+            username,
+            "--email",
+            "admin@example.com",
+            extra_env={"DJANGO_SUPERUSER_PASSWORD": password},
+        )
         return username, password
 
     def health(self):
@@ -317,10 +352,24 @@ class Stack:
         return proc
 
     def start_web(self, *, workers=2, threads=8):
-        self.web = self._start("web", [
-            GUNICORN, "config.wsgi:application", "--bind", f"127.0.0.1:{self.web_port}", "--workers", str(workers),
-            "--threads", str(threads), "--timeout", "120", "--graceful-timeout", "5", "--no-control-socket",
-        ])
+        self.web = self._start(
+            "web",
+            [
+                GUNICORN,
+                "config.wsgi:application",
+                "--bind",
+                f"127.0.0.1:{self.web_port}",
+                "--workers",
+                str(workers),
+                "--threads",
+                str(threads),
+                "--timeout",
+                "120",
+                "--graceful-timeout",
+                "5",
+                "--no-control-socket",
+            ],
+        )
 
         def up():
             if not self.web.running():
@@ -359,7 +408,9 @@ class Stack:
         assert len(sentinels) == 1, f"expected one sentinel under {worker.pid}, found {sentinels}"
 
         def kids():
-            found = [pid for pid, _ in descendants(sentinels[0]) if proc_stat(pid) and proc_stat(pid)[0] == sentinels[0]]
+            found = [
+                pid for pid, _ in descendants(sentinels[0]) if proc_stat(pid) and proc_stat(pid)[0] == sentinels[0]
+            ]
             return found if len(found) >= workers_count + 2 else None
 
         found = wait_until(kids, timeout=30, message="the cluster's processes")
@@ -375,8 +426,19 @@ class Stack:
 
     # --- submissions ----------------------------------------------------------------------
 
-    def submit_load(self, slug, count, *, threads=4, make_data=None, deadline_seconds=300, stop=None, results=None,
-                    pace=0.0, until_acknowledged=False):
+    def submit_load(
+        self,
+        slug,
+        count,
+        *,
+        threads=4,
+        make_data=None,
+        deadline_seconds=300,
+        stop=None,
+        results=None,
+        pace=0.0,
+        until_acknowledged=False,
+    ):
         """Submit ``count`` times from ``threads`` threads, as fast as the server answers (or one per
         ``pace`` seconds per thread, at most).
 
@@ -456,8 +518,10 @@ class Stack:
         return self.rows("SELECT COUNT(*) AS n FROM events_run WHERE status = 'running'")[0]["n"]
 
     def tasks(self, type_=None):
-        sql = ("SELECT id, run_id, type, name, status, attempt, due_at, enqueued_at, started_at, finished_at, "
-               "deadline_at, parent_id FROM events_runtask")
+        sql = (
+            "SELECT id, run_id, type, name, status, attempt, due_at, enqueued_at, started_at, finished_at, "
+            "deadline_at, parent_id FROM events_runtask"
+        )
         return self.rows(sql + (" WHERE type = %s" if type_ else ""), (type_,) if type_ else ())
 
     def step_attempts(self):
@@ -469,7 +533,8 @@ class Stack:
         rows = self.rows(
             "SELECT r.token AS token, r.is_complete AS is_complete, run.status AS status, "
             "run.finished_at AS finished_at FROM forms_app_record r "
-            "JOIN events_run run ON run.record_id = r.id AND run.is_submission")
+            "JOIN events_run run ON run.record_id = r.id AND run.is_submission"
+        )
         return {row["token"]: row for row in rows}
 
     def repairs(self):
@@ -490,8 +555,9 @@ class Submitter:
 
     def submit(self, data):
         try:
-            response = self.client.post(self.url, data={**data, "csrfmiddlewaretoken": self.csrf},
-                                        headers={"Referer": self.url})
+            response = self.client.post(
+                self.url, data={**data, "csrfmiddlewaretoken": self.csrf}, headers={"Referer": self.url}
+            )
         except httpx.HTTPError:
             return None
         if response.status_code != 303:
@@ -507,19 +573,31 @@ class Submitter:
 
 def form_document(slug, record_update, *, fields=()):
     return {
-        "form": {"slug": slug, "title": slug, "is_published": True,
-                 "fields": [{"name": "note", "label": "Note", "type": "text", "required": False}]
-                 + [{"name": name, "label": name, "type": "hidden", "required": False} for name in fields],
-                 "waiting": {"poll_seconds": 2, "wait_for": "run", "max_wait_seconds": 120}},
+        "form": {
+            "slug": slug,
+            "title": slug,
+            "is_published": True,
+            "fields": [{"name": "note", "label": "Note", "type": "text", "required": False}]
+            + [{"name": name, "label": name, "type": "hidden", "required": False} for name in fields],
+            "waiting": {"poll_seconds": 2, "wait_for": "run", "max_wait_seconds": 120},
+        },
         "events": {"record_update": record_update},
     }
 
 
 def http_step(name, url, *, timeout_seconds=30, **config):
-    return {"type": "http_request", "name": name,
-            "config": {"method": "POST", "url": url, "body": "{\"record\": \"{{ record.note }}\"}",
-                       "headers": {"Content-Type": "application/json"}, "timeout_seconds": timeout_seconds,
-                       **config}}
+    return {
+        "type": "http_request",
+        "name": name,
+        "config": {
+            "method": "POST",
+            "url": url,
+            "body": '{"record": "{{ record.note }}"}',
+            "headers": {"Content-Type": "application/json"},
+            "timeout_seconds": timeout_seconds,
+            **config,
+        },
+    }
 
 
 def background(name, children):
@@ -543,15 +621,25 @@ def shipped_defaults():
     the 30-second recovery targets of issue 8 do not.
     """
     if not _SHIPPED:
-        env = {name: value for name, value in os.environ.items()
-               if not name.startswith(("EVENTS_", "DJANGO_", "PYTEST_")) and name != "DATABASE_URL"}
+        env = {
+            name: value
+            for name, value in os.environ.items()
+            if not name.startswith(("EVENTS_", "DJANGO_", "PYTEST_")) and name != "DATABASE_URL"
+        }
         env.update(DJANGO_SETTINGS_MODULE="config.settings", DJANGO_DEBUG="1")
         names = ", ".join(f'"{name}": getattr(settings, "{name}", None)' for name in TIMING_SETTINGS)
-        script = ("import django, json; django.setup(); from django.conf import settings; "
-                  f"print(json.dumps({{{names}}}))")
+        script = (
+            f"import django, json; django.setup(); from django.conf import settings; print(json.dumps({{{names}}}))"
+        )
         result = subprocess.run(
             [PYTHON, "-c", script],
-            cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=True,
+            cwd=BASE_DIR,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+            check=True,
         )
         _SHIPPED.update(json.loads(result.stdout.strip().splitlines()[-1]))
     return _SHIPPED

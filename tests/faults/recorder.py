@@ -63,9 +63,14 @@ class Analysis:
 
     def fields(self):
         """What a FAULTS line shows."""
-        return {"executions": self.executions, "parallel_overlaps": self.parallel_overlaps,
-                "sequential_reruns": self.sequential_reruns, "uncounted": self.uncounted, "missing": self.missing,
-                "cut": self.cut}
+        return {
+            "executions": self.executions,
+            "parallel_overlaps": self.parallel_overlaps,
+            "sequential_reruns": self.sequential_reruns,
+            "uncounted": self.uncounted,
+            "missing": self.missing,
+            "cut": self.cut,
+        }
 
 
 class Recorder:
@@ -115,8 +120,13 @@ class Recorder:
         parts = urlsplit(handler.path)
         query = {name: values[-1] for name, values in parse_qs(parts.query).items()}
         key = handler.headers.get("Idempotency-Key", "")
-        execution = Execution(key=key, path=parts.path, start=time.monotonic(), port=handler.client_address[1],
-                              sender=self._sender(handler.headers.get("X-Signature", ""), body))
+        execution = Execution(
+            key=key,
+            path=parts.path,
+            start=time.monotonic(),
+            port=handler.client_address[1],
+            sender=self._sender(handler.headers.get("X-Signature", ""), body),
+        )
         with self.lock:
             first = not self.executions[key]
             self.executions[key].append(execution)
@@ -131,8 +141,9 @@ class Recorder:
             return
         answer = ANSWERS[query.get("answer", "ok")]
         try:
-            handler.answer(int(query.get("status", 200)), answer,
-                           {"Content-Type": "application/json", "Connection": "close"})
+            handler.answer(
+                int(query.get("status", 200)), answer, {"Content-Type": "application/json", "Connection": "close"}
+            )
             handler.wfile.flush()
             execution.outcome = "answered"
         except OSError:
@@ -189,7 +200,7 @@ class Recorder:
             result.executions += len(runs)
             result.keys += 1
             result.cut += sum(1 for run in runs if run.outcome == "client gone")
-            overlaps = sum(1 for i, a in enumerate(runs) for b in runs[i + 1:] if b.start < a.ended(now))
+            overlaps = sum(1 for i, a in enumerate(runs) for b in runs[i + 1 :] if b.start < a.ended(now))
             if overlaps:
                 result.parallel_overlaps += overlaps
                 result.overlapping_keys.append(key)

@@ -34,12 +34,17 @@ HEALTH_SECONDS = 5  # /healthz, asked every 0.2 s during the floods
 def send_chunked(port, method, path, body, headers, *, chunk_size=64 * 1024):
     """``body`` in chunks without Content-Length over a raw socket: (status, headers, body) of the answer."""
     with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
-        head = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Transfer-Encoding: chunked",
-                "Connection: close", *(f"{name}: {value}" for name, value in headers.items())]
+        head = [
+            f"{method} {path} HTTP/1.1",
+            f"Host: 127.0.0.1:{port}",
+            "Transfer-Encoding: chunked",
+            "Connection: close",
+            *(f"{name}: {value}" for name, value in headers.items()),
+        ]
         try:
             sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
             for start in range(0, len(body), chunk_size):
-                part = body[start:start + chunk_size]
+                part = body[start : start + chunk_size]
                 sock.sendall(b"%x\r\n%s\r\n" % (len(part), part))
             sock.sendall(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):
@@ -82,8 +87,10 @@ def json_error(response, status, code=None):
 
 
 def task_row(stack, task_id):
-    rows = stack.rows("SELECT status, output, logs, subtext, error FROM events_runtask WHERE id = %s",
-                      (stack.database.id_param(task_id),))
+    rows = stack.rows(
+        "SELECT status, output, logs, subtext, error FROM events_runtask WHERE id = %s",
+        (stack.database.id_param(task_id),),
+    )
     return rows[0]
 
 
@@ -114,9 +121,14 @@ class HealthWatch(threading.Thread):
 @pytest.mark.parametrize("database", ["postgres", "sqlite"])
 def test_hostile_input_to_gunicorn_is_a_json_4xx_and_never_a_500(make_stack, recorder, database):
     stack = make_stack(database)
-    stack.import_form(h.form_document("hostile", [
-        h.http_step("wait", recorder.url("/wait"), wait_for_callback=True, callback_timeout_seconds=3600),
-    ]))
+    stack.import_form(
+        h.form_document(
+            "hostile",
+            [
+                h.http_step("wait", recorder.url("/wait"), wait_for_callback=True, callback_timeout_seconds=3600),
+            ],
+        )
+    )
     stack.import_form(h.form_document("nan-answer", [h.http_step("nan", recorder.url("/nan", answer="nan"))]))
     key = stack.create_api_key("hostile")
     admin = stack.create_superuser()
@@ -132,9 +144,15 @@ def test_hostile_input_to_gunicorn_is_a_json_4xx_and_never_a_500(make_stack, rec
     statuses = [status for _, status, _, _ in client.answers]
     server_errors = [(label, status) for label, status, _, _ in client.answers if status >= 500]
     log = stack.web.output()
-    h.report(f"hostile-input-gunicorn-{database}", requests=len(statuses), server_errors=len(server_errors),
-             **figures, slowest_answer=f"{client.slowest():.2f}s", healthz_slowest=f"{health.slowest:.2f}s",
-             healthz_not_200=len(health.bad))
+    h.report(
+        f"hostile-input-gunicorn-{database}",
+        requests=len(statuses),
+        server_errors=len(server_errors),
+        **figures,
+        slowest_answer=f"{client.slowest():.2f}s",
+        healthz_slowest=f"{health.slowest:.2f}s",
+        healthz_not_200=len(health.bad),
+    )
     assert server_errors == [], server_errors
     assert stack.web.running(), log[-3000:]
     assert "Traceback" not in log and "Internal Server Error" not in log, log[-3000:]
@@ -156,7 +174,12 @@ def _hostile_requests(stack, client, admin):
     before = task_row(stack, nan_task)
     for number in NON_FINITE:
         for label, method, path, raw in [
-            ("output", "POST", CALLBACK, f'{{"taskId": "{nan_task}", "status": "SUCCESS", "output": {{"x": {number}}}}}'),
+            (
+                "output",
+                "POST",
+                CALLBACK,
+                f'{{"taskId": "{nan_task}", "status": "SUCCESS", "output": {{"x": {number}}}}}',
+            ),
             ("logs", "POST", CALLBACK, f'{{"taskId": "{nan_task}", "status": "SUCCESS", "logs": ["ok", {number}]}}'),
             ("progress", "PUT", f"/api/event-workflow-tasks/{nan_task}", f'{{"subtext": "s", "logs": [{number}]}}'),
         ]:
@@ -174,14 +197,31 @@ def _hostile_requests(stack, client, admin):
     flood = json.dumps({"subtext": "flood", "logs": ["x"] * 250_000}, separators=(",", ":"))
     assert len(flood) < LIMIT
     for _ in range(5):
-        json_error(client.send("flood-250k", "PUT", f"/api/event-workflow-tasks/{flood_task}", raw=flood), 413,
-                   "too_many_log_lines")
-    json_error(client.send("flood-250k-callback", "POST", CALLBACK, raw=json.dumps(
-        {"taskId": flood_task, "status": "SUCCESS", "logs": ["x"] * 250_000}, separators=(",", ":"))), 413,
-        "too_many_log_lines")
-    json_error(client.send("flood-over-limit", "PUT", f"/api/event-workflow-tasks/{flood_task}",
-                           raw=json.dumps({"subtext": "flood", "logs": ["x" * 10] * 250_000})), 413,
-               "payload_too_large")
+        json_error(
+            client.send("flood-250k", "PUT", f"/api/event-workflow-tasks/{flood_task}", raw=flood),
+            413,
+            "too_many_log_lines",
+        )
+    json_error(
+        client.send(
+            "flood-250k-callback",
+            "POST",
+            CALLBACK,
+            raw=json.dumps({"taskId": flood_task, "status": "SUCCESS", "logs": ["x"] * 250_000}, separators=(",", ":")),
+        ),
+        413,
+        "too_many_log_lines",
+    )
+    json_error(
+        client.send(
+            "flood-over-limit",
+            "PUT",
+            f"/api/event-workflow-tasks/{flood_task}",
+            raw=json.dumps({"subtext": "flood", "logs": ["x" * 10] * 250_000}),
+        ),
+        413,
+        "payload_too_large",
+    )
     flood_times = [s for label, _, s, _ in client.answers if label == "flood-250k"]
     figures["flood_250k_put"] = "/".join(f"{s:.2f}" for s in flood_times) + "s"
     assert task_row(stack, flood_task)["subtext"] == "", "a refused flood changed the task"
@@ -202,17 +242,22 @@ def _hostile_requests(stack, client, admin):
     assert len(detail.content) < 2_500_000, len(detail.content)
     figures["task_at_cap_get"] = f"{client.slowest('task-at-cap'):.2f}s/{len(detail.content) // 1024}KiB"
 
-    run_id = stack.rows("SELECT run_id FROM events_runtask WHERE id = %s",
-                        (stack.database.id_param(capped_task),))[0]["run_id"]
+    run_id = stack.rows("SELECT run_id FROM events_runtask WHERE id = %s", (stack.database.id_param(capped_task),))[0][
+        "run_id"
+    ]
     with httpx.Client(base_url=stack.web_url, timeout=60, follow_redirects=False) as browser:
         login = browser.get("/admin/login/")
         csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', login.text).group(1)
-        logged_in = browser.post("/admin/login/?next=/admin/", data={
-            "username": admin[0], "password": admin[1], "csrfmiddlewaretoken": csrf, "next": "/admin/"},
-            headers={"Referer": stack.web_url + "/admin/login/"})
+        logged_in = browser.post(
+            "/admin/login/?next=/admin/",
+            data={"username": admin[0], "password": admin[1], "csrfmiddlewaretoken": csrf, "next": "/admin/"},
+            headers={"Referer": stack.web_url + "/admin/login/"},
+        )
         assert logged_in.status_code == 302, logged_in.text[:500]
-        for label, path in [("admin-run-at-cap", f"/admin/events/run/{run_id}/change/"),
-                            ("admin-step-at-cap", f"/admin/events/runtask/{capped_task}/change/")]:
+        for label, path in [
+            ("admin-run-at-cap", f"/admin/events/run/{run_id}/change/"),
+            ("admin-step-at-cap", f"/admin/events/runtask/{capped_task}/change/"),
+        ]:
             started = time.monotonic()
             page = browser.get(path)
             took = time.monotonic() - started
@@ -226,26 +271,37 @@ def _hostile_requests(stack, client, admin):
         assert response.status_code == 404, (path, response.status_code)
     for path in ["/api/tasks/%00", "/api/tasks/a%00b", "/api/runs/%00", "/api/records/a%00b"]:
         json_error(client.send("nul-api", "GET", path), 404)
-    json_error(client.send("nul-progress-path", "PUT", "/api/event-workflow-tasks/a%00b",
-                           raw='{"subtext": "x"}'), 404)
-    json_error(client.send("nul-text", "PUT", f"/api/event-workflow-tasks/{chunked_task}",
-                           raw='{"subtext": "a\\u0000b"}'), 422)
+    json_error(client.send("nul-progress-path", "PUT", "/api/event-workflow-tasks/a%00b", raw='{"subtext": "x"}'), 404)
+    json_error(
+        client.send("nul-text", "PUT", f"/api/event-workflow-tasks/{chunked_task}", raw='{"subtext": "a\\u0000b"}'), 422
+    )
 
     # 6. Chunked bodies: a valid one is read and applied; one over the limit is a 413 in the JSON shape.
-    headers = {"Authorization": f"Bearer {client.auth['Authorization'].split()[-1]}",
-               "Content-Type": "application/json"}
+    headers = {
+        "Authorization": f"Bearer {client.auth['Authorization'].split()[-1]}",
+        "Content-Type": "application/json",
+    }
     port = stack.web_port
     started = time.monotonic()
-    status, _, body = send_chunked(port, "PUT", f"/api/event-workflow-tasks/{chunked_task}",
-                                   json.dumps({"subtext": "chunked", "logs": ["c1", "c2"]}).encode(), headers,
-                                   chunk_size=9)
+    status, _, body = send_chunked(
+        port,
+        "PUT",
+        f"/api/event-workflow-tasks/{chunked_task}",
+        json.dumps({"subtext": "chunked", "logs": ["c1", "c2"]}).encode(),
+        headers,
+        chunk_size=9,
+    )
     client.answers.append(("chunked-valid", status, time.monotonic() - started, len(body)))
     assert status == 200, body[:300]
     assert task_row(stack, chunked_task)["subtext"] == "chunked"
     started = time.monotonic()
-    status, answer_headers, body = send_chunked(port, "PUT", f"/api/event-workflow-tasks/{chunked_task}",
-                                                json.dumps({"subtext": "big", "logs": ["z" * 1000] * 2600}).encode(),
-                                                headers)
+    status, answer_headers, body = send_chunked(
+        port,
+        "PUT",
+        f"/api/event-workflow-tasks/{chunked_task}",
+        json.dumps({"subtext": "big", "logs": ["z" * 1000] * 2600}).encode(),
+        headers,
+    )
     client.answers.append(("chunked-over-limit", status, time.monotonic() - started, len(body)))
     assert status == 413, body[:300]
     assert answer_headers["content-type"].startswith("application/json")

@@ -44,10 +44,16 @@ def test_postgres_restart_during_load_recovers_within_30_seconds(make_stack, rec
     total = h.scale(150, 1000)
     down_seconds = 5
     stack = make_stack("postgres")
-    stack.import_form(h.form_document("pg-restart", [
-        {"type": "update_field", "name": "receive", "config": {"field": "status", "value": "received"}},
-        h.background("bg", [h.http_step("deliver", recorder.url("/deliver", sleep=0.2))]),
-    ], fields=["status"]))
+    stack.import_form(
+        h.form_document(
+            "pg-restart",
+            [
+                {"type": "update_field", "name": "receive", "config": {"field": "status", "value": "received"}},
+                h.background("bg", [h.http_step("deliver", recorder.url("/deliver", sleep=0.2))]),
+            ],
+            fields=["status"],
+        )
+    )
     stack.start_web()
     stack.start_worker()
 
@@ -55,15 +61,26 @@ def test_postgres_restart_during_load_recovers_within_30_seconds(make_stack, rec
 
     def restart_when_loaded():
         # Restart once a third of the submissions are in: load before, during and after.
-        h.wait_until(lambda: sum(1 for r in results if r[1]) >= total // 3 or len(results) >= total,
-                     timeout=300, interval=0.05, message="a third of the submissions")
+        h.wait_until(
+            lambda: sum(1 for r in results if r[1]) >= total // 3 or len(results) >= total,
+            timeout=300,
+            interval=0.05,
+            message="a third of the submissions",
+        )
         restart["down"], restart["up"] = pg_cluster.restart(down_seconds)
         restart["up_monotonic"] = time.monotonic()
 
     restarter = threading.Thread(target=restart_when_loaded, daemon=True)
     restarter.start()
-    stack.submit_load("pg-restart", total, threads=3, pace=0.15, results=results, until_acknowledged=True,
-                      deadline_seconds=h.scale(300, 900))
+    stack.submit_load(
+        "pg-restart",
+        total,
+        threads=3,
+        pace=0.15,
+        results=results,
+        until_acknowledged=True,
+        deadline_seconds=h.scale(300, 900),
+    )
     restarter.join(200)
     assert "up" in restart, "the PostgreSQL restart did not finish"
     acknowledged = {token: at for _, token, at in results if token}
@@ -75,30 +92,55 @@ def test_postgres_restart_during_load_recovers_within_30_seconds(make_stack, rec
         runs = stack.runs_by_token()
         return all(token in runs and runs[token]["status"] in h.TERMINAL for token in acknowledged)
 
-    h.wait_until(all_finished, timeout=RECOVERY_TARGET_SECONDS + 180, interval=0.5,
-                 message="every acknowledged submission's run to finish after the restart")
+    h.wait_until(
+        all_finished,
+        timeout=RECOVERY_TARGET_SECONDS + 180,
+        interval=0.5,
+        message="every acknowledged submission's run to finish after the restart",
+    )
     # Runs stored although their submit was not acknowledged must finish too (the sweep's job).
-    h.wait_until(lambda: stack.unfinished_runs() == 0, timeout=180, interval=0.5,
-                 message="every stored run (acknowledged or not) to finish")
+    h.wait_until(
+        lambda: stack.unfinished_runs() == 0,
+        timeout=180,
+        interval=0.5,
+        message="every stored run (acknowledged or not) to finish",
+    )
     runs = stack.runs_by_token()
     up = restart["up"]
     recovered_in = max([0.0] + [runs[token]["finished_at"].timestamp() - up for token in before_up])
-    after_up = [t["finished_at"].timestamp() - up for t in stack.tasks("http_request")
-                if t["finished_at"] and t["finished_at"].timestamp() > up]
+    after_up = [
+        t["finished_at"].timestamp() - up
+        for t in stack.tasks("http_request")
+        if t["finished_at"] and t["finished_at"].timestamp() > up
+    ]
     analysis = recorder.analyse(stack.step_attempts())
     lost = [token for token in acknowledged if token not in runs]
-    completed = [token for token in acknowledged if runs.get(token, {}).get("status") == "complete"
-                 and runs[token]["is_complete"]]
-    h.report("pg-restart", settings=stack.settings_label, attempts=len(results), acknowledged=len(acknowledged),
-             acknowledged_before_up=len(before_up), completed=len(completed), lost=len(lost), **analysis.fields(),
-             outage=h.seconds(up - restart["down"]), first_step_after_up=h.seconds(min(after_up, default=None)),
-             recovered_in=h.seconds(recovered_in), repairs=stack.repairs())
+    completed = [
+        token
+        for token in acknowledged
+        if runs.get(token, {}).get("status") == "complete" and runs[token]["is_complete"]
+    ]
+    h.report(
+        "pg-restart",
+        settings=stack.settings_label,
+        attempts=len(results),
+        acknowledged=len(acknowledged),
+        acknowledged_before_up=len(before_up),
+        completed=len(completed),
+        lost=len(lost),
+        **analysis.fields(),
+        outage=h.seconds(up - restart["down"]),
+        first_step_after_up=h.seconds(min(after_up, default=None)),
+        recovered_in=h.seconds(recovered_in),
+        repairs=stack.repairs(),
+    )
     assert lost == []
     assert len(completed) == len(acknowledged), {t: runs.get(t) for t in acknowledged if t not in completed}
     # At most the steps cut off by the restart run again, each as a new attempt.
     assert_side_effects(analysis, reruns_allowed=4)
     assert recovered_in <= RECOVERY_TARGET_SECONDS, (
-        f"runs acknowledged before the restart finished only {recovered_in:.0f} s after the database came back")
+        f"runs acknowledged before the restart finished only {recovered_in:.0f} s after the database came back"
+    )
 
 
 # --- 2. SIGTERM to the worker's process group (what Ctrl-C and a supervisor do) -------------
@@ -117,23 +159,42 @@ def test_sigterm_to_the_worker_process_group_hands_work_back(make_stack, recorde
     short, long_ = h.scale(1, 0.2), grace + 15  # seconds of the first step; one record's outlasts the grace
     stack = make_stack("postgres")
     first = recorder.url("/first/{{ record.note }}", sleep="{{ record.note }}", once=1)
-    stack.import_form(h.form_document("sigterm", [h.background("bg", [
-        h.http_step("first", first, timeout_seconds=long_ + 30),
-        {"type": "set_flag", "name": "flagged", "config": {"flag": "flagged", "value": True}},
-        h.http_step("last", recorder.url("/last")),
-    ])]))
+    stack.import_form(
+        h.form_document(
+            "sigterm",
+            [
+                h.background(
+                    "bg",
+                    [
+                        h.http_step("first", first, timeout_seconds=long_ + 30),
+                        {"type": "set_flag", "name": "flagged", "config": {"flag": "flagged", "value": True}},
+                        h.http_step("last", recorder.url("/last")),
+                    ],
+                )
+            ],
+        )
+    )
     stack.start_web()
     worker = stack.start_worker()
-    acknowledged = stack.submit("sigterm", records,
-                                make_data=lambda index: {"note": str(long_ if index == 0 else short)})
+    acknowledged = stack.submit(
+        "sigterm", records, make_data=lambda index: {"note": str(long_ if index == 0 else short)}
+    )
     assert len(acknowledged) == records
 
     def running(path):
-        return [run for runs in recorder.snapshot().values() for run in runs
-                if run.path == path and run.outcome == "running"]
+        return [
+            run
+            for runs in recorder.snapshot().values()
+            for run in runs
+            if run.path == path and run.outcome == "running"
+        ]
 
-    h.wait_until(lambda: running(f"/first/{long_}") and running(f"/first/{short}"), timeout=60, interval=0.02,
-                 message="the long step and a short one to run at once")
+    h.wait_until(
+        lambda: running(f"/first/{long_}") and running(f"/first/{short}"),
+        timeout=60,
+        interval=0.02,
+        message="the long step and a short one to run at once",
+    )
     in_flight = running(f"/first/{short}")
     cluster = h.descendants(worker.pid)
     terminated = time.monotonic()
@@ -142,14 +203,19 @@ def test_sigterm_to_the_worker_process_group_hands_work_back(make_stack, recorde
         worker.process.wait(timeout=grace + 45)
     except subprocess.TimeoutExpired:
         raise AssertionError(
-            f"the worker did not exit within {grace + 45} s of SIGTERM:\n{worker.output()[-3000:]}") from None
+            f"the worker did not exit within {grace + 45} s of SIGTERM:\n{worker.output()[-3000:]}"
+        ) from None
     stopped_in = time.monotonic() - terminated
     leftovers = [process for process in cluster if h.alive(process)]
     started_while_stopping = recorder.started_between(terminated + 2, time.monotonic())
     log = worker.output()
     restarted = stack.start_worker("worker-restarted")
-    h.wait_until(lambda: stack.run_counts().get("complete", 0) >= records,
-                 timeout=RECOVERY_TARGET_SECONDS + 120, interval=0.2, message="every run to complete after the restart")
+    h.wait_until(
+        lambda: stack.run_counts().get("complete", 0) >= records,
+        timeout=RECOVERY_TARGET_SECONDS + 120,
+        interval=0.2,
+        message="every run to complete after the restart",
+    )
     recovered_in = time.monotonic() - restarted.ready_at
     # Again, with only short steps running: the worker exits as soon as they are done, long before the grace.
     more = stack.submit("sigterm", 4, make_data=lambda index: {"note": str(short)})
@@ -160,19 +226,33 @@ def test_sigterm_to_the_worker_process_group_hands_work_back(make_stack, recorde
     restarted.process.wait(timeout=grace + 45)
     quick_stop_in = time.monotonic() - terminated_again
     final = stack.start_worker("worker-final")
-    h.wait_until(lambda: stack.run_counts().get("complete", 0) >= records + len(more),
-                 timeout=RECOVERY_TARGET_SECONDS + 120, interval=0.2, message="the last runs to complete")
+    h.wait_until(
+        lambda: stack.run_counts().get("complete", 0) >= records + len(more),
+        timeout=RECOVERY_TARGET_SECONDS + 120,
+        interval=0.2,
+        message="the last runs to complete",
+    )
     recovered_again_in = time.monotonic() - final.ready_at
     time.sleep(2)
     analysis = recorder.analyse(stack.step_attempts())
     runs = stack.run_counts()
     long_runs = [run for runs_ in recorder.snapshot().values() for run in runs_ if run.path == f"/first/{long_}"]
-    h.report("sigterm-worker-group", settings=stack.settings_label, acknowledged=records + len(more),
-             completed=runs.get("complete", 0), failed=runs.get("failed", 0), **analysis.fields(),
-             in_flight_finished=sum(1 for run in in_flight if run.outcome == "answered"),
-             started_while_stopping=len(started_while_stopping), stopped_in=h.seconds(stopped_in),
-             grace=f"{grace}s", recovered_in=h.seconds(recovered_in), short_steps_stop_in=h.seconds(quick_stop_in),
-             recovered_again_in=h.seconds(recovered_again_in), repairs=stack.repairs())
+    h.report(
+        "sigterm-worker-group",
+        settings=stack.settings_label,
+        acknowledged=records + len(more),
+        completed=runs.get("complete", 0),
+        failed=runs.get("failed", 0),
+        **analysis.fields(),
+        in_flight_finished=sum(1 for run in in_flight if run.outcome == "answered"),
+        started_while_stopping=len(started_while_stopping),
+        stopped_in=h.seconds(stopped_in),
+        grace=f"{grace}s",
+        recovered_in=h.seconds(recovered_in),
+        short_steps_stop_in=h.seconds(quick_stop_in),
+        recovered_again_in=h.seconds(recovered_again_in),
+        repairs=stack.repairs(),
+    )
     assert not leftovers, f"processes of the stopped worker still run: {leftovers}"
     assert worker.process.returncode == 0, f"the worker exited with {worker.process.returncode}:\n{log[-3000:]}"
     assert all(run.outcome == "answered" for run in in_flight), "a step running at SIGTERM was cut off"
@@ -206,11 +286,21 @@ CREATE TRIGGER faults_audit_run AFTER UPDATE OF status ON events_run
 def test_sibling_tasks_finishing_together_complete_each_run_exactly_once(make_stack):
     pairs = h.scale(150, 1000)
     stack = make_stack("postgres", {"EVENTS_QUEUE_WORKERS": "4"})
-    stack.import_form(h.form_document("siblings", [
-        h.background("left_bg", [{"type": "update_field", "name": "set_left", "config": {"field": "left", "value": "L"}}]),
-        h.background("right_bg", [{"type": "update_field", "name": "set_right",
-                                   "config": {"field": "right", "value": "R"}}]),
-    ], fields=["left", "right"]))
+    stack.import_form(
+        h.form_document(
+            "siblings",
+            [
+                h.background(
+                    "left_bg", [{"type": "update_field", "name": "set_left", "config": {"field": "left", "value": "L"}}]
+                ),
+                h.background(
+                    "right_bg",
+                    [{"type": "update_field", "name": "set_right", "config": {"field": "right", "value": "R"}}],
+                ),
+            ],
+            fields=["left", "right"],
+        )
+    )
     stack.database.execute(COMPLETION_AUDIT_SQL)
     stack.start_web()
     stack.start_worker("worker-1")
@@ -219,29 +309,47 @@ def test_sibling_tasks_finishing_together_complete_each_run_exactly_once(make_st
     started = time.monotonic()
     acknowledged = stack.submit("siblings", pairs)
     assert len(acknowledged) == pairs, f"only {len(acknowledged)} of {pairs} submissions were acknowledged"
-    h.wait_until(lambda: stack.unfinished_runs() == 0, timeout=h.scale(180, 600), interval=0.5,
-                 message="every run to finish")
+    h.wait_until(
+        lambda: stack.unfinished_runs() == 0, timeout=h.scale(180, 600), interval=0.5, message="every run to finish"
+    )
     took = time.monotonic() - started
 
     rows = stack.rows(
         """SELECT r.token AS token, r.is_complete AS is_complete, r.data->>'left' AS lft, r.data->>'right' AS rgt,
                   run.id AS run_id, run.status AS status, run.finished_at AS finished_at
-             FROM forms_app_record r JOIN events_run run ON run.record_id = r.id AND run.is_submission""")
-    finishes = {row["run_id"]: row["n"] for row in stack.rows(
-        "SELECT run_id, count(*) AS n FROM faults_run_completion GROUP BY run_id")}
-    not_terminal = stack.rows("SELECT count(*) AS n FROM events_runtask WHERE status NOT IN "
-                              "('complete', 'failed', 'cancelled', 'skipped')")[0]["n"]
-    gaps = [row["gap"] for row in stack.rows(
-        "SELECT extract(epoch FROM max(finished_at) - min(finished_at)) AS gap "
-        "FROM events_runtask WHERE type = 'background' GROUP BY run_id")]
+             FROM forms_app_record r JOIN events_run run ON run.record_id = r.id AND run.is_submission"""
+    )
+    finishes = {
+        row["run_id"]: row["n"]
+        for row in stack.rows("SELECT run_id, count(*) AS n FROM faults_run_completion GROUP BY run_id")
+    }
+    not_terminal = stack.rows(
+        "SELECT count(*) AS n FROM events_runtask WHERE status NOT IN ('complete', 'failed', 'cancelled', 'skipped')"
+    )[0]["n"]
+    gaps = [
+        row["gap"]
+        for row in stack.rows(
+            "SELECT extract(epoch FROM max(finished_at) - min(finished_at)) AS gap "
+            "FROM events_runtask WHERE type = 'background' GROUP BY run_id"
+        )
+    ]
     together = sum(1 for gap in gaps if gap is not None and gap < 0.05)
     repairs = stack.repairs()
     complete = [row for row in rows if row["status"] == "complete" and row["finished_at"] and row["is_complete"]]
     twice = sum(1 for n in finishes.values() if n > 1)
     lost_updates = [row["token"] for row in rows if (row["lft"], row["rgt"]) != ("L", "R")]
-    h.report("sibling-pairs", settings=stack.settings_label, acknowledged=len(acknowledged), completed=len(complete),
-             lost=len(acknowledged) - len(rows), completed_twice=twice, finished_within_50ms=together,
-             lost_field_updates=len(lost_updates), took=h.seconds(took), repairs=repairs)
+    h.report(
+        "sibling-pairs",
+        settings=stack.settings_label,
+        acknowledged=len(acknowledged),
+        completed=len(complete),
+        lost=len(acknowledged) - len(rows),
+        completed_twice=twice,
+        finished_within_50ms=together,
+        lost_field_updates=len(lost_updates),
+        took=h.seconds(took),
+        repairs=repairs,
+    )
     assert len(rows) == pairs
     assert len(complete) == pairs, [row for row in rows if row not in complete][:5]
     assert not_terminal == 0
@@ -272,18 +380,24 @@ def test_two_workers_without_a_fault_run_each_step_once_and_resend_nothing(make_
     recorder = Recorder(worker_secrets)
     try:
         stack = make_stack("postgres", EAGER_SWEEP)
-        stack.import_form(h.form_document("two-workers", [
-            h.background(f"bg{n}", [h.http_step(f"effect{n}", recorder.url(f"/effect{n}", sleep=0.3))])
-            for n in range(per_record)
-        ]))
+        stack.import_form(
+            h.form_document(
+                "two-workers",
+                [
+                    h.background(f"bg{n}", [h.http_step(f"effect{n}", recorder.url(f"/effect{n}", sleep=0.3))])
+                    for n in range(per_record)
+                ],
+            )
+        )
         stack.start_web()
         for name, secret in worker_secrets.items():
             stack.start_worker(name, {"EVENTS_HTTP_SIGNING_SECRET": secret})
         started = time.monotonic()
         acknowledged = stack.submit("two-workers", records)
         assert len(acknowledged) == records, f"only {len(acknowledged)} of {records} submissions were acknowledged"
-        h.wait_until(lambda: stack.unfinished_runs() == 0, timeout=h.scale(240, 900), interval=0.5,
-                     message="every run to finish")
+        h.wait_until(
+            lambda: stack.unfinished_runs() == 0, timeout=h.scale(240, 900), interval=0.5, message="every run to finish"
+        )
         took = time.monotonic() - started
         time.sleep(5)  # more sweeps: a late re-send would show now
         steps = stack.step_attempts()
@@ -296,13 +410,24 @@ def test_two_workers_without_a_fault_run_each_step_once_and_resend_nothing(make_
         recorder.close()
     run_status = stack.run_counts()
     repairs = stack.repairs()
-    waits = stack.rows("SELECT extract(epoch FROM t.started_at - r.created_at) AS wait FROM events_runtask t "
-                       "JOIN events_run r ON r.id = t.run_id WHERE t.type = 'background'")
+    waits = stack.rows(
+        "SELECT extract(epoch FROM t.started_at - r.created_at) AS wait FROM events_runtask t "
+        "JOIN events_run r ON r.id = t.run_id WHERE t.type = 'background'"
+    )
     longest_wait = max(row["wait"] for row in waits)
-    h.report("two-workers-no-fault", settings=stack.settings_label, acknowledged=len(acknowledged),
-             steps=len(steps), completed=sum(1 for _, status in steps.values() if status == "complete"),
-             **analysis.fields(), split=split, took=h.seconds(took), longest_handoff_wait=h.seconds(float(longest_wait)),
-             handoff_lost_requeued=repairs.get("handoff_lost_requeued", 0), repairs=repairs)
+    h.report(
+        "two-workers-no-fault",
+        settings=stack.settings_label,
+        acknowledged=len(acknowledged),
+        steps=len(steps),
+        completed=sum(1 for _, status in steps.values() if status == "complete"),
+        **analysis.fields(),
+        split=split,
+        took=h.seconds(took),
+        longest_handoff_wait=h.seconds(float(longest_wait)),
+        handoff_lost_requeued=repairs.get("handoff_lost_requeued", 0),
+        repairs=repairs,
+    )
     assert len(steps) == records * per_record
     assert all(status == "complete" for _, status in steps.values())
     assert run_status == {"complete": records}

@@ -28,9 +28,13 @@ def outcome(stack, recorder, acknowledged):
     """Counts every test reports: runs by state, and the recorder's view of the side effects."""
     runs = stack.run_counts()
     analysis = recorder.analyse(stack.step_attempts())
-    fields = {"acknowledged": acknowledged, "completed": runs.get("complete", 0),
-              "lost": acknowledged - sum(runs.get(status, 0) for status in h.TERMINAL),
-              "failed": runs.get("failed", 0), "not_terminal": runs.get("running", 0)}
+    fields = {
+        "acknowledged": acknowledged,
+        "completed": runs.get("complete", 0),
+        "lost": acknowledged - sum(runs.get(status, 0) for status in h.TERMINAL),
+        "failed": runs.get("failed", 0),
+        "not_terminal": runs.get("running", 0),
+    }
     return fields, analysis
 
 
@@ -56,11 +60,21 @@ def test_kill9_of_the_queue_worker_in_the_middle_of_a_step(make_stack, recorder)
     lease, sweep = shipped["EVENTS_TASK_LEASE_SECONDS"], shipped["EVENTS_SWEEP_INTERVAL"]
     stack = make_stack("sqlite")
     kills = h.scale(1, 3)
-    stack.import_form(h.form_document("kill-mid-step", [h.background("bg", [
-        h.http_step("begin", recorder.url("/begin", hold=1)),
-        {"type": "pause", "name": "think", "config": {"seconds": 3}},
-        h.http_step("end", recorder.url("/end")),
-    ])]))
+    stack.import_form(
+        h.form_document(
+            "kill-mid-step",
+            [
+                h.background(
+                    "bg",
+                    [
+                        h.http_step("begin", recorder.url("/begin", hold=1)),
+                        {"type": "pause", "name": "think", "config": {"seconds": 3}},
+                        h.http_step("end", recorder.url("/end")),
+                    ],
+                )
+            ],
+        )
+    )
     stack.start_web()
     worker = stack.start_worker()
     rerun_after, recovered_in = [], []
@@ -70,27 +84,46 @@ def test_kill9_of_the_queue_worker_in_the_middle_of_a_step(make_stack, recorder)
         assert len(stack.submit("kill-mid-step", 1, threads=1)) == 1
         h.wait_until(recorder.held.is_set, timeout=60, message="the first step's request")
         _, queue_workers, _ = stack.cluster_pids(worker)
-        victim = h.wait_until(lambda workers=queue_workers: h.pid_with_local_port(recorder.held_port, workers),
-                              timeout=10,
-                              interval=0.05, message="the process holding the request")
+        victim = h.wait_until(
+            lambda workers=queue_workers: h.pid_with_local_port(recorder.held_port, workers),
+            timeout=10,
+            interval=0.05,
+            message="the process holding the request",
+        )
         recorder.release()
-        h.wait_until(lambda: any(t["status"] == "active" for t in stack.tasks("pause")), timeout=10,
-                     interval=0.05, message="the pause to start")
+        h.wait_until(
+            lambda: any(t["status"] == "active" for t in stack.tasks("pause")),
+            timeout=10,
+            interval=0.05,
+            message="the pause to start",
+        )
         time.sleep(1)  # inside the pause
         killed_wall, killed = time.time(), time.monotonic()
         h.kill(victim)
         expected = round_ + 1
-        h.wait_until(lambda n=expected: stack.run_counts().get("complete", 0) == n, timeout=lease + 4 * sweep + 60,
-                     interval=0.5, message=f"run {expected} to complete after the kill")
+        h.wait_until(
+            lambda n=expected: stack.run_counts().get("complete", 0) == n,
+            timeout=lease + 4 * sweep + 60,
+            interval=0.5,
+            message=f"run {expected} to complete after the kill",
+        )
         recovered_in.append(time.monotonic() - killed)
         think = [t for t in stack.tasks("pause") if t["status"] == "complete"]
         rerun_after.append(max(t["started_at"] for t in think).timestamp() - killed_wall)
         assert worker.running(), worker.output()
     fields, analysis = outcome(stack, recorder, kills)
     think = stack.tasks("pause")
-    h.report("kill9-mid-step", settings=stack.settings_label, kills=kills, **fields, **analysis.fields(),
-        step_rerun_after=h.seconds(max(rerun_after)), recovered_in=h.seconds(max(recovered_in)),
-        lease=f"{lease}s", repairs=stack.repairs())
+    h.report(
+        "kill9-mid-step",
+        settings=stack.settings_label,
+        kills=kills,
+        **fields,
+        **analysis.fields(),
+        step_rerun_after=h.seconds(max(rerun_after)),
+        recovered_in=h.seconds(max(recovered_in)),
+        lease=f"{lease}s",
+        repairs=stack.repairs(),
+    )
     assert fields["lost"] == 0 and fields["not_terminal"] == 0 and fields["failed"] == 0
     assert_side_effects(analysis, reruns_allowed=0)  # the killed step is a pause: no side effect to repeat
     assert all(t["attempt"] == 2 for t in think), think  # killed once, run again once
@@ -115,14 +148,28 @@ def test_sigkill_of_the_worker_main_process_takes_its_cluster_down(make_stack, r
     lease, sweep = shipped["EVENTS_TASK_LEASE_SECONDS"], shipped["EVENTS_SWEEP_INTERVAL"]
     count = h.scale(60, 400)
     stack = make_stack("sqlite")
-    stack.import_form(h.form_document("kill-main", [h.background("bg", [
-        h.http_step("hit", recorder.url("/hit", sleep=0.5)),
-    ])]))
+    stack.import_form(
+        h.form_document(
+            "kill-main",
+            [
+                h.background(
+                    "bg",
+                    [
+                        h.http_step("hit", recorder.url("/hit", sleep=0.5)),
+                    ],
+                )
+            ],
+        )
+    )
     stack.start_web()
     worker = stack.start_worker()
     results = []
-    submitting = threading.Thread(target=stack.submit_load, args=("kill-main", count),
-                                  kwargs={"threads": 3, "results": results, "pace": 0.1}, daemon=True)
+    submitting = threading.Thread(
+        target=stack.submit_load,
+        args=("kill-main", count),
+        kwargs={"threads": 3, "results": results, "pace": 0.1},
+        daemon=True,
+    )
     submitting.start()
     h.wait_until(lambda: recorder.total() >= 5, timeout=60, interval=0.05, message="some side effects")
     cluster = h.descendants(worker.pid)
@@ -140,8 +187,10 @@ def test_sigkill_of_the_worker_main_process_takes_its_cluster_down(make_stack, r
         survivors = [process for process in cluster if h.alive(process)]
         for pid, _ in survivors:  # never leave them running
             h.kill(pid)
-        raise AssertionError(f"{len(survivors)} of {len(cluster)} cluster processes outlived the killed worker by "
-                             "10 s: a headless cluster") from None
+        raise AssertionError(
+            f"{len(survivors)} of {len(cluster)} cluster processes outlived the killed worker by "
+            "10 s: a headless cluster"
+        ) from None
     cluster_gone_in = time.monotonic() - killed
     time.sleep(3)  # would a headless process still run steps?
     started_headless = len(recorder.started_between(killed + 1, time.monotonic()))
@@ -153,15 +202,27 @@ def test_sigkill_of_the_worker_main_process_takes_its_cluster_down(make_stack, r
         runs = stack.runs_by_token()
         return all(token in runs and runs[token]["status"] in h.TERMINAL for token in acknowledged)
 
-    h.wait_until(finished, timeout=lease + shipped["EVENTS_REQUEUE_AFTER_SECONDS"] + 120, interval=0.5,
-                 message="every acknowledged run to finish after the restart")
+    h.wait_until(
+        finished,
+        timeout=lease + shipped["EVENTS_REQUEUE_AFTER_SECONDS"] + 120,
+        interval=0.5,
+        message="every acknowledged run to finish after the restart",
+    )
     recovered_in = time.monotonic() - restarted.ready_at
     fields, analysis = outcome(stack, recorder, len(acknowledged))
-    h.report("sigkill-worker-main", settings=stack.settings_label, submitted=len(results), **fields,
-             **analysis.fields(),
-             cluster_processes=len(cluster), cluster_gone_in=h.seconds(cluster_gone_in),
-             started_headless=started_headless, recovered_in=h.seconds(recovered_in), lease=f"{lease}s",
-             repairs=stack.repairs())
+    h.report(
+        "sigkill-worker-main",
+        settings=stack.settings_label,
+        submitted=len(results),
+        **fields,
+        **analysis.fields(),
+        cluster_processes=len(cluster),
+        cluster_gone_in=h.seconds(cluster_gone_in),
+        started_headless=started_headless,
+        recovered_in=h.seconds(recovered_in),
+        lease=f"{lease}s",
+        repairs=stack.repairs(),
+    )
     assert len(results) == count
     assert fields["lost"] == 0 and fields["not_terminal"] == 0 and fields["failed"] == 0
     assert started_headless == 0, "steps started after the worker was killed and before it was restarted"
@@ -169,7 +230,8 @@ def test_sigkill_of_the_worker_main_process_takes_its_cluster_down(make_stack, r
     assert cluster_gone_in <= 5, f"the cluster took {cluster_gone_in:.1f} s to exit"
     assert recovered_in <= lease + 2 * sweep + 20, (
         f"the restarted worker finished the killed worker's runs only {recovered_in:.0f} s after it started "
-        f"(lease {lease} s)")
+        f"(lease {lease} s)"
+    )
 
 
 # --- Delays while no worker runs ------------------------------------------------------------
@@ -180,11 +242,20 @@ def test_worker_down_while_delays_fall_due(make_stack, recorder):
     records = h.scale(20, 200)
     delays = [2, 3, 4]
     stack = make_stack("sqlite")
-    stack.import_form(h.form_document("delays", [
-        {"type": "delay", "name": f"later{seconds}", "config": {"after_seconds": seconds},
-         "children": [h.http_step(f"fire{seconds}", recorder.url(f"/fire{seconds}"))]}
-        for seconds in delays
-    ]))
+    stack.import_form(
+        h.form_document(
+            "delays",
+            [
+                {
+                    "type": "delay",
+                    "name": f"later{seconds}",
+                    "config": {"after_seconds": seconds},
+                    "children": [h.http_step(f"fire{seconds}", recorder.url(f"/fire{seconds}"))],
+                }
+                for seconds in delays
+            ],
+        )
+    )
     stack.start_web()
     acknowledged = stack.submit("delays", records)
     assert len(acknowledged) == records
@@ -192,8 +263,12 @@ def test_worker_down_while_delays_fall_due(make_stack, recorder):
     time.sleep(max(0.0, last_due.timestamp() - time.time()) + 2)
     assert recorder.total() == 0, "a delay fired while no worker ran"
     worker = stack.start_worker()
-    h.wait_until(lambda: stack.run_counts().get("complete", 0) >= records, timeout=h.scale(120, 400), interval=0.5,
-                 message="every run to complete")
+    h.wait_until(
+        lambda: stack.run_counts().get("complete", 0) >= records,
+        timeout=h.scale(120, 400),
+        interval=0.5,
+        message="every run to complete",
+    )
     drained_in = time.monotonic() - worker.ready_at
     time.sleep(2 * h.shipped_defaults()["EVENTS_SWEEP_INTERVAL"] + 1)  # a duplicate would show now
     containers = {t["id"]: t for t in stack.tasks("delay")}
@@ -201,9 +276,16 @@ def test_worker_down_while_delays_fall_due(make_stack, recorder):
     early = [t for t in containers.values() if t["started_at"] < t["due_at"]]
     early += [t for t in steps if t["started_at"] < containers[t["parent_id"]]["due_at"]]
     fields, analysis = outcome(stack, recorder, records)
-    h.report("delays-while-down", settings=stack.settings_label, **fields,
-             **analysis.fields(), delays=len(steps),
-             early=len(early), drained_in=h.seconds(drained_in), repairs=stack.repairs())
+    h.report(
+        "delays-while-down",
+        settings=stack.settings_label,
+        **fields,
+        **analysis.fields(),
+        delays=len(steps),
+        early=len(early),
+        drained_in=h.seconds(drained_in),
+        repairs=stack.repairs(),
+    )
     assert len(steps) == records * len(delays)
     assert fields["lost"] == 0 and fields["not_terminal"] == 0
     assert analysis.executions == len(steps), "a delay did not fire exactly once"
@@ -242,17 +324,28 @@ def test_the_stall_killed_idle_queue_worker(make_stack, recorder):
         return complete >= len(acknowledged)
 
     # Wait long enough to measure a slow recovery (past the re-queue time); assert the target below.
-    h.wait_until(done, timeout=watchdog + h.shipped_defaults()["EVENTS_REQUEUE_AFTER_SECONDS"] + 60, interval=0.5,
-                 message="processing to come back")
+    h.wait_until(
+        done,
+        timeout=watchdog + h.shipped_defaults()["EVENTS_REQUEUE_AFTER_SECONDS"] + 60,
+        interval=0.5,
+        message="processing to come back",
+    )
     took = time.monotonic() - killed
     time.sleep(1)
     code_after, report_after = stack.health()
     fields, analysis = outcome(stack, recorder, len(acknowledged))
-    h.report("stall-killed-idle-worker", settings=stack.settings_label, **fields,
-             **analysis.fields(),
-             recovered_in=h.seconds(took), watchdog_restarts=worker.output().count("restarted by the watchdog"),
-             health_before=code_before, health_while=sorted(set(health_codes)), health_after=code_after,
-             repairs=stack.repairs())
+    h.report(
+        "stall-killed-idle-worker",
+        settings=stack.settings_label,
+        **fields,
+        **analysis.fields(),
+        recovered_in=h.seconds(took),
+        watchdog_restarts=worker.output().count("restarted by the watchdog"),
+        health_before=code_before,
+        health_while=sorted(set(health_codes)),
+        health_after=code_after,
+        repairs=stack.repairs(),
+    )
     assert worker.running()
     assert took <= watchdog + 60, f"processing came back only after {took:.0f} s"
     assert fields["lost"] == 0
@@ -272,27 +365,50 @@ def test_a_step_longer_than_the_lease_runs_once(make_stack, recorder):
     """
     lease, step_seconds = 6, 15
     stack = make_stack("sqlite", {"EVENTS_TASK_LEASE_SECONDS": str(lease)})
-    stack.import_form(h.form_document("long-step", [h.background("bg", [
-        h.http_step("slow", recorder.url("/slow", sleep=step_seconds), timeout_seconds=step_seconds + 30),
-        h.http_step("after", recorder.url("/after")),
-    ])]))
+    stack.import_form(
+        h.form_document(
+            "long-step",
+            [
+                h.background(
+                    "bg",
+                    [
+                        h.http_step(
+                            "slow", recorder.url("/slow", sleep=step_seconds), timeout_seconds=step_seconds + 30
+                        ),
+                        h.http_step("after", recorder.url("/after")),
+                    ],
+                )
+            ],
+        )
+    )
     stack.start_web()
     stack.start_worker()
     records = h.scale(2, 6)
     acknowledged = stack.submit("long-step", records, threads=records)
     assert len(acknowledged) == records
     started = time.monotonic()
-    h.wait_until(lambda: stack.run_counts().get("complete", 0) + stack.run_counts().get("failed", 0) >= records,
-                 timeout=step_seconds + 4 * lease + 60, interval=0.5, message="the runs to finish")
+    h.wait_until(
+        lambda: stack.run_counts().get("complete", 0) + stack.run_counts().get("failed", 0) >= records,
+        timeout=step_seconds + 4 * lease + 60,
+        interval=0.5,
+        message="the runs to finish",
+    )
     took = time.monotonic() - started
     time.sleep(2 * h.shipped_defaults()["EVENTS_SWEEP_INTERVAL"])  # a late parallel run would start now
     fields, analysis = outcome(stack, recorder, records)
     slow = [run for runs in recorder.snapshot().values() for run in runs if run.path == "/slow"]
     slow_steps = [t for t in stack.tasks("http_request") if t["name"] == "slow"]
-    h.report("step-longer-than-lease", settings=stack.settings_label, step=f"{step_seconds}s", **fields,
-             **analysis.fields(),
-             slow_executions=len(slow), slow_attempts=sorted(t["attempt"] for t in slow_steps),
-             took=h.seconds(took), repairs=stack.repairs())
+    h.report(
+        "step-longer-than-lease",
+        settings=stack.settings_label,
+        step=f"{step_seconds}s",
+        **fields,
+        **analysis.fields(),
+        slow_executions=len(slow),
+        slow_attempts=sorted(t["attempt"] for t in slow_steps),
+        took=h.seconds(took),
+        repairs=stack.repairs(),
+    )
     assert fields["completed"] == records, fields
     assert len(slow) == records, f"the long step ran {len(slow)} times for {records} runs"
     assert all(t["attempt"] == 1 for t in slow_steps), slow_steps
@@ -308,19 +424,35 @@ def test_a_callback_deadline_fails_the_task_within_a_second(make_stack, recorder
     deadline = 3
     records = h.scale(5, 30)
     stack = make_stack("sqlite")
-    stack.import_form(h.form_document("deadline", [
-        h.http_step("wait", recorder.url("/wait"), wait_for_callback=True, callback_timeout_seconds=deadline),
-    ]))
+    stack.import_form(
+        h.form_document(
+            "deadline",
+            [
+                h.http_step("wait", recorder.url("/wait"), wait_for_callback=True, callback_timeout_seconds=deadline),
+            ],
+        )
+    )
     stack.start_web()
     stack.start_worker()
     acknowledged = stack.submit("deadline", records, threads=1, make_data=None)
     assert len(acknowledged) == records
-    h.wait_until(lambda: all(t["status"] == "failed" for t in stack.tasks("http_request")),
-                 timeout=deadline + 60, interval=0.2, message="every waiting step to time out")
+    h.wait_until(
+        lambda: all(t["status"] == "failed" for t in stack.tasks("http_request")),
+        timeout=deadline + 60,
+        interval=0.2,
+        message="every waiting step to time out",
+    )
     waits = stack.tasks("http_request")
     late = sorted((t["finished_at"] - t["deadline_at"]).total_seconds() for t in waits)
-    h.report("callback-deadline", settings=stack.settings_label, tasks=len(waits), deadline=f"{deadline}s",
-             late_min=f"{late[0]:.2f}s", late_median=f"{late[len(late) // 2]:.2f}s", late_max=f"{late[-1]:.2f}s",
-             repairs=stack.repairs())
+    h.report(
+        "callback-deadline",
+        settings=stack.settings_label,
+        tasks=len(waits),
+        deadline=f"{deadline}s",
+        late_min=f"{late[0]:.2f}s",
+        late_median=f"{late[len(late) // 2]:.2f}s",
+        late_max=f"{late[-1]:.2f}s",
+        repairs=stack.repairs(),
+    )
     assert all(value >= 0 for value in late), "a task was failed before its deadline"
     assert late[-1] < 1.0, f"a deadline fired {late[-1]:.2f} s late"

@@ -38,12 +38,28 @@ def test_form_change_links_each_event_tree(admin_client, form):
 def test_form_add_page_and_save_with_a_field(admin_client, db):
     assert admin_client.get(reverse("admin:forms_app_form_add")).status_code == 200
     data = {
-        "title": "Contact", "slug": "contact", "submit_label": "Send", "is_published": "on",
-        "waiting_title": "Thanks", "poll_seconds": 2, "wait_for": "run", "wait_flag": "", "max_wait_seconds": 120,
-        "done_message": "Done", "done_redirect_url": "", "failed_message": "Sorry",
-        "fields-TOTAL_FORMS": 1, "fields-INITIAL_FORMS": 0, "fields-MIN_NUM_FORMS": 0, "fields-MAX_NUM_FORMS": 1000,
-        "fields-0-position": 1, "fields-0-name": "email", "fields-0-label": "Email", "fields-0-type": "email",
-        "fields-0-required": "on", "fields-0-choices": "[]",
+        "title": "Contact",
+        "slug": "contact",
+        "submit_label": "Send",
+        "is_published": "on",
+        "waiting_title": "Thanks",
+        "poll_seconds": 2,
+        "wait_for": "run",
+        "wait_flag": "",
+        "max_wait_seconds": 120,
+        "done_message": "Done",
+        "done_redirect_url": "",
+        "failed_message": "Sorry",
+        "fields-TOTAL_FORMS": 1,
+        "fields-INITIAL_FORMS": 0,
+        "fields-MIN_NUM_FORMS": 0,
+        "fields-MAX_NUM_FORMS": 1000,
+        "fields-0-position": 1,
+        "fields-0-name": "email",
+        "fields-0-label": "Email",
+        "fields-0-type": "email",
+        "fields-0-required": "on",
+        "fields-0-choices": "[]",
     }
     response = admin_client.post(reverse("admin:forms_app_form_add"), data)
     assert response.status_code == 302, response.context["errors"]

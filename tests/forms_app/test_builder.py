@@ -117,9 +117,7 @@ def test_text_enforces_max_length(submission):
     field = {"type": "text", "max_length": 5}
 
     assert cleaned(submission, field, {"value": "abcde"}) == "abcde"
-    assert errors(submission, field, {"value": "abcdef"}) == [
-        "Ensure this value has at most 5 characters (it has 6)."
-    ]
+    assert errors(submission, field, {"value": "abcdef"}) == ["Ensure this value has at most 5 characters (it has 6)."]
 
 
 def test_textarea_enforces_max_length(submission):

@@ -392,6 +392,9 @@ def test_a_failed_step_that_its_error_branch_handled_shows_as_failed_and_handled
     record = record_submit(form=form, data={"email": "a@example.com"})
     html = client.get(f"/r/{record.token}/status/", HTTP_HX_REQUEST="true").content.decode()
 
-    assert re.search(r'step-failed-handled"><span class="step-label">Add loyalty miles</span> '
-                     r'<span class="step-state">failed — handled', html)
+    assert re.search(
+        r'step-failed-handled"><span class="step-label">Add loyalty miles</span> '
+        r'<span class="step-state">failed — handled',
+        html,
+    )
     assert re.search(r'step-failed"><span class="step-label">Unhandled</span> <span class="step-state">failed', html)

@@ -43,16 +43,38 @@ def add_pending_delay(form, **fields):
 @pytest.fixture
 def callback_tree(form):
     """A step waiting for a callback, its error branch, and a later step (all visible)."""
-    form.done_message = ("Booked.{% if handled_failures %} Not everything went to plan: "
-                         "{% for step in handled_failures %}{{ step.label }} ({{ step.name }}){% endfor %}."
-                         "{% endif %}")
+    form.done_message = (
+        "Booked.{% if handled_failures %} Not everything went to plan: "
+        "{% for step in handled_failures %}{{ step.label }} ({{ step.name }}){% endfor %}."
+        "{% endif %}"
+    )
     form.save()
-    loyalty = add_node(form, "http_request", name="loyalty", label="Add loyalty miles", visible=True,
-                       config={"method": "POST", "url": "http://loyalty.invalid/", "wait_for_callback": True})
-    add_node(form, "set_subtext", parent=loyalty, branch="on_error", name="later", label="Miles added later",
-             visible=True, config={"text": "Your miles will be added later"})
-    add_node(form, "set_flag", name="booked", label="Booking confirmed", visible=True,
-             config={"flag": "booked", "value": True})
+    loyalty = add_node(
+        form,
+        "http_request",
+        name="loyalty",
+        label="Add loyalty miles",
+        visible=True,
+        config={"method": "POST", "url": "http://loyalty.invalid/", "wait_for_callback": True},
+    )
+    add_node(
+        form,
+        "set_subtext",
+        parent=loyalty,
+        branch="on_error",
+        name="later",
+        label="Miles added later",
+        visible=True,
+        config={"text": "Your miles will be added later"},
+    )
+    add_node(
+        form,
+        "set_flag",
+        name="booked",
+        label="Booking confirmed",
+        visible=True,
+        config={"flag": "booked", "value": True},
+    )
     return loyalty
 
 
@@ -107,8 +129,16 @@ def test_while_its_error_branch_still_runs_a_failed_step_is_being_handled(form, 
     # The failure is recorded and the branch's task exists, but the branch has not run yet.
     RunTask.objects.filter(pk=task.pk).update(status=RunTask.Status.FAILED)
     [branch_node] = Node.objects.get_children(callback_tree)
-    RunTask.objects.create(run=task.run, parent=task, node_id=branch_node.pk, position=99, type="set_subtext",
-                           label="Miles added later", visible=True, branch="on_error")
+    RunTask.objects.create(
+        run=task.run,
+        parent=task,
+        node_id=branch_node.pk,
+        position=99,
+        type="set_subtext",
+        label="Miles added later",
+        visible=True,
+        branch="on_error",
+    )
 
     progress = record_progress(record)
 
@@ -124,8 +154,15 @@ def test_a_failure_whose_error_branch_failed_too_is_a_plain_failure(client, form
     form.failed_message = "Sorry.{% if handled_failures %} (handled: {{ handled_failures|length }}){% endif %}"
     form.save()
     step = add_node(form, "fail", label="Charge card", visible=True, config={"message": "declined"})
-    add_node(form, "fail", parent=step, branch="on_error", label="Apologise", visible=True,
-             config={"message": "mail server down"})
+    add_node(
+        form,
+        "fail",
+        parent=step,
+        branch="on_error",
+        label="Apologise",
+        visible=True,
+        config={"message": "mail server down"},
+    )
     record = submit_inline_only(form)
 
     html = status_html(client, record)
@@ -151,8 +188,9 @@ def test_the_failed_message_sees_the_failures_that_were_handled_before_the_run_f
 
 
 def test_the_messages_escape_submitted_values_next_to_handled_failures(client, form):
-    form.done_message = ("Thanks {{ record.email }}"
-                         "{% if handled_failures %}, with {{ handled_failures.0.label }}{% endif %}")
+    form.done_message = (
+        "Thanks {{ record.email }}{% if handled_failures %}, with {{ handled_failures.0.label }}{% endif %}"
+    )
     form.save()
     step = add_node(form, "fail", label="Add <miles>", config={"message": "down"})
     add_node(form, "set_subtext", parent=step, branch="on_error", config={"text": "later"})
@@ -220,12 +258,26 @@ def test_a_done_run_is_at_100_percent_even_with_a_handled_failure(client, form):
 def test_error_branch_steps_show_right_under_the_step_they_handle_before_its_later_siblings(client, form):
     background = add_node(form, "background", label="Confirm", visible=True)
     card = add_node(form, "fail", parent=background, label="Charge card", visible=True, config={"message": "no"})
-    add_node(form, "set_subtext", parent=card, branch="on_error", label="Pay later", visible=True,
-             config={"text": "Pay at the desk"})
+    add_node(
+        form,
+        "set_subtext",
+        parent=card,
+        branch="on_error",
+        label="Pay later",
+        visible=True,
+        config={"text": "Pay at the desk"},
+    )
     add_node(form, "set_flag", parent=background, label="Seat held", visible=True, config={"flag": "held"})
     loyalty = add_node(form, "fail", label="Add loyalty miles", visible=True, config={"message": "down"})
-    add_node(form, "set_subtext", parent=loyalty, branch="on_error", label="Miles later", visible=True,
-             config={"text": "Miles later"})
+    add_node(
+        form,
+        "set_subtext",
+        parent=loyalty,
+        branch="on_error",
+        label="Miles later",
+        visible=True,
+        config={"text": "Miles later"},
+    )
     add_node(form, "set_flag", label="Booked", visible=True, config={"flag": "booked"})
     add_pending_delay(form, label="Follow-up", visible=True)
     record = submit_inline_only(form)
@@ -235,7 +287,14 @@ def test_error_branch_steps_show_right_under_the_step_they_handle_before_its_lat
     html = status_html(client, record)
 
     assert [label for label, _ in steps_shown(html)] == [
-        "Confirm", "Charge card", "Pay later", "Seat held", "Add loyalty miles", "Miles later", "Booked", "Follow-up",
+        "Confirm",
+        "Charge card",
+        "Pay later",
+        "Seat held",
+        "Add loyalty miles",
+        "Miles later",
+        "Booked",
+        "Follow-up",
     ]
 
 

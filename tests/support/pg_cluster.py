@@ -35,8 +35,11 @@ class PostgresUnavailable(RuntimeError):
 def binaries_dir():
     """The newest ``/usr/lib/postgresql/<version>/bin`` holding initdb and pg_ctl (or FAULTS_PG_BIN)."""
     configured = os.environ.get("FAULTS_PG_BIN")
-    candidates = [configured] if configured else sorted(
-        glob.glob("/usr/lib/postgresql/*/bin"), key=lambda path: [int(n) for n in re.findall(r"\d+", path)])
+    candidates = (
+        [configured]
+        if configured
+        else sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda path: [int(n) for n in re.findall(r"\d+", path)])
+    )
     for path in reversed(candidates):
         if os.path.exists(os.path.join(path, "initdb")) and os.path.exists(os.path.join(path, "pg_ctl")):
             return path
@@ -71,12 +74,20 @@ class ThrowawayPostgres:
         command = [os.path.join(self.bin, tool), *args]
         if self.as_postgres:
             command = ["runuser", "-u", "postgres", "--", *command]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-                                cwd=self.root, check=False)
+        result = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            cwd=self.root,
+            check=False,
+        )
         if check and result.returncode != 0:
             raise PostgresUnavailable(
                 f"{tool} {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}\n"
-                f"{self.log_tail()}")
+                f"{self.log_tail()}"
+            )
         return result
 
     def log_tail(self, chars=3000):
@@ -91,12 +102,26 @@ class ThrowawayPostgres:
     def start(self):
         """initdb (the first time), then start on 127.0.0.1:<port> and wait until it accepts connections."""
         if not os.path.exists(os.path.join(self.data, "PG_VERSION")):
-            self._run("initdb", "-D", self.data, "-A", "trust", "-U", self.user, "-E", "UTF8", "--locale=C.UTF-8",
-                      "--no-sync")
-        options = (f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.root} "
-                   "-c max_connections=300 -c shared_buffers=64MB")
-        self._run("pg_ctl", "-D", self.data, "-l", self.log_path, "-w", "-t", str(COMMAND_SECONDS - 10),
-                  "-o", options, "start")
+            self._run(
+                "initdb", "-D", self.data, "-A", "trust", "-U", self.user, "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"
+            )
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.root} "
+            "-c max_connections=300 -c shared_buffers=64MB"
+        )
+        self._run(
+            "pg_ctl",
+            "-D",
+            self.data,
+            "-l",
+            self.log_path,
+            "-w",
+            "-t",
+            str(COMMAND_SECONDS - 10),
+            "-o",
+            options,
+            "start",
+        )
         self.running = True
         self.wait_until_up()
         return self
@@ -133,8 +158,9 @@ class ThrowawayPostgres:
         return f"postgres://{self.user}@127.0.0.1:{self.port}/{dbname}"
 
     def connect(self, dbname="postgres", **kwargs):
-        return psycopg.connect(host="127.0.0.1", port=self.port, user=self.user, dbname=dbname, connect_timeout=5,
-                               **kwargs)
+        return psycopg.connect(
+            host="127.0.0.1", port=self.port, user=self.user, dbname=dbname, connect_timeout=5, **kwargs
+        )
 
     def is_up(self):
         try:
@@ -148,8 +174,9 @@ class ThrowawayPostgres:
         deadline = time.monotonic() + timeout
         while not self.is_up():
             if time.monotonic() > deadline:
-                raise PostgresUnavailable(f"the throw-away PostgreSQL did not answer within {timeout} s\n"
-                                          f"{self.log_tail()}")
+                raise PostgresUnavailable(
+                    f"the throw-away PostgreSQL did not answer within {timeout} s\n{self.log_tail()}"
+                )
             time.sleep(0.1)
 
     def create_database(self, name, template=None):

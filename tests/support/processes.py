@@ -23,15 +23,21 @@ class ManagedProcess:
     ``append``: add to an existing log instead of starting it afresh.
     """
 
-    def __init__(self, name, args, *, cwd, env, log_path, append=False,
-                 start_seconds=START_SECONDS, stop_seconds=STOP_SECONDS):
+    def __init__(
+        self, name, args, *, cwd, env, log_path, append=False, start_seconds=START_SECONDS, stop_seconds=STOP_SECONDS
+    ):
         self.name = name
         self.log_path = log_path
         self.start_seconds = start_seconds
         self.stop_seconds = stop_seconds
         with open(log_path, "ab" if append else "wb") as log:
             self.process = subprocess.Popen(
-                args, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                args,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
 

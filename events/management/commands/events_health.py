@@ -16,9 +16,15 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--json", action="store_true", dest="as_json", help="Print one JSON object instead of text.")
-        parser.add_argument("--overdue-seconds", type=int, default=60,
-                            help="A task due longer ago than this and still pending counts as overdue (60).")
+        parser.add_argument(
+            "--json", action="store_true", dest="as_json", help="Print one JSON object instead of text."
+        )
+        parser.add_argument(
+            "--overdue-seconds",
+            type=int,
+            default=60,
+            help="A task due longer ago than this and still pending counts as overdue (60).",
+        )
 
     def handle(self, *args, as_json=False, overdue_seconds=60, **options):
         report = health(overdue_seconds=overdue_seconds)

@@ -15,8 +15,9 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--days", type=int, default=None,
-                            help="Keep this many days (default: EVENTS_RETENTION_DAYS, 30).")
+        parser.add_argument(
+            "--days", type=int, default=None, help="Keep this many days (default: EVENTS_RETENTION_DAYS, 30)."
+        )
         parser.add_argument("--dry-run", action="store_true", help="Count, delete nothing.")
 
     def handle(self, *args, days=None, dry_run=False, **options):
@@ -37,4 +38,6 @@ class Command(BaseCommand):
             Run.objects.filter(pk__in=batch).delete()
             deleted_runs += len(batch)
         results = prune_queue_results(before=cutoff)
-        self.stdout.write(f"Deleted {deleted_runs} finished run(s) older than {days} days and {results} queue result(s).")
+        self.stdout.write(
+            f"Deleted {deleted_runs} finished run(s) older than {days} days and {results} queue result(s)."
+        )

@@ -17,13 +17,17 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("slug", metavar="SLUG", nargs="?", help="The slug of the form to export.")
         parser.add_argument("--output", "-o", metavar="FILE", help="Write the JSON to FILE instead of standard output.")
-        parser.add_argument("--schema", action="store_true",
-                            help="Print the JSON Schema of the form file format (for editors and CI), not a form.")
+        parser.add_argument(
+            "--schema",
+            action="store_true",
+            help="Print the JSON Schema of the form file format (for editors and CI), not a form.",
+        )
 
     def handle(self, *args, slug=None, output=None, schema=False, **options):
         if schema:
-            return self.write(json.dumps(form_file_schema(), indent=2, ensure_ascii=False) + "\n", output,
-                              "the form file schema")
+            return self.write(
+                json.dumps(form_file_schema(), indent=2, ensure_ascii=False) + "\n", output, "the form file schema"
+            )
         if not slug:
             raise CommandError("Give the slug of the form to export (or --schema).")
         Form = form_model()

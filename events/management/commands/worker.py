@@ -28,9 +28,10 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument(
-            "--exit-on-stall", action="store_true",
+            "--exit-on-stall",
+            action="store_true",
             help="When the watchdog finds the cluster stalled, exit with status 3 (for a supervisor to "
-                 "restart) instead of restarting the cluster in place.",
+            "restart) instead of restarting the cluster in place.",
         )
 
     def handle(self, *args, exit_on_stall=False, **options):
@@ -58,8 +59,11 @@ class Command(BaseCommand):
                     if self.stalled():
                         Repair.record("cluster_restarted")
                         if exit_on_stall:
-                            raise CommandError("the watchdog found the cluster stalled; exiting for the "
-                                               "supervisor to start a fresh worker", returncode=EXIT_STALLED)
+                            raise CommandError(
+                                "the watchdog found the cluster stalled; exiting for the "
+                                "supervisor to start a fresh worker",
+                                returncode=EXIT_STALLED,
+                            )
                         self.cluster_stop(cluster, grace=STALLED_STOP_SECONDS)
                         close_old_connections()
                         self.release_held()
@@ -138,7 +142,9 @@ class Command(BaseCommand):
                 return False  # a backlog that moves is not a stall
             logger.error(
                 "watchdog: the oldest ready job has waited %.0f s (limit %s s) with %s ready: the cluster is stalled",
-                stats["oldest_ready_age"], limit, stats["ready"],
+                stats["oldest_ready_age"],
+                limit,
+                stats["ready"],
             )
             return True
         return False

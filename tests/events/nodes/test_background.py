@@ -9,7 +9,10 @@ from tests.factories import add_node
 def test_background_children_run_after_the_inline_phase(form, submit):
     background = add_node(form, "background", name="bg")
     add_node(
-        form, "update_field", parent=background, name="child",
+        form,
+        "update_field",
+        parent=background,
+        name="child",
         config={"field": "status", "value": "{{ record.status }}+background"},
     )
     add_node(form, "update_field", name="inline", config={"field": "status", "value": "inline"})
@@ -33,11 +36,17 @@ def test_background_runs_its_children_in_order(form, submit):
     background = add_node(form, "background")
     add_node(form, "update_field", parent=background, name="one", config={"field": "status", "value": "1"})
     add_node(
-        form, "update_field", parent=background, name="two",
+        form,
+        "update_field",
+        parent=background,
+        name="two",
         config={"field": "status", "value": "{{ record.status }}2"},
     )
     add_node(
-        form, "update_field", parent=background, name="three",
+        form,
+        "update_field",
+        parent=background,
+        name="three",
         config={"field": "status", "value": "{{ record.status }}3"},
     )
 
@@ -50,7 +59,10 @@ def test_background_inside_a_background_runs_after_its_later_siblings(form, subm
     outer = add_node(form, "background", name="outer")
     inner = add_node(form, "background", parent=outer, name="inner")
     add_node(
-        form, "update_field", parent=inner, name="deep",
+        form,
+        "update_field",
+        parent=inner,
+        name="deep",
         config={"field": "status", "value": "{{ record.status }}+inner"},
     )
     add_node(form, "update_field", parent=outer, name="sibling", config={"field": "status", "value": "outer"})

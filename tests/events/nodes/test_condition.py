@@ -168,9 +168,15 @@ def make_ctx(config, *, data, flags=None):
 
 
 def test_condition_holds_reads_the_record_and_logs_each_rule():
-    config = Condition.clean_config({"match": "all", "rules": [
-        rule("seats", "greater_than", "2"), rule("flags.paid", "equals", "true"),
-    ]})
+    config = Condition.clean_config(
+        {
+            "match": "all",
+            "rules": [
+                rule("seats", "greater_than", "2"),
+                rule("flags.paid", "equals", "true"),
+            ],
+        }
+    )
     ctx = make_ctx(config, data={"seats": 4}, flags={"paid": True})
 
     assert Condition().holds(ctx) is True
@@ -198,30 +204,50 @@ def test_condition_is_a_container_that_is_not_deferred():
 
 
 def test_condition_config_from_admin_rows_keeps_only_the_filled_rows():
-    data = {"match": "any", "field_1": "seats", "operator_1": "greater_than", "value_1": "2",
-            "field_2": "", "operator_2": "", "value_2": "",
-            "field_3": "flags.paid", "operator_3": "is_set", "value_3": "ignored"}
+    data = {
+        "match": "any",
+        "field_1": "seats",
+        "operator_1": "greater_than",
+        "value_1": "2",
+        "field_2": "",
+        "operator_2": "",
+        "value_2": "",
+        "field_3": "flags.paid",
+        "operator_3": "is_set",
+        "value_3": "ignored",
+    }
 
     config = Condition.clean_config(data)
 
-    assert config == {"match": "any", "rules": [
-        {"field": "seats", "operator": "greater_than", "value": "2"},
-        {"field": "flags.paid", "operator": "is_set"},
-    ]}
+    assert config == {
+        "match": "any",
+        "rules": [
+            {"field": "seats", "operator": "greater_than", "value": "2"},
+            {"field": "flags.paid", "operator": "is_set"},
+        ],
+    }
 
 
 def test_condition_config_from_a_json_rules_list():
-    config = Condition.clean_config({"match": "any", "rules": [
-        {"field": "seats", "operator": "equals", "value": 2},
-        {"field": "agree", "operator": "equals", "value": True},
-        {"field": "notes", "operator": "is_empty"},
-    ]})
+    config = Condition.clean_config(
+        {
+            "match": "any",
+            "rules": [
+                {"field": "seats", "operator": "equals", "value": 2},
+                {"field": "agree", "operator": "equals", "value": True},
+                {"field": "notes", "operator": "is_empty"},
+            ],
+        }
+    )
 
-    assert config == {"match": "any", "rules": [
-        {"field": "seats", "operator": "equals", "value": "2"},
-        {"field": "agree", "operator": "equals", "value": "true"},
-        {"field": "notes", "operator": "is_empty"},
-    ]}
+    assert config == {
+        "match": "any",
+        "rules": [
+            {"field": "seats", "operator": "equals", "value": "2"},
+            {"field": "agree", "operator": "equals", "value": "true"},
+            {"field": "notes", "operator": "is_empty"},
+        ],
+    }
     assert Condition.clean_config(config) == config  # a stored config validates to itself
 
 
@@ -249,8 +275,15 @@ def test_condition_initial_from_config_fills_the_rows():
 
     initial = Condition.config_form.initial_from_config(config)
 
-    assert initial == {"match": "any", "field_1": "seats", "operator_1": "greater_than", "value_1": "2",
-                       "field_2": "flags.paid", "operator_2": "is_set", "value_2": ""}
+    assert initial == {
+        "match": "any",
+        "field_1": "seats",
+        "operator_1": "greater_than",
+        "value_1": "2",
+        "field_2": "flags.paid",
+        "operator_2": "is_set",
+        "value_2": "",
+    }
 
 
 def errors(data, **kwargs):
@@ -285,8 +318,10 @@ def test_condition_config_refuses_bad_field_names_and_operators():
 
 
 def test_condition_config_checks_field_names_against_the_form_but_not_flags(form):
-    found = errors({"rules": [rule("seats", "is_set"), rule("colour", "is_set"), rule("flags.anything", "is_set")]},
-                   form_fields=fields_of(form))
+    found = errors(
+        {"rules": [rule("seats", "is_set"), rule("colour", "is_set"), rule("flags.anything", "is_set")]},
+        form_fields=fields_of(form),
+    )
 
     assert found == {"field_2": ["Field 2: This form has no field named “colour”."]}
 
@@ -330,9 +365,14 @@ def test_condition_config_refuses_an_unknown_match():
 
 
 def test_condition_describe_reads_like_the_rules():
-    config = {"match": "all", "rules": [
-        rule("seats", "greater_than", "2"), rule("cabin", "equals", "Business"), rule("flags.paid", "is_set"),
-    ]}
+    config = {
+        "match": "all",
+        "rules": [
+            rule("seats", "greater_than", "2"),
+            rule("cabin", "equals", "Business"),
+            rule("flags.paid", "is_set"),
+        ],
+    }
 
     assert Condition.describe(config) == 'all of: seats > 2, cabin = "Business", flags.paid is set'
 
@@ -349,25 +389,42 @@ def test_condition_describe_any_and_single_rules():
 
 
 def test_condition_admin_add_stores_the_rows_as_rules(admin_client, form):
-    response = admin_client.post(add_url(form, "condition"), node_post(
-        form, name="big", config_match="all",
-        config_field_1="seats", config_operator_1="greater_than", config_value_1="2",
-        config_field_2="flags.paid", config_operator_2="is_set",
-    ))
+    response = admin_client.post(
+        add_url(form, "condition"),
+        node_post(
+            form,
+            name="big",
+            config_match="all",
+            config_field_1="seats",
+            config_operator_1="greater_than",
+            config_value_1="2",
+            config_field_2="flags.paid",
+            config_operator_2="is_set",
+        ),
+    )
 
     assert response.status_code == 302, response.content.decode()[:2000]
     node = form.nodes.get(name="big")
-    assert node.config == {"match": "all", "rules": [
-        {"field": "seats", "operator": "greater_than", "value": "2"},
-        {"field": "flags.paid", "operator": "is_set"},
-    ]}
+    assert node.config == {
+        "match": "all",
+        "rules": [
+            {"field": "seats", "operator": "greater_than", "value": "2"},
+            {"field": "flags.paid", "operator": "is_set"},
+        ],
+    }
 
 
 def test_condition_admin_names_the_row_in_error(admin_client, form):
-    response = admin_client.post(add_url(form, "condition"), node_post(
-        form, config_field_1="seats", config_operator_1="equals",
-        config_field_2="colour", config_operator_2="is_set",
-    ))
+    response = admin_client.post(
+        add_url(form, "condition"),
+        node_post(
+            form,
+            config_field_1="seats",
+            config_operator_1="equals",
+            config_field_2="colour",
+            config_operator_2="is_set",
+        ),
+    )
 
     assert response.status_code == 200
     errors = response.context["adminform"].form.errors
@@ -377,30 +434,45 @@ def test_condition_admin_names_the_row_in_error(admin_client, form):
 def test_condition_form_file_import_and_export(db):
     document = {
         "form": {"slug": "trip", "title": "Trip", "fields": [{"name": "seats", "type": "integer"}]},
-        "events": {"record_update": [
-            {"type": "condition", "name": "big", "config": {"match": "any", "rules": [
-                {"field": "seats", "operator": "greater_than", "value": 2},
-                {"field": "flags.vip", "operator": "is_set"},
-            ]}, "children": [{"type": "set_flag", "config": {"flag": "group"}}]},
-        ]},
+        "events": {
+            "record_update": [
+                {
+                    "type": "condition",
+                    "name": "big",
+                    "config": {
+                        "match": "any",
+                        "rules": [
+                            {"field": "seats", "operator": "greater_than", "value": 2},
+                            {"field": "flags.vip", "operator": "is_set"},
+                        ],
+                    },
+                    "children": [{"type": "set_flag", "config": {"flag": "group"}}],
+                },
+            ]
+        },
     }
 
     form = form_import(document)
 
     exported = form_export(form)["events"]["record_update"][0]
-    assert exported["config"] == {"match": "any", "rules": [
-        {"field": "seats", "operator": "greater_than", "value": "2"},
-        {"field": "flags.vip", "operator": "is_set"},
-    ]}
+    assert exported["config"] == {
+        "match": "any",
+        "rules": [
+            {"field": "seats", "operator": "greater_than", "value": "2"},
+            {"field": "flags.vip", "operator": "is_set"},
+        ],
+    }
     assert exported["children"][0]["type"] == "set_flag"
 
 
 def test_condition_form_file_names_a_bad_rule(db):
     document = {
         "form": {"slug": "trip", "title": "Trip", "fields": [{"name": "seats", "type": "integer"}]},
-        "events": {"record_update": [
-            {"type": "condition", "config": {"rules": [{"field": "colour", "operator": "is_set"}]}, "children": []},
-        ]},
+        "events": {
+            "record_update": [
+                {"type": "condition", "config": {"rules": [{"field": "colour", "operator": "is_set"}]}, "children": []},
+            ]
+        },
     }
 
     with pytest.raises(FormFileError) as excinfo:

@@ -262,7 +262,9 @@ def test_delay_config_refuses_a_field_that_is_not_a_date(form):
 def test_delay_config_accepts_a_date_field_of_the_form(form):
     FieldFactory(form=form, name="travel_date", type="date")
 
-    config = Delay.clean_config({"rule": "field", "field": "travel_date", "offset_seconds": -86400}, form_fields=fields_of(form))
+    config = Delay.clean_config(
+        {"rule": "field", "field": "travel_date", "offset_seconds": -86400}, form_fields=fields_of(form)
+    )
 
     assert config == {"rule": "field", "field": "travel_date", "offset_seconds": -86400}
 
@@ -321,7 +323,10 @@ def test_delay_now_is_handed_to_the_queue(form, submit_queued):
 def test_delay_now_runs_its_children_after_the_inline_phase(form, submit):
     delay = add_node(form, "delay", name="soon", config={"rule": "now"})
     add_node(
-        form, "update_field", parent=delay, name="child",
+        form,
+        "update_field",
+        parent=delay,
+        name="child",
         config={"field": "status", "value": "{{ record.status }}+delayed"},
     )
     add_node(form, "update_field", name="inline", config={"field": "status", "value": "inline"})
@@ -346,7 +351,9 @@ def test_delay_at_a_past_moment_runs_at_once(form, submit):
 def test_delay_on_a_record_field_is_due_at_that_value_plus_offset(form, submit):
     FieldFactory(form=form, name="departure", type="datetime")
     delay = add_node(
-        form, "delay", name="remind",
+        form,
+        "delay",
+        name="remind",
         config={"rule": "field", "field": "departure", "offset_seconds": -3600},
     )
     add_node(form, "set_flag", parent=delay, config={"flag": "reminded"})

@@ -27,7 +27,10 @@ def test_fail_cancels_a_later_background_and_its_children(form, submit, mailoutb
     add_node(form, "fail", name="boom", config={"message": "stop"})
     background = add_node(form, "background", name="bg")
     add_node(
-        form, "send_email", parent=background, name="mail",
+        form,
+        "send_email",
+        parent=background,
+        name="mail",
         config={"to": "a@example.com", "subject": "s", "body": "b"},
     )
 

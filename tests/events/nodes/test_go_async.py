@@ -77,7 +77,9 @@ def test_go_async_as_the_last_step_completes_the_run_in_the_background(
     assert record.is_complete is True
 
 
-def test_go_async_inside_a_background_changes_nothing(trail_form, submit_queued, add_mark, django_capture_on_commit_callbacks):
+def test_go_async_inside_a_background_changes_nothing(
+    trail_form, submit_queued, add_mark, django_capture_on_commit_callbacks
+):
     background = add_node(trail_form, "background", name="bg")
     add_mark("A", parent=background)
     add_node(trail_form, "go_async", parent=background, name="async")
@@ -101,8 +103,12 @@ def test_go_async_inside_a_background_changes_nothing(trail_form, submit_queued,
 def test_go_async_inside_a_condition_sends_the_rest_of_the_condition_and_what_follows_it(
     trail_form, submit_queued, add_mark, django_capture_on_commit_callbacks
 ):
-    condition = add_node(trail_form, "condition", name="cond",
-                         config={"match": "all", "rules": [{"field": "email", "operator": "is_set"}]})
+    condition = add_node(
+        trail_form,
+        "condition",
+        name="cond",
+        config={"match": "all", "rules": [{"field": "email", "operator": "is_set"}]},
+    )
     add_mark("A", parent=condition)
     add_node(trail_form, "go_async", parent=condition, name="async")
     add_mark("B", parent=condition)
@@ -161,7 +167,9 @@ def test_a_failure_after_go_async_fails_the_run_in_the_background(
     assert record.runs.get().status == Run.Status.FAILED
 
 
-def test_a_duplicate_resume_job_runs_nothing_twice(trail_form, submit_queued, add_mark, django_capture_on_commit_callbacks):
+def test_a_duplicate_resume_job_runs_nothing_twice(
+    trail_form, submit_queued, add_mark, django_capture_on_commit_callbacks
+):
     add_node(trail_form, "go_async", name="async")
     add_mark("B")
     record = submit_queued().record

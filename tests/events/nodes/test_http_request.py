@@ -83,7 +83,9 @@ def test_http_request_without_a_json_answer_has_no_json_output(form, submit, htt
 def test_http_request_error_status_fails_the_task_when_fail_on_status(form, submit, http_server, allow_local_http):
     http_server.status, http_server.body = 500, b"database down"
     add_node(
-        form, "http_request", name="call",
+        form,
+        "http_request",
+        name="call",
         config={"method": "POST", "url": http_server.url, "fail_on_status": True},
     )
     add_node(form, "set_flag", name="after", config={"flag": "called"})
@@ -103,7 +105,9 @@ def test_http_request_error_status_is_an_ordinary_answer_without_fail_on_status(
 ):
     http_server.status = 500
     add_node(
-        form, "http_request", name="call",
+        form,
+        "http_request",
+        name="call",
         config={"method": "POST", "url": http_server.url, "fail_on_status": False},
     )
 
@@ -131,7 +135,9 @@ def test_http_request_keeps_a_redirect_without_location_as_the_answer(form, subm
 
 def test_http_request_refuses_a_header_value_with_a_line_break(form, submit, http_server, allow_local_http):
     add_node(
-        form, "http_request", name="call",
+        form,
+        "http_request",
+        name="call",
         config={"method": "GET", "url": http_server.url, "headers": {"X-Note": "{{ record.status }}"}},
     )
 
@@ -157,7 +163,9 @@ def test_http_request_to_loopback_is_refused_when_the_allow_list_is_empty(form, 
 def test_http_request_to_localhost_is_refused(form, submit, http_server, settings, allowed):
     settings.EVENTS_HTTP_ALLOWED_HOSTS = allowed
     add_node(
-        form, "http_request", name="call",
+        form,
+        "http_request",
+        name="call",
         config={"method": "GET", "url": f"http://localhost:{http_server.port}/"},
     )
 

@@ -25,7 +25,10 @@ def closed_port():
 
 def add_waiting_request(form, url, **config):
     return add_node(
-        form, "http_request", name="book", label="Book seats",
+        form,
+        "http_request",
+        name="book",
+        label="Book seats",
         config={"method": "POST", "url": url, "wait_for_callback": True, **config},
     )
 
@@ -59,7 +62,12 @@ def test_callback_config_drops_the_deadline_when_not_waiting():
 def test_callback_config_refuses_a_deadline_outside_its_bounds(seconds):
     with pytest.raises(ValidationError) as excinfo:
         HttpRequest.clean_config(
-            {"method": "POST", "url": "https://example.com", "wait_for_callback": True, "callback_timeout_seconds": seconds}
+            {
+                "method": "POST",
+                "url": "https://example.com",
+                "wait_for_callback": True,
+                "callback_timeout_seconds": seconds,
+            }
         )
 
     assert "callback_timeout_seconds" in excinfo.value.message_dict
@@ -128,13 +136,17 @@ def test_each_waiting_task_gets_its_own_token(form, submit, http_server, allow_l
     assert first["callbackToken"] != second["callbackToken"]
 
 
-def test_a_templated_body_and_headers_can_place_the_callback_details(form, submit, http_server, allow_local_http, settings):
+def test_a_templated_body_and_headers_can_place_the_callback_details(
+    form, submit, http_server, allow_local_http, settings
+):
     settings.EVENTS_PUBLIC_URL = "https://forms.example.com"
     add_waiting_request(
         form,
         http_server.url + "/start",
         headers={"X-Callback-Token": "{{ callback.token }}", "X-Task": "task-{{ callback.task_id }}"},
-        body="id={{ callback.task_id }}&reply={{ callback.url }}&auth=Bearer {{ callback.token }}&who={{ record.email }}",
+        body=(
+            "id={{ callback.task_id }}&reply={{ callback.url }}&auth=Bearer {{ callback.token }}&who={{ record.email }}"
+        ),
     )
 
     outcome = submit({"email": "ann@example.com"})
@@ -205,14 +217,17 @@ def test_the_awaiting_task_output_holds_the_http_response(form, submit, http_ser
     assert "answered 200" in lines
 
 
-def test_a_callback_completes_the_waiting_request_and_merges_its_output(form, submit, http_server, allow_local_http,
-                                                                       django_capture_on_commit_callbacks):
+def test_a_callback_completes_the_waiting_request_and_merges_its_output(
+    form, submit, http_server, allow_local_http, django_capture_on_commit_callbacks
+):
     add_waiting_request(form, http_server.url + "/start")
     add_node(form, "update_field", name="after", config={"field": "status", "value": "{{ tasks.book.output.seat }}"})
     outcome = submit({"email": "ann@example.com"})
 
     with django_capture_on_commit_callbacks(execute=True):  # sync queue: the resume runs here
-        result = engine.task_callback(task_id=outcome.task("book").pk, status="SUCCESS", output={"seat": "12A", "id": 7})
+        result = engine.task_callback(
+            task_id=outcome.task("book").pk, status="SUCCESS", output={"seat": "12A", "id": 7}
+        )
 
     assert result.applied
     task = RunTask.objects.get(pk=outcome.task("book").pk)

@@ -1,4 +1,4 @@
-"""http_request asks for uncompressed answers, and a server that compresses anyway cannot make it hold more than the cap."""
+"""http_request asks for uncompressed answers; a server that compresses anyway cannot make it hold more than the cap."""
 
 import gzip
 import json
@@ -87,12 +87,15 @@ def test_the_request_asks_for_identity_even_when_a_header_asks_otherwise(form, s
 
 @pytest.mark.parametrize(
     ("encoding", "compress"),
-    [("gzip", gzip.compress), ("x-gzip", gzip.compress), ("deflate", zlib.compress),
-     ("deflate", lambda data: zlib.compress(data, wbits=-zlib.MAX_WBITS))],
+    [
+        ("gzip", gzip.compress),
+        ("x-gzip", gzip.compress),
+        ("deflate", zlib.compress),
+        ("deflate", lambda data: zlib.compress(data, wbits=-zlib.MAX_WBITS)),
+    ],
     ids=["gzip", "x-gzip", "deflate-zlib", "deflate-raw"],
 )
-def test_a_compressed_answer_within_the_cap_is_decoded(form, submit, compressing, allow_local_http, encoding,
-                                                        compress):
+def test_a_compressed_answer_within_the_cap_is_decoded(form, submit, compressing, allow_local_http, encoding, compress):
     answer = {"ok": True, "padding": "x" * 200_000}
     compressing.body, compressing.encoding = compress(json.dumps(answer).encode()), encoding
     add_call(form, compressing.url)

@@ -98,8 +98,9 @@ def replay(receiver, headers, body, path="/hook"):
 
 
 def add_signed_request(form, url, **config):
-    return add_node(form, "http_request", name="call",
-                    config={"method": "POST", "url": url, "fail_on_status": True, **config})
+    return add_node(
+        form, "http_request", name="call", config={"method": "POST", "url": url, "fail_on_status": True, **config}
+    )
 
 
 # A receiver accepts what a step sends -----------------------------------------------------
@@ -143,8 +144,12 @@ def test_a_waiting_request_signs_its_default_json_body(form, submit, receiver):
 
 
 def test_configured_signature_headers_cannot_replace_the_real_ones(form, submit, receiver):
-    add_signed_request(form, receiver.url + "/hook", body="x", headers={
-        "webhook-id": "forged.id", "webhook-timestamp": "1", "webhook-signature": "v1,Zm9yZ2Vk"})
+    add_signed_request(
+        form,
+        receiver.url + "/hook",
+        body="x",
+        headers={"webhook-id": "forged.id", "webhook-timestamp": "1", "webhook-signature": "v1,Zm9yZ2Vk"},
+    )
 
     outcome = submit({"email": "ann@example.com"})
 
@@ -174,8 +179,12 @@ def test_every_attempt_keeps_the_id_and_signs_its_own_time(form, submit, receive
     monkeypatch.setattr(signing, "time", SimpleNamespace(time=lambda: later))
 
     # A retry executes the same task again.
-    ctx = NodeContext(run=outcome.run, task=task, record=outcome.record,
-                      node={"id": node.pk, "type": "http_request", "config": node.config})
+    ctx = NodeContext(
+        run=outcome.run,
+        task=task,
+        record=outcome.record,
+        node={"id": node.pk, "type": "http_request", "config": node.config},
+    )
     HttpRequest().execute(ctx)
 
     (first, _, first_verdict), (second, _, second_verdict) = receiver.received
@@ -235,15 +244,20 @@ def test_signing_reproduces_the_standard_webhooks_test_vector():
     # The vector published with the Standard Webhooks libraries.
     key = signing.signing_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
 
-    headers = signing.webhook_headers(key=key, message_id="msg_p5jXN8AQM9LWM0D4loKWxJek", timestamp=1614265330,
-                                      body=b'{"test": 2432232314}')
+    headers = signing.webhook_headers(
+        key=key, message_id="msg_p5jXN8AQM9LWM0D4loKWxJek", timestamp=1614265330, body=b'{"test": 2432232314}'
+    )
 
-    assert headers == {"webhook-id": "msg_p5jXN8AQM9LWM0D4loKWxJek", "webhook-timestamp": "1614265330",
-                       "webhook-signature": "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="}
+    assert headers == {
+        "webhook-id": "msg_p5jXN8AQM9LWM0D4loKWxJek",
+        "webhook-timestamp": "1614265330",
+        "webhook-signature": "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+    }
 
 
-def test_a_whsec_secret_that_is_not_base64_fails_the_step_before_sending(form, submit, settings, allow_local_http,
-                                                                           http_server):
+def test_a_whsec_secret_that_is_not_base64_fails_the_step_before_sending(
+    form, submit, settings, allow_local_http, http_server
+):
     settings.EVENTS_HTTP_SIGNING_SECRET = "whsec_not base64!"
     add_signed_request(form, http_server.url + "/hook", body="x")
 
@@ -273,7 +287,9 @@ def test_no_signature_headers_without_a_secret(form, submit, settings, allow_loc
 def readme_receiver():
     """The receiver example of the README's http_request section, as a function ``verify_webhook``."""
     readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
-    blocks = [block for block in re.findall(r"```python\n(.*?)```", readme, re.DOTALL) if "def verify_webhook(" in block]
+    blocks = [
+        block for block in re.findall(r"```python\n(.*?)```", readme, re.DOTALL) if "def verify_webhook(" in block
+    ]
     assert len(blocks) == 1, "the README shows one receiver example"
     namespace = {}
     exec(blocks[0], namespace)  # noqa: S102 - our own README

@@ -180,7 +180,9 @@ REFUSED_HOSTS = [
 
 
 @pytest.mark.parametrize("host", REFUSED_HOSTS)
-def test_a_request_to_a_blocked_address_is_refused_before_connecting(form, submit, http_server, settings, connections, host):
+def test_a_request_to_a_blocked_address_is_refused_before_connecting(
+    form, submit, http_server, settings, connections, host
+):
     settings.EVENTS_HTTP_ALLOWED_HOSTS = []
     add_request(form, f"http://{host}:{http_server.port}/hook", method="POST", body="x")
 
@@ -194,10 +196,18 @@ def test_a_request_to_a_blocked_address_is_refused_before_connecting(form, submi
     assert "EVENTS_HTTP_ALLOWED_HOSTS" in task.error
 
 
-def test_a_refused_destination_fails_at_once_whatever_the_retry_policy(form, submit, http_server, settings, connections):
+def test_a_refused_destination_fails_at_once_whatever_the_retry_policy(
+    form, submit, http_server, settings, connections
+):
     settings.EVENTS_HTTP_ALLOWED_HOSTS = []
-    add_node(form, "http_request", name="call", max_attempts=3, retry_backoff_seconds=0,
-             config={"method": "GET", "url": f"http://127.0.0.1:{http_server.port}/"})
+    add_node(
+        form,
+        "http_request",
+        name="call",
+        max_attempts=3,
+        retry_backoff_seconds=0,
+        config={"method": "GET", "url": f"http://127.0.0.1:{http_server.port}/"},
+    )
 
     outcome = submit({"email": "ann@example.com"})
 
@@ -211,8 +221,14 @@ def test_a_connection_error_is_left_to_the_retry_policy(form, submit, allow_loca
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{probe.getsockname()[1]}/"  # bound, never listening: refused
-    add_node(form, "http_request", name="call", max_attempts=3, retry_backoff_seconds=60,
-             config={"method": "GET", "url": url})
+    add_node(
+        form,
+        "http_request",
+        name="call",
+        max_attempts=3,
+        retry_backoff_seconds=60,
+        config={"method": "GET", "url": url},
+    )
 
     outcome = submit({"email": "ann@example.com"})
 
@@ -223,8 +239,9 @@ def test_a_connection_error_is_left_to_the_retry_policy(form, submit, allow_loca
 
 
 @pytest.mark.parametrize("host", ["localhost", "2130706433", "0177.0.0.1", "0x7f.1", "[::ffff:127.0.0.1]", "127.0.0.2"])
-def test_allowing_127_0_0_1_does_not_allow_other_names_for_loopback(form, submit, http_server, allow_local_http,
-                                                                    connections, host):
+def test_allowing_127_0_0_1_does_not_allow_other_names_for_loopback(
+    form, submit, http_server, allow_local_http, connections, host
+):
     add_request(form, f"http://{host}:{http_server.port}/")
 
     outcome = submit({"email": "ann@example.com"})
@@ -246,8 +263,16 @@ def test_a_host_name_is_refused_when_any_of_its_addresses_is_blocked(monkeypatch
 
 @pytest.mark.parametrize(
     "url",
-    ["http://10.0.0.1/", "http://172.16.0.1/", "http://192.168.1.1:8080/x", "http://169.254.169.254/latest/meta-data/",
-     "http://[fd00:ec2::254]/", "http://2130706433/", "http://0177.0.0.1/", "http://0x7f.1/"],
+    [
+        "http://10.0.0.1/",
+        "http://172.16.0.1/",
+        "http://192.168.1.1:8080/x",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[fd00:ec2::254]/",
+        "http://2130706433/",
+        "http://0177.0.0.1/",
+        "http://0x7f.1/",
+    ],
 )
 def test_the_allow_list_lets_a_named_host_through_the_check(settings, connections, url):
     host = url.split("//")[1].split("/")[0].rsplit(":", 1)[0] if "[" not in url else url.split("[")[1].split("]")[0]
@@ -345,8 +370,13 @@ def fake_resolver(answers):
             answer = answer[min(calls.get(host, 0), len(answer) - 1)]
         calls[host] = calls.get(host, 0) + 1
         return [
-            (socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM, 6, "",
-             (address, port, 0, 0) if ":" in address else (address, port))
+            (
+                socket.AF_INET6 if ":" in address else socket.AF_INET,
+                socket.SOCK_STREAM,
+                6,
+                "",
+                (address, port, 0, 0) if ":" in address else (address, port),
+            )
             for address in answer
         ]
 
@@ -441,8 +471,16 @@ def test_proxy_environment_variables_are_ignored(form, submit, site, allow_local
 # Redirects --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("target", ["http://127.0.0.2:{port}/in", "http://localhost:{port}/in", "http://[::1]:{port}/in",
-                                    "http://169.254.169.254/latest/meta-data/", "http://2130706433:{port}/in"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "http://127.0.0.2:{port}/in",
+        "http://localhost:{port}/in",
+        "http://[::1]:{port}/in",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://2130706433:{port}/in",
+    ],
+)
 def test_a_redirect_to_a_blocked_address_is_refused_before_connecting(
     form, submit, site, allow_local_http, connections, target
 ):
@@ -529,8 +567,16 @@ def test_max_redirects_0_keeps_the_redirect_as_the_answer(form, submit, site, al
 
 @pytest.mark.parametrize(
     ("status", "method", "then"),
-    [(303, "POST", "GET"), (303, "PUT", "GET"), (302, "POST", "GET"), (301, "POST", "GET"),
-     (307, "POST", "POST"), (308, "POST", "POST"), (302, "PUT", "PUT"), (308, "PATCH", "PATCH")],
+    [
+        (303, "POST", "GET"),
+        (303, "PUT", "GET"),
+        (302, "POST", "GET"),
+        (301, "POST", "GET"),
+        (307, "POST", "POST"),
+        (308, "POST", "POST"),
+        (302, "PUT", "PUT"),
+        (308, "PATCH", "PATCH"),
+    ],
 )
 def test_redirect_method_rules(form, submit, site, allow_local_http, status, method, then):
     site.route("/start", status, {"Location": "/next"})
@@ -567,8 +613,12 @@ def test_a_second_attempt_of_the_same_task_sends_the_same_idempotency_key(form, 
     task = outcome.task("call")
 
     # A retry executes the same task again.
-    ctx = NodeContext(run=outcome.run, task=task, record=outcome.record,
-                      node={"id": node.pk, "type": "http_request", "config": node.config})
+    ctx = NodeContext(
+        run=outcome.run,
+        task=task,
+        record=outcome.record,
+        node={"id": node.pk, "type": "http_request", "config": node.config},
+    )
     HttpRequest().execute(ctx)
 
     first, second = site.requests
@@ -602,9 +652,16 @@ def legacy_signature(secret, body):
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def test_the_signature_verifies_with_the_secret_over_the_exact_body(form, submit, site, allow_local_http, signing_secret):
-    add_request(form, site.url + "/hook", method="POST", body='{"email": "{{ record.email }}", "é": 1}',
-                headers={"X-Signature": "forged"})
+def test_the_signature_verifies_with_the_secret_over_the_exact_body(
+    form, submit, site, allow_local_http, signing_secret
+):
+    add_request(
+        form,
+        site.url + "/hook",
+        method="POST",
+        body='{"email": "{{ record.email }}", "é": 1}',
+        headers={"X-Signature": "forged"},
+    )
 
     submit({"email": "ann@example.com"})
 
@@ -615,8 +672,12 @@ def test_the_signature_verifies_with_the_secret_over_the_exact_body(form, submit
 
 
 def test_a_waiting_request_signs_its_default_json_body(form, submit, site, allow_local_http, signing_secret):
-    add_node(form, "http_request", name="call",
-             config={"method": "POST", "url": site.url + "/start", "wait_for_callback": True})
+    add_node(
+        form,
+        "http_request",
+        name="call",
+        config={"method": "POST", "url": site.url + "/start", "wait_for_callback": True},
+    )
 
     outcome = submit({"email": "ann@example.com"})
 
@@ -677,8 +738,9 @@ def test_a_declared_content_length_over_the_cap_is_refused_without_reading(form,
     assert "larger than 1048576 bytes" in task.error
 
 
-def test_a_server_that_lies_about_a_small_content_length_gets_only_that_length(form, submit, raw_server,
-                                                                              allow_local_http):
+def test_a_server_that_lies_about_a_small_content_length_gets_only_that_length(
+    form, submit, raw_server, allow_local_http
+):
     raw_server.answer = lambda conn, stop: conn.sendall(
         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\n" + b"y" * 2_000_000
     )
@@ -747,8 +809,10 @@ def test_config_leaves_connect_timeout_and_max_redirects_to_their_defaults():
     assert "connect_timeout_seconds" not in config and "max_redirects" not in config
 
 
-@pytest.mark.parametrize(("key", "value"), [("connect_timeout_seconds", 0), ("connect_timeout_seconds", 61),
-                                            ("max_redirects", -1), ("max_redirects", 21)])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("connect_timeout_seconds", 0), ("connect_timeout_seconds", 61), ("max_redirects", -1), ("max_redirects", 21)],
+)
 def test_config_refuses_out_of_bounds_connect_timeout_and_redirects(key, value):
     with pytest.raises(ValidationError) as excinfo:
         HttpRequest.clean_config({"method": "GET", "url": "https://example.com", key: value})

@@ -61,8 +61,9 @@ def test_nul_bytes_in_an_answer_are_kept_as_replacement_characters(form, submit,
     assert any("NUL characters" in entry["line"] for entry in task.logs)
 
 
-def test_an_error_answer_with_nul_bytes_fails_the_step_with_a_readable_error(form, submit, http_server,
-                                                                             allow_local_http):
+def test_an_error_answer_with_nul_bytes_fails_the_step_with_a_readable_error(
+    form, submit, http_server, allow_local_http
+):
     http_server.status, http_server.body = 500, b"broken\x00down"
     add_node(form, "http_request", name="call", config={"method": "GET", "url": http_server.url})
 
@@ -74,13 +75,22 @@ def test_an_error_answer_with_nul_bytes_fails_the_step_with_a_readable_error(for
     assert outcome.run.status == "failed"
 
 
-def test_a_waiting_request_with_an_unstorable_answer_awaits_its_callback(form, submit, http_server, allow_local_http,
-                                                                        settings):
+def test_a_waiting_request_with_an_unstorable_answer_awaits_its_callback(
+    form, submit, http_server, allow_local_http, settings
+):
     settings.EVENTS_PUBLIC_URL = "http://testserver"
     http_server.body = b'{"accepted": true, "eta": NaN}'
-    add_node(form, "http_request", name="call", config={
-        "method": "POST", "url": http_server.url + "/jobs", "wait_for_callback": True, "callback_timeout_seconds": 60,
-    })
+    add_node(
+        form,
+        "http_request",
+        name="call",
+        config={
+            "method": "POST",
+            "url": http_server.url + "/jobs",
+            "wait_for_callback": True,
+            "callback_timeout_seconds": 60,
+        },
+    )
 
     outcome = submit({"email": "ann@example.com"})
 

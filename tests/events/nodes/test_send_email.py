@@ -68,7 +68,9 @@ def test_send_email_with_an_empty_recipient_fails_and_sends_nothing(form, submit
 
 def test_send_email_with_an_invalid_recipient_fails_and_sends_nothing(form, submit, mailoutbox):
     add_node(
-        form, "send_email", name="mail",
+        form,
+        "send_email",
+        name="mail",
         config={"to": "ok@example.com, {{ record.status }}", "subject": "Hi", "body": "x"},
     )
 

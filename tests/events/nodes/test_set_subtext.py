@@ -10,7 +10,9 @@ SetSubtext = registry.get("set_subtext")
 
 def test_set_subtext_sets_the_run_and_task_subtext(form, submit):
     add_node(
-        form, "set_subtext", name="progress",
+        form,
+        "set_subtext",
+        name="progress",
         config={"text": "Booking {{ record.seats }} seats for {{ record.email }}"},
     )
 

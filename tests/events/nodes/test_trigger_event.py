@@ -44,10 +44,19 @@ def test_trigger_event_runs_the_other_events_tree_for_the_same_record_as_a_child
 
 
 def test_trigger_event_properties_are_templated_and_seen_as_properties(form, submit):
-    add_node(form, "update_field", event="welcome", name="greet",
-             config={"field": "status", "value": "{{ properties.plan }} for {{ properties.who }}"})
-    add_node(form, "trigger_event", name="fire",
-             config={"event": "welcome", "properties": {"plan": "gold", "who": "{{ record.email }}"}})
+    add_node(
+        form,
+        "update_field",
+        event="welcome",
+        name="greet",
+        config={"field": "status", "value": "{{ properties.plan }} for {{ properties.who }}"},
+    )
+    add_node(
+        form,
+        "trigger_event",
+        name="fire",
+        config={"event": "welcome", "properties": {"plan": "gold", "who": "{{ record.email }}"}},
+    )
 
     record = submit().record
 
@@ -57,8 +66,14 @@ def test_trigger_event_properties_are_templated_and_seen_as_properties(form, sub
 
 def test_the_child_runs_background_work_goes_to_the_queue_and_finishes_the_child_run(form, submit):
     background = add_node(form, "background", event="welcome", name="bg")
-    add_node(form, "update_field", event="welcome", parent=background, name="late",
-             config={"field": "status", "value": "late"})
+    add_node(
+        form,
+        "update_field",
+        event="welcome",
+        parent=background,
+        name="late",
+        config={"field": "status", "value": "late"},
+    )
     add_node(form, "trigger_event", name="fire", config={"event": "welcome"})
 
     record = submit().record
@@ -104,7 +119,8 @@ def test_an_event_that_triggers_itself_stops_at_the_depth_limit_with_a_clear_err
 def test_trigger_event_config_needs_an_event_and_takes_object_properties():
     assert TriggerEvent.clean_config({"event": "welcome"}) == {"event": "welcome"}
     assert TriggerEvent.clean_config({"event": "welcome", "properties": {"a": "{{ record.email }}"}}) == {
-        "event": "welcome", "properties": {"a": "{{ record.email }}"},
+        "event": "welcome",
+        "properties": {"a": "{{ record.email }}"},
     }
     with pytest.raises(ValidationError):
         TriggerEvent.clean_config({})

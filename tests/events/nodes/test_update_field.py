@@ -32,7 +32,9 @@ def test_update_field_reads_event_properties(form, submit):
 def test_update_field_reads_the_output_of_an_earlier_task(form, submit):
     add_node(form, "update_field", name="first", config={"field": "status", "value": "step one"})
     add_node(
-        form, "update_field", name="second",
+        form,
+        "update_field",
+        name="second",
         config={"field": "status", "value": "after {{ tasks.first.output.value }}"},
     )
 
