@@ -3,7 +3,7 @@
 import datetime
 import decimal
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -63,21 +63,107 @@ class Waiting:
     output: dict = field(default_factory=dict)
 
 
+class TypedText(str):
+    """What an admin typed into a JSON field, kept as typed (see JSONObjectField)."""
+
+
+class JSONObjectField(forms.JSONField):
+    """A JSON object typed into a text area.
+
+    Empty when there is none (Django's JSONField shows the text ``null``), and after a failed
+    validation it shows exactly what was typed, not a re-serialisation of it.
+    """
+
+    widget = forms.Textarea(attrs={"rows": 3})
+
+    def bound_data(self, data: Any, initial: Any) -> Any:
+        if self.disabled or data is None:
+            return super().bound_data(data, initial)
+        return TypedText(data)
+
+    def prepare_value(self, value: Any) -> Any:
+        if value is None or isinstance(value, TypedText):
+            return "" if value is None else str(value)
+        return super().prepare_value(value)
+
+
+def flat_choices(choices: Any) -> Iterator[tuple[Any, Any]]:
+    for value, label in choices:
+        if isinstance(label, (list, tuple)):
+            yield from flat_choices(label)
+        else:
+            yield value, label
+
+
+class FieldNameSelect(forms.Select):
+    """A select of the form's fields that still shows a stored name the form does not have (any more)."""
+
+    def optgroups(self, name: str, value: list[Any], attrs: dict[str, Any] | None = None) -> Any:
+        known = {str(choice) for choice, _ in flat_choices(self.choices)}
+        missing = [item for item in value if item not in (None, "") and str(item) not in known]
+        if missing:
+            self.choices = [*self.choices, *((item, f"{item} ({self.missing_note(str(item))})") for item in missing)]
+        return super().optgroups(name, value, attrs)
+
+    @staticmethod
+    def missing_note(item: str) -> str:
+        return "no step of this form sets it" if item.startswith("flags.") else "not a field of this form"
+
+
 class ConfigForm(forms.Form):
     """Base for config forms.
 
     ``form_fields`` maps the names of the form's fields to their types (``{"email": "email", ...}``),
     when known, so that a type can check the field names it is given: the admin passes the form's
     fields, the form file the fields of its document. ``None``: not known, names are not checked.
+    ``form_flags``: the flags the form's trees set (their names), when known: the admin passes them
+    so that a field naming a flag can offer them. Neither changes what validates, only how a
+    field that names a form field is shown (``choose_form_field``).
     """
 
-    def __init__(self, *args: Any, form_fields: Mapping[str, str] | None = None, **kwargs: Any) -> None:
+    # Config fields the admin lays out as the rows of a table, added and removed in place: a row's
+    # columns are the fields ``<column>_<n>`` for n = 1 … row_count (a condition's rules).
+    row_label: ClassVar[str] = ""
+    row_columns: ClassVar[tuple[str, ...]] = ()
+    row_count: ClassVar[int] = 0
+    # Fields most nodes leave alone: the admin shows them folded away, unless one is set.
+    advanced_fields: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        *args: Any,
+        form_fields: Mapping[str, str] | None = None,
+        form_flags: Iterable[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.form_fields = form_fields
+        self.form_flags = sorted(set(form_flags or ()))
         super().__init__(*args, **kwargs)
 
     def unknown_field(self, name: str) -> bool:
         """True when the form's fields are known and ``name`` is not one of them."""
         return self.form_fields is not None and name not in self.form_fields
+
+    def choose_form_field(
+        self, name: str, *, types: Iterable[str] | None = None, flags: bool = False, empty_label: str = "---------"
+    ) -> None:
+        """Show config field ``name`` as a select of the form's fields (of ``types`` only, if given),
+        and of ``flags.<name>`` for the form's flags when ``flags``. Only when the form's fields are
+        known; the field's own validation is unchanged."""
+        if self.form_fields is None:
+            return
+        wanted = None if types is None else set(types)
+        fields = [(key, f"{key} ({kind})") for key, kind in self.form_fields.items() if not wanted or kind in wanted]
+        choices = [("", empty_label)]
+        if not flags:
+            choices += fields
+        else:
+            choices += [("Fields", fields)] if fields else []
+            if self.form_flags:
+                choices.append(("Flags", [(f"flags.{flag}", f"flags.{flag}") for flag in self.form_flags]))
+        field = self.fields[name]
+        field.widget = FieldNameSelect(choices=choices)
+        field.widget.is_required = field.required
 
     def to_config(self) -> dict[str, Any]:
         """cleaned_data as JSON: dates as ISO text, decimals as text, empty optional values left out."""
@@ -96,13 +182,15 @@ class ConfigForm(forms.Form):
 class ContainerConfig(ConfigForm):
     """The options every deferred container takes (from the Run In Background seed)."""
 
+    advanced_fields = ("event_type", "event_properties", "collect_debug")
+
     event_type = forms.SlugField(
         label="Event type",
         required=False,
         max_length=100,
         help_text="Record this branch as a run of its own, under this event name.",
     )
-    event_properties = forms.JSONField(
+    event_properties = JSONObjectField(
         label="Event properties",
         required=False,
         help_text='A JSON object the branch sees as its properties (values may be templates): {"source": "web"}.',
@@ -271,6 +359,11 @@ class NodeType:
     def describe(cls, config: dict[str, Any]) -> str:
         """One line for the tree overview."""
         return ""
+
+    @classmethod
+    def flags_set(cls, config: dict[str, Any]) -> list[str]:
+        """The names of the record flags a node with this config sets (the admin offers them to conditions)."""
+        return []
 
     @classmethod
     def mode(cls, config: dict[str, Any], *, in_background: bool) -> str:

@@ -44,8 +44,14 @@ class ConditionConfig(ConfigForm):
         help_text="All rules must hold, or any one of them. Left empty: all.",
     )
 
+    row_label = "Rules"
+    row_columns = RULE_KEYS
+    row_count = ROWS
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        for number in range(1, ROWS + 1):
+            self.choose_form_field(f"field_{number}", flags=True)
         # Known to config documents (formfile checks keys against fields), not copied into the admin,
         # which copies base_fields only: the admin edits the rows instead.
         self.fields["rules"] = forms.JSONField(label="Rules", required=False, widget=forms.HiddenInput)

@@ -16,6 +16,9 @@ RULES = {
     "next_month": "at the start of the next month",
 }
 
+# The field types that may hold a date: real date fields, and text a step may have written one into.
+DATE_FIELD_TYPES = ("date", "datetime", "hidden", "text")
+
 
 class DelayConfig(ContainerConfig):
     rule = forms.ChoiceField(
@@ -28,6 +31,10 @@ class DelayConfig(ContainerConfig):
     at = forms.DateTimeField(label="At", required=False, help_text="ISO date and time, e.g. 2027-01-31T09:00:00+00:00.")
     field = forms.SlugField(label="Date field", required=False)
     offset_seconds = forms.IntegerField(label="Offset (seconds, may be negative)", required=False)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.choose_form_field("field", types=DATE_FIELD_TYPES)
 
     def clean(self):
         data = super().clean()
@@ -50,7 +57,7 @@ class DelayConfig(ContainerConfig):
             field_type = self.form_fields.get(data["field"])
             if field_type is None:
                 self.add_error("field", f"This form has no field named “{data['field']}”.")
-            elif field_type not in ("date", "datetime", "hidden", "text"):
+            elif field_type not in DATE_FIELD_TYPES:
                 self.add_error("field", f"“{data['field']}” is a {field_type} field, not a date.")
         return data
 

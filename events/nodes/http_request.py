@@ -6,7 +6,7 @@ from django import forms
 from .. import outbound
 from ..storable import storage_problem
 from ..templating import TemplateCharField, TemplateTextField
-from .base import ConfigForm, NodeError, NodeType, Waiting
+from .base import ConfigForm, JSONObjectField, NodeError, NodeType, Waiting
 from .registry import register
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
@@ -21,7 +21,7 @@ METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 class HttpRequestConfig(ConfigForm):
     method = forms.ChoiceField(label="Method", choices=[(m, m) for m in METHODS], initial="POST")
     url = TemplateCharField(label="URL", max_length=2000, help_text="http:// or https://; templates allowed.")
-    headers = forms.JSONField(label="Headers", required=False, help_text='A JSON object: {"X-Token": "..."}.')
+    headers = JSONObjectField(label="Headers", required=False, help_text='A JSON object: {"X-Token": "..."}.')
     body = TemplateTextField(label="Body", required=False, help_text="Sent as is; templates allowed.")
     timeout_seconds = forms.FloatField(
         label="Read timeout (seconds)",

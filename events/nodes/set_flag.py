@@ -31,6 +31,10 @@ class SetFlag(NodeType):
     def describe(cls, config):
         return f"{config.get('flag')} = {str(config.get('value', True)).lower()}"
 
+    @classmethod
+    def flags_set(cls, config):
+        return [config["flag"]] if config.get("flag") else []
+
     def execute(self, ctx):
         name, value = ctx.config["flag"], bool(ctx.config.get("value", True))
         ctx.record.set_flag(name, value)

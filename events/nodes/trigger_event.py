@@ -1,12 +1,12 @@
 from django import forms
 
-from .base import ConfigForm, NodeType
+from .base import ConfigForm, JSONObjectField, NodeType
 from .registry import register
 
 
 class TriggerEventConfig(ConfigForm):
     event = forms.SlugField(label="Event", max_length=100, help_text="The name of another event of this form.")
-    properties = forms.JSONField(
+    properties = JSONObjectField(
         label="Properties",
         required=False,
         help_text=(

@@ -9,6 +9,15 @@ class UpdateFieldConfig(ConfigForm):
     field = forms.SlugField(label="Field", help_text="The name of a field of this form (hidden fields too).")
     value = TemplateCharField(label="Value", required=False, help_text="Text or a template, e.g. {{ record.email }}.")
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.choose_form_field("field", empty_label="Choose a field")
+        if self.form_fields is not None and "hidden" not in self.form_fields.values():
+            self.fields["field"].help_text += (
+                " This form has no hidden field to write to: add a field of type Hidden to the form "
+                "to keep a value the visitor neither sees nor types."
+            )
+
     def clean_field(self):
         name = self.cleaned_data["field"]
         if self.unknown_field(name):

@@ -193,11 +193,11 @@ def test_a_condition_is_added_from_its_rows_and_edited_with_its_rows_shown(admin
 def test_overview_add_links_offer_an_error_step_under_any_node(admin_client, form):
     action = add_node(form, "fail", name="boom", config={"message": "no"})
     content = overview(admin_client, form)
-    assert f"treebeard_ref_node={action.pk}&amp;branch=on_error" in content
-    page = admin_client.get(
-        f"{add_url(form, 'set_flag')}&treebeard_position=first-child&treebeard_ref_node={action.pk}&branch=on_error"
-    )
-    assert page.context["adminform"].form["branch"].value() == "on_error"
+    query = f"event={RECORD_UPDATE}&amp;ref={action.pk}&amp;position=first-child&amp;branch=on_error"
+    assert query in content
+    builder_add = reverse("admin:events_node_builder_add", args=[form.pk])
+    page = admin_client.get(f"{builder_add}?{query.replace('&amp;', '&')}&type=set_flag")
+    assert page.context["node_form"]["branch"].value() == "on_error"
 
 
 # The overview ------------------------------------------------------------------------------------
