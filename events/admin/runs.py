@@ -1,12 +1,16 @@
 """Runs and tasks: read-only, but for settling an awaiting task by hand, re-running a failed one, cancelling a run."""
 
 import json
+import re
+import uuid
 from urllib.parse import urlencode
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.views.main import ORDER_VAR
 from django.core.exceptions import PermissionDenied
+from django.db.models import Q
 from django.http import Http404, HttpResponseBadRequest, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -17,12 +21,14 @@ from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_POST
 
 from .. import engine
+from ..engine.runs import runs_as_own_run
 from ..models import (
     Node,
     Run,
     RunTask,
     failures_handled,
 )
+from ..storable import SUBTEXT_MAX_LENGTH, storage_problem
 from .common import pretty_json, tree_editor_url, tree_overview_url  # noqa: F401
 
 # Runs and tasks --------------------------------------------------------------------------------
@@ -87,39 +93,96 @@ def status_text(task, handled):
     return task.status, task.get_status_display()
 
 
-def timeline(tasks, *, child_runs=None):
-    """The run's tasks, in the order given (the run's tree order), each with its depth (indent by parent).
+def task_row(task, *, depth, node, handled, child_runs, now):
+    """One step of the timeline that has a task: what the task did."""
+    status_class, status_label = status_text(task, handled)
+    return {
+        "task": task,
+        "node": node,
+        "config": json_text(node["config"]) if node and node.get("config") else "",
+        "depth": depth,
+        "indent": depth * 2,
+        "status_class": status_class,
+        "status_label": status_label,
+        "duration": duration(task),
+        "deadline": deadline_text(task),
+        "overdue": is_overdue(task, now),
+        "is_error_step": task.branch == Node.Branch.ON_ERROR,
+        "failure": task.get_failure_display() if task.failure else "",
+        "can_redrive": task.status == RunTask.Status.FAILED,
+        "child_runs": child_runs.get(task.pk, []),
+        "debug": debug_traces(task),
+        "output": json_text(task.output) if task.output else "",
+        **log_rows(task, last=RUN_PAGE_LOG_LINES),
+    }
 
-    ``child_runs`` maps a task id to the runs it started (trigger_event, a container with event_type).
+
+def node_row(node, *, depth, is_error_step, why):
+    """One node of the snapshot that has no task in this run: it did not run, and ``why`` says why if known."""
+    return {
+        "task": None,
+        "node": node,
+        "config": json_text(node["config"]) if node.get("config") else "",
+        "depth": depth,
+        "indent": depth * 2,
+        "status_class": "not-run",
+        "status_label": "Did not run",
+        "is_error_step": is_error_step,
+        "why": why or {},
+    }
+
+
+def why_not_run(node, task, *, branch, child_runs):
+    """Why the nodes in ``branch`` ("children" or "on_error") of ``node`` have no task in this run, or None.
+
+    ``task`` is the node's task. A container's steps get their tasks with the run, unless the container
+    records them as a run of its own (event_type): then they are that run's tasks. An error branch's
+    steps get theirs only when their step fails.
     """
+    if branch == "children":
+        if runs_as_own_run(node):
+            return {"kind": "own_run", "container": task, "runs": child_runs.get(task.pk, [])}
+        return None
+    if task.status == RunTask.Status.FAILED:
+        return None
+    return {"kind": "error_branch", "step": task}
+
+
+def timeline(run, tasks, *, child_runs=None):
+    """Every node of the run's snapshot in tree order, each with its task (or as not run) and its depth.
+
+    A node comes before its steps, its steps before its error branch: the order in which they run,
+    not the order tasks were created in (an error branch's tasks are created when it runs). A node
+    with no task in this run (an error branch whose step did not fail, the steps of a container
+    recorded as a run of its own) is a row that says it did not run. Tasks whose node is not in the
+    snapshot come last, each under its parent task. ``child_runs`` maps a task id to the runs it
+    started (trigger_event, a container with event_type).
+    """
+    child_runs = child_runs or {}
     tasks = list(tasks)
     now = timezone.now()
     handled = failures_handled(tasks)
+    task_of = {task.node_id: task for task in tasks}
     depth_of = {}
     rows = []
-    for task in tasks:
+
+    def visit(nodes, depth, *, is_error_step, why):
+        for node in nodes:
+            task = task_of.pop(node["id"], None)
+            if task is None:
+                rows.append(node_row(node, depth=depth, is_error_step=is_error_step, why=why))
+            else:
+                depth_of[task.pk] = depth
+                rows.append(task_row(task, depth=depth, node=node, handled=handled, child_runs=child_runs, now=now))
+            for branch in ("children", "on_error"):
+                inner_why = why_not_run(node, task, branch=branch, child_runs=child_runs) if task else why
+                visit(node.get(branch, []), depth + 1, is_error_step=branch == "on_error", why=inner_why)
+
+    visit(run.snapshot or [], 0, is_error_step=False, why=None)
+    for task in run.in_tree_order(task_of.values()):
         depth = depth_of.get(task.parent_id, -1) + 1 if task.parent_id else 0
         depth_of[task.pk] = depth
-        status_class, status_label = status_text(task, handled)
-        rows.append(
-            {
-                "task": task,
-                "depth": depth,
-                "indent": depth * 2,
-                "status_class": status_class,
-                "status_label": status_label,
-                "duration": duration(task),
-                "deadline": deadline_text(task),
-                "overdue": is_overdue(task, now),
-                "is_error_step": task.branch == Node.Branch.ON_ERROR,
-                "failure": task.get_failure_display() if task.failure else "",
-                "can_redrive": task.status == RunTask.Status.FAILED,
-                "child_runs": (child_runs or {}).get(task.pk, []),
-                "debug": debug_traces(task),
-                "output": json_text(task.output) if task.output else "",
-                **log_rows(task, last=RUN_PAGE_LOG_LINES),
-            }
-        )
+        rows.append(task_row(task, depth=depth, node=None, handled=handled, child_runs=child_runs, now=now))
     return rows
 
 
@@ -140,6 +203,63 @@ def redrive_message(task, redriven):
     return messages.WARNING, (
         f"“{task}” (run {task.run.reference}) was not re-run: it is no longer failed, or its run has moved on."
     )
+
+
+# Finding a run from what a user or a log quotes -----------------------------------------------------
+
+REFERENCE_DIGITS = re.compile(r"[0-9a-f]{8,32}")
+TOKEN = re.compile(r"[A-Za-z0-9_-]{16,64}")
+
+
+def reference_range(term):
+    """(lowest, highest) run id that ``term`` names, or None: a run's reference or a longer start of its id.
+
+    The reference is the id's first 8 hex digits, upper case (``Run.reference``); a whole id, with or
+    without its dashes, works too. A range on the primary key rather than a text match: the id's text
+    differs between PostgreSQL (a uuid, with dashes) and SQLite (32 hex digits), its order does not,
+    and the range uses the index.
+    """
+    digits = term.strip().lstrip("#").lower().replace("-", "")
+    if not REFERENCE_DIGITS.fullmatch(digits):
+        return None
+    return uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
+
+
+def tokens_in(term):
+    """The record tokens ``term`` may hold: itself, or a segment of a URL's path (the waiting page's)."""
+    return [part for part in term.strip().split("/") if TOKEN.fullmatch(part)]
+
+
+def runs_named_by(term, *, prefix=""):
+    """A filter for the runs ``term`` names by reference or by their record's token, or None.
+
+    ``prefix`` leads to the run from another model ("run__" from a task).
+    """
+    named = Q()
+    span = reference_range(term)
+    if span is not None:
+        named |= Q(**{f"{prefix}id__range": span})
+    tokens = tokens_in(term)
+    if tokens:
+        named |= Q(**{f"{prefix}record__token__in": tokens})
+    return named or None
+
+
+class FindsRunsByReference:
+    """Admin search that also finds runs by reference (as the failure page shows it) or record token.
+
+    The whole search text is tried as one reference or token, besides the admin's word-by-word search
+    over ``search_fields``.
+    """
+
+    run_path = ""
+
+    def get_search_results(self, request, queryset, search_term):
+        results, may_have_duplicates = super().get_search_results(request, queryset, search_term)
+        named = runs_named_by(search_term, prefix=self.run_path) if search_term else None
+        if named is not None:
+            results |= queryset.filter(named)
+        return results, may_have_duplicates
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -171,9 +291,14 @@ def child_runs_html(started_by):
 
 
 @admin.register(Run)
-class RunAdmin(ReadOnlyAdmin):
+class RunAdmin(FindsRunsByReference, ReadOnlyAdmin):
     list_display = ("reference", "form", "record_link", "event", "status", "created_at", "finished_at")
-    list_filter = ("form", "event", "status", "is_submission")
+    list_filter = ("form", "event", "status", "is_submission", "created_at")
+    search_fields = ("form__title", "form__slug", "event")
+    search_help_text = (
+        "A run's reference (the failure page shows it to the user, e.g. 1A2B3C4D) or id, a record's token or "
+        "waiting-page URL, a form's title or slug, an event."
+    )
     list_select_related = ("form", "record__form")
     date_hierarchy = "created_at"
     actions = ["cancel_runs"]
@@ -253,11 +378,30 @@ class RunAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Cancel the selected running runs", permissions=["cancel"])
     def cancel_runs(self, request, queryset):
-        cancelled = sum(engine.run_cancel(run=run) for run in queryset.running())
-        skipped = queryset.count() - cancelled
-        messages.success(request, f"Cancelled {cancelled} run(s).")
+        """First a confirmation page (like delete) listing what will stop and what is left, then the cancels."""
+        runs = list(queryset.select_related("form", "record__form"))
+        running = [run for run in runs if run.status == Run.Status.RUNNING]
+        if running and request.POST.get("post") != "yes":
+            return self.cancel_confirmation(request, runs, running)
+        cancelled = sum(engine.run_cancel(run=run) for run in running)
+        skipped = len(runs) - cancelled
+        if cancelled:
+            messages.success(request, f"Cancelled {cancelled} run(s).")
         if skipped:
             messages.warning(request, f"{skipped} run(s) had already finished and were left as they were.")
+        return None
+
+    def cancel_confirmation(self, request, runs, running):
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Cancel runs: are you sure?",
+            "running": running,
+            "finished": [run for run in runs if run.status != Run.Status.RUNNING],
+            "runs": runs,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/events/run/cancel_confirmation.html", context)
 
     def get_urls(self):
         return [
@@ -282,10 +426,11 @@ class RunAdmin(ReadOnlyAdmin):
         run = self.get_object(request, object_id)
         extra_context = {**(extra_context or {})}
         if run is not None:
-            rows = timeline(run.in_tree_order(run.tasks.all()), child_runs=runs_by_parent_task(run))
+            rows = timeline(run, run.tasks.all(), child_runs=runs_by_parent_task(run))
             extra_context.update(
                 timeline=rows,
                 handled_count=sum(1 for row in rows if row["status_class"] == "handled"),
+                not_run_count=sum(1 for row in rows if row["task"] is None),
                 can_cancel=run.status == Run.Status.RUNNING and self.has_cancel_permission(request),
                 can_settle=request.user.has_perm("events.change_runtask"),
                 can_redrive=request.user.has_perm("events.change_runtask"),
@@ -323,21 +468,70 @@ BY_HAND = {
 }
 
 
-def tasks_settle_by_hand(tasks, *, outcome, user):
+class ByHandForm(forms.Form):
+    """What an admin may send with a by-hand answer, as a callback may: output, subtext, a log line."""
+
+    output = forms.JSONField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 4, "cols": 60, "placeholder": '{"zipFileLocation": "…"}'}),
+        help_text="A JSON object merged into the step's output, as a callback's output is: later steps read it "
+        "as tasks.<name>.output. Leave empty to keep the output as it is.",
+    )
+    subtext = forms.CharField(
+        required=False,
+        max_length=SUBTEXT_MAX_LENGTH,
+        help_text="The step's and the run's progress text (the waiting page shows it). Leave empty to keep it.",
+    )
+    log = forms.CharField(
+        required=False,
+        label="Log line",
+        help_text="A line for the step's log, before the one that says who answered by hand (a very long line "
+        "is cut, as any log line is).",
+    )
+
+    def clean_output(self):
+        output = self.cleaned_data["output"]
+        if output is None:
+            return None
+        if not isinstance(output, dict):
+            raise forms.ValidationError('The output must be a JSON object, such as {"id": 42}.')
+        problem = storage_problem(output, "output")
+        if problem:
+            raise forms.ValidationError(f"The output cannot be stored: {problem}.")
+        return output
+
+    def clean_subtext(self):
+        return self._storable("subtext")
+
+    def clean_log(self):
+        return self._storable("log")
+
+    def _storable(self, name):
+        text = self.cleaned_data[name]
+        problem = storage_problem(text, name)
+        if problem:
+            raise forms.ValidationError(f"This text cannot be stored: {problem}.")
+        return text
+
+
+def tasks_settle_by_hand(tasks, *, outcome, user, output=None, subtext="", log=""):
     """Answer each awaiting task as its callback would; first answer wins, as for a real callback.
 
+    ``output`` (merged into each task's output), ``subtext`` (the task's and its run's) and ``log``
+    (a line before the note naming ``user``) go with the answer; empty ones change nothing.
     Returns (applied, skipped): the tasks this call settled, and the others with their current status.
     """
     how = BY_HAND[outcome]
     applied, skipped = [], []
     for task in tasks:
-        note = how["note"].format(user=user)
         result = engine.task_callback(
             task_id=task.pk,
             status=how["status"],
-            logs=[],
-            note=note,
-            error=f"Failed by hand by {user}." if outcome == "fail" else "",
+            logs=[log] if log else [],
+            output=output or None,
+            subtext=subtext or None,
+            note=how["note"].format(user=user),
+            error=(f"Failed by hand by {user}" + (f": {subtext}" if subtext else ".")) if outcome == "fail" else "",
         )
         if result.applied:
             applied.append(task)
@@ -347,7 +541,7 @@ def tasks_settle_by_hand(tasks, *, outcome, user):
 
 
 @admin.register(RunTask)
-class RunTaskAdmin(ReadOnlyAdmin):
+class RunTaskAdmin(FindsRunsByReference, ReadOnlyAdmin):
     """Tasks are the engine's rows; an admin may only answer an awaiting one by hand, or re-run a failed one."""
 
     # New columns go last: a column's number is in sort links (o=7 is the deadline).
@@ -364,8 +558,14 @@ class RunTaskAdmin(ReadOnlyAdmin):
         "failure",
         "branch_text",
     )
-    list_filter = (AwaitingFilter, "status", "failure", "branch", "type", "is_container")
+    list_filter = (AwaitingFilter, "status", "failure", "branch", "type", "is_container", "run__form")
     list_select_related = ("run",)
+    search_fields = ("name", "label", "type", "run__form__title", "run__form__slug")
+    search_help_text = (
+        "A step's name, label or type, a form's title or slug, or its run's reference or record token "
+        "(the tasks of that run)."
+    )
+    run_path = "run__"
     actions = ["redrive_tasks", "complete_by_hand", "fail_by_hand"]
     change_form_template = "admin/events/runtask/change_form.html"
     fieldsets = [
@@ -531,15 +731,22 @@ class RunTaskAdmin(ReadOnlyAdmin):
         return self.settle_action(request, queryset, "fail")
 
     def settle_action(self, request, queryset, outcome):
-        """First a confirmation page (like delete), then the callbacks."""
+        """First a confirmation page (like delete) that takes output, subtext and a log line, then the callbacks."""
         tasks = list(queryset.select_related("run"))
-        if request.POST.get("post") != "yes" and any(task.status == RunTask.Status.AWAITING for task in tasks):
-            return self.settle_confirmation(request, tasks, outcome, action=f"{outcome}_by_hand")
-        self.settle(request, tasks, outcome)
+        if not any(task.status == RunTask.Status.AWAITING for task in tasks):
+            self.settle(request, tasks, outcome)  # nothing to answer: says so
+            return None
+        if request.POST.get("post") != "yes":
+            return self.settle_confirmation(request, tasks, outcome, ByHandForm(), action=f"{outcome}_by_hand")
+        form = ByHandForm(request.POST)
+        if not form.is_valid():
+            return self.settle_confirmation(request, tasks, outcome, form, action=f"{outcome}_by_hand")
+        self.settle(request, tasks, outcome, **form.cleaned_data)
         return None
 
-    def settle(self, request, tasks, outcome):
-        applied, skipped = tasks_settle_by_hand(tasks, outcome=outcome, user=request.user)
+    def settle(self, request, tasks, outcome, **sent):
+        """Answer ``tasks`` by hand with what was ``sent`` along (ByHandForm's fields), and report."""
+        applied, skipped = tasks_settle_by_hand(tasks, outcome=outcome, user=request.user, **sent)
         how = BY_HAND[outcome]
         if applied:
             messages.success(
@@ -556,8 +763,14 @@ class RunTaskAdmin(ReadOnlyAdmin):
                 + ".",
             )
 
-    def settle_confirmation(self, request, tasks, outcome, *, action=None):
+    def settle_confirmation(self, request, tasks, outcome, form, *, action=None, back_url=None):
         how = BY_HAND[outcome]
+        if back_url is None:
+            back_url = (
+                reverse("admin:events_runtask_change", args=[tasks[0].pk])
+                if len(tasks) == 1
+                else reverse("admin:events_runtask_changelist")
+            )
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
@@ -567,6 +780,8 @@ class RunTaskAdmin(ReadOnlyAdmin):
             "awaiting": [task for task in tasks if task.status == RunTask.Status.AWAITING],
             "not_awaiting": [task for task in tasks if task.status != RunTask.Status.AWAITING],
             "tasks": tasks,
+            "form": form,
+            "back_url": back_url,
             "action": action,  # None: the per-task page posts back to itself
             "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
             "note": how["note"].format(user=request.user),
@@ -589,14 +804,21 @@ class RunTaskAdmin(ReadOnlyAdmin):
         ]
 
     def by_hand_view(self, request, object_id, outcome):
-        """GET asks for confirmation; POST answers the task and goes back to it."""
+        """GET asks for confirmation (and what to send along); POST answers the task and goes back.
+
+        Back to the task's page, or to its row in the run's timeline when asked from there (?back_to=run).
+        """
         task = self.task_or_404(request, object_id, allowed=self.has_settle_permission(request))
         if outcome not in BY_HAND or request.method not in ("GET", "POST"):
             return HttpResponseBadRequest("Unknown outcome.")
-        if request.method == "GET":
-            return self.settle_confirmation(request, [task], outcome)
-        self.settle(request, [task], outcome)
-        return HttpResponseRedirect(reverse("admin:events_runtask_change", args=[task.pk]))
+        back_url = reverse("admin:events_runtask_change", args=[task.pk])
+        if request.GET.get("back_to") == "run":
+            back_url = reverse("admin:events_run_change", args=[task.run_id]) + f"#task-{task.pk}"
+        form = ByHandForm(request.POST if request.method == "POST" else None)
+        if not form.is_valid():  # an unbound form (GET) is not valid either
+            return self.settle_confirmation(request, [task], outcome, form, back_url=back_url)
+        self.settle(request, [task], outcome, **form.cleaned_data)
+        return HttpResponseRedirect(back_url)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         task = self.get_object(request, object_id)

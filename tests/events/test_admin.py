@@ -448,9 +448,13 @@ def test_run_list_filters_by_form_event_and_status(admin_client, run):
 
 
 def test_cancel_action_cancels_a_running_run(admin_client, run):
-    response = admin_client.post(
-        reverse("admin:events_run_changelist"), {"action": "cancel_runs", "_selected_action": [run.pk]}
-    )
+    selected = {"action": "cancel_runs", "_selected_action": [run.pk]}
+    confirm = admin_client.post(reverse("admin:events_run_changelist"), selected)
+    assert confirm.status_code == 200  # asks first, like delete
+    run.refresh_from_db()
+    assert run.status == Run.Status.RUNNING
+
+    response = admin_client.post(reverse("admin:events_run_changelist"), {**selected, "post": "yes"})
     assert response.status_code == 302
     run.refresh_from_db()
     assert run.status == Run.Status.CANCELLED
@@ -555,7 +559,7 @@ def test_unfiltered_editor_and_type_chooser_render(admin_client, form, tree):
 
 def test_overview_offers_adding_inside_a_container(admin_client, form, tree):
     content = admin_client.get(reverse("admin:events_node_overview", args=[form.pk, RECORD_UPDATE])).content.decode()
-    assert f"treebeard_ref_node={tree['background'].pk}" in content
+    assert f"ref={tree['mail'].pk}&amp;position=left&amp;branch=main" in content  # before the container's first step
     chooser = admin_client.get(
         f"{ADD_URL}?form={form.pk}&event={RECORD_UPDATE}&treebeard_position=first-child"
         f"&treebeard_ref_node={tree['background'].pk}"
