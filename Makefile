@@ -1,4 +1,5 @@
 # The two commands: `make run` and `make test`. Both set everything up first.
+# And any management command in development: make manage ARGS="export_form booking -o booking.json"
 PYTHON_VERSION := $(shell cat .python-version)
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -6,7 +7,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test soak bench install browser wrk migrate demo clean
+.PHONY: run test soak bench install browser wrk migrate demo manage clean
 
 # Find a Python 3.12+: pyenv's, then python3.13 / python3.12 on PATH.
 $(PY):
@@ -46,11 +47,21 @@ wrk:
 migrate: install
 	DJANGO_DEBUG=1 $(PY) manage.py migrate --noinput
 
+# The demo's addresses are those `make run` serves (EVENTS_PUBLIC_URL, as scripts/run.sh sets it).
+# Under `make run` it leaves out its "open these, start with make run" lines: run.sh prints them.
 demo: migrate
-	DJANGO_DEBUG=1 $(PY) manage.py demo
+	DJANGO_DEBUG=1 EVENTS_PUBLIC_URL=$${EVENTS_PUBLIC_URL:-http://$(HOST):$(PORT)} $(PY) manage.py demo $(DEMO_ARGS)
 
+run: DEMO_ARGS = --no-next-steps
 run: demo
 	@DJANGO_DEBUG=1 HOST=$(HOST) PORT=$(PORT) PY=$(PY) bash scripts/run.sh
+
+# Any management command with the project's Python, in development mode (DJANGO_DEBUG=1 unless set):
+#   make manage ARGS="export_form booking -o booking.json"
+# Installing (when needed) reports on standard error, so standard output is the command's alone.
+manage:
+	@$(MAKE) --no-print-directory -s install >&2
+	@DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(PY) manage.py $(ARGS)
 
 # The lint (ruff, configured in pyproject.toml); the whole suite on SQLite; and again on PostgreSQL
 # when TEST_DATABASE_URL is set (pytest-django creates and drops test_<name>_gwN databases there).

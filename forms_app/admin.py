@@ -1,13 +1,20 @@
 """Admin: forms with their fields inline and links to their event trees; records, read-only."""
 
+import json
+import re
 from urllib.parse import urlencode
 
 from django.contrib import admin
-from django.urls import reverse
+from django.db.models import Exists, OuterRef, Q
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.lookups import IContains
+from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.text import smart_split, unescape_string_literal
 
-from events.admin import pretty_json, tree_editor_url, tree_overview_url
-from events.models import RECORD_UPDATE
+from events.admin import formfiles, pretty_json, tree_editor_url, tree_overview_url
+from events.admin.runs import reference_range, tokens_in
+from events.models import RECORD_UPDATE, Run
 
 from .models import Field, Form, Record
 
@@ -43,6 +50,7 @@ class FormAdmin(admin.ModelAdmin):
     search_fields = ["title", "slug"]
     prepopulated_fields = {"slug": ["title"]}
     inlines = [FieldInline]
+    actions = [formfiles.export_form_files]  # and an import page: import_view (events/admin/formfiles.py)
     readonly_fields = ["public_link", "event_trees"]
     fieldsets = [
         (None, {"fields": ["title", "slug", "description", "submit_label", "is_published", "public_link"]}),
@@ -74,6 +82,21 @@ class FormAdmin(admin.ModelAdmin):
     def get_form(self, request, obj=None, change=False, **kwargs):
         kwargs["help_texts"] = {**self.message_help_texts, **kwargs.get("help_texts", {})}
         return super().get_form(request, obj, change=change, **kwargs)
+
+    # Form files: an import page (linked from the list) and the export action.
+    def get_urls(self):
+        import_url = path("import/", self.admin_site.admin_view(self.import_view), name="forms_app_form_import")
+        return [import_url, *super().get_urls()]
+
+    def import_view(self, request):
+        return formfiles.import_view(self, request)
+
+    def has_export_permission(self, request):
+        return formfiles.can_export(request)
+
+    def changelist_view(self, request, extra_context=None):
+        extra_context = {"can_import_form_files": formfiles.can_import(request), **(extra_context or {})}
+        return super().changelist_view(request, extra_context)
 
     @admin.display(description="public form")
     def public_link(self, form):
@@ -107,6 +130,43 @@ class FormAdmin(admin.ModelAdmin):
         )
 
 
+FIELD_VALUE = re.compile(r"(?P<field>[-a-zA-Z0-9_]+)=(?P<value>.+)", re.S)
+
+
+def unquoted(term):
+    """A word of the search as typed, without the quotes that kept its spaces in ("ann smith")."""
+    if len(term) > 1 and term[0] in "\"'" and term[-1] == term[0]:
+        return unescape_string_literal(term)
+    return term
+
+
+def record_search_condition(term):
+    """What one word of the record search matches.
+
+    ``field=value``: that submitted field's value contains ``value``. Any other word: the record's
+    token (or a URL holding it), a reference of one of its runs, its form's title or slug, or its
+    submitted data (keys and values). The data is matched as JSON text, which escapes quotes and
+    backslashes (and, as SQLite stores it, non-ASCII characters): the word is tried as typed and as
+    JSON writes it, in lower and upper case.
+    """
+    match = FIELD_VALUE.fullmatch(term)
+    if match:
+        return Q(IContains(KeyTextTransform(match["field"], "data"), match["value"]))
+    # SQLite compares only ASCII letters without case: an escaped "\u00eb" matches ë, not Ë.
+    spellings = {term, json.dumps(term, ensure_ascii=False)[1:-1]}
+    spellings |= {json.dumps(cased)[1:-1] for cased in (term, term.lower(), term.upper())}
+    condition = Q(form__title__icontains=term) | Q(form__slug__icontains=term)
+    for spelling in sorted(spellings):
+        condition |= Q(data__icontains=spelling)
+    tokens = tokens_in(term)
+    if tokens:
+        condition |= Q(token__in=tokens)
+    span = reference_range(term)
+    if span is not None:
+        condition |= Q(Exists(Run.objects.filter(record=OuterRef("pk"), id__range=span)))
+    return condition
+
+
 @admin.register(Record)
 class RecordAdmin(admin.ModelAdmin):
     """Submissions, as they were stored: read-only."""
@@ -114,7 +174,12 @@ class RecordAdmin(admin.ModelAdmin):
     list_display = ["__str__", "form", "created_at", "is_complete"]
     list_filter = ["form", "is_complete"]
     list_select_related = ["form"]
-    search_fields = ["token", "form__title", "form__slug"]
+    # What the search looks in (record_search_condition says how); listed so the admin shows its box.
+    search_fields = ["token", "form__title", "form__slug", "data"]
+    search_help_text = (
+        "Submitted values (“ann@example.com”, or field=value for one field: email=ann@example.com), a record's "
+        "token or waiting-page URL, a run's reference, a form's title or slug. Every word must match."
+    )
     date_hierarchy = "created_at"
     fields = [
         "form",
@@ -133,6 +198,13 @@ class RecordAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+    def get_search_results(self, request, queryset, search_term):
+        for term in smart_split(search_term):
+            term = unquoted(term)
+            if term:
+                queryset = queryset.filter(record_search_condition(term))
+        return queryset, False
 
     @admin.display(description="data")
     def data_json(self, record):

@@ -5,6 +5,8 @@ import decimal
 
 from django import forms
 from django.core.validators import RegexValidator
+from django.utils.text import format_lazy
+from django.utils.translation import gettext_lazy as _
 
 from .models import Field
 
@@ -36,7 +38,8 @@ def form_field(field):
     common = {"label": field.label, "required": field.required, "help_text": field.help_text}
     if field.default:
         common["initial"] = field.default
-    validators = [RegexValidator(field.pattern, f"Enter a value matching {field.pattern}.")] if field.pattern else []
+    message = format_lazy(_("Enter a value matching {pattern}."), pattern=field.pattern)
+    validators = [RegexValidator(field.pattern, message)] if field.pattern else []
     text_limits = {"max_length": field.max_length} if field.max_length else {}
     match field.type:
         case T.HIDDEN:

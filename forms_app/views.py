@@ -3,6 +3,8 @@ import logging
 from django.conf import settings
 from django.http import Http404, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 from django.views.decorators.http import require_GET, require_http_methods
 from django_htmx.http import HttpResponseClientRedirect
 
@@ -16,12 +18,8 @@ from .waiting import record_progress, submission_of
 
 logger = logging.getLogger("forms_app.views")
 
-NOT_SAVED = "Your answers were not saved, please try again: we cannot reach our database just now."
-NOT_SHOWN = "This form cannot be shown just now, please try again in a moment."
-TOO_MANY = (
-    "Your answers were not saved: too many forms were sent from your address in a short time. "
-    "Please wait {seconds} seconds, then send the form again."
-)
+NOT_SAVED = _("Your answers were not saved, please try again: we cannot reach our database just now.")
+NOT_SHOWN = _("This form cannot be shown just now, please try again in a moment.")
 
 FORM_POSTS = Throttle("form-posts", "EVENTS_FORM_POST_LIMIT", "EVENTS_FORM_POST_WINDOW_SECONDS")
 
@@ -56,11 +54,21 @@ def form_throttled(request, form, wait):
     context = {
         "form_obj": form,
         "submission": build_form_class(form)(request.POST),
-        "throttled": TOO_MANY.format(seconds=wait),
+        "throttled": too_many_message(wait),
     }
     response = render(request, "forms_app/form_detail.html", context, status=429)
     response["Retry-After"] = str(wait)
     return response
+
+
+def too_many_message(seconds):
+    return ngettext(
+        "Your answers were not saved: too many forms were sent from your address in a short time. "
+        "Please wait %(seconds)d second, then send the form again.",
+        "Your answers were not saved: too many forms were sent from your address in a short time. "
+        "Please wait %(seconds)d seconds, then send the form again.",
+        seconds,
+    ) % {"seconds": seconds}
 
 
 def form_unavailable(request, slug, error):
@@ -94,7 +102,7 @@ def record_wait(request, token):
         record, run = submission_of(token)
         progress = record_progress(record, run)
     except Record.DoesNotExist:
-        raise Http404("No such record.") from None
+        raise Http404(_("No such record.")) from None
     except DATABASE_UNAVAILABLE as error:
         return record_unavailable(request, token, error)
     if progress.state == "done" and progress.redirect_url:
@@ -108,12 +116,15 @@ def record_status(request, token):
         record, run = submission_of(token)
         progress = record_progress(record, run)
     except Record.DoesNotExist:
-        raise Http404("No such record.") from None
+        raise Http404(_("No such record.")) from None
     except DATABASE_UNAVAILABLE as error:
         return record_unavailable(request, token, error)
     if progress.state == "done" and progress.redirect_url:
         return HttpResponseClientRedirect(progress.redirect_url)
-    return render(request, "forms_app/record_wait.html#status", {"record": record, "progress": progress})
+    if (shown := request.GET.get("shown")) and shown == progress.fingerprint():
+        return HttpResponse(status=204)  # the page shows this already: htmx swaps nothing and polls on
+    context = {"record": record, "progress": progress, "swap": True}
+    return render(request, "forms_app/record_wait.html#status", context)
 
 
 def record_unavailable(request, token, error):

@@ -1,10 +1,12 @@
 """What the waiting page shows for a record: two queries, however many tasks the run has."""
 
 import functools
+import hashlib
 from dataclasses import dataclass, field
 
 from django.template import Context, Engine, TemplateSyntaxError
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from events.models import Run, RunTask, failures_handled
 
@@ -23,7 +25,26 @@ STEP_STATES = {
 # what the page says, but the run goes on.
 HANDLED_STATE = "failed — handled"
 HANDLING_STATE = "failed — being handled"
-CANCELLED_MESSAGE = "The processing of your submission was cancelled before it finished."
+# What the page says for each step state. The states themselves stay as they are (the page's CSS
+# classes are made of them); only these words are translated.
+STEP_STATE_TEXTS = {
+    "queued": _("queued"),
+    "running": _("running"),
+    "waiting for a reply": _("waiting for a reply"),
+    "done": _("done"),
+    "failed": _("failed"),
+    "cancelled": _("cancelled"),
+    "skipped": _("skipped"),
+    HANDLED_STATE: _("failed — handled"),
+    HANDLING_STATE: _("failed — being handled"),
+}
+CANCELLED_MESSAGE = _("The processing of your submission was cancelled before it finished.")
+# The page's title and heading once the run is over (while it works: the form's waiting title).
+FINISHED_TITLES = {
+    "done": _("Your submission has been processed"),
+    "failed": _("Your submission could not be processed"),
+    "cancelled": _("The processing of your submission was cancelled"),
+}
 SLOW_POLL_FACTOR = 5
 SLOW_POLL_MAX_SECONDS = 30
 _page_engine = Engine(builtins=["django.template.defaulttags", "django.template.defaultfilters"])
@@ -32,8 +53,12 @@ _page_engine = Engine(builtins=["django.template.defaulttags", "django.template.
 @dataclass
 class Step:
     label: str
-    state: str
+    state: str  # a key of STEP_STATE_TEXTS
     subtext: str = ""
+
+    @property
+    def state_text(self):
+        return STEP_STATE_TEXTS[self.state]
 
 
 @dataclass
@@ -49,6 +74,18 @@ class Progress:
     overdue: bool = False
     poll_seconds: int = 2
     handled_failures: list = field(default_factory=list)
+    title: str = ""  # the page's title and heading
+
+    def fingerprint(self):
+        """A short digest of everything the status partial shows: the same digest, the same markup.
+
+        The page sends it back with each poll; a poll that would show the same thing is answered
+        204 and swaps nothing, so the live region is not read out again every few seconds.
+        """
+        shown = [self.state, self.done_count, self.total, self.subtext, self.reference, str(self.message)]
+        shown += [self.overdue, self.poll_seconds, str(self.title)]
+        shown += [(step.label, step.state, step.subtext) for step in self.steps]
+        return hashlib.sha256(repr(shown).encode()).hexdigest()[:16]
 
     @property
     def finished(self):
@@ -158,6 +195,7 @@ def record_progress(record, run=False):
         reference=run.reference if run else "",
         poll_seconds=max(1, form.poll_seconds),
         handled_failures=[{"label": row.label, "name": row.name} for row in rows if handled.get(row.id)],
+        title=form.waiting_title,
     )
     if form.wait_for == form.WaitFor.FLAG:
         done = bool(record.flags.get(form.wait_flag))
@@ -176,4 +214,6 @@ def record_progress(record, run=False):
     elif (timezone.now() - record.created_at).total_seconds() > form.max_wait_seconds:
         progress.overdue = True
         progress.poll_seconds = min(SLOW_POLL_MAX_SECONDS, progress.poll_seconds * SLOW_POLL_FACTOR)
+    if progress.finished:
+        progress.title = FINISHED_TITLES[progress.state]
     return progress

@@ -16,12 +16,12 @@ worker=$!
 "$PY" manage.py runserver --noreload "$HOST:$PORT" &
 web=$!
 
-stop() {
+stop() {  # stop [exit status]
   trap - INT TERM
   echo; echo "Stopping the web server ($web) and the worker ($worker)…"
   kill -TERM "$web" "$worker" 2>/dev/null
   wait "$web" "$worker" 2>/dev/null
-  exit 0
+  exit "${1:-0}"
 }
 trap stop INT TERM
 
@@ -34,6 +34,16 @@ cat <<MSG
   Emails are printed below, in this console. Press Ctrl-C to stop.
 
 MSG
+# Ctrl-C normally runs stop() above and never comes back here. It does come back here when this
+# shell could not take SIGINT (started with it ignored, as a background job is) or when bash left it
+# to the process it waited for: then the worker, which stops on SIGINT, ends with status 0. Only a
+# process that ends any other way stopped on its own.
 wait -n "$web" "$worker"
-echo "A process stopped on its own; stopping the other."
-stop
+status=$?
+if ! kill -0 "$worker" 2>/dev/null; then ended="The worker"; else ended="The web server"; fi
+if [ "$status" -eq 0 ] || [ "$status" -eq 130 ] || [ "$status" -eq 143 ]; then
+  echo "$ended stopped when asked to (Ctrl-C or a stop signal); stopping the other."
+  stop 0
+fi
+echo "$ended stopped on its own (exit status $status); stopping the other."
+stop 1

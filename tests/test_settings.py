@@ -4,6 +4,7 @@ import os
 import secrets
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from django.conf import settings
@@ -150,3 +151,83 @@ def test_postgresql_keeps_each_connection_open_rather_than_pooling(manage):
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[-4:] == ["django.db.backends.postgresql", "600", "True", "False"]
+
+
+# A wrong or missing setting is one line that names the variable, not a traceback (issue 11).
+
+
+def assert_one_line(result, starts_with):
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
+    assert result.stderr.startswith(f"Configuration error: {starts_with}"), result.stderr
+
+
+@pytest.mark.parametrize("command", [["check"], ["export_form", "booking"], ["worker"]])
+def test_a_missing_secret_key_is_one_line_naming_the_variable(manage, command):
+    result = manage(*command)
+
+    assert_one_line(result, "DJANGO_SECRET_KEY is not set. Set it to a long random string, or set DJANGO_DEBUG=1")
+
+
+@pytest.mark.parametrize(
+    ("env", "starts_with"),
+    [
+        ({"EVENTS_TASK_LEASE_SECONDS": "60s"}, "EVENTS_TASK_LEASE_SECONDS is '60s': it must be a whole number"),
+        ({"EVENTS_SWEEP_INTERVAL": "often"}, "EVENTS_SWEEP_INTERVAL is 'often': it must be a number"),
+        ({"DJANGO_DEBUG": "ture"}, "DJANGO_DEBUG is 'ture': use 1 or 0"),
+        ({"DATABASE_URL": "mysqll://db/events"}, "DATABASE_URL cannot be read"),
+    ],
+)
+def test_a_wrong_setting_is_one_line_naming_the_variable(manage, env, starts_with):
+    result = manage("check", **{"DJANGO_DEBUG": "1", **env})
+
+    assert_one_line(result, starts_with)
+
+
+def test_a_python_without_django_is_told_to_use_make_manage(manage):
+    result = subprocess.run(
+        [sys.executable, "-S", "manage.py", "check"],  # -S: no site-packages, so no Django
+        cwd=settings.BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("Django is not installed for ")
+    assert 'make manage ARGS="..."' in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_wsgi_application_says_a_missing_setting_in_one_line_and_exits_4(tmp_path):
+    env = {"PATH": os.environ.get("PATH", ""), "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3"}
+    result = subprocess.run(
+        [sys.executable, "-c", "import config.wsgi"],
+        cwd=settings.BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+    assert result.returncode == 4  # gunicorn's "App failed to load": it stops instead of restarting workers
+    assert result.stderr.strip().startswith("Configuration error: DJANGO_SECRET_KEY is not set.")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_gunicorn_stops_on_a_missing_setting_without_a_traceback(tmp_path):
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    env = {"PATH": os.environ.get("PATH", ""), "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3"}
+    result = subprocess.run(
+        [str(gunicorn), "config.wsgi", "--bind", "127.0.0.1:0", "--workers", "1", "--no-control-socket"],
+        cwd=settings.BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+    assert result.returncode != 0
+    assert "Configuration error: DJANGO_SECRET_KEY is not set." in result.stderr
+    assert "App failed to load" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -57,6 +57,24 @@ def test_demo_loads_the_booking_form_and_an_admin_once(db, debug):
     assert admin.is_superuser and admin.is_staff and admin.check_password("admin")
 
 
+def test_demo_prints_the_address_the_site_is_served_at(db, debug):
+    """make run PORT=8101 sets EVENTS_PUBLIC_URL to http://127.0.0.1:8101 (scripts/run.sh, the Makefile)."""
+    debug.EVENTS_PUBLIC_URL = "http://127.0.0.1:8101/"
+
+    output = run_demo()
+
+    assert "http://127.0.0.1:8101/f/booking/" in output and "http://127.0.0.1:8101/admin/" in output
+    assert ":8000" not in output
+
+
+def test_demo_under_make_run_does_not_tell_the_reader_to_run_make_run(db, debug):
+    output = run_demo("--no-next-steps")
+
+    assert "Created form “booking”" in output
+    assert "make run" not in output and "http://" not in output
+    assert "make run" in run_demo()
+
+
 def test_demo_booking_form_has_the_seed_tree(db, debug):
     run_demo()
     form = Form.objects.get(slug="booking")

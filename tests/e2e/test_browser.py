@@ -82,7 +82,7 @@ def test_waiting_page_turns_done_without_reloading(live_server, worker, booking,
     navigations = []
     page.on("framenavigated", lambda frame: navigations.append(frame.url) if frame == page.main_frame else None)
     polls = []
-    page.on("request", lambda request: polls.append(request.url) if request.url.endswith("/status/") else None)
+    page.on("request", lambda request: polls.append(request.url) if "/status/?shown=" in request.url else None)
 
     page.wait_for_selector('#status[data-state="done"]', timeout=DONE_TIMEOUT_MS)
 

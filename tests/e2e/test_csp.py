@@ -1,8 +1,9 @@
 """The Content Security Policy (config/settings.py, SECURE_CSP) in a real browser: nothing it refuses.
 
 Debian's chromium loads the public form, the waiting page (htmx polling and swapping under the
-policy), Django admin (its pages, the tree editor, the run timeline, a new API key's page with its
-nonce'd script) and the API's Swagger UI at /api/docs. Every ``securitypolicyviolation`` event and
+policy), the error pages (404, 500) and the favicon, Django admin (its pages, the tree editor, the
+run timeline, a new API key's page with its nonce'd script, the form file import page) and the API's
+Swagger UI at /api/docs. Every ``securitypolicyviolation`` event and
 every console message about the policy is collected; the tests assert there are none, and that the
 scripts the policy lets through did run (htmx polled, Swagger drew the operations, the key selects
 itself on focus).
@@ -14,6 +15,7 @@ from django.urls import reverse
 
 from events import engine
 from events.models import Run
+from forms_app import views
 from forms_app.models import Record
 from tests.factories import FieldFactory, FormFactory, add_node
 
@@ -88,15 +90,50 @@ def test_the_public_form_and_the_polling_waiting_page_pass_the_policy(live_serve
     assert page.locator("#status .subtext").inner_text() == "Started"
 
     polls = []
-    page.on("response", lambda answer: polls.append(answer.status) if answer.url.endswith("/status/") else None)
+    page.on("response", lambda answer: polls.append(answer.status) if "/status/" in answer.url else None)
+    # The live region stays the same element through every swap (only the section inside it is replaced).
+    page.evaluate("document.getElementById('status-region').dataset.kept = 'yes'")
+    assert page.title() == page.locator("#page-heading").inner_text() == slow_form.waiting_title
     run = Run.objects.get(record=record)
     Run.objects.filter(pk=run.pk).update(subtext="Halfway there")
     page.wait_for_selector("#status .subtext:text('Halfway there')", timeout=15_000)  # htmx polled and swapped
 
     engine.run_cancel(run=run)
     page.wait_for_selector("#status:not([hx-trigger])", timeout=15_000)  # the final markup: polling stops
-    assert polls and set(polls) == {200}, polls
+    assert polls and set(polls) <= {200, 204} and 200 in polls, polls  # 204: nothing new, nothing swapped
+    assert page.locator("#status-region[data-kept=yes][aria-live=polite] > #status").count() == 1
+    # The title and the heading changed with the poll that brought the end.
+    ended = "The processing of your submission was cancelled"
+    assert page.title() == ended
+    assert page.locator("h1").all_inner_texts() == [ended]
     violations.assert_none("the waiting page")
+
+
+def test_the_error_pages_and_the_favicon_pass_the_policy(live_server, slow_form, page, violations, monkeypatch):
+    icons = []
+    page.on("response", lambda answer: icons.append((answer.url, answer.status)) if "favicon" in answer.url else None)
+
+    response = page.goto(f"{live_server.url}/f/no-such-form/")
+    assert response.status == 404
+    assert_policy_header(response)
+    assert page.locator("h1").inner_text() == "This page does not exist"
+    page.wait_for_load_state("networkidle")
+    violations.assert_none("the 404 page")
+
+    def fails(token):
+        raise RuntimeError("the waiting page broke")
+
+    monkeypatch.setattr(views, "submission_of", fails)
+    response = page.goto(f"{live_server.url}/r/some-token/")
+    assert response.status == 500
+    assert page.locator("h1").inner_text() == "Something went wrong on our side"
+    page.wait_for_load_state("networkidle")
+    violations.assert_none("the 500 page")
+
+    # The site's stylesheet applied (not the browser's defaults), and the icon loaded.
+    assert page.evaluate("getComputedStyle(document.querySelector('main.page')).maxWidth") == "640px"
+    assert page.goto(f"{live_server.url}/favicon.ico").status == 200
+    assert all(status == 200 for url, status in icons), icons
 
 
 def test_admin_passes_the_policy(live_server, slow_form, page, violations):
@@ -120,11 +157,27 @@ def test_admin_passes_the_policy(live_server, slow_form, page, violations):
         reverse("admin:events_run_changelist"),
         reverse("admin:events_run_change", args=[run.pk]),
         reverse("admin:events_runtask_changelist"),
+        reverse("admin:forms_app_form_import"),
     ]:
         response = page.goto(f"{live_server.url}{where}")
         assert response.status == 200, where
         page.wait_for_load_state("load")
         violations.assert_none(where)
+
+    # The form file import page, showing the problems of a bad file, then importing a good one.
+    page.goto(f"{live_server.url}{reverse('admin:forms_app_form_import')}")
+    page.fill(
+        "[name=text]", '{"form": {"slug": "csp", "title": "Policy check", "fields": [{"name": "x", "type": "colour"}]}}'
+    )
+    with page.expect_navigation():
+        page.click(".submit-row [type=submit]")
+    assert "form.fields[0].type" in page.locator("#formfile-problems").inner_text()
+    violations.assert_none("the form file import page with problems")
+    page.fill("[name=text]", '{"form": {"slug": "imported", "title": "Imported"}}')
+    with page.expect_navigation():
+        page.click(".submit-row [type=submit]")
+    assert "Created form “imported”" in page.locator(".messagelist").inner_text()
+    violations.assert_none("the form after an import")
 
     # A new API key's page: its inline script (with the request's nonce) selects the key on focus.
     page.goto(f"{live_server.url}{reverse('admin:events_apikey_add')}")
@@ -134,6 +187,36 @@ def test_admin_passes_the_policy(live_server, slow_form, page, violations):
     violations.assert_none("the new API key's page")
     page.focus(".events-raw-key")
     assert page.evaluate("document.activeElement.selectionEnd") == len(page.input_value(".events-raw-key")) > 0
+
+
+def test_the_tree_page_and_its_dialogs_pass_the_policy(live_server, slow_form, page, violations):
+    """The tree page is the editor: htmx swaps dialogs and the tree, a static script opens the dialogs."""
+    get_user_model().objects.create_superuser("admin", "admin@example.com", PASSWORD)
+    page.goto(f"{live_server.url}/admin/login/")
+    page.fill("[name=username]", "admin")
+    page.fill("[name=password]", PASSWORD)
+    with page.expect_navigation():
+        page.click("[type=submit]")
+    later = slow_form.nodes.get(name="later")
+
+    response = page.goto(
+        f"{live_server.url}{reverse('admin:events_node_overview', args=[slow_form.pk, 'record_update'])}"
+    )
+    assert_policy_header(response)
+    page.click('[aria-label="Add a step into “Later”"]')  # the type menu: the builder's script ran
+    page.click("#events-type-set_flag")
+    page.wait_for_selector("#events-dialog[open] [name=config_flag]")  # htmx fetched the form and swapped it in
+    page.fill("#events-dialog [name=label]", "Flag it")
+    page.fill("#events-dialog [name=config_flag]", "checked")
+    page.click("#events-dialog [type=submit]")
+    page.wait_for_selector("#events-tree-message:has-text('Added “Flag it”')")
+    page.click(f"#node-{later.pk}-up")
+    page.wait_for_selector("#events-tree-message:has-text('Moved “Later” up.')")
+    page.click(f"#node-{later.pk}-delete")
+    page.wait_for_selector("#events-dialog[open] .events-confirm-delete")
+    page.click("#events-dialog [data-events-close]")
+    violations.assert_none("the tree page")
+    assert [node.name or node.label for node in slow_form.nodes.order_by("path")] == ["later", "Flag it", "start"]
 
 
 def test_the_api_docs_pass_the_policy(live_server, page, violations):

@@ -57,8 +57,8 @@ def test_invalid_input_re_renders_the_form_with_errors_per_field_and_stores_noth
 
     assert response.status_code == 200
     html = response.content.decode()
-    assert re.search(r'id="id_email_errors">.*This field is required\.', html, re.S)
-    assert re.search(r'id="id_seats_errors">.*Ensure this value is less than or equal to 9\.', html, re.S)
+    assert re.search(r'id="id_email_error">.*This field is required\.', html, re.S)
+    assert re.search(r'id="id_seats_error">.*Ensure this value is less than or equal to 9\.', html, re.S)
     assert 'value="12"' in html
     assert stored() == (0, 0)
 
@@ -78,7 +78,7 @@ def test_a_post_without_any_field_shows_the_required_errors(client, form):
     response = client.post("/f/booking-test/", {})
 
     assert response.status_code == 200
-    assert re.search(r'id="id_email_errors">.*This field is required\.', response.content.decode(), re.S)
+    assert re.search(r'id="id_email_error">.*This field is required\.', response.content.decode(), re.S)
     assert stored() == (0, 0)
 
 
@@ -144,7 +144,7 @@ def test_the_waiting_page_polls_and_refreshes_without_javascript_while_working(c
     assert response.status_code == 200
     html = response.content.decode()
     assert '<noscript><meta http-equiv="refresh" content="3"></noscript>' in html
-    assert f'hx-get="{status_url(record)}"' in html
+    assert f'hx-get="{status_url(record)}?shown=' in html
     assert 'hx-trigger="every 3s"' in html
     assert 'data-state="working"' in html
     assert "Working on it" in html

@@ -10,7 +10,6 @@ from events.formfile import FormFileError, document_parse, form_import_result
 DEMO_FILE = Path(__file__).resolve().parents[2] / "booking.json"
 ADMIN_USERNAME = "admin"
 ADMIN_PASSWORD = "admin"
-BASE_URL = "http://127.0.0.1:8000"
 
 
 class Command(BaseCommand):
@@ -25,8 +24,13 @@ class Command(BaseCommand):
             action="store_true",
             help="Run although DEBUG is off (the admin account's password is “admin”: never on a public server).",
         )
+        parser.add_argument(
+            "--no-next-steps",
+            action="store_true",
+            help="Leave out the addresses to open and how to start the server (make run prints them itself).",
+        )
 
-    def handle(self, *args, force=False, **options):
+    def handle(self, *args, force=False, no_next_steps=False, **options):
         if not settings.DEBUG and not force:
             raise CommandError(
                 "Refusing to load the demo: DEBUG is off, and the demo creates an admin account whose "
@@ -49,13 +53,16 @@ class Command(BaseCommand):
             self.stdout.write(f"Created the development admin account: {ADMIN_USERNAME} / {ADMIN_PASSWORD}")
         else:
             self.stdout.write(f"The admin account “{ADMIN_USERNAME}” already exists; its password was left as it is.")
+        if no_next_steps:
+            return
+        # The address the site is served at (make run sets it from HOST and PORT), read at call time.
+        base_url = settings.EVENTS_PUBLIC_URL.rstrip("/")
         self.stdout.write(
             "\n"
-            f"  The form:  {BASE_URL}/f/{result.form.slug}/\n"
-            f"  Admin:     {BASE_URL}/admin/  (log in as {ADMIN_USERNAME} / {ADMIN_PASSWORD})\n"
+            f"  The form:  {base_url}/f/{result.form.slug}/\n"
+            f"  Admin:     {base_url}/admin/  (log in as {ADMIN_USERNAME} / {ADMIN_PASSWORD})\n"
             "\n"
-            "Start the web server and a worker with `make run` (background steps need the worker: "
-            "`python manage.py worker`)."
+            "Start the web server and a worker with `make run` (background steps need the worker)."
         )
 
     def admin_ensure(self):
