@@ -49,7 +49,7 @@ DRAIN_STEP_TYPE = "set_flag"
 def forms_import(files):
     out = io.StringIO()
     for path in files:
-        call_command("import_form", path, stdout=out, stderr=io.StringIO())
+        call_command("import_form", path, "--publish", stdout=out, stderr=io.StringIO())
     return out.getvalue()
 
 

@@ -33,6 +33,13 @@ so a kept field keeps its row; fields the document leaves out are deleted) and a
 (every event, also those the document does not mention; a node is matched by its ``name`` within its
 tree and keeps its id, so admin links and runs' references to it hold; an unnamed node is new).
 
+Versions (events/versions.py): a form's Node rows are the drafts of its trees, and what runs is each
+tree's latest published version. ``form_export`` writes each tree's live version by default (a tree
+never published is left out), a chosen version (``versions={event: number}``), or the drafts
+(``draft=True``). ``form_import`` writes the drafts, then publishes every tree whose draft changed
+as its next version (``publish=False``: the drafts only, not live until someone publishes them).
+``tree_restore`` makes a published version a tree's draft again, each node keeping its id.
+
 The structure is declared once (``Document`` and the models it nests, pydantic): it checks a
 document's keys and JSON types and yields the JSON Schema that ``manage.py export_form --schema``
 prints for editors, with each node type's config keys. Records, runs and tasks are kept: runs are
@@ -51,10 +58,11 @@ from pydantic import BaseModel, ConfigDict
 from pydantic import Field as Schema
 from pydantic import ValidationError as PydanticValidationError
 
-from .models import RECORD_UPDATE, InvalidTreeOperation, Node, field_model, form_model, tree_nest
+from .models import RECORD_UPDATE, InvalidTreeOperation, Node, TreeVersion, field_model, form_model, tree_nest
 from .nodes import registry
 from .retry import RetryPolicy
 from .templating import validate_template
+from .versions import DraftChanged, form_events, form_publish, tree_status
 
 Form, Field = form_model(), field_model()  # forms_app's, looked up by name: events never imports forms_app
 
@@ -79,8 +87,11 @@ class ImportResult:
     field_count: int
     node_counts: dict = field(default_factory=dict)  # event name -> number of nodes
     removed_fields: list = field(default_factory=list)
+    published: dict = field(default_factory=dict)  # event name -> the TreeVersion the import published
+    drafts: dict = field(default_factory=dict)  # (publish=False) event with unpublished changes -> live number or 0
 
-    def summary(self):
+    def summary(self, *, how_to_publish=""):
+        """What the import did, one line per fact; ``how_to_publish`` follows the drafts' line when there are drafts."""
         verb = "Created" if self.created else "Replaced"
         trees = ", ".join(f"{event}: {count} node{'s' * (count != 1)}" for event, count in self.node_counts.items())
         lines = [
@@ -91,6 +102,17 @@ class ImportResult:
             lines.append("Its previous fields and event trees were replaced; records, runs and tasks were kept.")
         if self.removed_fields:
             lines.append(f"Removed fields: {', '.join(self.removed_fields)} (records keep their values).")
+        if self.published:
+            versions = ", ".join(f"{event} version {version.number}" for event, version in self.published.items())
+            lines.append(f"Published (live for new submissions): {versions}.")
+        if self.drafts:
+            trees = ", ".join(
+                f"{event} ({f'version {number} stays live' if number else 'never published'})"
+                for event, number in self.drafts.items()
+            )
+            lines.append(f"Imported as drafts, not live until published: {trees}.")
+            if how_to_publish:
+                lines.append(how_to_publish)
         return "\n".join(lines)
 
 
@@ -120,20 +142,20 @@ def _field_export(field_row):
     return item
 
 
-def _node_export(node):
-    item = {"type": node.type}
-    if node.name:
-        item["name"] = node.name
-    if node.label:
-        item["label"] = node.label
-    if node.visible:
+def _node_doc(*, type, name, label, visible, config, retry):
+    """A node of the form file, without its steps and error branch (a container gets an empty ``children``)."""
+    item = {"type": type}
+    if name:
+        item["name"] = name
+    if label:
+        item["label"] = label
+    if visible:
         item["visible"] = True
-    item["config"] = node.config if isinstance(node.config, dict) else {}
-    retry = node.retry_policy.as_document()
-    if retry != RetryPolicy().as_document():
-        item["retry"] = retry
+    item["config"] = config if isinstance(config, dict) else {}
+    if retry.as_document() != RetryPolicy().as_document():
+        item["retry"] = retry.as_document()
     try:
-        is_container = registry.get(node.type).is_container
+        is_container = registry.get(type).is_container
     except registry.UnknownNodeType:
         is_container = False
     if is_container:
@@ -141,7 +163,49 @@ def _node_export(node):
     return item
 
 
-def _events_export(form):
+def _node_export(node):
+    return _node_doc(
+        type=node.type,
+        name=node.name,
+        label=node.label,
+        visible=node.visible,
+        config=node.config,
+        retry=node.retry_policy,
+    )
+
+
+def snapshot_label(item):
+    """The label a snapshot's node was given, or "" when it had none.
+
+    A snapshot holds the label a node shows (``Node.display_label``: its label, else its name, else its
+    type's label); a label that is just what the node would show without one is taken as none.
+    """
+    label = item.get("label") or ""
+    if item.get("name"):
+        return "" if label == item["name"] else label
+    return "" if label == Node(type=item.get("type", "")).type_label else label
+
+
+def _snapshot_export(nodes):
+    items = []
+    for node in nodes or []:
+        item = _node_doc(
+            type=node.get("type", ""),
+            name=node.get("name", ""),
+            label=snapshot_label(node),
+            visible=node.get("visible", False),
+            config=node.get("config"),
+            retry=RetryPolicy.of_document(node.get("retry")),
+        )
+        if node.get("children"):
+            item["children"] = _snapshot_export(node["children"])
+        if node.get("on_error"):
+            item["on_error"] = _snapshot_export(node["on_error"])
+        items.append(item)
+    return items
+
+
+def _drafts_export(form):
     nodes = list(Node.objects.filter(form=form).order_by("path"))
     order = sorted({node.event for node in nodes}, key=lambda event: (event != RECORD_UPDATE, event))
     return {
@@ -150,8 +214,37 @@ def _events_export(form):
     }
 
 
-def form_export(form):
-    """The form, its fields, its waiting page and all its event trees, as a JSON-ready dict."""
+def export_versions(form, versions=None):
+    """The published version of each tree that an export writes: {event: TreeVersion}.
+
+    ``versions`` chooses a version by number ({event: number}); every other tree is at its latest
+    version. A tree never published, or whose latest version is empty, is left out (unless chosen).
+    Raises LookupError, saying which versions there are, for a number that does not exist.
+    """
+    versions = dict(versions or {})
+    chosen = {}
+    for event in form_events(form) + sorted(set(versions) - set(form_events(form))):
+        published = TreeVersion.objects.of_tree(form, event)
+        if event in versions:
+            version = published.filter(number=versions[event]).first()
+            if version is None:
+                numbers = sorted(published.values_list("number", flat=True))
+                known = f"its versions are {', '.join(map(str, numbers))}" if numbers else "it was never published"
+                raise LookupError(f"The {event} tree of “{form.slug}” has no version {versions[event]} ({known}).")
+            chosen[event] = version
+        else:
+            version = published.first()
+            if version is not None and version.snapshot:
+                chosen[event] = version
+    return chosen
+
+
+def form_export(form, *, draft=False, versions=None):
+    """The form, its fields, its waiting page and its event trees, as a JSON-ready dict.
+
+    Each tree as its live version (the latest published), or the version ``versions`` names
+    ({event: number}); ``draft=True``: the drafts (the Node rows), as the builder shows them.
+    """
     head = {
         "slug": form.slug,
         "title": form.title,
@@ -176,12 +269,33 @@ def form_export(form):
                 "failed_message": form.failed_message,
             },
         },
-        "events": _events_export(form),
+        "events": _drafts_export(form)
+        if draft
+        else {event: _snapshot_export(version.snapshot) for event, version in export_versions(form, versions).items()},
     }
 
 
-def form_export_json(form):
-    return json.dumps(form_export(form), indent=2, ensure_ascii=False) + "\n"
+def form_export_json(form, **options):
+    return json.dumps(form_export(form, **options), indent=2, ensure_ascii=False) + "\n"
+
+
+def export_notes(form, *, draft=False, versions=None):
+    """What an export of the live versions leaves out: trees whose drafts have unpublished changes."""
+    if draft:
+        return []
+    notes = []
+    for event in form_events(form):
+        status = tree_status(form=form, event=event)
+        if not status.has_changes or event in (versions or {}):
+            continue
+        if status.is_live:
+            notes.append(
+                f"The {event} tree's draft has changes that are not published: the file holds "
+                f"version {status.live.number} (export the draft with --draft)."
+            )
+        else:
+            notes.append(f"The {event} tree was never published: left out (export the draft with --draft).")
+    return notes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -752,7 +866,9 @@ def _node_create(form, event, plan, keep_ids, *, parent=None, branch=Node.Branch
         branch=branch,
         **plan["retry"],
     )
-    if plan["name"] in keep_ids:
+    if plan.get("id") is not None:
+        node.pk = plan["id"]  # a version restored: each node is the one it was
+    elif plan["name"] in keep_ids:
         node.pk = keep_ids[plan["name"]]  # the same node, re-imported: admin links and runs' references hold
     node = Node.objects.add_root(instance=node) if parent is None else Node.objects.add_child(parent, instance=node)
     count = 1
@@ -763,8 +879,12 @@ def _node_create(form, event, plan, keep_ids, *, parent=None, branch=Node.Branch
     return count
 
 
-def form_import_result(document):
-    """Import a form file (a parsed document); see the module docstring. Raises FormFileError."""
+def form_import_result(document, *, publish=True, user=None, note=""):
+    """Import a form file (a parsed document); see the module docstring. Raises FormFileError.
+
+    The trees are written as drafts; ``publish`` then publishes each one that changed (by ``user``,
+    with ``note``), in the same transaction.
+    """
     plan = form_check(document)
     try:
         with transaction.atomic():
@@ -796,16 +916,79 @@ def form_import_result(document):
                 total = sum(_node_create(form, event, node, named.get(event, {})) for node in nodes)
                 if total:
                     counts[event] = total
+            published, drafts = {}, {}
+            if publish:
+                published = form_publish(form=form, user=user, note=note or "Imported from a form file.")
+            else:
+                for event in form_events(form):
+                    status = tree_status(form=form, event=event)
+                    if status.has_changes:
+                        drafts[event] = status.live.number if status.is_live else 0
     except InvalidTreeOperation as exc:
         raise FormFileError([("events", " ".join(exc.messages))]) from None
     return ImportResult(
-        form=form, created=created, field_count=len(plan.fields), node_counts=counts, removed_fields=removed
+        form=form,
+        created=created,
+        field_count=len(plan.fields),
+        node_counts=counts,
+        removed_fields=removed,
+        published=published,
+        drafts=drafts,
     )
 
 
-def form_import(document):
+def form_import(document, **options):
     """Import a form file (a parsed document) and return the Form. Raises FormFileError."""
-    return form_import_result(document).form
+    return form_import_result(document, **options).form
+
+
+def _snapshot_plans(nodes, taken):
+    """A snapshot's nodes as plans for ``_node_create``, each keeping its id unless ``taken`` holds it."""
+    return [
+        {
+            "id": None if node["id"] in taken else node["id"],
+            "type": node.get("type", ""),
+            "name": node.get("name", ""),
+            "label": snapshot_label(node),
+            "visible": node.get("visible", False),
+            "config": node.get("config") if isinstance(node.get("config"), dict) else {},
+            "retry": RetryPolicy.of_document(node.get("retry")).node_fields(),
+            "children": _snapshot_plans(node.get("children"), taken),
+            "on_error": _snapshot_plans(node.get("on_error"), taken),
+        }
+        for node in nodes or []
+    ]
+
+
+def tree_restore(*, version, expect: str | None = None):
+    """Make ``version`` the draft of its tree again: the tree's Node rows are rebuilt from its snapshot.
+
+    Each node keeps the id it had in the version, so links to it and runs' references hold (an id
+    that another tree's node holds now, which a tree's own ids never are, is given up for a new one).
+    The draft's unpublished changes are lost; nothing is published. Returns the number of nodes.
+    ``expect``: the ``TreeStatus.token`` the admin confirmed with; when the draft or the live version
+    changed since, DraftChanged is raised and nothing is changed (the admin would lose edits unseen).
+    Raises InvalidTreeOperation when the snapshot cannot be a tree any more (a container whose type
+    is no longer installed).
+    """
+    form, event = version.form, version.event
+    ids = [node["id"] for node in _snapshot_nodes(version.snapshot)]
+    with transaction.atomic():
+        if expect is not None and expect != tree_status(form=form, event=event).token:
+            raise DraftChanged("The draft or the live version changed since you looked at it: look again.")
+        taken = set(Node.objects.filter(pk__in=ids).exclude(form=form, event=event).values_list("pk", flat=True))
+        Node.objects.filter(form=form, event=event).delete()
+        try:
+            return sum(_node_create(form, event, plan, {}) for plan in _snapshot_plans(version.snapshot, taken))
+        except registry.UnknownNodeType as exc:
+            raise InvalidTreeOperation(f"Version {version.number} cannot be restored: {exc}") from None
+
+
+def _snapshot_nodes(nodes):
+    for node in nodes or []:
+        yield node
+        yield from _snapshot_nodes(node.get("children"))
+        yield from _snapshot_nodes(node.get("on_error"))
 
 
 __all__ = [
@@ -818,5 +1001,8 @@ __all__ = [
     "form_export_json",
     "form_import",
     "form_import_result",
+    "export_notes",
+    "export_versions",
     "schema",
+    "tree_restore",
 ]

@@ -14,7 +14,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 from treebeard.mp_tree import MP_Node, MP_NodeManager, MP_NodeQuerySet
 
-from . import storable
+from . import effects, storable
 from .nodes import registry
 from .retry import RetryPolicy
 from .storable import (
@@ -222,6 +222,64 @@ class Node(MP_Node):
                 raise ValidationError({"name": f"Another node of this tree is already named “{self.name}”."})
 
 
+class TreeVersionQuerySet(models.QuerySet):
+    def of_tree(self, form, event=RECORD_UPDATE):
+        """The published versions of (form, event), the latest first."""
+        return self.filter(form=form, event=event).order_by("-number")
+
+    def live(self, form, event=RECORD_UPDATE):
+        """The latest published version of (form, event): what submissions run. None before the first publish."""
+        return self.of_tree(form, event).first()
+
+
+class TreeVersion(models.Model):
+    """One published version of the event tree of a (form, event): a snapshot, numbered 1, 2, 3, …
+
+    The Node rows of a tree are its draft: the builder edits them. Publishing copies the draft's
+    snapshot (``Node.objects.snapshot``) into a new version; the latest version is what submissions,
+    trigger_event steps and custom events run, and each run records the version it ran. Versions are
+    never changed or deleted (only with their form).
+    """
+
+    form = models.ForeignKey(FORM_MODEL, on_delete=models.CASCADE, related_name="tree_versions")
+    event = models.CharField(max_length=100, default=RECORD_UPDATE)
+    number = models.PositiveIntegerField(help_text="1 for a tree's first version, then 2, 3, …")
+    snapshot = models.JSONField(default=list, help_text="The tree as Node.objects.snapshot gives it.")
+    published_at = models.DateTimeField(default=timezone.now)
+    published_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    note = models.CharField(max_length=500, blank=True)
+
+    objects = TreeVersionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["form", "event", "-number"]
+        constraints = [models.UniqueConstraint(fields=["form", "event", "number"], name="one_number_per_tree_version")]
+
+    def __str__(self):
+        return f"{self.event} version {self.number}"
+
+    @classmethod
+    def publish(cls, *, form, event, snapshot, user=None, note=""):
+        """Create the next version of (form, event) holding ``snapshot``. Two publishing at once both get one."""
+        for _ in range(5):
+            number = (cls.objects.of_tree(form, event).values_list("number", flat=True).first() or 0) + 1
+            try:
+                with transaction.atomic():
+                    return cls.objects.create(
+                        form=form,
+                        event=event,
+                        number=number,
+                        snapshot=snapshot,
+                        published_by=user if user is not None and user.is_authenticated else None,
+                        note=note[:500],
+                    )
+            except IntegrityError:
+                continue  # someone else took this number a moment ago
+        raise IntegrityError(f"Could not number a new version of {event}: too many publishing at once.")
+
+
 class RunQuerySet(models.QuerySet):
     def running(self):
         return self.filter(status=Run.Status.RUNNING)
@@ -255,6 +313,14 @@ class Run(models.Model):
         help_text="The step (trigger_event or a container with event_type) that started this run.",
     )
     depth = models.PositiveSmallIntegerField(default=0, help_text="How many runs started this one, in a chain.")
+    version = models.ForeignKey(
+        TreeVersion,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="runs",
+        help_text="The published version of the tree this run executes (its snapshot is that version's).",
+    )
     status = models.CharField(max_length=20, choices=Status, default=Status.RUNNING, db_index=True)
     snapshot = models.JSONField(default=list)
     properties = models.JSONField(default=dict, blank=True)
@@ -321,11 +387,11 @@ class RunTaskQuerySet(models.QuerySet):
         return self.exclude(status__in=RunTask.TERMINAL)
 
     def awaiting_past_deadline(self, now=None):
-        return self.filter(status=RunTask.Status.AWAITING, deadline_at__lte=now or timezone.now())
+        return self.filter(status=RunTask.Status.AWAITING, deadline_at__lte=now or effects.now())
 
     def due_for_dispatch(self, now=None):
         """Containers and retries whose time has come and that no one has handed to the queue yet."""
-        now = now or timezone.now()
+        now = now or effects.now()
         # Actions get a due time only to be re-run by a worker (a retry, or a repair by the sweep).
         return self.filter(status=RunTask.Status.PENDING, due_at__lte=now, enqueued_at__isnull=True)
 
@@ -471,7 +537,7 @@ class RunTask(models.Model):
 
     def claim(self, *, now=None, require_due=False):
         """Move pending → active and count the attempt. True for the one caller that wins."""
-        now = now or timezone.now()
+        now = now or effects.now()
         lease = now + timedelta(seconds=settings.EVENTS_TASK_LEASE_SECONDS)
         claimable = RunTask.objects.filter(pk=self.pk, status=self.Status.PENDING)
         if require_due:
@@ -492,7 +558,7 @@ class RunTask(models.Model):
 
     def finish(self, status, *, logs=(), output=None, error="", failure="", debug=None):
         """active | awaiting → complete | failed | cancelled, appending logs. True if this call made the change."""
-        now = timezone.now()
+        now = effects.now()
         changes = {
             "status": status,
             "finished_at": now,
@@ -655,3 +721,75 @@ class Repair(models.Model):
                     cls.objects.create(kind=kind, count=n, last_at=now)
             except IntegrityError:
                 cls.objects.filter(kind=kind).update(count=F("count") + n, last_at=now)
+
+
+class Replay(models.Model):
+    """Past records of a form test-run through two versions of a tree, and what differs per record.
+
+    ``baseline`` and ``candidate`` are snapshots kept as they were when the replay started (the
+    candidate is usually the draft, which goes on changing). A worker plays it in slices
+    (``events.testrun.replay``), one ReplayItem per record; ``claimed_until`` is its lease, so a
+    duplicate delivery finds it held and the sweep sends it again when a worker died holding it.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    form = models.ForeignKey(FORM_MODEL, on_delete=models.CASCADE, related_name="replays")
+    event = models.CharField(max_length=100, default=RECORD_UPDATE)
+    baseline_label = models.CharField(max_length=100, help_text="What the records ran through first: “version 3”.")
+    baseline = models.JSONField(default=list)
+    candidate_label = models.CharField(max_length=100, help_text="What they ran through then: “draft”.")
+    candidate = models.JSONField(default=list)
+    canned = models.JSONField(default=dict, blank=True, help_text="The canned answers both test runs got.")
+    record_ids = models.JSONField(default=list, help_text="The records to replay, in order.")
+    status = models.CharField(max_length=20, choices=Status, default=Status.QUEUED, db_index=True)
+    total = models.PositiveIntegerField(default=0)
+    done = models.PositiveIntegerField(default=0)
+    differing = models.PositiveIntegerField(default=0, help_text="Records with any difference.")
+    error = models.TextField(blank=True)
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"Replay of {self.total} records: {self.baseline_label} → {self.candidate_label}"
+
+    @property
+    def is_finished(self):
+        return self.status in (self.Status.DONE, self.Status.FAILED)
+
+    @property
+    def percent(self):
+        return round(100 * self.done / self.total) if self.total else 100
+
+
+class ReplayItem(models.Model):
+    """One record of a replay: how each version ended for it, and what differs."""
+
+    replay = models.ForeignKey(Replay, on_delete=models.CASCADE, related_name="items")
+    position = models.PositiveIntegerField()
+    record_id = models.BigIntegerField(help_text="The record's id (it may since have been deleted).")
+    record_token = models.CharField(max_length=64, blank=True)
+    submitted_at = models.DateTimeField(null=True, blank=True)
+    baseline_status = models.CharField(max_length=20, blank=True)
+    candidate_status = models.CharField(max_length=20, blank=True)
+    differences = models.JSONField(default=list, help_text="[{what, before, after}]; empty when both ended alike.")
+    error = models.TextField(blank=True, help_text="Why this record could not be replayed.")
+
+    class Meta:
+        ordering = ["replay", "position"]
+        constraints = [models.UniqueConstraint(fields=["replay", "position"], name="one_item_per_replay_position")]
+
+    def __str__(self):
+        return f"record {self.record_id}: {len(self.differences)} differences"

@@ -5,14 +5,14 @@ Imports nothing of ours: node types use it too, and the models import the node t
 
 import math
 
-from django.utils import timezone
+from . import effects
 
 SUBTEXT_MAX_LENGTH = 500  # a run's or a task's progress text (the waiting page shows it); longer text is cut
 
 
 def log_line(line, at=None):
     """One line of a task's log: the text (made storable) and when it was written."""
-    return {"at": (at or timezone.now()).isoformat(timespec="milliseconds"), "line": storable_text(line)}
+    return {"at": (at or effects.now()).isoformat(timespec="milliseconds"), "line": storable_text(line)}
 
 
 def storable_text(text):

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from . import engine, queue
 from .models import Repair, Run, RunTask
+from .testrun.replay import replays_resume
 
 logger = logging.getLogger("events.sweep")
 BATCH = 200
@@ -37,6 +38,7 @@ def sweep(*, now=None):
     repairs["handoff_lost_requeued"] = _lost_handoffs(now)
     repairs["run_stalled_resumed"] = _stalled_runs(now)
     repairs["run_finished"] = _finished_runs()
+    repairs["replay_resumed"] = replays_resume(now=now)
     record_repairs(repairs)
     return repairs
 

@@ -79,3 +79,12 @@ def database_wait(*, deadline):
                 raise
             time.sleep(pause)
             pause = min(pause * 2, 2.0)
+
+
+def replay_job(replay_id):
+    """Queue entrypoint: the next slice of a replay (events.testrun.replay)."""
+    from .testrun.replay import replay_work  # the test-run machinery loads only in the worker that needs it
+
+    if worker_stopping():
+        return "stopping"  # the lease lapses and the sweep sends it again
+    return replay_work(replay_id)

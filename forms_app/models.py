@@ -8,6 +8,8 @@ from django.db import connection, models, transaction
 from django.urls import reverse
 from django.utils import timezone
 
+from .messages import render_message
+
 field_name_validator = RegexValidator(
     r"^[a-z][a-z0-9_]*$",
     "Use lower-case letters, digits and underscores, starting with a letter.",
@@ -72,6 +74,26 @@ class Form(models.Model):
         if "_fields_by_name" not in self.__dict__:
             self._fields_by_name = {field.name: field for field in self.fields.all()}
         return self._fields_by_name.get(name)
+
+    def waiting_outcome(self, record, *, run_status, handled_failures=()):
+        """How the waiting page ends for ``record``: (state, message, redirect URL).
+
+        ``run_status``: the status of its submission run ("running", "complete", "failed", ...), None
+        when it has none. The state is "done" (the run completed, or the flag the page waits for is
+        set: the done message and the redirect URL), "failed" (the failed message) or "working"
+        (the page still waits: no message). ``record`` is anything with ``data`` and ``flags``;
+        the waiting page and a test run (events.testrun) both end here.
+        """
+        if self.wait_for == self.WaitFor.FLAG:
+            done = bool(record.flags.get(self.wait_flag))
+        else:
+            done = run_status in (None, "complete")
+        if done:
+            message = render_message(self.done_message, record, handled_failures=handled_failures)
+            return "done", message, self.done_redirect_url
+        if run_status == "failed":
+            return "failed", render_message(self.failed_message, record, handled_failures=handled_failures), ""
+        return "working", "", ""
 
     def clean(self):
         if self.wait_for == self.WaitFor.FLAG and not self.wait_flag:

@@ -5,7 +5,7 @@ import logging
 from django.db import transaction
 
 from events import engine
-from events.models import RECORD_UPDATE, Node
+from events.models import RECORD_UPDATE, TreeVersion
 from events.nodes.base import steps_in_web_request
 
 from .models import Record
@@ -16,16 +16,16 @@ logger = logging.getLogger("forms_app.services")
 def record_submit(*, form, data):
     """Store a submission and fire the form's Record Update event.
 
-    The record, its run (pinned to the tree as it is now) and the run's tasks
-    commit in one short transaction; only then does the inline phase run, so
-    nothing irreversible happens while the transaction could still roll back.
+    The record, its run (pinned to the tree's live version: the latest published one, never the
+    draft the builder edits) and the run's tasks commit in one short transaction; only then does
+    the inline phase run, so nothing irreversible happens while the transaction could still roll back.
     It runs in the caller's web request: each of its steps waits at most
     EVENTS_INLINE_STEP_MAX_SECONDS for any one thing (a pause, a connection, an answer).
     """
-    snapshot = Node.objects.snapshot(form, RECORD_UPDATE)
+    version = TreeVersion.objects.live(form, RECORD_UPDATE)
     with transaction.atomic(durable=True):
-        record = Record.objects.create(form=form, data=data, is_complete=not snapshot)
-        run = engine.run_start(record=record, event=RECORD_UPDATE, is_submission=True, snapshot=snapshot)
+        record = Record.objects.create(form=form, data=data, is_complete=not (version and version.snapshot))
+        run = engine.run_start(record=record, event=RECORD_UPDATE, is_submission=True, version=version)
     try:
         with steps_in_web_request():
             engine.run_inline(run=run)

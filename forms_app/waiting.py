@@ -1,15 +1,14 @@
 """What the waiting page shows for a record: two queries, however many tasks the run has."""
 
-import functools
 import hashlib
 from dataclasses import dataclass, field
 
-from django.template import Context, Engine, TemplateSyntaxError
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from events.models import Run, RunTask, failures_handled
 
+from .messages import render_message  # noqa: F401  (where the waiting page's words were always found)
 from .models import Record
 
 STEP_STATES = {
@@ -47,7 +46,6 @@ FINISHED_TITLES = {
 }
 SLOW_POLL_FACTOR = 5
 SLOW_POLL_MAX_SECONDS = 30
-_page_engine = Engine(builtins=["django.template.defaulttags", "django.template.defaultfilters"])
 
 
 @dataclass
@@ -103,27 +101,6 @@ class Progress:
         if not self.total:
             return 0
         return round(100 * self.done_count / self.total)
-
-
-def render_message(template_text, record, *, handled_failures=()):
-    """The admin's message, rendered over the record with autoescaping (submitted values are escaped).
-
-    It sees ``record``, ``flags`` and ``handled_failures``: the steps that failed and whose error
-    branch took care of it (each with its ``label`` and ``name``; empty when none did).
-    """
-    try:
-        template = _compiled(template_text)
-    except TemplateSyntaxError:
-        return template_text
-    return template.render(
-        Context({"record": record.data, "flags": record.flags, "handled_failures": list(handled_failures)})
-    )
-
-
-@functools.lru_cache(maxsize=256)
-def _compiled(template_text):
-    """A message template, compiled once per process (every poll of a finished run renders it)."""
-    return _page_engine.from_string(template_text)
 
 
 def step_state(row, handled):
@@ -197,17 +174,11 @@ def record_progress(record, run=False):
         handled_failures=[{"label": row.label, "name": row.name} for row in rows if handled.get(row.id)],
         title=form.waiting_title,
     )
-    if form.wait_for == form.WaitFor.FLAG:
-        done = bool(record.flags.get(form.wait_flag))
-    else:
-        done = run is None or run.status == Run.Status.COMPLETE
-    if done:
-        progress.state = "done"
-        progress.redirect_url = form.done_redirect_url
-        progress.message = render_message(form.done_message, record, handled_failures=progress.handled_failures)
-    elif run is not None and run.status == Run.Status.FAILED:
-        progress.state = "failed"
-        progress.message = render_message(form.failed_message, record, handled_failures=progress.handled_failures)
+    state, message, redirect_url = form.waiting_outcome(
+        record, run_status=run.status if run is not None else None, handled_failures=progress.handled_failures
+    )
+    if state != "working":
+        progress.state, progress.message, progress.redirect_url = state, message, redirect_url
     elif run is not None and run.status == Run.Status.CANCELLED:
         progress.state = "cancelled"
         progress.message = CANCELLED_MESSAGE

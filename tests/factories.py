@@ -1,6 +1,7 @@
 import factory
 
 from events.models import RECORD_UPDATE, Node
+from events.versions import tree_publish
 from forms_app.models import Field, Form, Record
 
 
@@ -32,12 +33,25 @@ class RecordFactory(factory.django.DjangoModelFactory):
     data = factory.LazyFunction(dict)
 
 
-def add_node(form, type, *, parent=None, event=RECORD_UPDATE, **fields):
-    """Append a node to a tree: at the top level, or as the last child of ``parent``."""
+def add_node(form, type, *, parent=None, event=RECORD_UPDATE, publish=True, **fields):
+    """Append a node to a tree: at the top level, or as the last child of ``parent``.
+
+    The tree is published with it (a new version), so a test that builds a tree and submits runs
+    that tree, as an admin's edit and publish would make it. ``publish=False`` changes the draft only.
+    """
     node = Node(form=form, event=event, type=type, **fields)
     if parent is None:
-        return Node.objects.add_root(instance=node)
-    return Node.objects.add_child(parent, instance=node)
+        node = Node.objects.add_root(instance=node)
+    else:
+        node = Node.objects.add_child(parent, instance=node)
+    if publish:
+        tree_publish(form=form, event=event)
+    return node
+
+
+def publish(form, event=RECORD_UPDATE, **kwargs):
+    """Publish the draft of a tree as its next version (None when the live version is the draft already)."""
+    return tree_publish(form=form, event=event, **kwargs)
 
 
 def fields_of(form):

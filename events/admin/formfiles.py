@@ -3,8 +3,10 @@
 The same format and rules as ``manage.py import_form`` / ``export_form`` (events/formfile.py). An
 import checks the whole document first: a document with any problem changes nothing, and the page
 lists every problem with its JSON path. A form whose slug already exists is replaced only when the
-admin ticks "Replace" (an import replaces its settings, fields and event trees). Exporting one form
-downloads ``<slug>.json``; several download one zip holding a ``<slug>.json`` per form.
+admin ticks "Replace" (an import replaces its settings, fields and event trees). The event trees are
+imported as drafts (the live versions keep running until someone publishes them on the tree's page),
+unless the admin ticks "Publish at once". Exporting one form downloads ``<slug>.json``; several
+download one zip holding a ``<slug>.json`` per form; each tree is written as its live version.
 
 forms_app/admin.py's FormAdmin wires both in (its ``import_view`` URL and its ``actions``): events
 names forms_app's models by string and never imports it.
@@ -17,6 +19,7 @@ needs to view both.
 
 import io
 import zipfile
+from urllib.parse import urlencode
 
 from django import forms
 from django.conf import settings
@@ -26,6 +29,7 @@ from django.http import HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
@@ -85,6 +89,16 @@ class FormFileImportForm(forms.Form):
         ),
     )
 
+    publish = forms.BooleanField(
+        label=gettext_lazy("Publish at once"),
+        required=False,
+        help_text=gettext_lazy(
+            "Publish each event tree the file changes as its next version: new submissions run it at once. "
+            "Unticked, the trees are drafts: the live versions keep running until you review and publish them "
+            "on each tree's page."
+        ),
+    )
+
     def clean(self):
         upload, text = self.cleaned_data.get("file"), self.cleaned_data.get("text") or ""
         if upload and text.strip():
@@ -99,10 +113,11 @@ class FormFileImportForm(forms.Form):
         return self.cleaned_data
 
 
-def formfile_import(content, *, replace):
+def formfile_import(content, *, replace, publish=False, user=None, note=""):
     """Import a form file's text (str or bytes). Raises FormFileError, and changes nothing, on any problem.
 
-    Without ``replace``, a document whose slug names an existing form is refused.
+    Without ``replace``, a document whose slug names an existing form is refused. The trees are drafts
+    unless ``publish``: then each tree the file changes is published, by ``user``, with ``note``.
     """
     document = document_parse(content)
     slug = form_check(document).slug
@@ -119,7 +134,27 @@ def formfile_import(content, *, replace):
                 )
             ]
         )
-    return form_import_result(document)
+    return form_import_result(document, publish=publish, user=user, note=note)
+
+
+def import_note(upload):
+    """The note of the versions an import publishes."""
+    if upload:
+        return _("Imported in the admin from %(name)s.") % {"name": upload.name}
+    return _("Imported in the admin from pasted text.")
+
+
+def drafts_message(result):
+    """The drafts an import left, each linked to its Review and publish page (empty: none)."""
+    links = format_html_join(
+        ", ",
+        '<a href="{}">{}</a>',
+        (
+            (reverse("admin:events_node_publish", args=[result.form.pk]) + "?" + urlencode({"event": event}), event)
+            for event in result.drafts
+        ),
+    )
+    return format_html("To publish, review each draft: {}.", links) if result.drafts else ""
 
 
 def import_view(model_admin, request):
@@ -132,12 +167,20 @@ def import_view(model_admin, request):
     if upload_form.is_valid():
         source = upload_form.cleaned_data["source"]
         try:
-            result = formfile_import(upload_form.cleaned_data["content"], replace=upload_form.cleaned_data["replace"])
+            result = formfile_import(
+                upload_form.cleaned_data["content"],
+                replace=upload_form.cleaned_data["replace"],
+                publish=upload_form.cleaned_data["publish"],
+                user=request.user,
+                note=import_note(upload_form.cleaned_data["file"]),
+            )
         except FormFileError as error:
             problems = error.problems
         else:
             for line in result.summary().splitlines():
                 messages.success(request, line)
+            if result.drafts:
+                messages.warning(request, drafts_message(result))
             return HttpResponseRedirect(
                 reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[result.form.pk])
             )

@@ -25,6 +25,7 @@ from ..models import (
 )
 from ..nodes import registry
 from .common import pretty_json, tree_editor_url, tree_overview_url  # noqa: F401
+from .versions import TreeVersionViews
 
 # Query parameters that choose *which* tree the editor shows; they keep the tree view (drag and drop).
 TREE_PARAMS = {"form__id__exact", "event", "event__exact"}
@@ -271,8 +272,12 @@ class NodeChangeList(TreeChangeList):
 
 
 @admin.register(Node)
-class NodeAdmin(TreeAdmin):
-    """Add, nest, reorder and move nodes; each type's config as real form fields."""
+class NodeAdmin(TreeVersionViews, TreeAdmin):
+    """Add, nest, reorder and move nodes; each type's config as real form fields.
+
+    The Node rows are each tree's draft; publishing it, its history and restoring a version are
+    TreeVersionViews' pages (events/admin/versions.py), and the tree page shows where the tree stands.
+    """
 
     form = node_form_for(None)
     list_display = ("display_label", "type_label", "summary", "visible", "form", "event")
@@ -373,6 +378,7 @@ class NodeAdmin(TreeAdmin):
             view(self.builder_edit_view, "builder/<int:form_id>/<int:node_id>/edit/", "builder_edit"),
             view(self.builder_move_view, "builder/<int:form_id>/<int:node_id>/move/", "builder_move"),
             view(self.builder_delete_view, "builder/<int:form_id>/<int:node_id>/delete/", "builder_delete"),
+            *self.version_urls(),
             *super().get_urls(),
         ]
 
@@ -486,13 +492,15 @@ class NodeAdmin(TreeAdmin):
             "can_change": self.has_change_permission(request),
             "can_delete": self.has_delete_permission(request),
             "add_base_url": reverse("admin:events_node_builder_add", args=[form.pk]),
+            "versions": self.version_bar(request, form, event),
         }
 
     def tree_response(self, request, form, event, *, message, focus=(), error=False):
         """After a builder action: the tree again, with a message, and where the keyboard focus goes.
 
-        With htmx, only the tree is swapped (the page keeps its scroll and the dialog closes); the
-        message and the ids to focus (the first that exists) go in the events:treeChanged event.
+        With htmx, only the tree is swapped (the page keeps its scroll and the dialog closes), and the
+        versions bar with it (out of band: the draft changed); the message and the ids to focus (the
+        first that exists) go in the events:treeChanged event.
         Without it, back to the tree page, at the node.
         """
         if not request.htmx:
@@ -500,7 +508,7 @@ class NodeAdmin(TreeAdmin):
             anchor = next((f"#{name.rsplit('-', 1)[0]}" for name in focus if name.startswith("node-")), "")
             return HttpResponseRedirect(tree_overview_url(form.pk, event) + anchor)
         response = TemplateResponse(
-            request, "admin/events/node/overview.html#tree", self.tree_context(request, form, event)
+            request, "admin/events/node/overview.html#tree_changed", self.tree_context(request, form, event)
         )
         retarget(response, "#events-tree")
         reswap(response, "outerHTML")

@@ -11,9 +11,10 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import QuerySet
 from django.urls import reverse_lazy
-from django.utils import timezone
 
+from .. import effects
 from ..models import Run, RunTask, secret_hash
 from ..storable import SUBTEXT_MAX_LENGTH
 from .failures import failure_consequence
@@ -28,7 +29,7 @@ CALLBACK_PATH = reverse_lazy("api:callback")
 def task_await(*, task: RunTask, timeout_seconds: float) -> dict[str, str]:
     """active → awaiting with a deadline and a fresh callback token (only its hash is kept)."""
     token = secrets.token_urlsafe(24)
-    deadline = timezone.now() + timedelta(seconds=timeout_seconds)
+    deadline = effects.now() + timedelta(seconds=timeout_seconds)
     RunTask.objects.filter(pk=task.pk, status=RunTask.Status.ACTIVE).update(
         status=RunTask.Status.AWAITING,
         deadline_at=deadline,
@@ -88,7 +89,7 @@ def task_callback(
     as an admin completing or failing a task by hand.
     """
     digest = callback_digest(status=status, logs=list(logs) + ([note] if note else []), output=output, subtext=subtext)
-    now = timezone.now()
+    now = effects.now()
     with transaction.atomic():
         row = RunTask.objects.select_for_update().select_related("run").get(pk=task_id)
         if row.status != RunTask.Status.AWAITING:
@@ -143,15 +144,16 @@ def task_progress(*, task_id: uuid.UUID | str, subtext: str | None, logs: Sequen
     return True, row.status
 
 
-def awaiting_expire(*, now: datetime | None = None) -> int:
-    """Fail every awaiting task whose deadline has passed (timed out). Returns how many."""
+def awaiting_expire(*, now: datetime | None = None, tasks: QuerySet[RunTask] | None = None) -> int:
+    """Fail every awaiting task (of ``tasks``, default all) whose deadline has passed (timed out). Returns how many."""
     expired = 0
-    for task in RunTask.objects.awaiting_past_deadline(now).select_related("run")[:200]:
+    tasks = RunTask.objects.all() if tasks is None else tasks
+    for task in tasks.awaiting_past_deadline(now).select_related("run")[:200]:
         error = "Timed out: no callback arrived before the deadline."
         with transaction.atomic():
             won = RunTask.objects.filter(pk=task.pk, status=RunTask.Status.AWAITING).update(
                 status=RunTask.Status.FAILED,
-                finished_at=timezone.now(),
+                finished_at=effects.now(),
                 error=error,
                 failure=RunTask.Failure.TIMEOUT,
                 logs=RunTask.capped_logs(

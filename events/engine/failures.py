@@ -6,9 +6,8 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F, Max, QuerySet
-from django.utils import timezone
 
-from .. import queue
+from .. import effects, queue
 from ..models import Run, RunTask, record_model
 from .runs import Outcome, failure_message, run_fail, tasks_for
 from .snapshot import snapshot_node, subtree_node_ids
@@ -25,7 +24,7 @@ def failure_consequence(*, run, task, node, hand_off=False):
     """
     if node.get("children"):
         run.tasks.filter(node_id__in=subtree_node_ids(node["children"]), status=RunTask.Status.PENDING).update(
-            status=RunTask.Status.CANCELLED, finished_at=timezone.now()
+            status=RunTask.Status.CANCELLED, finished_at=effects.now()
         )
     if not node.get("on_error"):
         run_fail(run=run, error=failure_message(task))
@@ -59,7 +58,7 @@ def error_branch_open(*, run, task, node):
 
 def task_retry_later(*, task, policy, error, logs=(), debug=None):
     """Put a failed attempt back to pending, due after the policy's backoff."""
-    due = timezone.now() + timedelta(seconds=policy.next_delay(task.attempt))
+    due = effects.now() + timedelta(seconds=policy.next_delay(task.attempt))
     next_at = due.isoformat(timespec="seconds")
     line = f"attempt {task.attempt} of {task.max_attempts} failed: {error}; next attempt at {next_at}"
     changes = {
@@ -84,7 +83,7 @@ def task_redrive(*, task_id: uuid.UUID | str) -> bool:
     tasks cancelled by the failure are pending again. Returns False when the
     task is not failed or its run has moved on.
     """
-    now = timezone.now()
+    now = effects.now()
     with transaction.atomic():
         task = RunTask.objects.select_for_update().select_related("run").get(pk=task_id)
         run = task.run
@@ -131,7 +130,7 @@ def leases_release(*, tasks: QuerySet[RunTask], reason: str, now: datetime | Non
     Past max(its attempts, EVENTS_LEASE_RETRY_LIMIT) it fails, and the failure's
     consequence commits with it. Returns (put back, failed).
     """
-    now = now or timezone.now()
+    now = now or effects.now()
     retried = failed = 0
     held = list(tasks.filter(status=RunTask.Status.ACTIVE, lease_expires_at__isnull=False).select_related("run")[:200])
     held_ids = {task.pk for task in held}

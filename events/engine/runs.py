@@ -7,10 +7,9 @@ from typing import Any
 from django.conf import settings
 from django.db import connection, models, transaction
 from django.db.models import Exists, OuterRef, Q
-from django.utils import timezone
 
-from .. import queue
-from ..models import RECORD_UPDATE, Node, Run, RunTask, record_model
+from .. import effects, queue
+from ..models import RECORD_UPDATE, Run, RunTask, TreeVersion, record_model
 from ..nodes import registry
 from ..nodes.base import NodeContext, NodeError
 from ..retry import RetryPolicy
@@ -33,13 +32,17 @@ def run_start(
     parent_task: RunTask | None = None,
     is_submission: bool = False,
     snapshot: list[dict[str, Any]] | None = None,
+    version: TreeVersion | None = None,
     debug: bool = False,
 ) -> Run:
-    """Create a run pinned to the current tree of (form, event) and a pending task per node.
+    """Create a run pinned to the live version of the tree of (form, event) and a pending task per node.
 
     Call it inside the caller's transaction: the record, the run and its tasks
     commit together. Nothing here has a side effect outside the database.
-    ``snapshot`` replaces the event's tree (a container's branch run as its own run).
+    The run executes ``version``'s snapshot (default: the latest published version of (form, event);
+    none published yet: an empty tree) and records that version. ``snapshot`` replaces the event's
+    tree (a container's branch run as its own run): such a run records ``version``, or else its
+    parent run's, the version its steps come from.
     ``debug``: every task collects a debug trace (the container's collect_debug), as the form's switch does.
     """
     depth = parent_run.depth + 1 if parent_run is not None else 0
@@ -49,8 +52,12 @@ def run_start(
             f"(EVENTS_MAX_EVENT_DEPTH is {settings.EVENTS_MAX_EVENT_DEPTH})."
         )
     if snapshot is None:
-        snapshot = Node.objects.snapshot(record.form, event)
-    now = timezone.now()
+        version = version or TreeVersion.objects.live(record.form_id, event)
+        snapshot = version.snapshot if version is not None else []
+        version_id = version.pk if version is not None else None
+    else:
+        version_id = version.pk if version is not None else getattr(parent_run, "version_id", None)
+    now = effects.now()
     run = Run.objects.create(
         form_id=record.form_id,
         record=record,
@@ -59,6 +66,7 @@ def run_start(
         parent_run=parent_run,
         parent_task=parent_task,
         depth=depth,
+        version_id=version_id,
         snapshot=snapshot,
         properties=properties or {},
         # Nothing to do: complete at once (a submission's record is stored complete by its caller).
@@ -96,7 +104,7 @@ def _hand_off_leading_containers(run, record, tasks):
         except Exception:
             planned = index
             break
-        if task.due_at <= timezone.now():
+        if task.due_at <= effects.now():
             due_now.append(task)
     if due_now:
         try:
@@ -106,7 +114,7 @@ def _hand_off_leading_containers(run, record, tasks):
             for task in by_node.values():
                 task.due_at = None
             return 0
-        handed_at = timezone.now()
+        handed_at = effects.now()
         for task, handoff_id in zip(due_now, handoff_ids, strict=True):
             task.enqueued_at, task.handoff_id = handed_at, handoff_id
     return planned
@@ -150,7 +158,7 @@ def runs_as_own_run(node):
 
 def run_fail(*, run: Run, error: str) -> bool:
     """running → failed: cancel every task still pending or awaiting; the record is complete."""
-    now = timezone.now()
+    now = effects.now()
     with transaction.atomic():
         won = Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).update(
             status=Run.Status.FAILED, error=error, finished_at=now
@@ -195,7 +203,7 @@ def run_finish_if_done(*, run: Run, check_failures: bool = False) -> bool:
         won = (
             Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING)
             .exclude(Exists(still_open))
-            .update(status=Run.Status.COMPLETE, finished_at=timezone.now())
+            .update(status=Run.Status.COMPLETE, finished_at=effects.now())
         )
         if won and run.is_submission:
             record_model().objects.filter(pk=run.record_id).update(is_complete=True)
@@ -204,7 +212,7 @@ def run_finish_if_done(*, run: Run, check_failures: bool = False) -> bool:
 
 def run_cancel(*, run: Run, reason: str = "Cancelled by an admin.") -> bool:
     """Stop a run: pending and awaiting tasks are cancelled; active ones stop before their next step."""
-    now = timezone.now()
+    now = effects.now()
     with transaction.atomic():
         won = Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).update(
             status=Run.Status.CANCELLED, error=reason, finished_at=now

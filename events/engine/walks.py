@@ -20,9 +20,8 @@ from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models, transaction
-from django.utils import timezone
 
-from .. import queue
+from .. import effects, queue
 from ..models import Run, RunTask, record_model
 from ..nodes import registry
 from ..nodes.base import NodeContext, NodeError, Waiting
@@ -265,6 +264,7 @@ def action_execute(*, run, task, node, inline=False, require_due=False):
     ctx.trigger = lambda *, event, properties: run_trigger(
         run=run, task=task, record=ctx.record, event=event, properties=properties
     )
+    seen = _seen(task, ctx)
     started = time.monotonic()
     try:
         result = node_type().execute(ctx)
@@ -277,7 +277,7 @@ def action_execute(*, run, task, node, inline=False, require_due=False):
             error=str(exc),
             logs=ctx.logs,
             inline=inline,
-            debug=_trace(task, ctx, started, error=str(exc)),
+            debug=_trace(task, seen, started, error=str(exc)),
             retryable=exc.retryable,
         )
     except Exception as exc:
@@ -292,7 +292,7 @@ def action_execute(*, run, task, node, inline=False, require_due=False):
             error=error,
             logs=ctx.logs,
             inline=inline,
-            debug=_trace(task, ctx, started, error=error),
+            debug=_trace(task, seen, started, error=error),
         )
     writes.begin()
     problem = RunTask.storage_problem(result.output if isinstance(result, Waiting) else result, "output")
@@ -305,37 +305,44 @@ def action_execute(*, run, task, node, inline=False, require_due=False):
             error=error,
             logs=ctx.logs,
             inline=inline,
-            debug=_trace(task, ctx, started, error=error),
+            debug=_trace(task, seen, started, error=error),
         )
     if isinstance(result, Waiting):
         task_store_waiting(
-            task=task, output=result.output, logs=ctx.logs, debug=_trace(task, ctx, started, output=result.output)
+            task=task, output=result.output, logs=ctx.logs, debug=_trace(task, seen, started, output=result.output)
         )
         return Outcome.SUSPENDED
     task.finish(
         RunTask.Status.COMPLETE,
         logs=ctx.logs,
         output=result or {},
-        debug=_trace(task, ctx, started, output=result or {}),
+        debug=_trace(task, seen, started, output=result or {}),
     )
     walk_outputs_note(run, task)
     return Outcome.DONE
 
 
-def _trace(task, ctx, started, *, output=None, error=""):
-    """With collect_debug: what one attempt saw and did. None otherwise (it costs storage)."""
+def _seen(task, ctx):
+    """With collect_debug: what a step sees before it runs (its config rendered, its inputs). None otherwise."""
     if not task.collect_debug:
         return None
     try:
         rendered = ctx.render(ctx.config)
     except Exception as exc:
         rendered = {"(could not render)": str(exc)}
+    seen = {"rendered_config": rendered, "inputs": {**ctx.template_context(), "tasks": dict(ctx.outputs)}}
+    return json.loads(json.dumps(seen, cls=DjangoJSONEncoder, default=str))  # a copy: the step may change the record
+
+
+def _trace(task, seen, started, *, output=None, error=""):
+    """With collect_debug: what one attempt saw (``_seen``, before it ran) and did; None otherwise (it costs room)."""
+    if not task.collect_debug or seen is None:
+        return None
     trace = {
         "attempt": task.attempt,
-        "at": timezone.now().isoformat(timespec="milliseconds"),
+        "at": effects.now().isoformat(timespec="milliseconds"),
         "duration_ms": round((time.monotonic() - started) * 1000, 1),
-        "rendered_config": rendered,
-        "inputs": {**ctx.template_context(), "tasks": dict(ctx.outputs)},
+        **seen,
         "output": output,
         "error": error,
     }
@@ -386,7 +393,7 @@ def condition_execute(*, run, task, node, inline, holders=()):
     if not holds:
         skipped = subtree_node_ids(node.get("children", []))
         run.tasks.filter(node_id__in=skipped, status=RunTask.Status.PENDING).update(
-            status=RunTask.Status.SKIPPED, finished_at=timezone.now()
+            status=RunTask.Status.SKIPPED, finished_at=effects.now()
         )
         task.finish(
             RunTask.Status.COMPLETE,
@@ -444,7 +451,7 @@ def container_defer(*, run, task, node, inline=False):
     """Give a container its due time and, if it is due now, hand it to the queue after commit."""
     if task.due_at is not None:
         # Deferred before (a repair walks past it again): its due time stands.
-        if task.due_at <= timezone.now():
+        if task.due_at <= effects.now():
             queue.task_enqueue(task_id=task.pk)
         return Outcome.DONE
     record = record_model().objects.get(pk=run.record_id)
@@ -458,7 +465,7 @@ def container_defer(*, run, task, node, inline=False):
         error = str(exc) if isinstance(exc, NodeError) else f"{exc.__class__.__name__}: {exc}"
         return task_fail(run=run, task=task, node=node, error=error, failure=RunTask.Failure.SCHEDULE, inline=inline)
     task.due_at = due
-    if due > timezone.now():
+    if due > effects.now():
         RunTask.objects.filter(pk=task.pk, status=RunTask.Status.PENDING).update(due_at=due)
         return Outcome.DONE
     try:
@@ -501,7 +508,7 @@ def _task_job(task_id):
     if not registry.get(task.type).is_deferred or task.due_at is None:
         if task.status != RunTask.Status.PENDING or task.enqueued_at is None:
             return Outcome.ELSEWHERE  # done, held elsewhere, or never handed off (a stray delivery)
-        if task.due_at and task.due_at > timezone.now():
+        if task.due_at and task.due_at > effects.now():
             _forget_early_delivery(task_id)
             return Outcome.ELSEWHERE
         return sequence_walk_from(run=run, task=task)
@@ -536,9 +543,7 @@ def sequence_walk_from(*, run, task):
 
 def _forget_early_delivery(task_id):
     """An early delivery: forget the hand-off so the dispatcher sends it again when due."""
-    RunTask.objects.filter(pk=task_id, status=RunTask.Status.PENDING, due_at__gt=timezone.now()).update(
-        enqueued_at=None
-    )
+    RunTask.objects.filter(pk=task_id, status=RunTask.Status.PENDING, due_at__gt=effects.now()).update(enqueued_at=None)
 
 
 def container_run_branch(*, run, task, node):

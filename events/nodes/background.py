@@ -1,5 +1,3 @@
-from django.utils import timezone
-
 from .base import ContainerConfig, NodeType
 from .registry import register
 
@@ -29,4 +27,4 @@ class Background(NodeType):
         return "as soon as possible, after the response"
 
     def due_at(self, ctx):
-        return timezone.now()
+        return ctx.now()

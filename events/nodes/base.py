@@ -13,7 +13,7 @@ from django import forms
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
-from .. import templating
+from .. import effects, templating
 from ..storable import log_line
 
 logger = logging.getLogger("events.nodes")
@@ -286,6 +286,27 @@ class NodeContext:
     def log(self, line: str) -> None:
         self.logs.append(log_line(line))
 
+    # A step's effects outside our database go through events.effects: a test run captures them.
+
+    def send_mail(self, message: Any) -> None:
+        """Send one ``django.core.mail.EmailMessage`` through Django's mail framework (a test run captures it)."""
+        effects.send_mail(message, ctx=self)
+
+    def outbound_request(self, method: str, url: str, **options: Any) -> Any:
+        """One outbound HTTP request through ``events.outbound.request`` (same options, same Answer).
+
+        A test run answers it with a canned response instead, and nothing is sent.
+        """
+        return effects.http_request(method, url, ctx=self, **options)
+
+    def now(self) -> datetime.datetime:
+        """The time now: a test run's own clock, which fast-forwards through delays, backoffs and pauses."""
+        return effects.now()
+
+    def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` (a pause). In a test run the clock moves on instead and nothing waits."""
+        effects.sleep(seconds)
+
     def wait_limit(self) -> float | None:
         """The longest one wait of this step may last, in seconds: EVENTS_INLINE_STEP_MAX_SECONDS while it
         runs in a web request (``steps_in_web_request``), else None (no bound but its own config's)."""
@@ -382,6 +403,13 @@ class NodeType:
         if cls.is_marker:
             return "marker"
         return where
+
+    @classmethod
+    def test_run_answers(cls, config: dict[str, Any]) -> tuple[str, ...]:
+        """What a test run answers for a node with this config, in place of the world outside: "response"
+        (its HTTP request gets a canned response) and "callback" (it waits for a callback, which a canned
+        one answers). The test-run page offers those per node; empty for most types."""
+        return ()
 
     @classmethod
     def settled_output(cls, *, held: bool) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from django import forms
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
+from .. import effects
 from .base import ContainerConfig, NodeError, NodeType
 from .registry import register
 
@@ -106,7 +107,7 @@ def due_at(config, *, submitted_at, record_data, now=None):
     """When a delay with this config falls due. Every rule counts from the submit, not from now."""
     rule = config.get("rule") or ("after" if "after_seconds" in config else "now")
     if rule == "now":
-        return now or timezone.now()
+        return now or effects.now()
     if rule == "after":
         return submitted_at + datetime.timedelta(seconds=int(config["after_seconds"]))
     if rule == "at":
@@ -161,4 +162,4 @@ class Delay(NodeType):
         return f"delay: {cls.describe(config)}"
 
     def due_at(self, ctx):
-        return due_at(ctx.config, submitted_at=ctx.record.created_at, record_data=ctx.record.data)
+        return due_at(ctx.config, submitted_at=ctx.record.created_at, record_data=ctx.record.data, now=ctx.now())

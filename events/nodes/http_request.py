@@ -149,6 +149,10 @@ class HttpRequest(NodeType):
     config_form = HttpRequestConfig
 
     @classmethod
+    def test_run_answers(cls, config):
+        return ("response", "callback") if config.get("wait_for_callback") else ("response",)
+
+    @classmethod
     def describe(cls, config):
         described = f"{config.get('method', 'POST')} {config.get('url')}"
         if config.get("wait_for_callback"):
@@ -183,7 +187,7 @@ class HttpRequest(NodeType):
         timeout = float(ctx.config.get("timeout_seconds") or DEFAULT_TIMEOUT_SECONDS)
         connect_timeout = float(ctx.config.get("connect_timeout_seconds") or DEFAULT_CONNECT_TIMEOUT_SECONDS)
         try:
-            answer = outbound.request(
+            answer = ctx.outbound_request(
                 method,
                 url,
                 headers=headers,

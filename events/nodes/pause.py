@@ -1,5 +1,3 @@
-import time
-
 from django import forms
 
 from .base import ConfigForm, NodeType
@@ -35,5 +33,5 @@ class Pause(NodeType):
 
     def execute(self, ctx):
         seconds = ctx.bounded_wait(min(float(ctx.config["seconds"]), MAX_PAUSE_SECONDS), what="the pause")
-        time.sleep(seconds)
+        ctx.sleep(seconds)
         return {"slept_seconds": seconds}

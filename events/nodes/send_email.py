@@ -45,6 +45,6 @@ class SendEmail(NodeType):
         subject = " ".join(ctx.render(ctx.config["subject"]).split())
         body = ctx.render(ctx.config["body"])
         sender = ctx.render(ctx.config.get("from_email") or "") or settings.DEFAULT_FROM_EMAIL
-        EmailMessage(subject=subject, body=body, from_email=sender, to=recipients).send()
+        ctx.send_mail(EmailMessage(subject=subject, body=body, from_email=sender, to=recipients))
         ctx.log(f"email “{subject}” sent to {', '.join(recipients)}")
         return {"to": recipients, "subject": subject}

@@ -43,6 +43,7 @@ from django_q.models import OrmQ, Task
 from django_q.signing import SignedPackage
 from django_q.tasks import async_task
 
+from .. import effects
 from ..models import RunTask, lease_owner
 
 logger = logging.getLogger("events.tasks")
@@ -63,7 +64,7 @@ def task_enqueue(*, task_id: uuid.UUID | str, due_at: datetime | None = None, on
     Returns False when the task is not pending (or was already handed off).
     """
     with transaction.atomic():
-        changes = {"enqueued_at": timezone.now()}
+        changes = {"enqueued_at": effects.now()}
         if due_at is not None:
             changes["due_at"] = due_at
         pending = RunTask.objects.filter(pk=task_id, status=RunTask.Status.PENDING)
@@ -89,7 +90,7 @@ def task_jobs_send(*, task_ids: Iterable[uuid.UUID | str]) -> list[int | None]:
     transaction that inserts them (their ``enqueued_at`` and ``handoff_id`` go in
     with the rows).
     """
-    if Conf.SYNC:
+    if Conf.SYNC or effects.sandbox() is not None:
         return [_send(TASK_JOB, str(task_id), name=f"task-{task_id}") for task_id in task_ids]
     broker = get_broker()
     rows = OrmQ.objects.bulk_create(
@@ -129,7 +130,13 @@ def _send(func, *args, name):
 
     In django-q2's sync mode (tests) the job runs in this process once the
     transaction commits, as ``async_task`` would run it; there is no row then.
+    In a test run's sandbox (``events.effects``) the sandbox collects the job instead: nothing
+    reaches the broker.
     """
+    active = effects.sandbox()
+    if active is not None:
+        active.job_sent(func, args)
+        return None
     if Conf.SYNC:
         transaction.on_commit(lambda: async_task(func, *args, task_name=name))
         return None

@@ -173,7 +173,7 @@ def test_demo_booking_waits_for_the_seat_check_then_runs_to_the_booked_flag(
     db, debug, sync_queue, django_capture_on_commit_callbacks, mailoutbox, monkeypatch, callback_server, client
 ):
     """The external service is a recording server here; the test answers as the stand-in service would."""
-    monkeypatch.setattr("events.nodes.pause.time.sleep", lambda seconds: None)
+    monkeypatch.setattr("events.effects.time.sleep", lambda seconds: None)
     debug.EVENTS_PUBLIC_URL = callback_server.url
     debug.EVENTS_HTTP_ALLOWED_HOSTS = ["127.0.0.1"]
     run_demo()

@@ -158,6 +158,8 @@ def test_admin_passes_the_policy(live_server, slow_form, page, violations):
         reverse("admin:events_run_change", args=[run.pk]),
         reverse("admin:events_runtask_changelist"),
         reverse("admin:forms_app_form_import"),
+        reverse("admin:events_node_publish", args=[slow_form.pk]) + "?event=record_update",
+        reverse("admin:events_node_tree_history", args=[slow_form.pk]) + "?event=record_update&base=1&other=draft",
     ]:
         response = page.goto(f"{live_server.url}{where}")
         assert response.status == 200, where

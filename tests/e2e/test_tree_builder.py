@@ -80,6 +80,17 @@ def add(page, slot, type_key, fields, *, selects=None, checks=()):
     assert page.evaluate("document.activeElement.textContent") == "Edit"
 
 
+def publish(page, *, version):
+    """Review and publish from the tree page: the impact preview, then Publish; back on the tree page."""
+    with page.expect_navigation():
+        page.click("#events-review-publish")
+    assert "Runs in flight finish on the version they started with" in page.inner_text("#events-impact-sentence")
+    with page.expect_navigation():
+        page.click("#events-publish")
+    assert page.inner_text("#events-tree-message").startswith(f"Published version {version}")
+    assert f"Live: version {version}" in page.inner_text("#events-versions")
+
+
 def shape(form):
     def plain(nodes):
         return [(node["type"], node["label"], plain(node["children"])) for node in nodes]
@@ -117,6 +128,11 @@ def test_the_contact_tree_is_built_on_the_tree_page_and_a_submission_completes(l
         ("delay", "A bit later", [("send_email", "Follow-up", [])]),
     ]
     assert len(requests.urls) == CONTACT_TREE_REQUESTS, "\n".join(requests.urls)
+    # Each save swapped the versions bar too: the tree is a draft, and nothing runs it yet.
+    bar = page.inner_text("#events-versions")
+    assert "Never published" in bar and "Draft: 7 changes not published" in bar
+
+    publish(page, version=1)
 
     page.goto(f"{live_server.url}/f/contact/")
     page.fill("[name=name]", "Ada")

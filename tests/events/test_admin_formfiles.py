@@ -114,8 +114,11 @@ def test_pasting_a_form_file_creates_the_form_and_says_what_it_did(admin_client,
     assert response.status_code == 302
     assert response["Location"] == reverse("admin:forms_app_form_change", args=[form.pk])
     said = [str(message) for message in get_messages(response.wsgi_request)]
+    publish_url = reverse("admin:events_node_publish", args=[form.pk]) + "?event=record_update"
     assert said == [
         "Created form “contact” (Contact us): 2 fields; record_update: 3 nodes.",
+        "Imported as drafts, not live until published: record_update (never published).",
+        f'To publish, review each draft: <a href="{publish_url}">record_update</a>.',
     ]
     assert list(form.fields.values_list("name", flat=True)) == ["email", "status"]
     assert Node.objects.filter(form=form).count() == 3

@@ -9,7 +9,7 @@ from events import engine
 from events.models import Node, Run, RunTask
 from events.nodes import registry
 from events.nodes.base import ConfigForm, NodeType
-from tests.factories import RecordFactory, add_node
+from tests.factories import RecordFactory, add_node, publish
 
 
 def task_of(record, node):
@@ -292,14 +292,17 @@ def test_deleting_the_whole_tree_after_submit_does_not_stop_the_run(seed_tree, s
     assert Run.objects.get(record=record).status == Run.Status.COMPLETE
 
 
-def test_a_new_submit_runs_the_edited_tree(seed_tree, submit):
+def test_a_new_submit_runs_the_edited_tree_once_it_is_published(trail_form, seed_tree, submit):
     first = submit().record
     Node.objects.get(pk=seed_tree["C"].pk).delete()
-
     second = submit().record
+    publish(trail_form)
+
+    third = submit().record
 
     assert first.data["trail"] == "ADBC"
-    assert second.data["trail"] == "ADB"
+    assert second.data["trail"] == "ADBC"  # the edit is a draft until it is published
+    assert third.data["trail"] == "ADB"
 
 
 @pytest.fixture

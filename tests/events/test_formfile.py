@@ -422,7 +422,7 @@ def test_import_form_command_reads_stdin(db, full_form):
     full_form.delete()
     out = io.StringIO()
 
-    call_command("import_form", "-", stdin=io.StringIO(text), stdout=out)
+    call_command("import_form", "-", "--publish", stdin=io.StringIO(text), stdout=out)
 
     assert "Created form “trip”" in out.getvalue()
     assert form_export(Form.objects.get(slug="trip")) == json.loads(text)

@@ -9,7 +9,7 @@ from django_q.conf import Conf
 from django_q.models import OrmQ
 
 from events import engine, queue, tasks
-from events.models import Repair, Run, RunTask, lease_owner
+from events.models import Repair, Replay, Run, RunTask, lease_owner
 from events.sweep import sweep
 from tests.factories import RecordFactory, add_node
 
@@ -20,6 +20,7 @@ NOTHING = {
     "run_stalled_resumed": 0,
     "deadline_expired": 0,
     "run_finished": 0,
+    "replay_resumed": 0,
 }
 
 
@@ -456,7 +457,7 @@ def test_an_awaiting_task_before_its_deadline_is_left_alone(add_mark, start):
 
 @pytest.fixture
 def one_of_each(settings, trail_form, add_mark, start):
-    """Six runs, each needing one kind of repair."""
+    """Six runs and a replay, each needing one kind of repair."""
     settings.EVENTS_LEASE_RETRY_LIMIT = 2
     settings.EVENTS_REQUEUE_AFTER_SECONDS = 120
     a = add_mark("A")
@@ -472,6 +473,14 @@ def one_of_each(settings, trail_form, add_mark, start):
     finished.tasks.update(status=RunTask.Status.COMPLETE)
     RunTask.objects.filter(pk=row(late, a).pk).update(
         status=RunTask.Status.AWAITING, deadline_at=timezone.now() - timedelta(seconds=1)
+    )
+    # And a replay whose worker died holding it (no run: replays are test runs, nothing is kept).
+    Replay.objects.create(
+        form=trail_form,
+        baseline_label="version 1",
+        candidate_label="draft",
+        status=Replay.Status.RUNNING,
+        claimed_until=timezone.now() - timedelta(seconds=1),
     )
     return {"retried": retried, "failed": failed, "lost": lost, "stalled": stalled, "finished": finished, "late": late}
 

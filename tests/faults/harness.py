@@ -318,7 +318,7 @@ class Stack:
     def import_form(self, document):
         path = self.tmp_path / f"form-{document['form']['slug']}.json"
         path.write_text(json.dumps(document))
-        self.manage("import_form", str(path))
+        self.manage("import_form", str(path), "--publish")
 
     def create_api_key(self, name="faults"):
         return self.manage("create_api_key", name).stdout.strip().splitlines()[-1]

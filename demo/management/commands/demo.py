@@ -43,7 +43,8 @@ class Command(BaseCommand):
         try:
             document = document_parse(text)
             with transaction.atomic():
-                result = form_import_result(document)
+                # Published at once: the demo form runs its trees as soon as it is loaded.
+                result = form_import_result(document, publish=True, note="Loaded by the demo command.")
                 admin_created = self.admin_ensure()
         except FormFileError as exc:
             raise CommandError(f"{DEMO_FILE} is not a valid form file:\n" + "\n".join(exc.lines())) from None

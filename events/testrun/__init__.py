@@ -1,0 +1,308 @@
+"""Test runs: a tree run against a submission's data by the real engine, with nothing sent and nothing kept.
+
+``tree_test_run`` runs a tree (the draft, a published version, or any snapshot) over a scratch
+copy of a record, by the same engine code a real submission uses, inside a transaction that is
+rolled back at the end: the run, its tasks and the scratch record are never committed, and the
+record it was copied from is never written. While it runs, ``events.effects`` points at a
+``Capture`` (capture.py): emails are collected, HTTP requests are answered by canned responses
+(canned.py) and never leave the machine, queue hand-offs are collected instead of reaching the
+broker, and the clock is the test run's own. The runner then plays the worker's part: it runs each
+collected hand-off, fast-forwards the clock to the next delay, retry or deadline, and answers
+each step that waits for a callback with its canned callback, until every run has ended.
+
+What it returns (result.py) is the timeline a real run would have had, with its would-be times,
+the captured emails and requests, the record's final data and flags, and how the waiting page
+would end.
+"""
+
+import copy
+import time
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Min
+from django.utils import timezone
+
+from .. import effects, engine, queue
+from ..models import RECORD_UPDATE, Node, Run, RunTask, TreeVersion, failures_handled, record_model
+from ..nodes import registry
+from ..nodes.base import steps_in_web_request
+from .canned import Canned, CannedError, canned_parse
+from .capture import Capture
+from .result import SimulatedRun, Step, TestRunResult, WaitingEnd
+
+__all__ = ["CannedError", "TestRunError", "TestRunResult", "tree_test_run"]
+
+
+class TestRunError(ValueError):
+    """A test run that cannot start (bad data or canned answers): ``problems`` lists (path, message)."""
+
+    __test__ = False
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{path}: {message}" if path else message for path, message in problems))
+
+
+def tree_test_run(
+    *,
+    form,
+    data: dict[str, Any],
+    event: str = RECORD_UPDATE,
+    version: TreeVersion | None = None,
+    snapshot: list[dict[str, Any]] | None = None,
+    label: str = "",
+    flags: dict[str, Any] | None = None,
+    properties: dict[str, Any] | None = None,
+    canned: Any = None,
+    start=None,
+) -> TestRunResult:
+    """Run the tree of (form, event) over ``data`` as if it were submitted now; nothing is sent or kept.
+
+    ``version``: the published version to run; None runs the draft (the tree as the builder shows it);
+    ``snapshot`` (with its ``label``) runs that tree instead (a replay's kept copy of a draft).
+    ``data`` and ``flags``: the submission (a past record's, or typed in; fields the form does not
+    have are refused). ``canned``: the canned answers (a dict, its JSON text, or parsed Canned
+    values). Raises TestRunError for bad input.
+    """
+    if not isinstance(data, dict):
+        raise TestRunError([("data", "give the submission as a JSON object: {field name: value}")])
+    known = {row.name for row in form.fields.all()}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        fields = ", ".join(sorted(known)) or "none"
+        raise TestRunError([("data", f"the form has no field {', '.join(unknown)} (its fields: {fields})")])
+    try:
+        answers = canned if _is_parsed(canned) else canned_parse(canned)
+    except CannedError as exc:
+        problems = [(f"canned.{path}" if path else "canned", message) for path, message in exc.problems]
+        raise TestRunError(problems) from None
+    if snapshot is not None:
+        label = label or "the tree given"
+    elif version is not None:
+        snapshot, label = version.snapshot, f"version {version.number}"
+    else:
+        snapshot, label = Node.objects.snapshot(form, event), "draft"
+    capture = Capture(start=start or timezone.now(), canned=answers)
+    with transaction.atomic():
+        try:
+            with effects.sandboxed(capture):
+                result = _run(
+                    form=form,
+                    event=event,
+                    version=version,
+                    label=label,
+                    snapshot=snapshot,
+                    data=copy.deepcopy(data),
+                    flags=copy.deepcopy(flags or {}),
+                    properties=properties,
+                    capture=capture,
+                )
+        finally:
+            transaction.set_rollback(True)  # the scratch record, the runs and their tasks are never committed
+    return result
+
+
+def _is_parsed(canned):
+    return isinstance(canned, dict) and all(isinstance(value, Canned) for value in canned.values())
+
+
+def _run(*, form, event, version, label, snapshot, data, flags, properties, capture):
+    start = capture.now()
+    Record = record_model()
+    record = Record.objects.create(
+        form=form, data=copy.deepcopy(data), flags=copy.deepcopy(flags), is_complete=not snapshot
+    )
+    Record.objects.filter(pk=record.pk).update(created_at=start)  # delays count from the submit: the clock's
+    record.created_at = start
+    run = engine.run_start(
+        record=record,
+        event=event,
+        is_submission=event == RECORD_UPDATE,
+        snapshot=snapshot,
+        version=version,
+        properties=properties,
+        debug=True,  # every step keeps its rendered config, as a run with collect_debug does
+    )
+    with steps_in_web_request():
+        engine.run_inline(run=run)
+    inline = set(  # what ended in the submit request (the inline phase); the rest a worker would run
+        RunTask.objects.filter(run__record=record).exclude(status=RunTask.Status.PENDING).values_list("pk", flat=True)
+    )
+    stopped = _drive(capture, record)
+    record.refresh_from_db()
+    return _result(
+        form=form,
+        event=event,
+        label=label,
+        record=record,
+        data_before=data,
+        flags_before=flags,
+        capture=capture,
+        inline=inline,
+        stopped=stopped,
+    )
+
+
+def _drive(capture, record):
+    """Play the worker's part until every run of the test run has ended. Returns why it stopped early, or ""."""
+    max_steps = settings.EVENTS_TEST_RUN_MAX_STEPS
+    deadline = time.monotonic() + settings.EVENTS_TEST_RUN_MAX_SECONDS
+    runs = Run.objects.filter(record=record)
+    tasks = RunTask.objects.filter(run__record=record, run__status=Run.Status.RUNNING)
+    for _ in range(max_steps):
+        if time.monotonic() > deadline:
+            return f"The test run took longer than {settings.EVENTS_TEST_RUN_MAX_SECONDS:g} s and was stopped."
+        if capture.jobs:
+            engine.task_job(task_id=capture.jobs.popleft())  # a hand-off: what a worker would run now
+            continue
+        if not runs.filter(status=Run.Status.RUNNING).exists():
+            return ""
+        due = list(tasks.due_for_dispatch().values_list("pk", flat=True))
+        if due:
+            for task_id in due:  # what the worker's dispatcher would hand off now
+                queue.task_enqueue(task_id=task_id)
+            continue
+        timeouts = []
+        answered = False
+        for task in tasks.filter(status=RunTask.Status.AWAITING).order_by("started_at", "position"):
+            answer = capture.canned_for({"name": task.name, "node_id": task.node_id})[0].callback
+            if answer.status == "TIMEOUT":
+                timeouts.append(task.deadline_at)
+                continue
+            engine.task_callback(
+                task_id=task.pk,
+                status=answer.status,
+                output=answer.output,
+                subtext=answer.subtext,
+                note="test run: the canned callback answered",
+            )
+            answered = True
+            break
+        if answered:
+            continue
+        later = tasks.filter(status=RunTask.Status.PENDING, due_at__gt=capture.now()).aggregate(at=Min("due_at"))["at"]
+        moments = [moment for moment in [later, *timeouts] if moment is not None]
+        if not moments:
+            return "The test run stopped: a run still runs, but nothing of it is due or waiting."
+        capture.advance_to(min(moments))  # fast-forward to the next delay, retry or deadline
+        engine.awaiting_expire(tasks=tasks)
+    return f"The test run stopped after {max_steps} steps (EVENTS_TEST_RUN_MAX_STEPS)."
+
+
+def _depths(snapshot):
+    depths = {}
+
+    def visit(nodes, depth):
+        for node in nodes or []:
+            depths[node["id"]] = depth
+            visit(node.get("children"), depth + 1)
+            visit(node.get("on_error"), depth + 1)
+
+    visit(snapshot, 0)
+    return depths
+
+
+def _result(*, form, event, label, record, data_before, flags_before, capture, inline, stopped):
+    runs = list(Run.objects.filter(record=record).order_by("created_at", "depth"))
+    index = {run.pk: position for position, run in enumerate(runs)}
+    started_by = {run.parent_task_id: index[run.pk] for run in runs if run.parent_task_id}
+    simulated = []
+    for run in runs:
+        rows = run.in_tree_order(list(run.tasks.all()))
+        handled = failures_handled(rows)
+        depths = _depths(run.snapshot)
+        nodes = {node["id"]: node for node in _nodes(run.snapshot)}
+        steps = []
+        for row in rows:
+            try:
+                answers = registry.get(row.type).test_run_answers(nodes.get(row.node_id, {}).get("config") or {})
+            except registry.UnknownNodeType:
+                answers = ()
+            traces = row.debug or []
+            steps.append(
+                Step(
+                    id=row.pk,
+                    node_id=row.node_id,
+                    type=row.type,
+                    name=row.name,
+                    label=row.label,
+                    visible=row.visible,
+                    branch=row.branch,
+                    depth=depths.get(row.node_id, 0),
+                    is_container=row.is_container,
+                    status=row.status,
+                    phase="request" if row.pk in inline else "worker",
+                    attempt=row.attempt,
+                    max_attempts=row.max_attempts,
+                    due_at=row.due_at,
+                    deadline_at=row.deadline_at,
+                    started_at=row.started_at,
+                    finished_at=row.finished_at,
+                    rendered_config=traces[-1].get("rendered_config") if traces else None,
+                    output=row.output,
+                    error=row.error,
+                    failure=row.failure,
+                    subtext=row.subtext,
+                    logs=[entry.get("line", "") if isinstance(entry, dict) else str(entry) for entry in row.logs],
+                    error_branch_taken=bool(handled.get(row.pk)),
+                    canned=capture.canned_for({"name": row.name, "node_id": row.node_id})[0].as_document()
+                    if answers
+                    else None,
+                    child_run=started_by.get(row.pk),
+                )
+            )
+        simulated.append(
+            SimulatedRun(
+                index=index[run.pk],
+                event=run.event,
+                depth=run.depth,
+                status=run.status,
+                error=run.error,
+                subtext=run.subtext,
+                properties=run.properties,
+                parent_index=index.get(run.parent_run_id),
+                finished_at=run.finished_at,
+                steps=steps,
+            )
+        )
+    submission = runs[0]
+    handled_failures = [
+        {"label": step.label, "name": step.name} for step in simulated[0].steps if step.error_branch_taken
+    ]
+    if hasattr(form, "waiting_outcome"):
+        state, message, redirect_url = form.waiting_outcome(
+            record, run_status=submission.status, handled_failures=handled_failures
+        )
+    else:  # a form model of its own, without a waiting page
+        state, message, redirect_url = submission.status, "", ""
+    for captured in [*capture.emails, *capture.requests]:
+        captured.run = index.get(captured.run, 0)
+    named = {str(step.node_id) for run in simulated for step in run.steps} | {
+        step.name for run in simulated for step in run.steps if step.name
+    }
+    return TestRunResult(
+        form=form.slug,
+        event=event,
+        version=label,
+        submitted_at=record.created_at,
+        finished_at=capture.now(),
+        data_before=data_before,
+        flags_before=flags_before,
+        data=record.data,
+        flags=record.flags,
+        runs=simulated,
+        emails=capture.emails,
+        http_calls=capture.requests,
+        waiting=WaitingEnd(state=state, message=message, redirect_url=redirect_url, subtext=submission.subtext),
+        unused_canned=sorted(key for key in capture.canned if key not in named),
+        stopped=stopped,
+    )
+
+
+def _nodes(snapshot):
+    for node in snapshot or []:
+        yield node
+        yield from _nodes(node.get("children"))
+        yield from _nodes(node.get("on_error"))

@@ -1,0 +1,125 @@
+"""The sandbox of a test run: its clock, and what it captures in place of sending (``events.effects``)."""
+
+import datetime
+import json
+from collections import deque
+from typing import Any
+
+from ..outbound import OutboundError
+from .canned import DEFAULT, Canned
+from .result import CapturedEmail, CapturedRequest
+
+
+class Capture:
+    """A test run's world: a clock that only moves when told, captured emails and requests, collected jobs.
+
+    Each email and request is told the step (``NodeContext``) it comes from; ``canned`` answers each
+    node's requests and callbacks ({node name or id as text: Canned}).
+    """
+
+    def __init__(self, *, start: datetime.datetime, canned: dict[str, Canned]):
+        self.clock = start
+        self.canned = canned
+        self.emails: list[CapturedEmail] = []
+        self.requests: list[CapturedRequest] = []
+        self.jobs: deque[str] = deque()
+        self.used: set[str] = set()
+        self.attempts: dict[int, int] = {}  # node id -> requests made so far (each attempt answers in turn)
+
+    # events.effects.Sandbox ---------------------------------------------------------------------
+
+    def now(self) -> datetime.datetime:
+        return self.clock
+
+    def sleep(self, seconds: float) -> None:
+        self.clock += datetime.timedelta(seconds=max(0.0, float(seconds)))
+
+    def send_mail(self, message: Any, *, ctx: Any = None) -> None:
+        where = _where(ctx)
+        self.emails.append(
+            CapturedEmail(
+                run=where.get("run"),
+                node_id=where.get("node_id"),
+                node=where.get("node", ""),
+                at=self.clock,
+                to=list(message.to),
+                cc=list(message.cc),
+                bcc=list(message.bcc),
+                subject=str(message.subject),
+                body=str(message.body),
+                from_email=str(message.from_email),
+            )
+        )
+
+    def http_request(self, method: str, url: str, *, ctx: Any = None, **options: Any) -> Any:
+        where = _where(ctx)
+        node_id = where.get("node_id")
+        canned, given = self.canned_for(where)
+        attempt = self.attempts[node_id] = self.attempts.get(node_id, 0) + 1
+        response = canned.response(attempt)
+        content = options.get("content") or b""
+        self.requests.append(
+            CapturedRequest(
+                run=where.get("run"),
+                node_id=node_id,
+                node=where.get("node", ""),
+                attempt=attempt,
+                at=self.clock,
+                method=method,
+                url=url,
+                headers=dict(options.get("headers") or {}),
+                body=content.decode("utf-8", errors="replace") if isinstance(content, bytes) else str(content),
+                response=response.as_document(),
+                canned=given,
+            )
+        )
+        log = options.get("log")
+        if log is not None:
+            log("test run: the request was not sent; a canned response answers it")
+        if response.error:
+            raise OutboundError(response.error)
+        from ..outbound.transport import Answer  # loads httpx: only in a test run that calls out
+
+        return Answer(
+            status_code=response.status,
+            headers={"content-type": "application/json"},
+            body=_json_bytes(response.json),
+            encoding="utf-8",
+            url=url,
+        )
+
+    def job_sent(self, func: str, args: tuple) -> None:
+        if args:
+            self.jobs.append(str(args[0]))
+
+    # ---------------------------------------------------------------------------------------------
+
+    def canned_for(self, where: dict[str, Any]) -> tuple[Canned, bool]:
+        """The node's canned answers (by name, else by id) and whether the admin gave them."""
+        for key in (where.get("name"), str(where.get("node_id"))):
+            if key and key in self.canned:
+                self.used.add(key)
+                return self.canned[key], True
+        return DEFAULT, False
+
+    def advance_to(self, moment: datetime.datetime) -> None:
+        """Fast-forward: the clock never goes back."""
+        if moment > self.clock:
+            self.clock = moment
+
+
+def _where(ctx: Any) -> dict[str, Any]:
+    """Which step calls out: its run's id (the runner turns it into the run's index), node id, name, label."""
+    if ctx is None:
+        return {}
+    node = ctx.node or {}
+    return {
+        "run": ctx.run.pk,
+        "node_id": node.get("id"),
+        "name": node.get("name", ""),
+        "node": node.get("name") or node.get("label") or node.get("type", ""),
+    }
+
+
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value).encode()
