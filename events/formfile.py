@@ -701,7 +701,7 @@ class _Checker:
             events[event] = [plan for plan in plans if plan is not None]
         return events
 
-    def check_node(self, raw, path, form_fields, names):
+    def check_node(self, raw, path, form_fields, names, *, branch=Node.Branch.MAIN):
         if not isinstance(raw, dict):
             return None
         doc = self.read(NodeDoc, raw)
@@ -745,7 +745,7 @@ class _Checker:
             for index, child in enumerate(raw_children)
         ]
         on_error = [
-            self.check_node(child, f"{on_error_path}[{index}]", form_fields, names)
+            self.check_node(child, f"{on_error_path}[{index}]", form_fields, names, branch=Node.Branch.ON_ERROR)
             for index, child in enumerate(raw_on_error)
         ]
         if node_type is not None and raw_children and not node_type.is_container:
@@ -757,7 +757,7 @@ class _Checker:
         if node_type is not None and raw_on_error:
             # The tree's own rule decides (NodeManager.check_parent), so the import never accepts
             # a tree that the manager would refuse half-way through writing it.
-            parent = Node(type=node_type.key, label=label or name or f"This {node_type.label} node")
+            parent = Node(type=node_type.key, label=label or name or f"This {node_type.label} node", branch=branch)
             try:
                 Node.objects.check_parent(Node(type=node_type.key, branch=Node.Branch.ON_ERROR), parent)
             except InvalidTreeOperation as exc:

@@ -102,7 +102,12 @@ class NodeManager(MP_NodeManager):
         if (parent.form_id, parent.event) != (node.form_id, node.event):
             raise InvalidTreeOperation("A node can only move within its own form's event tree.")
         if node.branch == Node.Branch.ON_ERROR:
-            return  # every node may have an error branch
+            if parent.branch == Node.Branch.ON_ERROR:
+                raise InvalidTreeOperation(
+                    f"“{parent}” is an error step: an error step has no error branch of its own. "
+                    "Put the step after it in the same error branch, or in the error branch of the step that fails."
+                )
+            return  # every other node may have an error branch
         if not registry.get(parent.type).is_container:
             raise InvalidTreeOperation(
                 f"“{parent}” is a {registry.get(parent.type).label} action; only containers "

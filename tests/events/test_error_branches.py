@@ -11,7 +11,7 @@ from django.utils import timezone
 from django_q.models import OrmQ
 
 from events import engine, queue, tasks
-from events.models import Run, RunTask
+from events.models import InvalidTreeOperation, Node, Run, RunTask
 from forms_app.models import Record
 from forms_app.services import record_submit
 from tests.factories import FieldFactory, add_node
@@ -147,10 +147,33 @@ def test_an_error_branch_that_fails_itself_fails_the_run(errors_form, submit):
     assert done.record.is_complete is True
 
 
-def test_a_failed_error_branch_step_can_have_its_own_error_branch(errors_form, submit):
+def test_an_error_step_cannot_be_given_an_error_branch_of_its_own(errors_form):
     boom = add_node(errors_form, "fail", name="boom", config={"message": "first"})
     worse = add_node(errors_form, "fail", parent=boom, branch="on_error", name="worse", config={"message": "second"})
-    add_catcher(errors_form, worse, name="deeper")
+
+    with pytest.raises(InvalidTreeOperation, match="an error step has no error branch of its own"):
+        add_catcher(errors_form, worse, name="deeper")
+
+
+def test_a_tree_from_before_that_rule_with_an_error_step_s_own_error_branch_still_runs(
+    errors_form, submit, monkeypatch
+):
+    boom = add_node(errors_form, "fail", name="boom", config={"message": "first"})
+    worse = add_node(errors_form, "fail", parent=boom, branch="on_error", name="worse", config={"message": "second"})
+    # Written as an earlier version allowed it: past today's rule.
+    with monkeypatch.context() as patch:
+        patch.setattr(type(Node.objects), "check_parent", lambda manager, node, parent: None)
+        Node.objects.add_child(
+            worse,
+            instance=Node(
+                form=errors_form,
+                type="update_field",
+                branch="on_error",
+                name="deeper",
+                label="Catch",
+                config={"field": "caught", "value": ERROR_REPORT},
+            ),
+        )
     add_after(errors_form)
 
     done = submit()

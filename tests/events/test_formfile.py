@@ -599,6 +599,33 @@ def test_an_error_branch_under_an_action_or_a_marker_imports(db):
                 {
                     "type": "go_async",
                     "config": {},
+                    "on_error": [{"type": "fail", "config": {"message": "y"}}],
+                },
+            ]
+        },
+    }
+    form = form_import(document)
+    assert Node.objects.filter(form=form, branch=Node.Branch.ON_ERROR).count() == 2
+    assert form_export(form)["events"] == {
+        "record_update": [
+            {"type": "fail", "config": {"message": "x"}, "on_error": [{"type": "go_async", "config": {}}]},
+            {
+                "type": "go_async",
+                "config": {},
+                "on_error": [{"type": "fail", "config": {"message": "y"}}],
+            },
+        ]
+    }
+
+
+def test_an_error_step_with_an_error_branch_of_its_own_is_refused_with_its_path(db):
+    document = {
+        "form": {"slug": "s", "title": "T"},
+        "events": {
+            "record_update": [
+                {
+                    "type": "fail",
+                    "config": {"message": "x"},
                     "on_error": [
                         {
                             "type": "fail",
@@ -606,28 +633,18 @@ def test_an_error_branch_under_an_action_or_a_marker_imports(db):
                             "on_error": [{"type": "set_flag", "config": {"flag": "z"}}],
                         }
                     ],
-                },
+                }
             ]
         },
     }
-    form = form_import(document)
-    assert Node.objects.filter(form=form, branch=Node.Branch.ON_ERROR).count() == 3
-    assert form_export(form)["events"] == {
-        "record_update": [
-            {"type": "fail", "config": {"message": "x"}, "on_error": [{"type": "go_async", "config": {}}]},
-            {
-                "type": "go_async",
-                "config": {},
-                "on_error": [
-                    {
-                        "type": "fail",
-                        "config": {"message": "y"},
-                        "on_error": [{"type": "set_flag", "config": {"flag": "z", "value": True}}],
-                    }
-                ],
-            },
-        ]
-    }
+
+    with pytest.raises(FormFileError) as refused:
+        form_import(document)
+
+    [(path, message)] = refused.value.problems
+    assert path == "events.record_update[0].on_error[0].on_error"
+    assert "an error step has no error branch of its own" in message
+    assert not Form.objects.filter(slug="s").exists()
 
 
 def test_a_retry_may_give_only_some_keys(db):

@@ -549,3 +549,19 @@ def test_a_node_of_a_type_no_longer_registered_can_still_be_renamed_and_keeps_it
     assert changed(response)["level"] == "success"
     node = Node.objects.get(pk=tree["mark"].pk)
     assert (node.label, node.config) == ("Old step", {"keep": "<b>this</b>"})
+
+
+def test_an_error_step_offers_no_error_branch_and_a_post_for_one_is_refused(admin_client, form):
+    boom = add_node(form, "fail", name="boom", config={"message": "x"})
+    catch = add_node(form, "set_flag", parent=boom, branch="on_error", name="catch", config={"flag": "c"})
+
+    page = admin_client.get(reverse("admin:events_node_overview", args=[form.pk, "record_update"])).content.decode()
+
+    assert page.count("+ error step") == 0  # boom has its branch; catch is an error step
+    response = admin_client.post(
+        add_url(form, type="set_flag", ref=catch.pk, position="first-child", branch="on_error"),
+        basics(label="Deeper", config_flag="d", config_value="on"),
+        **HTMX,
+    )
+    assert "an error step has no error branch of its own" in response.content.decode()
+    assert Node.objects.get(pk=catch.pk).get_children_count() == 0
