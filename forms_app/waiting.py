@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from events.models import Run, RunTask, failures_handled
+from events.models import Node, Run, RunTask, failures_handled
 
 from .messages import render_message  # noqa: F401  (where the waiting page's words were always found)
 from .models import Record
@@ -143,7 +143,7 @@ def record_progress(record, run=False):
         )
     rows = []
     if run is not None:
-        rows = run.in_tree_order(
+        rows = list(
             run.tasks.values_list(
                 "id",
                 "parent_id",
@@ -157,9 +157,14 @@ def record_progress(record, run=False):
                 "subtext",
                 "finished_at",
                 named=True,
-            ),
-            key=lambda row: (row.node_id, row.position),
+            )
         )
+        if any(row.branch == Node.Branch.ON_ERROR for row in rows):
+            # Error-branch tasks are created when their step fails, after every other: the snapshot
+            # says where they go.
+            rows = run.in_tree_order(rows, key=lambda row: (row.node_id, row.position))
+        else:
+            rows.sort(key=lambda row: row.position)  # created in tree order, top to bottom, at the start
     stopped = run is not None and run.status in (Run.Status.FAILED, Run.Status.CANCELLED)
     stopped_at = run.finished_at if stopped else None
     handled = failures_handled(rows)

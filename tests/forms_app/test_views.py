@@ -368,6 +368,22 @@ def test_the_status_partial_costs_the_same_queries_for_one_task_and_for_a_hundre
     assert queries_one == 2  # the run with its record and form, then its tasks
 
 
+def test_the_status_partial_places_an_error_branch_that_ran_under_its_step(client, db):
+    form = FormFactory()
+    FieldFactory(form=form, name="email", type="email")
+    boom = add_node(form, "fail", label="Boom", visible=True, config={"message": "x"})
+    add_node(form, "set_subtext", parent=boom, branch="on_error", label="Caught", visible=True, config={"text": "ok"})
+    add_node(form, "set_flag", label="After", visible=True, config={"flag": "after"})
+    add_pending_delay(form, label="Later", visible=True)
+    record = record_submit(form=form, data={"email": "ann@example.com"})
+
+    queries, html = count_queries(client, status_url(record))
+
+    labels = re.findall(r'class="step-label">([^<]+)<', html)
+    assert labels == ["Boom", "Caught", "After", "Later"]  # the error step in its place, not last
+    assert queries == 2  # as without an error branch
+
+
 def test_the_waiting_page_costs_the_same_queries_for_one_task_and_for_a_hundred(client, db):
     one, hundred = record_with_visible_steps(1), record_with_visible_steps(100)
 
