@@ -259,11 +259,12 @@ EVENTS_UNAVAILABLE_RETRY_AFTER_SECONDS = env_int("EVENTS_UNAVAILABLE_RETRY_AFTER
 # `manage.py check` refuses a cap above a third of the web timeout (events/checks.py).
 EVENTS_WEB_TIMEOUT_SECONDS = env_int("EVENTS_WEB_TIMEOUT_SECONDS", 30)
 EVENTS_INLINE_STEP_MAX_SECONDS = env_float("EVENTS_INLINE_STEP_MAX_SECONDS", 10)
-# A test run (events/testrun: a tree run against a submission, nothing sent) plays at most this many
+# A test run (events/testrun: a tree run against a submission, nothing sent) holds one transaction (on
+# SQLite, the write lock: real submits wait for it), so it is short: it plays at most this many
 # worker steps and stops after this many seconds, whatever the tree does; a replay runs at most
 # EVENTS_REPLAY_MAX_RECORDS records through two versions each.
 EVENTS_TEST_RUN_MAX_STEPS = env_int("EVENTS_TEST_RUN_MAX_STEPS", 1000)
-EVENTS_TEST_RUN_MAX_SECONDS = env_float("EVENTS_TEST_RUN_MAX_SECONDS", 20)
+EVENTS_TEST_RUN_MAX_SECONDS = env_float("EVENTS_TEST_RUN_MAX_SECONDS", 5)
 EVENTS_REPLAY_MAX_RECORDS = env_int("EVENTS_REPLAY_MAX_RECORDS", 500)
 # A replay job plays records for at most this long, then sends itself again for the rest.
 EVENTS_REPLAY_SLICE_SECONDS = env_float("EVENTS_REPLAY_SLICE_SECONDS", 20)

@@ -40,3 +40,31 @@ def inline_steps_end_within_the_web_timeout(app_configs, **kwargs):
             )
         ]
     return []
+
+
+@register()
+def short_test_runs(app_configs, **kwargs):
+    """A test run holds one transaction (on SQLite, the write lock): real submits wait until it ends.
+
+    They wait at most the database's busy timeout (SQLite's ``timeout`` option) before failing, so
+    a test run must end well within it.
+    """
+    from django.db import connections
+
+    cap = settings.EVENTS_TEST_RUN_MAX_SECONDS
+    database = connections["default"]
+    if database.vendor != "sqlite":
+        return [] if cap > 0 else [_test_run_cap_error(cap, "above 0")]
+    waits = float(database.settings_dict.get("OPTIONS", {}).get("timeout", 5))
+    if cap <= 0 or cap > waits / 2:
+        return [_test_run_cap_error(cap, f"above 0 and at most half of SQLite's busy timeout ({waits:g} s)")]
+    return []
+
+
+def _test_run_cap_error(cap, rule):
+    return Error(
+        f"EVENTS_TEST_RUN_MAX_SECONDS ({cap:g}) must be {rule}.",
+        hint="A test run holds the database's write lock while it runs; a submit waiting longer than the "
+        "busy timeout fails. Lower the cap.",
+        id="events.E002",
+    )

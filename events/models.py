@@ -757,7 +757,8 @@ class Replay(models.Model):
     done = models.PositiveIntegerField(default=0)
     differing = models.PositiveIntegerField(default=0, help_text="Records with any difference.")
     error = models.TextField(blank=True)
-    claimed_until = models.DateTimeField(null=True, blank=True)
+    claimed_until = models.DateTimeField(null=True, blank=True, help_text="The lease of the worker playing it.")
+    sent_at = models.DateTimeField(null=True, blank=True, help_text="When its job was last sent to the queue.")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -83,8 +83,9 @@ def database_wait(*, deadline):
 
 def replay_job(replay_id):
     """Queue entrypoint: the next slice of a replay (events.testrun.replay)."""
-    from .testrun.replay import replay_work  # the test-run machinery loads only in the worker that needs it
+    from .testrun.replay import replay_send, replay_work
 
     if worker_stopping():
-        return "stopping"  # the lease lapses and the sweep sends it again
+        replay_send(replay_id)  # for the next worker: this one's acknowledgement would lose the job
+        return "handed back"
     return replay_work(replay_id)

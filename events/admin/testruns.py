@@ -64,16 +64,20 @@ class TestRunForm(forms.Form):
     token = forms.CharField(label="…or its token", required=False, max_length=64)
     data = forms.JSONField(label="Data", required=False, help_text="A JSON object: field name → value.")
 
-    def __init__(self, *args, tree_form, event, versions, snapshot, **kwargs):
+    def __init__(self, *args, tree_form, event, versions, snapshot, records_visible=True, **kwargs):
         super().__init__(*args, **kwargs)
         self.tree_form, self.event, self.versions = tree_form, event, versions
         self.fields["tree"].choices = [("draft", "the draft")] + [
             (str(version.number), f"version {version.number}") for version in versions
         ]
-        records = record_model().objects.filter(form=tree_form).order_by("-created_at", "-pk")[:RECENT_RECORDS]
-        self.fields["record"].choices = [("", "— the most recent —")] + [
-            (str(record.pk), f"{record.created_at:%Y-%m-%d %H:%M} · {record.token[:8]}…") for record in records
-        ]
+        if records_visible:
+            records = record_model().objects.filter(form=tree_form).order_by("-created_at", "-pk")[:RECENT_RECORDS]
+            self.fields["record"].choices = [("", "— the most recent —")] + [
+                (str(record.pk), f"{record.created_at:%Y-%m-%d %H:%M} · {record.token[:8]}…") for record in records
+            ]
+        else:  # a past record's data is not this admin's to see: data typed in only
+            self.fields["source"].choices = [("data", "data typed in")]
+            del self.fields["record"], self.fields["token"]
         self.answering = answering_nodes(snapshot)
         for node, answers in self.answering:
             key = _node_key(node)
@@ -135,9 +139,9 @@ class TestRunForm(forms.Form):
         return None if chosen == "draft" else next(v for v in self.versions if str(v.number) == chosen)
 
     def submission(self):
-        """(data, flags, the record or None) the test run runs on."""
+        """(data typed in, None) or (None, the past record) the test run runs on."""
         if self.cleaned_data["source"] == "data":
-            return self.cleaned_data["data"], {}, None
+            return self.cleaned_data["data"], None
         records = record_model().objects.filter(form=self.tree_form)
         token, chosen = self.cleaned_data.get("token", "").strip(), self.cleaned_data.get("record")
         if token:
@@ -149,7 +153,7 @@ class TestRunForm(forms.Form):
         if record is None:
             missing = "No such record of this form." if token or chosen else "The form has no record yet: type data in."
             raise TestRunError([("record", missing)])
-        return record.data, record.flags, record
+        return None, record
 
 
 class ReplayForm(forms.Form):
@@ -205,7 +209,13 @@ class ReplayAdmin(admin.ModelAdmin):
         answering_from = list(draft)
         for version in versions:  # canned answers for any node of any version the admin may choose
             answering_from += [node for node in version.snapshot if node["id"] not in {n["id"] for n in answering_from}]
-        initial = {"tree": "draft", "source": "record", "data": {row.name: "" for row in tree_form.fields.all()}}
+        meta = record_model()._meta
+        records_visible = request.user.has_perm(f"{meta.app_label}.view_{meta.model_name}")
+        initial = {
+            "tree": "draft",
+            "source": "record" if records_visible else "data",
+            "data": {row.name: "" for row in tree_form.fields.all()},
+        }
         form = TestRunForm(
             request.POST or None,
             initial=initial,
@@ -213,13 +223,14 @@ class ReplayAdmin(admin.ModelAdmin):
             event=event,
             versions=versions,
             snapshot=answering_from,
+            records_visible=records_visible,
         )
         result, record, problems = None, None, []
         if request.method == "POST" and form.is_valid():
             try:
-                data, flags, record = form.submission()
+                data, record = form.submission()
                 result = tree_test_run(
-                    form=tree_form, event=event, version=form.version(), data=data, flags=flags, canned=form.canned()
+                    form=tree_form, event=event, version=form.version(), record=record, data=data, canned=form.canned()
                 )
             except TestRunError as exc:
                 problems = exc.problems

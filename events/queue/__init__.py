@@ -211,7 +211,8 @@ def worker_stop_claiming() -> None:
 
 
 def worker_stopping() -> bool:
-    return _stopping is not None and _stopping.is_set()
+    """This worker was told to stop (never inside a test run: its walk plays every step, in this process)."""
+    return _stopping is not None and _stopping.is_set() and effects.sandbox() is None
 
 
 def heartbeat_start() -> None:

@@ -28,8 +28,9 @@ from .. import effects, engine, queue
 from ..models import RECORD_UPDATE, Node, Run, RunTask, TreeVersion, failures_handled, record_model
 from ..nodes import registry
 from ..nodes.base import steps_in_web_request
+from ..storable import storage_problem
 from .canned import Canned, CannedError, canned_parse
-from .capture import Capture
+from .capture import Capture, TestRunStopped
 from .result import SimulatedRun, Step, TestRunResult, WaitingEnd
 
 __all__ = ["CannedError", "TestRunError", "TestRunResult", "tree_test_run"]
@@ -48,7 +49,8 @@ class TestRunError(ValueError):
 def tree_test_run(
     *,
     form,
-    data: dict[str, Any],
+    data: dict[str, Any] | None = None,
+    record=None,
     event: str = RECORD_UPDATE,
     version: TreeVersion | None = None,
     snapshot: list[dict[str, Any]] | None = None,
@@ -58,21 +60,29 @@ def tree_test_run(
     canned: Any = None,
     start=None,
 ) -> TestRunResult:
-    """Run the tree of (form, event) over ``data`` as if it were submitted now; nothing is sent or kept.
+    """Run the tree of (form, event) as if the submission were made now; nothing is sent or kept.
 
+    The submission: a past ``record`` of the form (its data and flags; templates see its own id,
+    and the row itself is what the steps change, inside the transaction that is rolled back), or
+    ``data`` typed in (and ``flags``), which must name fields the form has.
     ``version``: the published version to run; None runs the draft (the tree as the builder shows it);
     ``snapshot`` (with its ``label``) runs that tree instead (a replay's kept copy of a draft).
-    ``data`` and ``flags``: the submission (a past record's, or typed in; fields the form does not
-    have are refused). ``canned``: the canned answers (a dict, its JSON text, or parsed Canned
-    values). Raises TestRunError for bad input.
+    ``canned``: the canned answers (a dict, its JSON text, or parsed Canned values). ``start``: the
+    test run's clock at the submit (default: now). Raises TestRunError for bad input.
     """
-    if not isinstance(data, dict):
+    if record is not None:
+        data, flags = record.data, record.flags  # a stored record keeps values of fields removed since
+    elif not isinstance(data, dict):
         raise TestRunError([("data", "give the submission as a JSON object: {field name: value}")])
-    known = {row.name for row in form.fields.all()}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        fields = ", ".join(sorted(known)) or "none"
-        raise TestRunError([("data", f"the form has no field {', '.join(unknown)} (its fields: {fields})")])
+    else:
+        known = {row.name for row in form.fields.all()}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            fields = ", ".join(sorted(known)) or "none"
+            raise TestRunError([("data", f"the form has no field {', '.join(unknown)} (its fields: {fields})")])
+        problem = storage_problem(data, "data")
+        if problem:
+            raise TestRunError([("data", problem)])
     try:
         answers = canned if _is_parsed(canned) else canned_parse(canned)
     except CannedError as exc:
@@ -84,7 +94,11 @@ def tree_test_run(
         snapshot, label = version.snapshot, f"version {version.number}"
     else:
         snapshot, label = Node.objects.snapshot(form, event), "draft"
-    capture = Capture(start=start or timezone.now(), canned=answers)
+    capture = Capture(
+        start=start or timezone.now(),
+        canned=answers,
+        deadline=time.monotonic() + settings.EVENTS_TEST_RUN_MAX_SECONDS,
+    )
     with transaction.atomic():
         try:
             with effects.sandboxed(capture):
@@ -94,13 +108,14 @@ def tree_test_run(
                     version=version,
                     label=label,
                     snapshot=snapshot,
+                    record=record,
                     data=copy.deepcopy(data),
                     flags=copy.deepcopy(flags or {}),
                     properties=properties,
                     capture=capture,
                 )
         finally:
-            transaction.set_rollback(True)  # the scratch record, the runs and their tasks are never committed
+            transaction.set_rollback(True)  # the runs, their tasks and the record's changes are never committed
     return result
 
 
@@ -108,35 +123,54 @@ def _is_parsed(canned):
     return isinstance(canned, dict) and all(isinstance(value, Canned) for value in canned.values())
 
 
-def _run(*, form, event, version, label, snapshot, data, flags, properties, capture):
+def _run(*, form, event, version, label, snapshot, record, data, flags, properties, capture):
     start = capture.now()
     Record = record_model()
-    record = Record.objects.create(
-        form=form, data=copy.deepcopy(data), flags=copy.deepcopy(flags), is_complete=not snapshot
+    if record is None:  # data typed in: a record of its own, as a submit would store it
+        record = Record.objects.create(form=form, data=copy.deepcopy(data), flags=copy.deepcopy(flags))
+        before = set()
+    else:  # the record itself, as it was submitted (its runs so far are not the test run's)
+        record = Record.objects.select_related("form").get(pk=record.pk)
+        before = set(Run.objects.filter(record=record).values_list("pk", flat=True))
+    # Submitted now, by the test run's clock: delays count from here.
+    Record.objects.filter(pk=record.pk).update(
+        data=copy.deepcopy(data), flags=copy.deepcopy(flags), created_at=start, is_complete=not snapshot
     )
-    Record.objects.filter(pk=record.pk).update(created_at=start)  # delays count from the submit: the clock's
-    record.created_at = start
-    run = engine.run_start(
-        record=record,
-        event=event,
-        is_submission=event == RECORD_UPDATE,
-        snapshot=snapshot,
-        version=version,
-        properties=properties,
-        debug=True,  # every step keeps its rendered config, as a run with collect_debug does
-    )
-    with steps_in_web_request():
-        engine.run_inline(run=run)
-    inline = set(  # what ended in the submit request (the inline phase); the rest a worker would run
-        RunTask.objects.filter(run__record=record).exclude(status=RunTask.Status.PENDING).values_list("pk", flat=True)
-    )
-    stopped = _drive(capture, record)
+    record.data, record.flags, record.created_at = copy.deepcopy(data), copy.deepcopy(flags), start
+    runs = Run.objects.filter(record=record).exclude(pk__in=before)
+    stopped, inline = "", set()
+    try:
+        run = engine.run_start(
+            record=record,
+            event=event,
+            is_submission=event == RECORD_UPDATE,
+            snapshot=snapshot,
+            version=version,
+            properties=properties,
+            debug=True,  # every step keeps its rendered config, as a run with collect_debug does
+        )
+        with steps_in_web_request():
+            engine.run_inline(run=run)
+        # What ended in the submit request (the inline phase); the rest a worker would run.
+        inline = set(
+            RunTask.objects.filter(run__in=runs).exclude(status=RunTask.Status.PENDING).values_list("pk", flat=True)
+        )
+        stopped = _drive(capture, runs)
+    except TestRunStopped:
+        stopped = (
+            f"The test run was stopped after {settings.EVENTS_TEST_RUN_MAX_SECONDS:g} s "
+            "(EVENTS_TEST_RUN_MAX_SECONDS): this is what had happened by then."
+        )
+    capture.deadline = None  # reading what happened is not bounded
+    if not runs.exists():
+        raise TestRunError([("", stopped or "The test run could not start a run.")])
     record.refresh_from_db()
     return _result(
         form=form,
         event=event,
         label=label,
         record=record,
+        runs=list(runs.order_by("created_at", "depth")),
         data_before=data,
         flags_before=flags,
         capture=capture,
@@ -145,15 +179,11 @@ def _run(*, form, event, version, label, snapshot, data, flags, properties, capt
     )
 
 
-def _drive(capture, record):
+def _drive(capture, runs):
     """Play the worker's part until every run of the test run has ended. Returns why it stopped early, or ""."""
     max_steps = settings.EVENTS_TEST_RUN_MAX_STEPS
-    deadline = time.monotonic() + settings.EVENTS_TEST_RUN_MAX_SECONDS
-    runs = Run.objects.filter(record=record)
-    tasks = RunTask.objects.filter(run__record=record, run__status=Run.Status.RUNNING)
+    tasks = RunTask.objects.filter(run__in=runs.filter(status=Run.Status.RUNNING))
     for _ in range(max_steps):
-        if time.monotonic() > deadline:
-            return f"The test run took longer than {settings.EVENTS_TEST_RUN_MAX_SECONDS:g} s and was stopped."
         if capture.jobs:
             engine.task_job(task_id=capture.jobs.popleft())  # a hand-off: what a worker would run now
             continue
@@ -204,8 +234,7 @@ def _depths(snapshot):
     return depths
 
 
-def _result(*, form, event, label, record, data_before, flags_before, capture, inline, stopped):
-    runs = list(Run.objects.filter(record=record).order_by("created_at", "depth"))
+def _result(*, form, event, label, record, runs, data_before, flags_before, capture, inline, stopped):
     index = {run.pk: position for position, run in enumerate(runs)}
     started_by = {run.parent_task_id: index[run.pk] for run in runs if run.parent_task_id}
     simulated = []
@@ -298,6 +327,7 @@ def _result(*, form, event, label, record, data_before, flags_before, capture, i
         waiting=WaitingEnd(state=state, message=message, redirect_url=redirect_url, subtext=submission.subtext),
         unused_canned=sorted(key for key in capture.canned if key not in named),
         stopped=stopped,
+        run_ids={text: f"‹run {index[run.pk]}›" for run in runs for text in (str(run.pk), run.pk.hex, run.reference)},
     )
 
 

@@ -25,6 +25,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..storable import storage_problem
+
 CALLBACK_STATUSES = ("SUCCESS", "FAILURE", "TIMEOUT")
 RESPONSE_KEYS = {"status", "json", "error"}
 ENTRY_KEYS = RESPONSE_KEYS | {"responses", "callback"}
@@ -127,6 +129,10 @@ def canned_parse(document: Any) -> dict[str, Canned]:
             responses = (_response({k: v for k, v in entry.items() if k in RESPONSE_KEYS}, path, problems),)
         callback = _callback(entry.get("callback", {}), f"{path}.callback", problems)
         canned[path] = Canned(responses=responses, callback=callback)
+    if not problems:
+        problem = storage_problem(document, "canned answers")
+        if problem:  # NaN, Infinity or NUL: a step's output could not be stored
+            problems.append(("", problem))
     if problems:
         raise CannedError(problems)
     return canned

@@ -2,12 +2,23 @@
 
 import datetime
 import json
+import time
 from collections import deque
 from typing import Any
 
 from ..outbound import OutboundError
 from .canned import DEFAULT, Canned
 from .result import CapturedEmail, CapturedRequest
+
+
+class TestRunStopped(BaseException):
+    """A test run reached its bound (EVENTS_TEST_RUN_MAX_SECONDS): raised from inside the engine to stop it.
+
+    A BaseException, so that the engine's handlers of a step's errors (``except Exception``) do not
+    take it for the step failing: it unwinds the whole test run, whose transaction is rolled back.
+    """
+
+    __test__ = False
 
 
 class Capture:
@@ -17,19 +28,26 @@ class Capture:
     node's requests and callbacks ({node name or id as text: Canned}).
     """
 
-    def __init__(self, *, start: datetime.datetime, canned: dict[str, Canned]):
+    def __init__(self, *, start: datetime.datetime, canned: dict[str, Canned], deadline: float | None = None):
         self.clock = start
+        self.deadline = deadline  # time.monotonic() past which the test run stops (TestRunStopped)
         self.canned = canned
         self.emails: list[CapturedEmail] = []
         self.requests: list[CapturedRequest] = []
         self.jobs: deque[str] = deque()
         self.used: set[str] = set()
-        self.attempts: dict[int, int] = {}  # node id -> requests made so far (each attempt answers in turn)
 
     # events.effects.Sandbox ---------------------------------------------------------------------
 
     def now(self) -> datetime.datetime:
+        # Every claim, log line and due time asks the clock: the bound is checked in the middle of
+        # a walk too, so no single step or burst of child runs can hold the transaction past it.
+        self.check_deadline()
         return self.clock
+
+    def check_deadline(self) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise TestRunStopped()
 
     def sleep(self, seconds: float) -> None:
         self.clock += datetime.timedelta(seconds=max(0.0, float(seconds)))
@@ -55,7 +73,7 @@ class Capture:
         where = _where(ctx)
         node_id = where.get("node_id")
         canned, given = self.canned_for(where)
-        attempt = self.attempts[node_id] = self.attempts.get(node_id, 0) + 1
+        attempt = getattr(getattr(ctx, "task", None), "attempt", 1) or 1  # this task's attempt: one answer each
         response = canned.response(attempt)
         content = options.get("content") or b""
         self.requests.append(

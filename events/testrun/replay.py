@@ -93,12 +93,24 @@ def replay_start(
             total=len(record_ids),
             created_by=user if user is not None and user.is_authenticated else None,
         )
-        queue.job_send(REPLAY_JOB, str(replay.pk), name=f"replay-{replay.pk}")
+        replay_send(replay.pk)
     return replay
 
 
+def replay_send(replay_id) -> None:
+    """Send the replay's job, in the current transaction (one is opened if none is): a worker plays it next."""
+    with transaction.atomic():
+        Replay.objects.filter(pk=replay_id).update(claimed_until=None, sent_at=timezone.now())
+        queue.job_send(REPLAY_JOB, str(replay_id), name=f"replay-{replay_id}")
+
+
 def replay_work(replay_id, *, slice_seconds: float | None = None) -> str:
-    """The job: play the next slice of a replay's records; send the job again while records remain."""
+    """The job: play the next slice of a replay's records; send the job again while records remain.
+
+    The replay is leased (``claimed_until``) while a worker plays it, and each record renews the
+    lease with a compare-and-set: a worker that finds its lease taken (it was too slow, and the
+    sweep sent the replay on) stops. A stopping worker sends the job again and stops too.
+    """
     now = timezone.now()
     lease = now + timedelta(seconds=LEASE_SECONDS)
     claimable = Replay.objects.filter(pk=replay_id, status__in=[Replay.Status.QUEUED, Replay.Status.RUNNING]).filter(
@@ -112,12 +124,13 @@ def replay_work(replay_id, *, slice_seconds: float | None = None) -> str:
     position = replay.done
     try:
         while position < replay.total:
-            _replay_one(replay, position)
+            lease = _replay_one(replay, position, lease)
+            if lease is None:
+                return "lease lost"  # another worker plays it now
             position += 1
-            if timezone.now() >= stop_at and position < replay.total:
-                with transaction.atomic():
-                    Replay.objects.filter(pk=replay.pk).update(claimed_until=None)
-                    queue.job_send(REPLAY_JOB, str(replay.pk), name=f"replay-{replay.pk}")
+            if position < replay.total and (queue.worker_stopping() or timezone.now() >= stop_at):
+                if Replay.objects.filter(pk=replay.pk, claimed_until=lease).exists():
+                    replay_send(replay.pk)
                 return "continued"
     except Exception as exc:
         logger.exception("Replay %s failed", replay.pk)
@@ -125,14 +138,17 @@ def replay_work(replay_id, *, slice_seconds: float | None = None) -> str:
             status=Replay.Status.FAILED, error=f"{exc.__class__.__name__}: {exc}", finished_at=timezone.now()
         )
         return "failed"
-    Replay.objects.filter(pk=replay.pk).update(
+    Replay.objects.filter(pk=replay.pk, claimed_until=lease).update(
         status=Replay.Status.DONE, claimed_until=None, finished_at=timezone.now()
     )
     return "done"
 
 
-def _replay_one(replay, position):
-    """Test-run one record through both trees and store what differs (its item and the progress, together)."""
+def _replay_one(replay, position, lease):
+    """Test-run one record through both trees and store what differs, its item and the progress together.
+
+    Returns the renewed lease, or None when the lease was no longer this worker's (nothing stored).
+    """
     record_id = replay.record_ids[position]
     record = record_model().objects.filter(pk=record_id, form=replay.form).first()
     item = ReplayItem(replay=replay, position=position, record_id=record_id)
@@ -140,6 +156,7 @@ def _replay_one(replay, position):
         item.error = "The record was deleted before it was replayed."
     else:
         item.record_token, item.submitted_at = record.token, record.created_at
+        start = timezone.now()  # one submit time for both: what differs is the trees, not the clock
         try:
             before, after = (
                 tree_test_run(
@@ -147,9 +164,9 @@ def _replay_one(replay, position):
                     event=replay.event,
                     snapshot=snapshot,
                     label=label,
-                    data=record.data,
-                    flags=record.flags,
+                    record=record,
                     canned=replay.canned,
+                    start=start,
                 )
                 for snapshot, label in (
                     (replay.baseline, replay.baseline_label),
@@ -160,27 +177,42 @@ def _replay_one(replay, position):
             item.differences = differences(before.comparable(), after.comparable())
         except TestRunError as exc:
             item.error = str(exc)
+    renewed = timezone.now() + timedelta(seconds=LEASE_SECONDS)
     with transaction.atomic():
+        if not Replay.objects.filter(pk=replay.pk, claimed_until=lease).update(
+            done=F("done") + 1,
+            differing=F("differing") + (1 if item.differences or item.error else 0),
+            claimed_until=renewed,
+        ):
+            return None
         try:
             with transaction.atomic():
                 item.save()
-        except IntegrityError:
-            return  # played already (a duplicate slice after a lost lease): counted then
-        Replay.objects.filter(pk=replay.pk).update(
-            done=F("done") + 1,
-            differing=F("differing") + (1 if item.differences else 0),
-            claimed_until=timezone.now() + timedelta(seconds=LEASE_SECONDS),
-        )
+        except IntegrityError:  # played already, by a worker whose lease this one took over
+            Replay.objects.filter(pk=replay.pk).update(
+                done=F("done") - 1, differing=F("differing") - (1 if item.differences or item.error else 0)
+            )
+    return renewed
 
 
 def replays_resume(*, now=None) -> int:
-    """The sweep: send again the job of each unfinished replay whose worker let its lease lapse."""
+    """The sweep: send on each unfinished replay whose worker let its lease lapse, or whose job was lost.
+
+    A job is taken as lost when no worker has claimed the replay EVENTS_REQUEUE_AFTER_SECONDS after
+    it was sent (a stopping worker acknowledged it, the broker lost it). A duplicate only loses the claim.
+    """
     now = now or timezone.now()
+    unfinished = Replay.objects.filter(status__in=[Replay.Status.QUEUED, Replay.Status.RUNNING])
+    stale = unfinished.filter(
+        Q(claimed_until__lt=now)
+        | Q(claimed_until__isnull=True, sent_at__lt=now - timedelta(seconds=settings.EVENTS_REQUEUE_AFTER_SECONDS))
+    )
     resumed = 0
-    stale = Replay.objects.filter(status__in=[Replay.Status.QUEUED, Replay.Status.RUNNING], claimed_until__lt=now)
-    for replay_id, claimed_until in stale.values_list("pk", "claimed_until")[:50]:
+    for replay_id, claimed_until, sent_at in stale.values_list("pk", "claimed_until", "sent_at")[:50]:
         with transaction.atomic():
-            if Replay.objects.filter(pk=replay_id, claimed_until=claimed_until).update(claimed_until=None):
+            if Replay.objects.filter(pk=replay_id, claimed_until=claimed_until, sent_at=sent_at).update(
+                claimed_until=None, sent_at=now
+            ):
                 queue.job_send(REPLAY_JOB, str(replay_id), name=f"replay-{replay_id}")
                 resumed += 1
     return resumed

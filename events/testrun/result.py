@@ -123,6 +123,8 @@ class TestRunResult:
     waiting: WaitingEnd
     unused_canned: list[str] = field(default_factory=list)  # canned answers that name no node that called out
     stopped: str = ""  # why the test run stopped before every run ended (a bound was reached), else ""
+    # The ids and references of the test run's runs: new in each test run, masked when two are compared.
+    run_ids: dict[str, str] = field(default_factory=dict)
 
     @property
     def run(self) -> SimulatedRun:
@@ -176,22 +178,38 @@ class TestRunResult:
     def comparable(self) -> dict[str, Any]:
         """What a replay compares between two test runs of one record: final values, flags, the emails
         that would be sent (to, subject), the HTTP calls made (method, URL), the steps that fail, and
-        how the run and the waiting page end."""
-        return {
-            "status": self.status,
-            "data": self.data,
-            "flags": self.flags,
-            "emails": [{"to": email.to, "subject": email.subject} for email in self.emails],
-            "http_calls": [{"method": call.method, "url": call.url} for call in self.http_calls],
-            "failed_steps": [
-                {key: failed[key] for key in ("event", "node", "error", "handled")} for failed in self.failed_steps
-            ],
-            "waiting": {"state": self.waiting.state, "message": self.waiting.message},
-        }
+        how the run and the waiting page end. The runs' own ids and references (which templates may
+        show: ``{{ run.reference }}``) are new in every test run: they read as ``‹run 0›`` and so on."""
+        return _masked(
+            self.run_ids,
+            {
+                "status": self.status,
+                "data": self.data,
+                "flags": self.flags,
+                "emails": [{"to": email.to, "subject": email.subject} for email in self.emails],
+                "http_calls": [{"method": call.method, "url": call.url} for call in self.http_calls],
+                "failed_steps": [
+                    {key: failed[key] for key in ("event", "node", "error", "handled")} for failed in self.failed_steps
+                ],
+                "waiting": {"state": self.waiting.state, "message": self.waiting.message},
+            },
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """All of it as JSON-ready data: times as ISO text, ids as text."""
         return _plain(self) | {"status": self.status, "failed_steps": self.failed_steps}
+
+
+def _masked(replacements: dict[str, str], value: Any) -> Any:
+    if isinstance(value, str):
+        for text, mask in replacements.items():
+            value = value.replace(text, mask)
+        return value
+    if isinstance(value, dict):
+        return {key: _masked(replacements, item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_masked(replacements, item) for item in value]
+    return value
 
 
 def _plain(value: Any) -> Any:

@@ -109,3 +109,16 @@ def test_staff_without_the_permission_cannot_start_a_replay(client, trail_form, 
         == 403
     )
     assert Replay.objects.count() == 0
+
+
+def test_staff_who_may_not_see_records_test_run_on_data_typed_in_only(client, trail_form, booked):
+    user = User.objects.create_user("viewer2", password="x", is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(codename__in=["view_node"]))
+    client.force_login(user)
+
+    page = client.get(page_url(trail_form)).content.decode()
+    refused = client.post(page_url(trail_form), {"tree": "draft", "source": "record", "record": str(booked.pk)})
+
+    assert booked.token[:8] not in page and 'value="record"' not in page
+    assert "bob@example.com" not in refused.content.decode()
+    assert "Result:" not in refused.content.decode()

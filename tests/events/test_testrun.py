@@ -1,6 +1,7 @@
 """Test runs: the real engine runs a tree over a submission's data; nothing is sent, queued or kept."""
 
 import datetime
+import time
 
 import pytest
 from django.core import mail
@@ -53,9 +54,12 @@ def test_a_past_record_is_copied_and_left_unchanged(seed_tree, trail_form, submi
     mail.outbox.clear()
     before = counts()
 
-    result = tree_test_run(form=trail_form, data=record.data, flags=record.flags)
+    add_node(trail_form, "update_field", name="who", config={"field": "status", "value": "{{ record.id }}"})
 
-    assert result.data["trail"] == "ADBCADBC"  # the copy started from the record's own trail
+    result = tree_test_run(form=trail_form, record=record)
+
+    assert result.data["trail"] == "ADBCADBC"  # it started from the record's own trail
+    assert result.data["status"] == str(record.pk)  # templates see the record's own id
     record.refresh_from_db()
     assert (record.data, record.flags, record.updated_at) == (data, flags, updated)
     assert counts() == before
@@ -238,3 +242,59 @@ def test_the_command_refuses_an_unknown_record_and_bad_data(trail_form, db):
         call_command("test_tree", trail_form.slug, "--record", "nope")
     with pytest.raises(CommandError, match="the form has no field nope"):
         call_command("test_tree", trail_form.slug, "--data", '{"nope": 1}')
+
+
+def test_a_test_run_that_runs_too_long_is_stopped_and_says_so(trail_form, settings, nothing_kept):
+    settings.EVENTS_TEST_RUN_MAX_SECONDS = 0.3
+    settings.EVENTS_MAX_EVENT_DEPTH = 30
+    for event in ("record_update", "again"):  # each run fires two more: a run tree doubling at every level
+        for name in ("one", "two"):
+            add_node(trail_form, "trigger_event", event=event, name=name, config={"event": "again"})
+    began = time.monotonic()
+
+    result = tree_test_run(form=trail_form, data={})
+
+    assert time.monotonic() - began < 5
+    assert "was stopped after 0.3 s" in result.stopped
+    assert result.status == "running"
+
+
+def test_canned_answers_follow_each_task_s_own_attempts(trail_form, nothing_kept):
+    for name in ("one", "two"):
+        add_node(trail_form, "trigger_event", name=name, config={"event": "call"})
+    add_node(
+        trail_form,
+        "http_request",
+        event="call",
+        name="api",
+        max_attempts=2,
+        retry_backoff_seconds=1,
+        config={"method": "POST", "url": "https://api.example.com/"},
+    )
+
+    result = tree_test_run(form=trail_form, data={}, canned={"api": {"responses": [{"status": 500}, {"status": 200}]}})
+
+    assert sorted((call.run, call.attempt, call.response["status"]) for call in result.http_calls) == [
+        (1, 1, 500),
+        (1, 2, 200),
+        (2, 1, 500),
+        (2, 2, 200),
+    ]
+    assert result.status == "complete"
+
+
+def test_a_canned_answer_that_cannot_be_stored_is_refused(form, db):
+    with pytest.raises(TestRunError) as refused:
+        tree_test_run(form=form, data={}, canned='{"x": {"json": {"n": NaN}}}')
+
+    assert "not a finite number" in refused.value.problems[0][1]
+
+
+def test_the_check_refuses_a_test_run_bound_that_would_fail_waiting_submits(settings):
+    from events.checks import short_test_runs as check
+
+    settings.EVENTS_TEST_RUN_MAX_SECONDS = 5
+    assert check(None) == []
+    settings.EVENTS_TEST_RUN_MAX_SECONDS = 15  # the test database waits 20 s at most, as the shipped one does
+    [error] = check(None)
+    assert error.id == "events.E002" and "at most half of SQLite's busy timeout (20 s)" in error.msg

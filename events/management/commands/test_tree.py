@@ -46,12 +46,11 @@ class Command(BaseCommand):
         if form is None:
             known = ", ".join(Form.objects.order_by("slug").values_list("slug", flat=True)) or "none"
             raise CommandError(f"No form has the slug “{slug}”. Known slugs: {known}.")
-        flags = {}
+        row = None
         if record is not None:
             row = record_model().objects.filter(form=form, token=record).first()
             if row is None:
                 raise CommandError(f"Form “{slug}” has no record with the token “{record}”.")
-            data, flags = row.data, row.flags
         else:
             try:
                 data = json.loads(data)
@@ -69,7 +68,7 @@ class Command(BaseCommand):
                 )
         try:
             result = tree_test_run(
-                form=form, event=event, version=chosen, data=data, flags=flags, canned=self.canned(canned)
+                form=form, event=event, version=chosen, record=row, data=data, canned=self.canned(canned)
             )
         except TestRunError as exc:
             raise CommandError("\n".join(f"{path}: {message}" for path, message in exc.problems)) from None
