@@ -107,6 +107,17 @@ class NodeManager(MP_NodeManager):
                     f"“{parent}” is an error step: an error step has no error branch of its own. "
                     "Put the step after it in the same error branch, or in the error branch of the step that fails."
                 )
+            moved = Node.objects.filter(pk=node.pk).only("path", "depth").first() if node.pk else None
+            if (
+                moved is not None
+                and Node.objects.filter(
+                    path__startswith=moved.path, depth=moved.depth + 1, branch=Node.Branch.ON_ERROR
+                ).exists()
+            ):
+                raise InvalidTreeOperation(
+                    f"“{moved}” has error steps of its own: as an error step it could not have them. "
+                    "Move or delete its error steps first."
+                )
             return  # every other node may have an error branch
         if not registry.get(parent.type).is_container:
             raise InvalidTreeOperation(

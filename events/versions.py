@@ -21,7 +21,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from .models import RECORD_UPDATE, Node, Run, RunTask, TreeVersion
+from .models import RECORD_UPDATE, Node, Run, RunTask, TreeVersion, form_model
 from .nodes import registry
 from .retry import RetryPolicy
 
@@ -90,8 +90,11 @@ def tree_publish(
     ``expect``: the ``TreeStatus.token`` the admin reviewed (the impact preview); when the draft or
     the live version changed since, DraftChanged is raised and nothing is published. Runs in flight
     keep the snapshot they started with; only runs started after this publish run the new version.
+    Publishes of one form take turns (its row is locked), so two admins who reviewed the same draft
+    cannot both publish it: the second is told the live version changed.
     """
     with transaction.atomic():
+        form_model().objects.select_for_update().filter(pk=form.pk).exists()
         status = tree_status(form=form, event=event)
         if expect is not None and expect != status.token:
             raise DraftChanged("The draft or the live version changed since you reviewed it: review the changes again.")

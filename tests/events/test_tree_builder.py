@@ -565,3 +565,16 @@ def test_an_error_step_offers_no_error_branch_and_a_post_for_one_is_refused(admi
     )
     assert "an error step has no error branch of its own" in response.content.decode()
     assert Node.objects.filter(path__startswith=catch.path, depth=catch.depth + 1).count() == 0
+
+
+def test_a_step_with_error_steps_cannot_be_moved_out_into_an_error_branch(admin_client, form):
+    boom = add_node(form, "fail", label="Boom", config={"message": "x"})
+    box = add_node(form, "background", parent=boom, branch="on_error", label="Box")
+    inner = add_node(form, "set_flag", parent=box, label="Inner", config={"flag": "i"})
+    add_node(form, "set_flag", parent=inner, branch="on_error", label="Deeper", config={"flag": "d"})
+
+    event = changed(move(admin_client, inner, "out"))
+
+    assert event["level"] == "error"
+    assert "“Inner” has error steps of its own" in event["message"]
+    assert Node.objects.get_parent(Node.objects.get(pk=inner.pk)).pk == box.pk
