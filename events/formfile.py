@@ -31,7 +31,8 @@ FormFileError, before anything is written. A valid document is then written in o
 Importing a slug that already exists REPLACES that form: its settings, its fields (matched by name,
 so a kept field keeps its row; fields the document leaves out are deleted) and all its event trees
 (every event, also those the document does not mention; a node is matched by its ``name`` within its
-tree and keeps its id, so admin links and runs' references to it hold; an unnamed node is new).
+tree, an unnamed one by its type and place (``KeptIds``), and keeps its id, so admin links and runs'
+references to it hold, and re-importing a tree's own export changes nothing).
 
 Versions (events/versions.py): a form's Node rows are the drafts of its trees, and what runs is each
 tree's latest published version. ``form_export`` writes each tree's live version by default (a tree
@@ -854,7 +855,36 @@ def form_check(document):
     return plan
 
 
-def _node_create(form, event, plan, keep_ids, *, parent=None, branch=Node.Branch.MAIN):
+class KeptIds:
+    """The ids the nodes of a tree had before an import, so that a re-imported node keeps its own.
+
+    A named node is matched by its name within the tree; an unnamed one by where it stands: the
+    same type, the n-th unnamed node of that type among the steps (or error steps) of the same,
+    matched, parent. A tree re-imported from its own export is the same tree, node for node.
+    """
+
+    def __init__(self, nodes=()):
+        self.named, self.unnamed = {}, {}
+        by_path, seen = {}, {}
+        for node in nodes:  # in path order: a parent before its children
+            by_path[node.path] = node.pk
+            if node.name:
+                self.named[node.name] = node.pk
+                continue
+            parent = by_path.get(node.path[: -Node.steplen])
+            ordinal = seen[(parent, node.branch, node.type)] = seen.get((parent, node.branch, node.type), -1) + 1
+            self.unnamed[(parent, node.branch, node.type, ordinal)] = node.pk
+        self.placed = {}
+
+    def id_for(self, plan, parent, branch):
+        if plan["name"]:
+            return self.named.get(plan["name"])
+        key = (parent.pk if parent is not None else None, branch, plan["type"])
+        ordinal = self.placed[key] = self.placed.get(key, -1) + 1
+        return self.unnamed.get((*key, ordinal))
+
+
+def _node_create(form, event, plan, kept, *, parent=None, branch=Node.Branch.MAIN):
     node = Node(
         form=form,
         event=event,
@@ -868,14 +898,14 @@ def _node_create(form, event, plan, keep_ids, *, parent=None, branch=Node.Branch
     )
     if plan.get("id") is not None:
         node.pk = plan["id"]  # a version restored: each node is the one it was
-    elif plan["name"] in keep_ids:
-        node.pk = keep_ids[plan["name"]]  # the same node, re-imported: admin links and runs' references hold
+    elif kept is not None:
+        node.pk = kept.id_for(plan, parent, branch)  # re-imported: admin links and runs' references hold
     node = Node.objects.add_root(instance=node) if parent is None else Node.objects.add_child(parent, instance=node)
     count = 1
     for child in plan["children"]:
-        count += _node_create(form, event, child, keep_ids, parent=node)
+        count += _node_create(form, event, child, kept, parent=node)
     for child in plan["on_error"]:
-        count += _node_create(form, event, child, keep_ids, parent=node, branch=Node.Branch.ON_ERROR)
+        count += _node_create(form, event, child, kept, parent=node, branch=Node.Branch.ON_ERROR)
     return count
 
 
@@ -906,14 +936,20 @@ def form_import_result(document, *, publish=True, user=None, note=""):
                 row.position = position
                 row.save()
 
-            # Named nodes keep their ids: a tree re-imported from its own export is the same tree.
-            named = {}
-            for event, name, pk in Node.objects.filter(form=form).exclude(name="").values_list("event", "name", "pk"):
-                named.setdefault(event, {})[name] = pk
+            # Nodes keep their ids: a tree re-imported from its own export is the same tree.
+            old = {}
+            for node in (
+                Node.objects.filter(form=form)
+                .order_by("event", "path")
+                .only("pk", "event", "path", "name", "branch", "type")
+            ):
+                old.setdefault(node.event, []).append(node)
+            kept = {event: KeptIds(nodes) for event, nodes in old.items()}
             Node.objects.filter(form=form).delete()
             counts = {}
             for event, nodes in plan.events.items():
-                total = sum(_node_create(form, event, node, named.get(event, {})) for node in nodes)
+                ids = kept.get(event, KeptIds())
+                total = sum(_node_create(form, event, node, ids) for node in nodes)
                 if total:
                     counts[event] = total
             published, drafts = {}, {}

@@ -179,16 +179,56 @@ def subtree(node: dict) -> list[dict]:
     return found
 
 
-def nodes_affected(before: Snapshot, after: Snapshot) -> dict[int, list[tuple[dict, str]]]:
-    """Nodes of ``before`` that would run differently in ``after``: {id: [(node touched, "removed"|"changed")]}.
+def runs_after(snapshot: Snapshot, node_id: int) -> list[dict]:
+    """The nodes a sequence goes on with once the step ``node_id`` is done (a callback resumes it there).
+
+    Its later siblings, then, when its sequence ends, what follows the node that holds it: after an
+    error branch, the failed step's later siblings; after a condition's steps, the condition's. A
+    deferred container's steps (background, delay) end with the container: nothing follows them.
+    """
+    index = snapshot_index(snapshot)
+    found, current = [], node_id
+    while current in index:
+        place = index[current]
+        holder = index[place.parent].node if place.parent is not None else None
+        siblings = (
+            snapshot if holder is None else holder.get("on_error" if place.branch == "on_error" else "children", [])
+        )
+        ids = _ids(siblings)
+        for sibling in siblings[ids.index(current) + 1 :]:
+            found.extend(subtree(sibling))
+        if holder is None:
+            break
+        if place.branch == "main":
+            try:
+                if registry.get(holder.get("type", "")).is_deferred:
+                    break
+            except registry.UnknownNodeType:
+                break
+        current = place.parent
+    return found
+
+
+def nodes_affected(
+    before: Snapshot, after: Snapshot, *, resuming: bool = False
+) -> dict[int, list[tuple[dict, str, str]]]:
+    """Nodes of ``before`` that would run differently in ``after``: {id: [(node touched, how, where)]}.
+
+    ``how``: "removed" or "changed"; ``where``: "itself", "inside" (a step of it) or "after" (a step
+    its sequence goes on with).
 
     A node is affected when it, or a step inside it, is removed or changed: a delay waiting in a run
-    of ``before`` will run its old steps when it fires, and so will a step waiting for a callback.
+    of ``before`` will run its old steps when it fires. ``resuming``: for a step waiting for a
+    callback, which goes on with the rest of its sequence when it is answered (``runs_after``),
+    a change there counts too.
     """
     touched = nodes_touched(before, after)
     affected = {}
     for node_id, place in snapshot_index(before).items():
-        reasons = [(inner, touched[inner["id"]]) for inner in subtree(place.node) if inner["id"] in touched]
+        inside = subtree(place.node)
+        scope = [(node, "itself" if node is place.node else "inside") for node in inside]
+        scope += [(node, "after") for node in (runs_after(before, node_id) if resuming else [])]
+        reasons = [(inner, touched[inner["id"]], where) for inner, where in scope if inner["id"] in touched]
         if reasons:
             affected[node_id] = reasons
     return affected
@@ -348,18 +388,22 @@ class WaitingStep:
 
     task: RunTask
     version: TreeVersion | None
-    reasons: list[tuple[dict, str]]  # (the node touched, "removed" | "changed"): the task's own node first
+    reasons: list[tuple[dict, str, str]]  # (the node touched, "removed" | "changed", where): its own node first
 
     @property
     def is_awaiting(self):
         return self.task.status == RunTask.Status.AWAITING
 
     def reason_text(self):
-        own = self.task.node_id
         parts = []
-        for node, kind in self.reasons:
+        for node, kind, where in self.reasons:
             label = node.get("label") or node.get("name") or node.get("type")
-            parts.append(f"{kind} in the draft" if node["id"] == own else f"the step “{label}” inside it is {kind}")
+            if where == "itself":
+                parts.append(f"{kind} in the draft")
+            elif where == "inside":
+                parts.append(f"the step “{label}” inside it is {kind}")
+            else:
+                parts.append(f"the step “{label}” after it is {kind}")
         return "; ".join(parts)
 
 
@@ -405,31 +449,34 @@ def tree_impact(*, form, event: str = RECORD_UPDATE, limit: int = 200, now=None)
     runs_on_live = in_flight.filter(version_id=live_id).count() if live_id else 0
     waiting = Q(status=RunTask.Status.PENDING, due_at__gt=now) | Q(status=RunTask.Status.AWAITING)
 
-    groups = []  # (version or None, affected nodes, task filter)
+    groups = []  # (kind, version or None, affected nodes, task filter)
+    kinds = (
+        ("delays", Q(status=RunTask.Status.PENDING), False),
+        ("callbacks", Q(status=RunTask.Status.AWAITING), True),  # a callback resumes its sequence
+    )
     versions = TreeVersion.objects.filter(pk__in=in_flight.exclude(version=None).values("version_id"))
     for version in versions:
-        affected = nodes_affected(version.snapshot, status.draft)
-        if affected:
-            groups.append((version, affected, Q(run__version=version, node_id__in=list(affected))))
+        for kind, condition, resuming in kinds:
+            affected = nodes_affected(version.snapshot, status.draft, resuming=resuming)
+            if affected:
+                groups.append(
+                    (kind, version, affected, condition & Q(run__version=version, node_id__in=list(affected)))
+                )
     for run in in_flight.filter(version=None).only("pk", "snapshot"):
-        affected = nodes_affected(run.snapshot, status.draft)
-        if affected:
-            groups.append((None, affected, Q(run=run, node_id__in=list(affected))))
+        for kind, condition, resuming in kinds:
+            affected = nodes_affected(run.snapshot, status.draft, resuming=resuming)
+            if affected:
+                groups.append((kind, None, affected, condition & Q(run=run, node_id__in=list(affected))))
 
     found = {"delays": [], "callbacks": []}
     counts = {"delays": 0, "callbacks": 0}
-    for version, affected, which in groups:
-        tasks = RunTask.objects.filter(which, run__status=Run.Status.RUNNING).filter(waiting)
-        for kind, condition in (
-            ("delays", Q(status=RunTask.Status.PENDING)),
-            ("callbacks", Q(status=RunTask.Status.AWAITING)),
-        ):
-            chosen = tasks.filter(condition)
-            counts[kind] += chosen.count()
-            room = limit - len(found[kind])
-            if room > 0:
-                for task in chosen.select_related("run", "run__record").order_by("due_at", "deadline_at")[:room]:
-                    found[kind].append(WaitingStep(task=task, version=version, reasons=affected[task.node_id]))
+    for kind, version, affected, which in groups:
+        chosen = RunTask.objects.filter(which, run__status=Run.Status.RUNNING).filter(waiting)
+        counts[kind] += chosen.count()
+        room = limit - len(found[kind])
+        if room > 0:
+            for task in chosen.select_related("run", "run__record").order_by("due_at", "deadline_at")[:room]:
+                found[kind].append(WaitingStep(task=task, version=version, reasons=affected[task.node_id]))
     for kind in found:
         found[kind].sort(key=lambda step: step.task.due_at or step.task.deadline_at or now)
     return Impact(

@@ -14,7 +14,7 @@ from django.urls import reverse
 
 from events.formfile import form_export
 from events.models import RECORD_UPDATE, Node, TreeVersion
-from events.versions import tree_status
+from events.versions import tree_impact, tree_status
 from forms_app.models import Form
 
 DOCUMENT = {
@@ -135,3 +135,30 @@ def test_the_demo_still_publishes_its_form(db, settings):
 def test_drafts_are_the_default_so_the_old_draft_option_is_gone(db, tmp_path):
     with pytest.raises(Exception, match="unrecognized arguments: --draft"):
         import_form(tmp_path, DOCUMENT, "--draft")
+
+
+def test_a_waiting_callback_counts_when_the_draft_changes_a_step_after_it(form, awaiting):
+    """The callback resumes its sequence: a changed step after it is what it will run (on its own version)."""
+    after = Node.objects.get(form=form, name="after")
+    after.config = {"field": "status", "value": "changed"}
+    after.save()
+
+    impact = tree_impact(form=form)
+
+    assert impact.callback_count == 1
+    [step] = impact.callbacks
+    assert step.task.pk == awaiting.task.pk
+    assert step.reason_text() == "the step “Recording the result” after it is changed"
+
+
+def test_re_importing_an_export_keeps_every_node_s_id_named_or_not_and_publishes_nothing_new(db):
+    call_command("demo", force=True, no_next_steps=True, stdout=io.StringIO())
+    booking = Form.objects.get(slug="booking")
+    ids = sorted(Node.objects.filter(form=booking).values_list("pk", flat=True))
+    assert Node.objects.filter(form=booking, name="").exists()  # the demo has unnamed nodes
+
+    call_command("demo", force=True, no_next_steps=True, stdout=io.StringIO())  # make run does this each time
+
+    assert sorted(Node.objects.filter(form=booking).values_list("pk", flat=True)) == ids
+    assert TreeVersion.objects.filter(form=booking).count() == 1
+    assert not tree_status(form=booking).has_changes
