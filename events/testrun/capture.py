@@ -1,12 +1,13 @@
 """The sandbox of a test run: its clock, and what it captures in place of sending (``events.effects``)."""
 
 import datetime
+import ipaddress
 import json
 import time
 from collections import deque
 from typing import Any
 
-from ..outbound import OutboundError
+from ..outbound import DestinationRefused, OutboundError, guard
 from .canned import DEFAULT, Canned
 from .result import CapturedEmail, CapturedRequest
 
@@ -76,6 +77,9 @@ class Capture:
         attempt = getattr(getattr(ctx, "task", None), "attempt", 1) or 1  # this task's attempt: one answer each
         response = canned.response(attempt)
         content = options.get("content") or b""
+        headers = {"Idempotency-Key": options["message_id"]} if options.get("message_id") else {}
+        headers.update(options.get("headers") or {})
+        refusal = _refusal(url)
         self.requests.append(
             CapturedRequest(
                 run=where.get("run"),
@@ -85,13 +89,15 @@ class Capture:
                 at=self.clock,
                 method=method,
                 url=url,
-                headers=dict(options.get("headers") or {}),
+                headers=headers,
                 body=content.decode("utf-8", errors="replace") if isinstance(content, bytes) else str(content),
-                response=response.as_document(),
+                response={"error": refusal} if refusal else response.as_document(),
                 canned=given,
             )
         )
         log = options.get("log")
+        if refusal:  # what a real run would refuse before connecting, the test run refuses too
+            raise DestinationRefused(refusal)
         if log is not None:
             log("test run: the request was not sent; a canned response answers it")
         if response.error:
@@ -124,6 +130,26 @@ class Capture:
         """Fast-forward: the clock never goes back."""
         if moment > self.clock:
             self.clock = moment
+
+
+def _refusal(url: str) -> str:
+    """Why a real run would refuse to call ``url`` before connecting, as far as its text tells (no name is
+    resolved: a host name's addresses are checked when a real run sends): not http(s), or an IP address
+    that is private, loopback, link-local or a metadata service and not in EVENTS_HTTP_ALLOWED_HOSTS."""
+    try:
+        target = guard.parse_target(url)
+    except DestinationRefused as exc:
+        return str(exc)
+    try:
+        address = ipaddress.ip_address(target.host)
+    except ValueError:
+        return ""
+    if guard.is_forbidden_address(address) and not guard.is_allowed_host(target.host):
+        return (
+            f"Refused to connect to {target.host}: private, loopback, link-local and metadata addresses are "
+            "blocked. Add the host to EVENTS_HTTP_ALLOWED_HOSTS to allow it."
+        )
+    return ""
 
 
 def _where(ctx: Any) -> dict[str, Any]:

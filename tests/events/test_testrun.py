@@ -66,7 +66,9 @@ def test_a_past_record_is_copied_and_left_unchanged(seed_tree, trail_form, submi
     assert mail.outbox == []
 
 
-def test_an_http_request_is_answered_by_its_canned_response_and_never_sent(form, http_server, nothing_kept):
+def test_an_http_request_is_answered_by_its_canned_response_and_never_sent(
+    form, http_server, allow_local_http, nothing_kept
+):
     add_node(
         form,
         "http_request",
@@ -298,3 +300,16 @@ def test_the_check_refuses_a_test_run_bound_that_would_fail_waiting_submits(sett
     settings.EVENTS_TEST_RUN_MAX_SECONDS = 15  # the test database waits 20 s at most, as the shipped one does
     [error] = check(None)
     assert error.id == "events.E002" and "at most half of SQLite's busy timeout (20 s)" in error.msg
+
+
+def test_a_request_a_real_run_would_refuse_is_refused_in_a_test_run_too(form, nothing_kept):
+    add_node(form, "http_request", name="metadata", config={"method": "GET", "url": "http://169.254.169.254/latest"})
+    add_node(form, "set_flag", name="after", config={"flag": "after"})
+
+    result = tree_test_run(form=form, data={})
+
+    step = result.step("metadata")
+    assert (step.status, step.attempt) == ("failed", 1)  # refused at once: a retry cannot help
+    assert "metadata addresses are blocked" in step.error
+    assert "metadata addresses are blocked" in result.http_calls[0].response["error"]
+    assert result.status == "failed"
