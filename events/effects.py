@@ -2,8 +2,9 @@
 
 The engine and the node types reach the world through these few functions: ``now`` (the clock
 every due time, deadline, backoff and timestamp is read from), ``sleep`` (a pause), ``send_mail``
-(an email), ``http_request`` (an outbound HTTP request) and ``job_sent`` (a queue hand-off, which
-``events.queue`` gives a sandbox instead of the broker). Outside a test run they are the real
+(an email), ``http_request`` (an outbound HTTP request), ``job_sent`` (a queue hand-off, which
+``events.queue`` gives a sandbox instead of the broker) and ``tree_override`` (which tree an event
+runs: its live version, or in a test run of the drafts its draft). Outside a test run they are the real
 thing and cost one context-variable read.
 
 A test run (``events.testrun``) installs a ``Sandbox`` for the duration of a ``sandboxed`` block:
@@ -34,6 +35,8 @@ class Sandbox(Protocol):
     def http_request(self, method: str, url: str, *, ctx: Any = None, **options: Any) -> Any: ...
 
     def job_sent(self, func: str, args: tuple) -> None: ...
+
+    def tree(self, form_id: int, event: str) -> list[dict[str, Any]] | None: ...
 
 
 _sandbox: ContextVar[Sandbox | None] = ContextVar("events_sandbox", default=None)
@@ -89,3 +92,10 @@ def http_request(method: str, url: str, *, ctx: Any = None, **options: Any) -> A
     from . import outbound  # imported where used: the HTTP client is heavy, and most processes never call out
 
     return outbound.request(method, url, **options)
+
+
+def tree_override(form_id: int, event: str) -> list[dict[str, Any]] | None:
+    """The tree an event of this form runs instead of its live version: a test run of the drafts runs
+    each event's draft (what trigger_event fires too). None outside a test run: the live version."""
+    active = _sandbox.get()
+    return active.tree(form_id, event) if active is not None else None

@@ -51,6 +51,8 @@ def run_start(
             f"Stopped a runaway chain of events: “{event}” would be run number {depth + 1} in one chain "
             f"(EVENTS_MAX_EVENT_DEPTH is {settings.EVENTS_MAX_EVENT_DEPTH})."
         )
+    if snapshot is None and version is None:
+        snapshot = effects.tree_override(record.form_id, event)  # a test run of drafts: the event's draft
     if snapshot is None:
         version = version or TreeVersion.objects.live(record.form_id, event)
         snapshot = version.snapshot if version is not None else []

@@ -65,7 +65,9 @@ def tree_test_run(
     The submission: a past ``record`` of the form (its data and flags; templates see its own id,
     and the row itself is what the steps change, inside the transaction that is rolled back), or
     ``data`` typed in (and ``flags``), which must name fields the form has.
-    ``version``: the published version to run; None runs the draft (the tree as the builder shows it);
+    ``version``: the published version to run (the events its steps fire run their live versions, as
+    in a real run); None runs the draft (the tree as the builder shows it), and the events its steps
+    fire run their drafts too;
     ``snapshot`` (with its ``label``) runs that tree instead (a replay's kept copy of a draft).
     ``canned``: the canned answers (a dict, its JSON text, or parsed Canned values). ``start``: the
     test run's clock at the submit (default: now). Raises TestRunError for bad input.
@@ -98,6 +100,7 @@ def tree_test_run(
         start=start or timezone.now(),
         canned=answers,
         deadline=time.monotonic() + settings.EVENTS_TEST_RUN_MAX_SECONDS,
+        drafts=label == "draft",  # the draft's trigger_event steps fire the drafts of their events too
     )
     with transaction.atomic():
         try:

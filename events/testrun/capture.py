@@ -7,6 +7,7 @@ import time
 from collections import deque
 from typing import Any
 
+from ..models import Node
 from ..outbound import DestinationRefused, OutboundError, guard
 from .canned import DEFAULT, Canned
 from .result import CapturedEmail, CapturedRequest
@@ -29,8 +30,11 @@ class Capture:
     node's requests and callbacks ({node name or id as text: Canned}).
     """
 
-    def __init__(self, *, start: datetime.datetime, canned: dict[str, Canned], deadline: float | None = None):
+    def __init__(
+        self, *, start: datetime.datetime, canned: dict[str, Canned], deadline: float | None = None, drafts=False
+    ):
         self.clock = start
+        self.drafts = drafts  # the events a step fires run their drafts (a test run of the draft), else live
         self.deadline = deadline  # time.monotonic() past which the test run stops (TestRunStopped)
         self.canned = canned
         self.emails: list[CapturedEmail] = []
@@ -111,6 +115,9 @@ class Capture:
             encoding="utf-8",
             url=url,
         )
+
+    def tree(self, form_id: int, event: str) -> list[dict[str, Any]] | None:
+        return Node.objects.snapshot(form_id, event) if self.drafts else None
 
     def job_sent(self, func: str, args: tuple) -> None:
         if args:

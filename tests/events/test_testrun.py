@@ -8,7 +8,7 @@ from django.core import mail
 from django.core.management import CommandError, call_command
 from django_q.models import OrmQ
 
-from events.models import Run, RunTask
+from events.models import Node, Run, RunTask, TreeVersion
 from events.testrun import TestRunError, tree_test_run
 from forms_app.models import Record
 from tests.factories import add_node, publish
@@ -313,3 +313,15 @@ def test_a_request_a_real_run_would_refuse_is_refused_in_a_test_run_too(form, no
     assert "metadata addresses are blocked" in step.error
     assert "metadata addresses are blocked" in result.http_calls[0].response["error"]
     assert result.status == "failed"
+
+
+def test_the_draft_s_trigger_event_fires_the_draft_of_its_event_and_a_version_fires_the_live_one(
+    trail_form, nothing_kept
+):
+    add_node(trail_form, "trigger_event", name="fire", config={"event": "later"})
+    live = add_node(trail_form, "update_field", event="later", name="x", config={"field": "trail", "value": "live"})
+    Node.objects.filter(pk=live.pk).update(config={"field": "trail", "value": "draft"})  # not published
+    version = TreeVersion.objects.live(trail_form)
+
+    assert tree_test_run(form=trail_form, data={"trail": ""}).data["trail"] == "draft"
+    assert tree_test_run(form=trail_form, data={"trail": ""}, version=version).data["trail"] == "live"
