@@ -693,7 +693,7 @@ class ApiKey(models.Model):
             return None
         digest = secret_hash(raw)
         match = None
-        for candidate in cls.objects.active().filter(prefix=raw[: cls.PREFIX_LENGTH]):
+        for candidate in cls.objects.active().filter(prefix=raw[: cls.PREFIX_LENGTH]).order_by():
             if hmac.compare_digest(candidate.key_hash, digest):
                 match = candidate
         if match is not None:

@@ -126,9 +126,12 @@ def submission_of(token):
 
     Raises Record.DoesNotExist for an unknown token.
     """
-    run = Run.objects.filter(record__token=token, is_submission=True).select_related("record__form").first()
-    if run is not None:
-        return run.record, run
+    # No ORDER BY: a record has one submission run (and compiling an ordering costs more than the query).
+    found = list(
+        Run.objects.filter(record__token=token, is_submission=True).select_related("record__form").order_by()[:1]
+    )
+    if found:
+        return found[0].record, found[0]
     return Record.objects.select_related("form").get(token=token), None  # stored without a run (an old record)
 
 
@@ -157,7 +160,7 @@ def record_progress(record, run=False):
                 "subtext",
                 "finished_at",
                 named=True,
-            )
+            ).order_by()  # sorted here, below
         )
         if any(row.branch == Node.Branch.ON_ERROR for row in rows):
             # Error-branch tasks are created when their step fails, after every other: the snapshot
