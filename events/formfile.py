@@ -59,6 +59,7 @@ from pydantic import BaseModel, ConfigDict
 from pydantic import Field as Schema
 from pydantic import ValidationError as PydanticValidationError
 
+from .engine.snapshot import tree_order
 from .models import RECORD_UPDATE, InvalidTreeOperation, Node, TreeVersion, field_model, form_model, tree_nest
 from .nodes import registry
 from .retry import RetryPolicy
@@ -1008,7 +1009,7 @@ def tree_restore(*, version, expect: str | None = None):
     is no longer installed).
     """
     form, event = version.form, version.event
-    ids = [node["id"] for node in _snapshot_nodes(version.snapshot)]
+    ids = [node["id"] for node in tree_order(version.snapshot)]
     with transaction.atomic():
         if expect is not None and expect != tree_status(form=form, event=event).token:
             raise DraftChanged("The draft or the live version changed since you looked at it: look again.")
@@ -1018,13 +1019,6 @@ def tree_restore(*, version, expect: str | None = None):
             return sum(_node_create(form, event, plan, {}) for plan in _snapshot_plans(version.snapshot, taken))
         except registry.UnknownNodeType as exc:
             raise InvalidTreeOperation(f"Version {version.number} cannot be restored: {exc}") from None
-
-
-def _snapshot_nodes(nodes):
-    for node in nodes or []:
-        yield node
-        yield from _snapshot_nodes(node.get("children"))
-        yield from _snapshot_nodes(node.get("on_error"))
 
 
 __all__ = [

@@ -29,6 +29,7 @@ from ..models import RECORD_UPDATE, Node, Run, RunTask, TreeVersion, failures_ha
 from ..nodes import registry
 from ..nodes.base import steps_in_web_request
 from ..storable import storage_problem
+from ..versions import snapshot_index
 from .canned import Canned, CannedError, canned_parse
 from .capture import Capture, TestRunStopped
 from .result import SimulatedRun, Step, TestRunResult, WaitingEnd
@@ -224,19 +225,6 @@ def _drive(capture, runs):
     return f"The test run stopped after {max_steps} steps (EVENTS_TEST_RUN_MAX_STEPS)."
 
 
-def _depths(snapshot):
-    depths = {}
-
-    def visit(nodes, depth):
-        for node in nodes or []:
-            depths[node["id"]] = depth
-            visit(node.get("children"), depth + 1)
-            visit(node.get("on_error"), depth + 1)
-
-    visit(snapshot, 0)
-    return depths
-
-
 def _result(*, form, event, label, record, runs, data_before, flags_before, capture, inline, stopped):
     index = {run.pk: position for position, run in enumerate(runs)}
     started_by = {run.parent_task_id: index[run.pk] for run in runs if run.parent_task_id}
@@ -244,12 +232,12 @@ def _result(*, form, event, label, record, runs, data_before, flags_before, capt
     for run in runs:
         rows = run.in_tree_order(list(run.tasks.all()))
         handled = failures_handled(rows)
-        depths = _depths(run.snapshot)
-        nodes = {node["id"]: node for node in _nodes(run.snapshot)}
+        places = snapshot_index(run.snapshot)
         steps = []
         for row in rows:
             try:
-                answers = registry.get(row.type).test_run_answers(nodes.get(row.node_id, {}).get("config") or {})
+                node = places[row.node_id].node if row.node_id in places else {}
+                answers = registry.get(row.type).test_run_answers(node.get("config") or {})
             except registry.UnknownNodeType:
                 answers = ()
             traces = row.debug or []
@@ -262,7 +250,7 @@ def _result(*, form, event, label, record, runs, data_before, flags_before, capt
                     label=row.label,
                     visible=row.visible,
                     branch=row.branch,
-                    depth=depths.get(row.node_id, 0),
+                    depth=places[row.node_id].depth if row.node_id in places else 0,
                     is_container=row.is_container,
                     status=row.status,
                     phase="request" if row.pk in inline else "worker",
@@ -332,10 +320,3 @@ def _result(*, form, event, label, record, runs, data_before, flags_before, capt
         stopped=stopped,
         run_ids={text: f"‹run {index[run.pk]}›" for run in runs for text in (str(run.pk), run.pk.hex, run.reference)},
     )
-
-
-def _nodes(snapshot):
-    for node in snapshot or []:
-        yield node
-        yield from _nodes(node.get("children"))
-        yield from _nodes(node.get("on_error"))
