@@ -15,6 +15,7 @@ from django.urls import reverse
 
 from events import engine
 from events.models import Run
+from events.testrun.replay import replay_start
 from forms_app import views
 from forms_app.models import Record
 from tests.factories import FieldFactory, FormFactory, add_node
@@ -140,6 +141,7 @@ def test_admin_passes_the_policy(live_server, slow_form, page, violations):
     get_user_model().objects.create_superuser("admin", "admin@example.com", PASSWORD)
     record = Record.objects.create(form=slow_form, data={"email": "ann@example.com"})
     run = engine.run_start(record=record, is_submission=True)
+    replay = replay_start(form=slow_form, record_ids=[record.pk])  # queued: its page polls its progress
 
     assert_policy_header(page.goto(f"{live_server.url}/admin/login/"))
     page.fill("[name=username]", "admin")
@@ -160,11 +162,20 @@ def test_admin_passes_the_policy(live_server, slow_form, page, violations):
         reverse("admin:forms_app_form_import"),
         reverse("admin:events_node_publish", args=[slow_form.pk]) + "?event=record_update",
         reverse("admin:events_node_tree_history", args=[slow_form.pk]) + "?event=record_update&base=1&other=draft",
+        reverse("admin:events_testrun", args=[slow_form.pk, "record_update"]),
+        reverse("admin:events_replay_change", args=[replay.pk]),
     ]:
         response = page.goto(f"{live_server.url}{where}")
         assert response.status == 200, where
         page.wait_for_load_state("load")
         violations.assert_none(where)
+
+    # A test run's result on its page (the timeline, the captured email and request).
+    page.goto(f"{live_server.url}{reverse('admin:events_testrun', args=[slow_form.pk, 'record_update'])}")
+    with page.expect_navigation():
+        page.click("[name=run]")
+    assert "Result: draft" in page.inner_text("#testrun-result")
+    violations.assert_none("a test run's result")
 
     # The form file import page, showing the problems of a bad file, then importing a good one.
     page.goto(f"{live_server.url}{reverse('admin:forms_app_form_import')}")
