@@ -293,26 +293,20 @@ def test_a_canned_answer_that_cannot_be_stored_is_refused(form, db):
 
 
 def test_the_check_refuses_a_test_run_bound_that_would_fail_waiting_submits(settings):
+    from django.db import connection
+
     from events.checks import short_test_runs as check
 
     settings.EVENTS_TEST_RUN_MAX_SECONDS = 5
     assert check(None) == []
+    settings.EVENTS_TEST_RUN_MAX_SECONDS = 0
+    assert [error.id for error in check(None)] == ["events.E002"]
     settings.EVENTS_TEST_RUN_MAX_SECONDS = 15  # the test database waits 20 s at most, as the shipped one does
-    [error] = check(None)
-    assert error.id == "events.E002" and "at most half of SQLite's busy timeout (20 s)" in error.msg
-
-
-def test_a_request_a_real_run_would_refuse_is_refused_in_a_test_run_too(form, nothing_kept):
-    add_node(form, "http_request", name="metadata", config={"method": "GET", "url": "http://169.254.169.254/latest"})
-    add_node(form, "set_flag", name="after", config={"flag": "after"})
-
-    result = tree_test_run(form=form, data={})
-
-    step = result.step("metadata")
-    assert (step.status, step.attempt) == ("failed", 1)  # refused at once: a retry cannot help
-    assert "metadata addresses are blocked" in step.error
-    assert "metadata addresses are blocked" in result.http_calls[0].response["error"]
-    assert result.status == "failed"
+    if connection.vendor == "sqlite":  # a test run holds SQLite's one write lock
+        [error] = check(None)
+        assert error.id == "events.E002" and "at most half of SQLite's busy timeout (20 s)" in error.msg
+    else:  # PostgreSQL locks rows: a longer test run blocks nobody else's submit
+        assert check(None) == []
 
 
 def test_the_draft_s_trigger_event_fires_the_draft_of_its_event_and_a_version_fires_the_live_one(
