@@ -319,3 +319,16 @@ def test_the_draft_s_trigger_event_fires_the_draft_of_its_event_and_a_version_fi
 
     assert tree_test_run(form=trail_form, data={"trail": ""}).data["trail"] == "draft"
     assert tree_test_run(form=trail_form, data={"trail": ""}, version=version).data["trail"] == "live"
+
+
+def test_a_request_a_real_run_would_refuse_is_refused_in_a_test_run_too(form, nothing_kept):
+    add_node(form, "http_request", name="metadata", config={"method": "GET", "url": "http://169.254.169.254/latest"})
+    add_node(form, "set_flag", name="after", config={"flag": "after"})
+
+    result = tree_test_run(form=form, data={})
+
+    step = result.step("metadata")
+    assert (step.status, step.attempt) == ("failed", 1)  # refused at once: a retry cannot help
+    assert "metadata addresses are blocked" in step.error
+    assert "metadata addresses are blocked" in result.http_calls[0].response["error"]
+    assert result.status == "failed"
