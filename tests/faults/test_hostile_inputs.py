@@ -58,7 +58,8 @@ class Client:
     """Every request timed and its status kept, so the test can say: no 5xx at all, and the slowest answer."""
 
     def __init__(self, base_url, key):
-        self.http = httpx.Client(base_url=base_url, timeout=httpx.Timeout(120, connect=10), follow_redirects=False)
+        self.base_url = base_url
+        self.http = self.connect()
         self.auth = {"Authorization": f"Bearer {key}"}
         self.answers = []  # (label, status, seconds, bytes)
 
@@ -70,7 +71,15 @@ class Client:
         started = time.monotonic()
         response = self.http.request(method, path, headers=headers, **kwargs)
         self.answers.append((label, response.status_code, time.monotonic() - started, len(response.content)))
+        if response.status_code == 413:
+            # The server refused the body without reading it, and may close the connection once it has
+            # answered (RFC 9112 9.6): a client must not send its next request on that connection.
+            self.http.close()
+            self.http = self.connect()
         return response
+
+    def connect(self):
+        return httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(120, connect=10), follow_redirects=False)
 
     def slowest(self, prefix=""):
         return max((s for label, _, s, _ in self.answers if label.startswith(prefix)), default=0.0)
