@@ -51,6 +51,25 @@ def _node_key(node):
     return node.get("name") or str(node["id"])
 
 
+def canned_key(tree_form, event):
+    """Where an admin's canned answers for a tree are kept between visits: their session."""
+    return f"events-canned-{tree_form.pk}-{event}"
+
+
+def answers_initial(document):
+    """A canned-answers document as the initial values of the test-run form's node fields."""
+    initial = {}
+    for key, entry in document.items():
+        if "status" in entry:
+            initial[f"status__{key}"] = entry["status"]
+        if "json" in entry:
+            initial[f"json__{key}"] = entry["json"]
+        if isinstance(entry.get("callback"), dict):
+            initial[f"callback__{key}"] = entry["callback"].get("status", "SUCCESS")
+            initial[f"output__{key}"] = entry["callback"].get("output", {})
+    return initial
+
+
 class TestRunForm(forms.Form):
     """What a test run runs, on what, and the canned answers of each node that calls out."""
 
@@ -215,6 +234,7 @@ class ReplayAdmin(admin.ModelAdmin):
             "tree": "draft",
             "source": "record" if records_visible else "data",
             "data": {row.name: "" for row in tree_form.fields.all()},
+            **answers_initial(request.session.get(canned_key(tree_form, event)) or {}),
         }
         form = TestRunForm(
             request.POST or None,
@@ -227,6 +247,8 @@ class ReplayAdmin(admin.ModelAdmin):
         )
         result, record, problems = None, None, []
         if request.method == "POST" and form.is_valid():
+            # Kept for this admin: the page offers them again, and a replay answers with them too.
+            request.session[canned_key(tree_form, event)] = form.canned()
             try:
                 data, record = form.submission()
                 result = tree_test_run(
@@ -281,7 +303,13 @@ class ReplayAdmin(admin.ModelAdmin):
                 if since or until
                 else replay_records(tree_form, count=count or DEFAULT_REPLAY_COUNT)
             )
-            replay = replay_start(form=tree_form, event=event, record_ids=ids, user=request.user)
+            replay = replay_start(
+                form=tree_form,
+                event=event,
+                record_ids=ids,
+                user=request.user,
+                canned=request.session.get(canned_key(tree_form, event)),
+            )
         except ReplayError as exc:
             messages.error(request, str(exc))
             return back

@@ -122,3 +122,16 @@ def test_staff_who_may_not_see_records_test_run_on_data_typed_in_only(client, tr
     assert booked.token[:8] not in page and 'value="record"' not in page
     assert "bob@example.com" not in refused.content.decode()
     assert "Result:" not in refused.content.decode()
+
+
+def test_the_answers_an_admin_set_are_offered_again_and_a_replay_uses_them(admin_client, trail_form, booked):
+    admin_client.post(
+        page_url(trail_form),
+        {"tree": "draft", "source": "record", "record": str(booked.pk), "status__crm": "503", "json__crm": "{}"},
+    )
+
+    page = admin_client.get(page_url(trail_form)).content.decode()
+    admin_client.post(reverse("admin:events_replay_start", args=[trail_form.pk, "record_update"]), {"count": "1"})
+
+    assert 'name="status__crm" value="503"' in page
+    assert Replay.objects.get().canned == {"crm": {"status": 503, "json": {}}}
