@@ -162,3 +162,13 @@ def test_re_importing_an_export_keeps_every_node_s_id_named_or_not_and_publishes
     assert sorted(Node.objects.filter(form=booking).values_list("pk", flat=True)) == ids
     assert TreeVersion.objects.filter(form=booking).count() == 1
     assert not tree_status(form=booking).has_changes
+
+
+def test_the_publish_page_lists_that_callback_with_its_deadline(form, awaiting, admin_client):
+    Node.objects.filter(form=form, name="after").update(config={"field": "status", "value": "changed"})
+
+    page = admin_client.get(reverse("admin:events_node_publish", args=[form.pk]) + "?event=record_update")
+
+    table = page.content.decode().split('id="events-impact-callbacks"')[1].split("</table>")[0]
+    assert awaiting.run.reference in table and "Deadline" in table
+    assert "the step “Recording the result” after it is changed" in table
