@@ -9,12 +9,12 @@ from datetime import timedelta
 from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, models, transaction
-from django.db.models import F, Q
+from django.db import IntegrityError, connection, models, transaction
+from django.db.models import F
 from django.utils import timezone
 from treebeard.mp_tree import MP_Node, MP_NodeManager, MP_NodeQuerySet
 
-from . import effects, storable
+from . import effects, hotsql, storable
 from .nodes import registry
 from .retry import RetryPolicy
 from .storable import (
@@ -555,16 +555,22 @@ class RunTask(models.Model):
         """Move pending → active and count the attempt. True for the one caller that wins."""
         now = now or effects.now()
         lease = now + timedelta(seconds=settings.EVENTS_TASK_LEASE_SECONDS)
-        claimable = RunTask.objects.filter(pk=self.pk, status=self.Status.PENDING)
-        if require_due:
-            claimable = claimable.filter(Q(due_at__isnull=True) | Q(due_at__lte=now))
         owner = lease_owner()
-        won = claimable.update(
-            status=self.Status.ACTIVE,
-            attempt=F("attempt") + 1,
-            started_at=now,
-            lease_expires_at=lease,
-            lease_owner=owner,
+        # A hot statement (every step of every run): written as SQL, not compiled per call (events.hotsql).
+        where, params = (
+            "id = %s AND status = %s",
+            [hotsql.db_value(RunTask, "id", self.pk, connection), self.Status.PENDING],
+        )
+        if require_due:
+            where += " AND (due_at IS NULL OR due_at <= %s)"
+            params.append(hotsql.db_value(RunTask, "due_at", now, connection))
+        won = hotsql.update(
+            RunTask,
+            connection,
+            {"status": self.Status.ACTIVE, "started_at": now, "lease_expires_at": lease, "lease_owner": owner},
+            increment=["attempt"],
+            where=where,
+            params=params,
         )
         if won:
             # Nothing changes a pending task's attempt count, so this copy's count plus one is the row's.
@@ -588,8 +594,12 @@ class RunTask(models.Model):
             changes["logs"] = RunTask.capped_logs(self.logs, logs)
         if debug is not None:
             changes["debug"] = self.debug + [debug]
-        won = RunTask.objects.filter(pk=self.pk, status__in=[self.Status.ACTIVE, self.Status.AWAITING]).update(
-            **changes
+        won = hotsql.update(
+            RunTask,
+            connection,
+            changes,
+            where="id = %s AND status IN (%s, %s)",
+            params=[hotsql.db_value(RunTask, "id", self.pk, connection), self.Status.ACTIVE, self.Status.AWAITING],
         )
         if won:
             for key, value in changes.items():

@@ -1,15 +1,18 @@
 """What the waiting page shows for a record: two queries, however many tasks the run has."""
 
 import hashlib
+from collections import namedtuple
 from dataclasses import dataclass, field
 
+from django.db import connection
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from events.hotsql import Columns, Statement, db_value, split, table
 from events.models import Node, Run, RunTask, failures_handled
 
 from .messages import render_message  # noqa: F401  (where the waiting page's words were always found)
-from .models import Record
+from .models import Form, Record
 
 STEP_STATES = {
     RunTask.Status.PENDING: "queued",
@@ -121,18 +124,70 @@ def is_done_before(row, stopped_at):
     return not cancelled_by_stop
 
 
+RECORD_COLUMNS = Columns(Record, "rec")
+FORM_COLUMNS = Columns(Form, "f")
+RUN_COLUMNS = Columns(Run, "r")
+TASK_COLUMNS = Columns(
+    RunTask,
+    "t",
+    ["id", "parent", "branch", "node_id", "position", "name", "label", "status", "visible", "subtext", "finished_at"],
+)
+TaskRow = namedtuple(
+    "TaskRow",
+    [
+        "id",
+        "parent_id",
+        "branch",
+        "node_id",
+        "position",
+        "name",
+        "label",
+        "status",
+        "visible",
+        "subtext",
+        "finished_at",
+    ],
+)
+
+# The record of a token, its form and its submission run (NULLs without one): one indexed read.
+SUBMISSION = Statement(
+    lambda connection: (
+        f"SELECT {RECORD_COLUMNS.sql(connection)}, {FORM_COLUMNS.sql(connection)}, {RUN_COLUMNS.sql(connection)}"
+        f" FROM {table(Record, connection)} rec"
+        f" INNER JOIN {table(Form, connection)} f ON f.id = rec.form_id"
+        f" LEFT OUTER JOIN {table(Run, connection)} r ON r.record_id = rec.id AND r.is_submission = %s"
+        " WHERE rec.token = %s"
+    )
+)
+# A run's tasks, as the page shows them: one read by the run's index.
+TASKS = Statement(
+    lambda connection: f"SELECT {TASK_COLUMNS.sql(connection)} FROM {table(RunTask, connection)} t WHERE t.run_id = %s"
+)
+
+
 def submission_of(token):
     """(record with its form, its submission run or None) for a record token: one query, by the token's index.
 
     Raises Record.DoesNotExist for an unknown token.
     """
-    # No ORDER BY: a record has one submission run (and compiling an ordering costs more than the query).
-    found = list(
-        Run.objects.filter(record__token=token, is_submission=True).select_related("record__form").order_by()[:1]
-    )
-    if found:
-        return found[0].record, found[0]
-    return Record.objects.select_related("form").get(token=token), None  # stored without a run (an old record)
+    found = SUBMISSION.rows(connection, [True, token])
+    if not found:
+        raise Record.DoesNotExist(f"No record has the token {token!r}.")
+    record_row, form_row, run_row = split(found[0], RECORD_COLUMNS, FORM_COLUMNS, RUN_COLUMNS)
+    record = RECORD_COLUMNS.load(record_row, connection)
+    Record.form.field.set_cached_value(record, FORM_COLUMNS.load(form_row, connection))
+    run = RUN_COLUMNS.load(run_row, connection)
+    if run is not None:
+        Run.record.field.set_cached_value(run, record)
+    return record, run
+
+
+def run_task_rows(run):
+    """The run's tasks as the waiting page reads them (named rows), in no particular order."""
+    return [
+        TaskRow(*TASK_COLUMNS.values(row, connection))
+        for row in TASKS.rows(connection, [db_value(RunTask, "run", run.pk, connection)])
+    ]
 
 
 def record_progress(record, run=False):
@@ -146,22 +201,7 @@ def record_progress(record, run=False):
         )
     rows = []
     if run is not None:
-        rows = list(
-            run.tasks.values_list(
-                "id",
-                "parent_id",
-                "branch",
-                "node_id",
-                "position",
-                "name",
-                "label",
-                "status",
-                "visible",
-                "subtext",
-                "finished_at",
-                named=True,
-            ).order_by()  # sorted here, below
-        )
+        rows = run_task_rows(run)  # sorted here, below
         if any(row.branch == Node.Branch.ON_ERROR for row in rows):
             # Error-branch tasks are created when their step fails, after every other: the snapshot
             # says where they go.

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db import connection, models, transaction
 from django.db.models import Exists, OuterRef, Q
 
-from .. import effects, queue
+from .. import effects, hotsql, queue
 from ..models import RECORD_UPDATE, Run, RunTask, TreeVersion, record_model
 from ..nodes import registry
 from ..nodes.base import NodeContext, NodeError
@@ -180,6 +180,11 @@ def _cancel_open_tasks(run, now):
     ).update(status=RunTask.Status.CANCELLED, finished_at=now)
 
 
+RUN_LOCK = hotsql.Statement(
+    lambda connection: f"SELECT id FROM {hotsql.table(Run, connection)} WHERE id = %s FOR UPDATE"
+)
+
+
 def run_finish_if_done(*, run: Run, check_failures: bool = False) -> bool:
     """running → complete once no task is open any more. Safe when two last tasks finish at once.
 
@@ -189,9 +194,10 @@ def run_finish_if_done(*, run: Run, check_failures: bool = False) -> bool:
     sweep) looks for it first and fails the run instead.
     """
     with transaction.atomic():
+        run_id = hotsql.db_value(Run, "id", run.pk, connection)
         if connection.features.has_select_for_update:
             # The row lock serialises two last tasks finishing at once (SQLite's write lock already does).
-            Run.objects.select_for_update().filter(pk=run.pk).values_list("pk", flat=True).first()
+            RUN_LOCK.rows(connection, [run_id])
         if check_failures:
             unhandled = (
                 run.tasks.filter(status=RunTask.Status.FAILED)
@@ -201,14 +207,19 @@ def run_finish_if_done(*, run: Run, check_failures: bool = False) -> bool:
             if unhandled is not None:
                 run_fail(run=run, error=failure_message(unhandled))
                 return False
-        still_open = RunTask.objects.filter(run_id=run.pk, status__in=RunTask.OPEN)
-        won = (
-            Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING)
-            .exclude(Exists(still_open))
-            .update(status=Run.Status.COMPLETE, finished_at=effects.now())
+        # Hot statements (the end of every run): written as SQL, not compiled per call (events.hotsql).
+        won = hotsql.update(
+            Run,
+            connection,
+            {"status": Run.Status.COMPLETE, "finished_at": effects.now()},
+            where=(
+                f"id = %s AND status = %s AND NOT EXISTS (SELECT 1 FROM {hotsql.table(RunTask, connection)}"
+                f" WHERE run_id = %s AND status IN ({', '.join(['%s'] * len(RunTask.OPEN))}))"
+            ),
+            params=[run_id, Run.Status.RUNNING, run_id, *RunTask.OPEN],
         )
         if won and run.is_submission:
-            record_model().objects.filter(pk=run.record_id).update(is_complete=True)
+            hotsql.update(record_model(), connection, {"is_complete": True}, where="id = %s", params=[run.record_id])
     return bool(won)
 
 

@@ -1,0 +1,138 @@
+"""Hot statements written once as SQL; the rows they read loaded as the ORM loads them.
+
+On the few paths that run hundreds of times a second (the waiting page's poll, a
+submit's form definition) compiling a queryset costs more than running it: a
+poll's two querysets took half of its time in Django's SQL compiler. A
+``Columns`` is one model's columns under a table alias, from the model's own
+metadata: its SQL is built once, and ``load`` turns a row's slice into a model
+instance with the conversions the ORM applies (the backend's and the fields'
+``from_db_value``), so what the caller gets is what a queryset would give.
+
+Write the statement with ``Columns.sql`` and ``table``, run it with ``rows``,
+and prepare parameters with ``db_value``. Anything not on such a path uses the ORM.
+"""
+
+from functools import cached_property
+
+
+def table(model, connection):
+    """The model's table name, quoted for ``connection``."""
+    return connection.ops.quote_name(model._meta.db_table)
+
+
+def db_value(model, name, value, connection):
+    """``value`` as a parameter compared with the model's field ``name`` (a UUID on SQLite is its hex, ...)."""
+    field = model._meta.get_field(name)
+    target = field.target_field if field.is_relation else field
+    return target.get_db_prep_value(value, connection, prepared=False)
+
+
+def rows(connection, sql, params):
+    """Every row of one statement, as tuples."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+class Columns:
+    """The columns of ``model`` (all concrete ones, or those named) under the table alias ``alias``."""
+
+    def __init__(self, model, alias, names=None):
+        self.model = model
+        self.alias = alias
+        meta = model._meta
+        self.fields = meta.concrete_fields if names is None else [meta.get_field(name) for name in names]
+        self.attnames = [field.attname for field in self.fields]
+
+    def __len__(self):
+        return len(self.fields)
+
+    def sql(self, connection):
+        """``alias."column", ...``, for a SELECT list."""
+        quote = connection.ops.quote_name
+        return ", ".join(f"{quote(self.alias)}.{quote(field.column)}" for field in self.fields)
+
+    def values(self, row, connection):
+        """The row's values converted as the ORM converts them (datetimes, UUIDs, JSON, ...)."""
+        converters = self._converters(connection)
+        converted = list(row)
+        for index, (expression, functions) in converters:
+            value = converted[index]
+            for function in functions:
+                value = function(value, expression, connection)
+            converted[index] = value
+        return converted
+
+    def load(self, row, connection):
+        """A model instance from the row (None when its primary key is NULL: a LEFT JOIN found nothing).
+
+        The columns must include the primary key; fields not among them are deferred, as with ``only()``.
+        """
+        if row[self._pk_index] is None:
+            return None
+        return self.model.from_db(connection.alias, self.attnames, self.values(row, connection))
+
+    @cached_property
+    def _pk_index(self):
+        return self.fields.index(self.model._meta.pk)
+
+    def _converters(self, connection):
+        # Per backend (the functions are the backend's and the fields' own); computed once.
+        key = (connection.alias, connection.vendor)
+        cache = self.__dict__.setdefault("_converter_cache", {})
+        if key not in cache:
+            found = []
+            for index, field in enumerate(self.fields):
+                expression = field.get_col(self.alias)
+                functions = connection.ops.get_db_converters(expression) + expression.get_db_converters(connection)
+                if functions:
+                    found.append((index, (expression, functions)))
+            cache[key] = found
+        return cache[key]
+
+
+def split(row, *parts):
+    """The row cut into consecutive slices, one per ``Columns`` in ``parts``."""
+    start = 0
+    for columns in parts:
+        yield row[start : start + len(columns)]
+        start += len(columns)
+
+
+class Statement:
+    """SQL built once per database backend by ``build(connection)``: a hot read's text is not rebuilt per call."""
+
+    def __init__(self, build):
+        self.build = build
+        self._built = {}
+
+    def sql(self, connection):
+        key = (connection.alias, connection.vendor)
+        if key not in self._built:
+            self._built[key] = self.build(connection)
+        return self._built[key]
+
+    def rows(self, connection, params):
+        return rows(connection, self.sql(connection), params)
+
+
+def update(model, connection, changes, *, where, params, increment=()):
+    """``UPDATE`` the model's table: each field of ``changes`` set (its value prepared as the ORM saves it),
+    each field of ``increment`` plus one, in the rows that ``where`` (SQL on the table's own columns, with
+    ``params``) selects. Returns how many rows changed. As ``QuerySet.update``: no signals, no ``save()``.
+    """
+    quote = connection.ops.quote_name
+    meta = model._meta
+    assignments, values = [], []
+    for name, value in changes.items():
+        field = meta.get_field(name)
+        assignments.append(f"{quote(field.column)} = %s")
+        values.append(field.get_db_prep_save(value, connection))
+    for name in increment:
+        column = quote(meta.get_field(name).column)
+        assignments.append(f"{column} = {column} + 1")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table(model, connection)} SET {', '.join(assignments)} WHERE {where}", [*values, *params]
+        )
+        return cursor.rowcount
