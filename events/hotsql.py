@@ -49,8 +49,12 @@ class Columns:
 
     def sql(self, connection):
         """``alias."column", ...``, for a SELECT list."""
-        quote = connection.ops.quote_name
-        return ", ".join(f"{quote(self.alias)}.{quote(field.column)}" for field in self.fields)
+        key = (connection.alias, connection.vendor)
+        built = self.__dict__.setdefault("_sql", {})
+        if key not in built:
+            quote = connection.ops.quote_name
+            built[key] = ", ".join(f"{quote(self.alias)}.{quote(field.column)}" for field in self.fields)
+        return built[key]
 
     def values(self, row, connection):
         """The row's values converted as the ORM converts them (datetimes, UUIDs, JSON, ...)."""

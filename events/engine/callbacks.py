@@ -10,14 +10,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import QuerySet
 from django.urls import reverse_lazy
 
 from .. import effects
+from ..hotsql import db_value, update
 from ..models import Run, RunTask, secret_hash
 from ..storable import SUBTEXT_MAX_LENGTH
 from .failures import failure_consequence
+from .reads import task_with_run
 from .sequences import sequence_hand_on
 from .snapshot import snapshot_node
 
@@ -91,10 +93,13 @@ def task_callback(
     digest = callback_digest(status=status, logs=list(logs) + ([note] if note else []), output=output, subtext=subtext)
     now = effects.now()
     with transaction.atomic():
-        row = RunTask.objects.select_for_update().select_related("run").get(pk=task_id)
+        row = task_with_run(task_id, lock=True)
+        if row is None:
+            raise RunTask.DoesNotExist(f"No task has the id {task_id}.")
         if row.status != RunTask.Status.AWAITING:
             return CallbackResult(applied=False, status=row.status, duplicate=row.callback_digest == digest)
         succeeded = status == "SUCCESS"
+        run_id, task_pk = db_value(Run, "id", row.run_id, connection), db_value(RunTask, "id", row.pk, connection)
         lines = [RunTask.log_line(line, at=now) for line in logs]
         if note:
             lines.append(RunTask.log_line(note, at=now))
@@ -111,8 +116,11 @@ def task_callback(
         }
         if subtext is not None:
             changes["subtext"] = subtext[:SUBTEXT_MAX_LENGTH]
-            Run.objects.filter(pk=row.run_id).update(subtext=subtext[:SUBTEXT_MAX_LENGTH])
-        if not RunTask.objects.filter(pk=row.pk, status=RunTask.Status.AWAITING).update(**changes):
+            update(Run, connection, {"subtext": changes["subtext"]}, where="id = %s", params=[run_id])
+        # Hot statements (every callback): written as SQL, not compiled per call (events.hotsql).
+        if not update(
+            RunTask, connection, changes, where="id = %s AND status = %s", params=[task_pk, RunTask.Status.AWAITING]
+        ):
             row.refresh_from_db(fields=["status", "callback_digest"])
             return CallbackResult(applied=False, status=row.status, duplicate=row.callback_digest == digest)
         for key, value in changes.items():

@@ -28,6 +28,7 @@ from ..nodes.base import NodeContext, NodeError, Waiting
 from ..retry import RetryPolicy
 from .callbacks import task_await, task_store_waiting
 from .failures import error_branch_open, failure_consequence, task_retry_later
+from .reads import run_tasks_of_nodes, task_with_run
 from .runs import Outcome, failure_message, run_fail, run_finish_if_done, run_start, runs_as_own_run
 from .sequences import container_conclude, container_settle, sequence_hand_on, sequence_of, walk_hand_back
 from .snapshot import snapshot_node, subtree_node_ids
@@ -164,7 +165,7 @@ def sequence_walk(*, run, nodes, start=0, inline=False, holders=()):
     when the worker stops, they are put back and the walk ends before its next step.
     """
     writes.begin()
-    tasks = {task.node_id: task for task in run.tasks.filter(node_id__in=[node["id"] for node in nodes[start:]])}
+    tasks = {task.node_id: task for task in run_tasks_of_nodes(run, [node["id"] for node in nodes[start:]])}
     for node in nodes[start:]:
         # No look at the run's status here: a stopped run's pending tasks are cancelled, so
         # the next claim (or hand-off) fails and reports it.
@@ -500,7 +501,7 @@ def task_job(*, task_id: uuid.UUID | str) -> Outcome:
 
 def _task_job(task_id):
     # The run, its record and form come with the task: the walk's steps need them.
-    task = RunTask.objects.select_related("run__record__form").filter(pk=task_id).first()
+    task = task_with_run(task_id, with_record=True)
     if task is None:
         return Outcome.STOPPED
     run = task.run

@@ -1,10 +1,14 @@
-"""Hot reads written as SQL (events.hotsql) load exactly what the ORM would load."""
+"""Hot statements written as SQL (events.hotsql, events.engine.reads) read exactly what the ORM would read."""
+
+import uuid
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
-from events.hotsql import Columns, Statement, db_value, table
+from events.engine.reads import run_tasks_of_nodes, task_with_run
+from events.hotsql import Columns, Statement, db_value, table, update
 from events.models import Run, RunTask
 from forms_app.models import Record
 from forms_app.services import record_submit
@@ -82,3 +86,54 @@ def test_the_poll_reads_the_run_s_tasks_as_the_orm_would(submitted):
     )
     assert [tuple(row) for row in rows] == [tuple(row) for row in expected]
     assert len(rows) == 2
+
+
+@pytest.mark.parametrize("lock", [False, True])
+def test_a_job_s_read_gives_the_task_its_run_record_and_form_in_one_query(submitted, lock):
+    task = RunTask.objects.filter(run__record=submitted, parent__isnull=True).get()
+    with transaction.atomic(), CaptureQueriesContext(connection) as queries:
+        found = task_with_run(task.pk, with_record=True, lock=lock)
+        run, record, form = found.run, found.run.record, found.run.record.form
+    assert len(queries) == 1
+    assert ("FOR UPDATE" in queries[0]["sql"]) == (lock and connection.features.has_select_for_update)
+    assert field_values(found) == field_values(RunTask.objects.get(pk=task.pk))
+    assert field_values(run) == field_values(Run.objects.get(pk=task.run_id))
+    assert (record.pk, form.pk) == (submitted.pk, submitted.form_id)
+
+
+def test_a_job_s_read_of_an_unknown_task_is_none(db):
+    assert task_with_run(uuid.uuid4()) is None
+
+
+def test_a_walk_reads_the_tasks_of_its_nodes_with_their_run_attached(submitted):
+    run = Run.objects.get(record=submitted)
+    tasks = RunTask.objects.filter(run=run)
+    wanted = [task.node_id for task in tasks if task.parent_id is not None]
+    with CaptureQueriesContext(connection) as queries:
+        found = run_tasks_of_nodes(run, wanted)
+        runs = {task.run for task in found}
+    assert len(queries) == 1 and runs == {run}
+    assert [field_values(task) for task in found] == [field_values(tasks.get(node_id=node)) for node in wanted]
+    assert run_tasks_of_nodes(run, []) == []
+
+
+def test_an_update_prepares_values_as_the_orm_saves_them_and_counts_the_rows_it_changed(submitted):
+    task = RunTask.objects.filter(run__record=submitted, parent__isnull=True).get()
+    key = db_value(RunTask, "id", task.pk, connection)
+    output = {"text": "é ' \" \\", "nested": [1, None, True]}
+    finished = timezone.now()
+
+    changed = update(
+        RunTask,
+        connection,
+        {"output": output, "finished_at": finished, "status": RunTask.Status.COMPLETE},
+        increment=["attempt"],
+        where="id = %s AND status = %s",
+        params=[key, task.status],
+    )
+    again = update(RunTask, connection, {"subtext": "x"}, where="id = %s AND status = %s", params=[key, task.status])
+
+    assert (changed, again) == (1, 0)
+    task_after = RunTask.objects.get(pk=task.pk)
+    assert (task_after.output, task_after.finished_at, task_after.attempt) == (output, finished, task.attempt + 1)
+    assert task_after.status == RunTask.Status.COMPLETE and task_after.subtext == task.subtext

@@ -1,0 +1,79 @@
+"""The engine's hot reads (every queue job, every callback), written once as SQL (``events.hotsql``).
+
+Each gives what the queryset it replaces gave: model instances with the related objects
+it selected already attached (``task.run``, ``run.record``, ``record.form``).
+"""
+
+from functools import cache
+
+from django.db import connection
+
+from ..hotsql import Columns, Statement, db_value, split, table
+from ..models import Run, RunTask, record_model
+
+TASK_COLUMNS = Columns(RunTask, "t")
+RUN_COLUMNS = Columns(Run, "r")
+
+
+@cache
+def _task_reads():
+    """(record columns, form columns, {(with_record, lock): Statement}); built once the app registry is ready."""
+    record = record_model()
+    form = record._meta.get_field("form").related_model
+    record_columns, form_columns = Columns(record, "rec"), Columns(form, "f")
+
+    def build(with_record, lock):
+        def sql(c):
+            selected = [TASK_COLUMNS.sql(c), RUN_COLUMNS.sql(c)]
+            joins = f" INNER JOIN {table(Run, c)} r ON r.id = t.run_id"
+            if with_record:
+                selected += [record_columns.sql(c), form_columns.sql(c)]
+                joins += f" INNER JOIN {table(record, c)} rec ON rec.id = r.record_id"
+                joins += f" INNER JOIN {table(form, c)} f ON f.id = rec.form_id"
+            locked = " FOR UPDATE" if lock and c.features.has_select_for_update else ""
+            return f"SELECT {', '.join(selected)} FROM {table(RunTask, c)} t{joins} WHERE t.id = %s{locked}"
+
+        return Statement(sql)
+
+    statements = {
+        (with_record, lock): build(with_record, lock) for with_record in (False, True) for lock in (False, True)
+    }
+    return record_columns, form_columns, statements
+
+
+def task_with_run(task_id, *, with_record=False, lock=False):
+    """The task of ``task_id`` with its run (and, ``with_record``, the run's record and form), or None.
+
+    ``lock``: the rows are locked for the transaction (``SELECT ... FOR UPDATE`` where the database
+    has it; SQLite's write transaction holds the whole database already).
+    """
+    record_columns, form_columns, statements = _task_reads()
+    found = statements[with_record, lock].rows(connection, [db_value(RunTask, "id", task_id, connection)])
+    if not found:
+        return None
+    parts = (TASK_COLUMNS, RUN_COLUMNS, record_columns, form_columns) if with_record else (TASK_COLUMNS, RUN_COLUMNS)
+    loaded = [columns.load(row, connection) for columns, row in zip(parts, split(found[0], *parts), strict=True)]
+    task, run = loaded[0], loaded[1]
+    RunTask.run.field.set_cached_value(task, run)
+    if with_record:
+        record, form = loaded[2], loaded[3]
+        Run.record.field.set_cached_value(run, record)
+        type(record).form.field.set_cached_value(record, form)
+    return task
+
+
+def run_tasks_of_nodes(run, node_ids):
+    """The run's tasks of the nodes ``node_ids`` (each with ``task.run`` attached), in no particular order."""
+    if not node_ids:
+        return []
+    sql = (
+        f"SELECT {TASK_COLUMNS.sql(connection)} FROM {table(RunTask, connection)} t"
+        f" WHERE t.run_id = %s AND t.node_id IN ({', '.join(['%s'] * len(node_ids))})"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [db_value(RunTask, "run", run.pk, connection), *node_ids])
+        rows = cursor.fetchall()
+    tasks = [TASK_COLUMNS.load(row, connection) for row in rows]
+    for task in tasks:
+        RunTask.run.field.set_cached_value(task, run)
+    return tasks
