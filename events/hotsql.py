@@ -14,6 +14,13 @@ and prepare parameters with ``db_value``. Anything not on such a path uses the O
 
 from functools import cached_property
 
+from django.db import connections
+
+
+def _wrapper(connection):
+    """The database wrapper itself: ``django.db.connection`` is a proxy that looks it up on every attribute."""
+    return connections[connection.alias]
+
 
 def table(model, connection):
     """The model's table name, quoted for ``connection``."""
@@ -22,6 +29,7 @@ def table(model, connection):
 
 def db_value(model, name, value, connection):
     """``value`` as a parameter compared with the model's field ``name`` (a UUID on SQLite is its hex, ...)."""
+    connection = _wrapper(connection)
     field = model._meta.get_field(name)
     target = field.target_field if field.is_relation else field
     return target.get_db_prep_value(value, connection, prepared=False)
@@ -29,6 +37,7 @@ def db_value(model, name, value, connection):
 
 def rows(connection, sql, params):
     """Every row of one statement, as tuples."""
+    connection = _wrapper(connection)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchall()
@@ -58,6 +67,7 @@ class Columns:
 
     def values(self, row, connection):
         """The row's values converted as the ORM converts them (datetimes, UUIDs, JSON, ...)."""
+        connection = _wrapper(connection)
         converters = self._converters(connection)
         converted = list(row)
         for index, (expression, functions) in converters:
@@ -72,6 +82,7 @@ class Columns:
 
         The columns must include the primary key; fields not among them are deferred, as with ``only()``.
         """
+        connection = _wrapper(connection)
         if row[self._pk_index] is None:
             return None
         return self.model.from_db(connection.alias, self.attnames, self.values(row, connection))
@@ -111,12 +122,15 @@ class Statement:
         self._built = {}
 
     def sql(self, connection):
+        connection = _wrapper(connection)
         key = (connection.alias, connection.vendor)
         if key not in self._built:
             self._built[key] = self.build(connection)
         return self._built[key]
 
     def rows(self, connection, params):
+        """Every row of the statement with ``params``, as tuples."""
+        connection = _wrapper(connection)
         return rows(connection, self.sql(connection), params)
 
 
@@ -125,6 +139,7 @@ def update(model, connection, changes, *, where, params, increment=()):
     each field of ``increment`` plus one, in the rows that ``where`` (SQL on the table's own columns, with
     ``params``) selects. Returns how many rows changed. As ``QuerySet.update``: no signals, no ``save()``.
     """
+    connection = _wrapper(connection)
     quote = connection.ops.quote_name
     meta = model._meta
     assignments, values = [], []
@@ -140,3 +155,37 @@ def update(model, connection, changes, *, where, params, increment=()):
             f"UPDATE {table(model, connection)} SET {', '.join(assignments)} WHERE {where}", [*values, *params]
         )
         return cursor.rowcount
+
+
+def insert(objs, connection):
+    """``INSERT`` unsaved model instances (all of one model), as ``bulk_create`` does: no signals, no ``save()``.
+
+    Each field's ``pre_save`` runs (``auto_now_add`` and the like) and its value is prepared as the ORM
+    saves it; a primary key left to the database (an auto-increment) is read back into each instance.
+    Rows go in as few statements as the backend's parameter limit allows. Returns ``objs``, now saved.
+    """
+    connection = _wrapper(connection)
+    if not objs:
+        return objs
+    model = type(objs[0])
+    pk = model._meta.pk
+    read_back = pk.db_returning and getattr(objs[0], pk.attname) is None
+    fields = [field for field in model._meta.concrete_fields if not (read_back and field is pk)]
+    quote = connection.ops.quote_name
+    head = f"INSERT INTO {table(model, connection)} ({', '.join(quote(field.column) for field in fields)}) VALUES "
+    row = f"({', '.join(['%s'] * len(fields))})"
+    returning = f" RETURNING {quote(pk.column)}" if read_back else ""
+    size = max(connection.ops.bulk_batch_size(fields, objs), 1)
+    with connection.cursor() as cursor:
+        for start in range(0, len(objs), size):
+            batch = objs[start : start + size]
+            values = [
+                field.get_db_prep_save(field.pre_save(obj, True), connection) for obj in batch for field in fields
+            ]
+            cursor.execute(head + ", ".join([row] * len(batch)) + returning, values)
+            if read_back:
+                for obj, (key,) in zip(batch, cursor.fetchall(), strict=True):
+                    setattr(obj, pk.attname, key)
+    for obj in objs:
+        obj._state.adding, obj._state.db = False, connection.alias
+    return objs

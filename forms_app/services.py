@@ -2,9 +2,9 @@
 
 import logging
 
-from django.db import transaction
+from django.db import connection, transaction
 
-from events import engine
+from events import engine, hotsql
 from events.models import RECORD_UPDATE, TreeVersion
 from events.nodes.base import steps_in_web_request
 
@@ -13,7 +13,10 @@ from .models import Record
 logger = logging.getLogger("forms_app.services")
 
 
-def record_submit(*, form, data):
+LIVE = object()  # record_submit reads the tree's live version itself
+
+
+def record_submit(*, form, data, version=LIVE):
     """Store a submission and fire the form's Record Update event.
 
     The record, its run (pinned to the tree's live version: the latest published one, never the
@@ -21,10 +24,13 @@ def record_submit(*, form, data):
     the inline phase run, so nothing irreversible happens while the transaction could still roll back.
     It runs in the caller's web request: each of its steps waits at most
     EVENTS_INLINE_STEP_MAX_SECONDS for any one thing (a pause, a connection, an answer).
+    ``version``: the live version, when the caller read it with the form (``published_form``).
     """
-    version = TreeVersion.objects.live(form, RECORD_UPDATE)
+    if version is LIVE:
+        version = TreeVersion.objects.live(form, RECORD_UPDATE)
     with transaction.atomic(durable=True):
-        record = Record.objects.create(form=form, data=data, is_complete=not (version and version.snapshot))
+        record = Record(form=form, data=data, is_complete=not (version and version.snapshot))
+        hotsql.insert([record], connection)  # a hot statement (every submit): written as SQL, not compiled per call
         run = engine.run_start(record=record, event=RECORD_UPDATE, is_submission=True, version=version)
     try:
         with steps_in_web_request():

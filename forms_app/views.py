@@ -2,7 +2,7 @@ import logging
 
 from django.conf import settings
 from django.http import Http404, HttpResponse, HttpResponseRedirect
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import render
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_GET, require_http_methods
@@ -12,7 +12,8 @@ from events.middleware import DATABASE_UNAVAILABLE
 from events.throttle import Throttle
 
 from .builder import build_form_class, record_data
-from .models import Form, Record
+from .definitions import published_form
+from .models import Record
 from .services import record_submit
 from .waiting import record_progress, submission_of
 
@@ -35,13 +36,13 @@ class HttpResponseSeeOther(HttpResponseRedirect):
 @require_http_methods(["GET", "POST"])
 def form_detail(request, slug):
     try:
-        form = get_object_or_404(Form.objects.published().prefetch_related("fields"), slug=slug)
+        form, version = published_form(slug)
         last_known_forms[slug] = form
         if request.method == "POST" and (wait := FORM_POSTS.hit(request)):
             return form_throttled(request, form, wait)
         submission = build_form_class(form)(request.POST if request.method == "POST" else None)
         if request.method == "POST" and submission.is_valid():
-            record = record_submit(form=form, data=record_data(form, submission.cleaned_data))
+            record = record_submit(form=form, data=record_data(form, submission.cleaned_data), version=version)
             return HttpResponseSeeOther(record.get_absolute_url())
     except DATABASE_UNAVAILABLE as error:
         return form_unavailable(request, slug, error)

@@ -60,7 +60,7 @@ def run_start(
     else:
         version_id = version.pk if version is not None else getattr(parent_run, "version_id", None)
     now = effects.now()
-    run = Run.objects.create(
+    run = Run(
         form_id=record.form_id,
         record=record,
         event=event,
@@ -75,12 +75,13 @@ def run_start(
         status=Run.Status.RUNNING if snapshot else Run.Status.COMPLETE,
         finished_at=None if snapshot else now,
     )
+    hotsql.insert([run], connection)  # a hot statement (every submit): written as SQL, not compiled per call
     if not snapshot and is_submission and not record.is_complete:
         record_model().objects.filter(pk=record.pk).update(is_complete=True)
         record.is_complete = True
     tasks = tasks_for(run, snapshot, debug=debug or record.form.collect_debug)
     run.planned = _hand_off_leading_containers(run, record, tasks)
-    RunTask.objects.bulk_create(tasks)
+    hotsql.insert(tasks, connection)
     return run
 
 

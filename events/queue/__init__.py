@@ -35,7 +35,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from django.conf import settings
-from django.db import close_old_connections, transaction
+from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 from django_q.brokers import get_broker
 from django_q.conf import Conf
@@ -43,7 +43,7 @@ from django_q.models import OrmQ, Task
 from django_q.signing import SignedPackage
 from django_q.tasks import async_task
 
-from .. import effects
+from .. import effects, hotsql
 from ..models import RunTask, lease_owner
 
 logger = logging.getLogger("events.tasks")
@@ -93,7 +93,7 @@ def task_jobs_send(*, task_ids: Iterable[uuid.UUID | str]) -> list[int | None]:
     if Conf.SYNC or effects.sandbox() is not None:
         return [_send(TASK_JOB, str(task_id), name=f"task-{task_id}") for task_id in task_ids]
     broker = get_broker()
-    rows = OrmQ.objects.bulk_create(
+    rows = hotsql.insert(
         [
             OrmQ(
                 key=broker.list_key or Conf.CLUSTER_NAME,
@@ -101,7 +101,8 @@ def task_jobs_send(*, task_ids: Iterable[uuid.UUID | str]) -> list[int | None]:
                 lock=timezone.now(),
             )
             for task_id in task_ids
-        ]
+        ],
+        connection,
     )
     return [row.pk for row in rows]
 

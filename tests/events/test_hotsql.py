@@ -4,13 +4,15 @@ import uuid
 
 import pytest
 from django.db import connection, transaction
+from django.http import Http404
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from events.engine.reads import run_tasks_of_nodes, task_with_run
-from events.hotsql import Columns, Statement, db_value, table, update
-from events.models import Run, RunTask
-from forms_app.models import Record
+from events.hotsql import Columns, Statement, db_value, insert, table, update
+from events.models import Run, RunTask, TreeVersion
+from forms_app.definitions import published_form
+from forms_app.models import Form, Record
 from forms_app.services import record_submit
 from forms_app.waiting import run_task_rows, submission_of
 from tests.factories import RecordFactory, add_node
@@ -137,3 +139,39 @@ def test_an_update_prepares_values_as_the_orm_saves_them_and_counts_the_rows_it_
     task_after = RunTask.objects.get(pk=task.pk)
     assert (task_after.output, task_after.finished_at, task_after.attempt) == (output, finished, task.attempt + 1)
     assert task_after.status == RunTask.Status.COMPLETE and task_after.subtext == task.subtext
+
+
+def test_an_insert_reads_back_automatic_keys_and_fills_auto_now_add_in_as_many_batches_as_needed(form, monkeypatch):
+    records = [Record(form=form, data={"n": index, "text": "é'\""}) for index in range(7)]
+    monkeypatch.setattr(type(connection.ops), "bulk_batch_size", lambda self, fields, objs: 3)
+
+    with CaptureQueriesContext(connection) as queries:
+        insert(records, connection)
+
+    assert len(queries) == 3  # 3 + 3 + 1 rows
+    stored = {record.pk: record for record in Record.objects.filter(form=form)}
+    assert sorted(stored) == sorted(record.pk for record in records)
+    for record in records:
+        assert field_values(stored[record.pk]) == field_values(record)
+        assert record.created_at is not None and record._state.adding is False
+
+
+def test_a_submit_reads_the_form_its_fields_and_its_live_version_in_two_queries(form):
+    add_node(form, "set_flag", config={"flag": "one"})
+    add_node(form, "set_flag", config={"flag": "two"})  # publishes version 2
+
+    with CaptureQueriesContext(connection) as queries:
+        found, version = published_form(form.slug)
+        names = [field.name for field in found.fields.all()]
+    assert len(queries) == 2
+    assert names == [field.name for field in form.fields.all()] and names
+    assert version == TreeVersion.objects.live(form) and version.number == 2
+    assert field_values(found) == field_values(form)
+
+
+def test_a_submit_s_read_finds_no_unpublished_form_and_no_version_before_the_first_publish(form):
+    _, version = published_form(form.slug)
+    assert version is None
+    Form.objects.filter(pk=form.pk).update(is_published=False)
+    with pytest.raises(Http404):
+        published_form(form.slug)
