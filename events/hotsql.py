@@ -134,10 +134,11 @@ class Statement:
         return rows(connection, self.sql(connection), params)
 
 
-def update(model, connection, changes, *, where, params, increment=()):
+def update(model, connection, changes, *, where, params, increment=(), computed=None):
     """``UPDATE`` the model's table: each field of ``changes`` set (its value prepared as the ORM saves it),
-    each field of ``increment`` plus one, in the rows that ``where`` (SQL on the table's own columns, with
-    ``params``) selects. Returns how many rows changed. As ``QuerySet.update``: no signals, no ``save()``.
+    each field of ``computed`` set to an SQL expression (``{name: (sql, params)}``), each field of
+    ``increment`` plus one, in the rows that ``where`` (SQL on the table's own columns, with ``params``)
+    selects. Returns how many rows changed. As ``QuerySet.update``: no signals, no ``save()``.
     """
     connection = _wrapper(connection)
     quote = connection.ops.quote_name
@@ -147,6 +148,9 @@ def update(model, connection, changes, *, where, params, increment=()):
         field = meta.get_field(name)
         assignments.append(f"{quote(field.column)} = %s")
         values.append(field.get_db_prep_save(value, connection))
+    for name, (expression, expression_params) in (computed or {}).items():
+        assignments.append(f"{quote(meta.get_field(name).column)} = {expression}")
+        values.extend(expression_params)
     for name in increment:
         column = quote(meta.get_field(name).column)
         assignments.append(f"{column} = {column} + 1")

@@ -8,6 +8,8 @@ from django.db import connection, models, transaction
 from django.urls import reverse
 from django.utils import timezone
 
+from events import hotsql
+
 from .messages import render_message
 
 field_name_validator = RegexValidator(
@@ -158,24 +160,18 @@ def new_record_token():
     return secrets.token_urlsafe(24)
 
 
-class JsonKeySet(models.Func):
-    """``column`` (a JSON object) with ``key`` set to ``value``, computed by the database."""
+class JsonKeySet:
+    """SQL for ``column`` (a JSON object) with ``key`` set to ``value``, computed by the database."""
 
     VENDORS = ("sqlite", "postgresql")
     SAFE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-    output_field = models.JSONField()
 
-    def __init__(self, column, key, value):
-        self.key, self.value = key, json.dumps(value)
-        super().__init__(models.F(column))
-
-    def as_sqlite(self, compiler, connection, **extra_context):
-        column, params = compiler.compile(self.source_expressions[0])
-        return f"json_set({column}, %s, json(%s))", (*params, f'$."{self.key}"', self.value)
-
-    def as_postgresql(self, compiler, connection, **extra_context):
-        column, params = compiler.compile(self.source_expressions[0])
-        return f"jsonb_set({column}, %s::text[], %s::jsonb, true)", (*params, [self.key], self.value)
+    @staticmethod
+    def sql(vendor, column, key, value):
+        """(SQL, params) of the new value of ``column`` (quoted SQL) on the ``vendor``'s database."""
+        if vendor == "sqlite":
+            return f"json_set({column}, %s, json(%s))", [f'$."{key}"', json.dumps(value)]
+        return f"jsonb_set({column}, %s::text[], %s::jsonb, true)", [[key], json.dumps(value)]
 
 
 class Record(models.Model):
@@ -213,8 +209,15 @@ class Record(models.Model):
         it set; elsewhere the row is locked, read and written back.
         """
         if connection.vendor in JsonKeySet.VENDORS and JsonKeySet.SAFE_KEY.match(key):
-            Record.objects.filter(pk=self.pk).update(
-                **{attname: JsonKeySet(attname, key, value), "updated_at": timezone.now()}
+            # A hot statement (a set_flag or update_field step): written as SQL, not compiled per call.
+            column = connection.ops.quote_name(Record._meta.get_field(attname).column)
+            hotsql.update(
+                Record,
+                connection,
+                {"updated_at": timezone.now()},
+                computed={attname: JsonKeySet.sql(connection.vendor, column, key, value)},
+                where="id = %s",
+                params=[self.pk],
             )
             getattr(self, attname)[key] = value
             return
