@@ -495,13 +495,14 @@ def task_job(*, task_id: uuid.UUID | str) -> Outcome:
     from it. A duplicate or early delivery loses the claim and returns without effect.
     """
     with walking():
-        writes.begin()
         return _task_job(task_id)
 
 
 def _task_job(task_id):
-    # The run, its record and form come with the task: the walk's steps need them.
+    # The run, its record and form come with the task: the walk's steps need them. Read before the
+    # walk's transaction begins: on SQLite that takes the write lock, which the queue's own writes wait for.
     task = task_with_run(task_id, with_record=True)
+    writes.begin()
     if task is None:
         return Outcome.STOPPED
     run = task.run
