@@ -194,7 +194,9 @@ def run_finish_if_done(*, run: Run, check_failures: bool = False) -> bool:
     version's crash between two commits could leave one: ``check_failures`` (the
     sweep) looks for it first and fails the run instead.
     """
-    with transaction.atomic():
+    # No savepoint inside a caller's transaction (a walk's, a callback's): its statements commit or roll
+    # back with the caller's, and SAVEPOINT/RELEASE would be two more round trips at every run's end.
+    with transaction.atomic(savepoint=False):
         run_id = hotsql.db_value(Run, "id", run.pk, connection)
         if connection.features.has_select_for_update:
             # The row lock serialises two last tasks finishing at once (SQLite's write lock already does).

@@ -11,6 +11,7 @@ from django.utils import timezone
 from events.engine.reads import run_tasks_of_nodes, task_with_run
 from events.hotsql import Columns, Statement, db_value, insert, table, update
 from events.models import Run, RunTask, TreeVersion
+from events.tasks import task_job
 from forms_app.definitions import published_form
 from forms_app.models import Form, Record
 from forms_app.services import record_submit
@@ -175,3 +176,19 @@ def test_a_submit_s_read_finds_no_unpublished_form_and_no_version_before_the_fir
     Form.objects.filter(pk=form.pk).update(is_published=False)
     with pytest.raises(Http404):
         published_form(form.slug)
+
+
+def test_a_queue_job_of_one_step_is_one_transaction_with_no_savepoint_of_its_own(form, submit_queued):
+    background = add_node(form, "background", name="later")
+    add_node(form, "set_flag", parent=background, config={"flag": "done"})
+    submitted = submit_queued()
+    container = RunTask.objects.get(run__record_id=submitted.record.pk, parent__isnull=True)
+
+    with CaptureQueriesContext(connection) as queries:
+        task_job(str(container.pk))
+
+    statements = [query["sql"].split()[0].upper() for query in queries]
+    # The test's own transaction wraps the job's: its one transaction shows as one savepoint.
+    assert statements.count("SAVEPOINT") == 1, statements
+    assert Run.objects.get(pk=container.run_id).status == Run.Status.COMPLETE
+    assert Record.objects.get(pk=submitted.record.pk).flags == {"done": True}
