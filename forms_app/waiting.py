@@ -132,22 +132,7 @@ TASK_COLUMNS = Columns(
     "t",
     ["id", "parent", "branch", "node_id", "position", "name", "label", "status", "visible", "subtext", "finished_at"],
 )
-TaskRow = namedtuple(
-    "TaskRow",
-    [
-        "id",
-        "parent_id",
-        "branch",
-        "node_id",
-        "position",
-        "name",
-        "label",
-        "status",
-        "visible",
-        "subtext",
-        "finished_at",
-    ],
-)
+TaskRow = namedtuple("TaskRow", TASK_COLUMNS.attnames)  # id, parent_id, branch, ...
 
 # The record of a token, its form and its submission run (NULLs without one): one indexed read.
 SUBMISSION = Statement(

@@ -8,7 +8,7 @@ from functools import cache
 
 from django.db import connection
 
-from ..hotsql import Columns, Statement, db_value, split, table
+from ..hotsql import Columns, Statement, db_value, rows, split, table
 from ..models import Run, RunTask, record_model
 
 TASK_COLUMNS = Columns(RunTask, "t")
@@ -70,10 +70,8 @@ def run_tasks_of_nodes(run, node_ids):
         f"SELECT {TASK_COLUMNS.sql(connection)} FROM {table(RunTask, connection)} t"
         f" WHERE t.run_id = %s AND t.node_id IN ({', '.join(['%s'] * len(node_ids))})"
     )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [db_value(RunTask, "run", run.pk, connection), *node_ids])
-        rows = cursor.fetchall()
-    tasks = [TASK_COLUMNS.load(row, connection) for row in rows]
+    found = rows(connection, sql, [db_value(RunTask, "run", run.pk, connection), *node_ids])
+    tasks = [TASK_COLUMNS.load(row, connection) for row in found]
     for task in tasks:
         RunTask.run.field.set_cached_value(task, run)
     return tasks
