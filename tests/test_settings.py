@@ -153,6 +153,22 @@ def test_postgresql_keeps_each_connection_open_rather_than_pooling(manage):
     assert result.stdout.split()[-4:] == ["django.db.backends.postgresql", "600", "True", "False"]
 
 
+def test_postgresql_prepares_hot_statements_unless_a_pooler_cannot_keep_them(manage):
+    """Server-side binding with psycopg's preparing (Django leaves it off); EVENTS_DB_PREPARED_STATEMENTS=false
+    goes back to Django's client-side binding, for PgBouncer in transaction mode (docs/deploy.md)."""
+    show = (
+        "from django.conf import settings; o = settings.DATABASES['default']['OPTIONS']; "
+        "print(o['server_side_binding'], o['prepare_threshold'])"
+    )
+    url = "postgres://events:secret@127.0.0.1:5432/events"
+
+    prepared = manage("shell", "-c", show, DJANGO_DEBUG="1", DATABASE_URL=url)
+    off = manage("shell", "-c", show, DJANGO_DEBUG="1", DATABASE_URL=url, EVENTS_DB_PREPARED_STATEMENTS="false")
+
+    assert prepared.stdout.split()[-2:] == ["True", "5"], prepared.stderr
+    assert off.stdout.split()[-2:] == ["False", "None"], off.stderr
+
+
 # A wrong or missing setting is one line that names the variable, not a traceback (issue 11).
 
 
