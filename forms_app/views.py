@@ -100,8 +100,8 @@ def form_unavailable(request, slug, error):
 @require_GET
 def record_wait(request, token):
     try:
-        record, run = submission_of(token)
-        progress = record_progress(record, run)
+        record, run, rows = submission_of(token)
+        progress = record_progress(record, run, rows)
     except Record.DoesNotExist:
         raise Http404(_("No such record.")) from None
     except DATABASE_UNAVAILABLE as error:
@@ -114,8 +114,8 @@ def record_wait(request, token):
 @require_GET
 def record_status(request, token):
     try:
-        record, run = submission_of(token)
-        progress = record_progress(record, run)
+        record, run, rows = submission_of(token)
+        progress = record_progress(record, run, rows)
     except Record.DoesNotExist:
         raise Http404(_("No such record.")) from None
     except DATABASE_UNAVAILABLE as error:

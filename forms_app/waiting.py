@@ -1,4 +1,4 @@
-"""What the waiting page shows for a record: two queries, however many tasks the run has."""
+"""What the waiting page shows for a record: one query, however many tasks the run has."""
 
 import hashlib
 from collections import namedtuple
@@ -134,14 +134,31 @@ TASK_COLUMNS = Columns(
 )
 TaskRow = namedtuple("TaskRow", TASK_COLUMNS.attnames)  # id, parent_id, branch, ...
 
-# The record of a token, its form and its submission run (NULLs without one): one indexed read.
+# The record of a token, its form, its submission run (NULLs without one) and the run's tasks: one
+# statement, one round trip. Its first row (kind 0) holds the record, its form and its run, each further
+# row (kind 1) one task; the columns the other kind fills are NULL. Both halves are indexed reads: the
+# token, then the run by its record and the tasks by their run.
+HEAD_COLUMNS = (RECORD_COLUMNS, FORM_COLUMNS, RUN_COLUMNS)
+
+
+def _nulls(count):
+    return ", ".join(["NULL"] * count)
+
+
 SUBMISSION = Statement(
     lambda connection: (
-        f"SELECT {RECORD_COLUMNS.sql(connection)}, {FORM_COLUMNS.sql(connection)}, {RUN_COLUMNS.sql(connection)}"
+        f"SELECT 0, {RECORD_COLUMNS.sql(connection)}, {FORM_COLUMNS.sql(connection)}, {RUN_COLUMNS.sql(connection)},"
+        f" {_nulls(len(TASK_COLUMNS))}"
         f" FROM {table(Record, connection)} rec"
         f" INNER JOIN {table(Form, connection)} f ON f.id = rec.form_id"
         f" LEFT OUTER JOIN {table(Run, connection)} r ON r.record_id = rec.id AND r.is_submission = %s"
         " WHERE rec.token = %s"
+        " UNION ALL"
+        f" SELECT 1, {_nulls(sum(map(len, HEAD_COLUMNS)))}, {TASK_COLUMNS.sql(connection)}"
+        f" FROM {table(RunTask, connection)} t"
+        f" INNER JOIN {table(Run, connection)} r ON r.id = t.run_id"
+        f" INNER JOIN {table(Record, connection)} rec ON rec.id = r.record_id"
+        " WHERE rec.token = %s AND r.is_submission = %s"
     )
 )
 # A run's tasks, as the page shows them: one read by the run's index.
@@ -151,20 +168,24 @@ TASKS = Statement(
 
 
 def submission_of(token):
-    """(record with its form, its submission run or None) for a record token: one query, by the token's index.
+    """(record with its form, its submission run or None, the run's task rows) for a record token: one query.
 
-    Raises Record.DoesNotExist for an unknown token.
+    The task rows are named rows (``TaskRow``) in no particular order. Raises Record.DoesNotExist for
+    an unknown token.
     """
-    found = SUBMISSION.rows(connection, [True, token])
-    if not found:
+    found = SUBMISSION.rows(connection, [True, token, token, True])
+    heads = [row for row in found if row[0] == 0]
+    if not heads:
         raise Record.DoesNotExist(f"No record has the token {token!r}.")
-    record_row, form_row, run_row = split(found[0], RECORD_COLUMNS, FORM_COLUMNS, RUN_COLUMNS)
+    record_row, form_row, run_row = split(heads[0][1:], *HEAD_COLUMNS)
     record = RECORD_COLUMNS.load(record_row, connection)
     Record.form.field.set_cached_value(record, FORM_COLUMNS.load(form_row, connection))
     run = RUN_COLUMNS.load(run_row, connection)
     if run is not None:
         Run.record.field.set_cached_value(run, record)
-    return record, run
+    skip = 1 + sum(map(len, HEAD_COLUMNS))
+    rows = [TaskRow(*TASK_COLUMNS.values(row[skip:], connection)) for row in found if row[0] == 1]
+    return record, run, rows
 
 
 def run_task_rows(run):
@@ -175,8 +196,9 @@ def run_task_rows(run):
     ]
 
 
-def record_progress(record, run=False):
-    """The state of a record's submission run, as the waiting page shows it (``run``: already read)."""
+def record_progress(record, run=False, rows=None):
+    """The state of a record's submission run, as the waiting page shows it (``run`` and its task
+    ``rows``: already read, as ``submission_of`` reads them)."""
     form = record.form
     if run is False:
         run = (
@@ -184,9 +206,10 @@ def record_progress(record, run=False):
             .only("id", "status", "subtext", "snapshot", "finished_at")
             .first()
         )
-    rows = []
-    if run is not None:
-        rows = run_task_rows(run)  # sorted here, below
+    if run is None:
+        rows = []
+    else:
+        rows = list(rows) if rows is not None else run_task_rows(run)  # sorted here, below
         if any(row.branch == Node.Branch.ON_ERROR for row in rows):
             # Error-branch tasks are created when their step fails, after every other: the snapshot
             # says where they go.

@@ -57,22 +57,40 @@ def test_named_columns_load_a_partial_instance_and_a_null_key_loads_none(submitt
     assert found.get_deferred_fields() >= {"name", "label"}
 
 
-def test_the_poll_s_read_gives_the_record_its_form_and_its_submission_run_in_one_query(submitted):
+def test_the_poll_s_read_gives_the_record_its_form_its_submission_run_and_its_tasks_in_one_query(submitted):
+    run = Run.objects.get(record=submitted, is_submission=True)
+    RunTask.objects.filter(run=run, parent__isnull=True).update(
+        status=RunTask.Status.COMPLETE, subtext="<b>x</b>", finished_at=run.created_at
+    )
+    other = record_submit(form=submitted.form, data={"name": "Grace"})  # its tasks are not this record's
+
     with CaptureQueriesContext(connection) as queries:
-        record, run = submission_of(submitted.token)
-        form_title, run_record = record.form.title, run.record
+        record, found_run, rows = submission_of(submitted.token)
+        form_title, run_record = record.form.title, found_run.record
     assert len(queries) == 1
     assert field_values(record) == field_values(Record.objects.get(pk=submitted.pk))
-    assert field_values(run) == field_values(Run.objects.get(record=submitted, is_submission=True))
+    assert field_values(found_run) == field_values(run)
     assert form_title == submitted.form.title and run_record is record
+    expected = RunTask.objects.filter(run=run).order_by("position").values_list(*rows[0]._fields, named=True)
+    assert [tuple(row) for row in sorted(rows, key=lambda row: row.position)] == [tuple(row) for row in expected]
+    assert len(rows) == 2 and other.pk != record.pk
 
 
 def test_the_poll_s_read_finds_a_record_without_a_run_and_refuses_an_unknown_token(form):
     record = RecordFactory(form=form)
-    found, run = submission_of(record.token)
-    assert (found.pk, run) == (record.pk, None)
+    found, run, rows = submission_of(record.token)
+    assert (found.pk, run, rows) == (record.pk, None, [])
     with pytest.raises(Record.DoesNotExist):
         submission_of("no-such-token")
+
+
+def test_the_poll_s_read_leaves_out_the_tasks_of_a_record_s_other_runs(submitted):
+    run = Run.objects.get(record=submitted, is_submission=True)
+    Run.objects.filter(pk=run.pk).update(is_submission=False)  # as a run the record's update started
+
+    found, found_run, rows = submission_of(submitted.token)
+
+    assert (found.pk, found_run, rows) == (submitted.pk, None, [])
 
 
 def test_the_poll_reads_the_run_s_tasks_as_the_orm_would(submitted):
@@ -192,3 +210,21 @@ def test_a_queue_job_of_one_step_is_one_transaction_with_no_savepoint_of_its_own
     assert statements.count("SAVEPOINT") == 1, statements
     assert Run.objects.get(pk=container.run_id).status == Run.Status.COMPLETE
     assert Record.objects.get(pk=submitted.record.pk).flags == {"done": True}
+
+
+def test_on_postgresql_a_hot_statement_is_prepared_once_per_connection_and_reads_the_same(submitted):
+    """config/settings.py: server-side binding, prepared from a statement's fifth run (SQLite prepares
+    every statement itself: nothing to check there)."""
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's prepared statements; the CI's PostgreSQL pass runs this")
+    first = submission_of(submitted.token)
+    for _ in range(6):
+        again = submission_of(submitted.token)
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [statement for (statement,) in cursor.fetchall()]
+
+    assert any(statement.startswith("SELECT 0, ") and "UNION ALL" in statement for statement in prepared)
+    assert field_values(again[0]) == field_values(first[0]) and field_values(again[1]) == field_values(first[1])
+    assert sorted(again[2]) == sorted(first[2])

@@ -365,7 +365,7 @@ def test_the_status_partial_costs_the_same_queries_for_one_task_and_for_a_hundre
     assert html_one.count('class="step step-queued"') == 1
     assert html_hundred.count('class="step step-queued"') == 100
     assert queries_hundred == queries_one
-    assert queries_one == 2  # the run with its record and form, then its tasks
+    assert queries_one == 1  # the record with its form, its run and its tasks
 
 
 def test_the_status_partial_places_an_error_branch_that_ran_under_its_step(client, db):
@@ -381,7 +381,7 @@ def test_the_status_partial_places_an_error_branch_that_ran_under_its_step(clien
 
     labels = re.findall(r'class="step-label">([^<]+)<', html)
     assert labels == ["Boom", "Caught", "After", "Later"]  # the error step in its place, not last
-    assert queries == 2  # as without an error branch
+    assert queries == 1  # as without an error branch
 
 
 def test_the_waiting_page_costs_the_same_queries_for_one_task_and_for_a_hundred(client, db):
