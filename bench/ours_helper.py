@@ -28,6 +28,7 @@ django.setup()
 
 from django.core.management import call_command, color  # noqa: E402
 from django.db import close_old_connections, connection, transaction  # noqa: E402
+from django.db.models import UniqueConstraint  # noqa: E402
 from django.test import Client  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 from django.utils import timezone  # noqa: E402
@@ -133,7 +134,12 @@ class Copier:
         marks = ", ".join(["%s"] * len(self.fields))
         self.sql = f"INSERT INTO {connection.ops.quote_name(model._meta.db_table)} ({columns}) VALUES ({marks})"
         self.remapped = {i: f for i, f in enumerate(self.fields) if f.is_relation and f.related_model in copied_models}
-        self.fresh = {i: f for i, f in enumerate(self.fields) if f.unique and not f.primary_key and callable(f.default)}
+        unique = {f.name for f in self.fields if f.unique} | {
+            c.fields[0] for c in model._meta.constraints if isinstance(c, UniqueConstraint) and len(c.fields) == 1
+        }
+        self.fresh = {
+            i: f for i, f in enumerate(self.fields) if f.name in unique and not f.primary_key and callable(f.default)
+        }
         self.pk_index = next(i for i, f in enumerate(self.fields) if f.primary_key)
         self.index = {f.name: i for i, f in enumerate(self.fields)}
 
