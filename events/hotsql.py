@@ -134,12 +134,44 @@ class Statement:
         return rows(connection, self.sql(connection), params)
 
 
-def update(model, connection, changes, *, where, params, increment=(), computed=None):
-    """``UPDATE`` the model's table: each field of ``changes`` set (its value prepared as the ORM saves it),
-    each field of ``computed`` set to an SQL expression (``{name: (sql, params)}``), each field of
-    ``increment`` plus one, in the rows that ``where`` (SQL on the table's own columns, with ``params``)
-    selects. Returns how many rows changed. As ``QuerySet.update``: no signals, no ``save()``.
+class HeadAndRows(Statement):
+    """A head row and the rows under it (a run and its tasks, a form and its fields) in one statement.
+
+    ``head`` and ``rows`` are tuples of ``Columns``; ``head_from`` and ``rows_from`` build the rest of
+    each half (``FROM ... WHERE ...``) for a connection. The halves are joined by ``UNION ALL``, each row
+    marked with its half and NULL in the other half's columns: one round trip instead of two.
+    ``read`` gives (the head row's values or None, the other rows' values), unconverted, in the order
+    of the columns, as ``split`` cuts them.
     """
+
+    def __init__(self, head, head_from, rows, rows_from):
+        self.head, self.rows_columns = head, rows
+        self.head_width, self.rows_width = sum(map(len, head)), sum(map(len, rows))
+        super().__init__(
+            lambda connection: (
+                f"SELECT 0, {', '.join(columns.sql(connection) for columns in head)}, {_nulls(self.rows_width)}"
+                f" {head_from(connection)}"
+                f" UNION ALL SELECT 1, {_nulls(self.head_width)},"
+                f" {', '.join(columns.sql(connection) for columns in rows)} {rows_from(connection)}"
+            )
+        )
+
+    def read(self, connection, params):
+        head, rows = None, []
+        for row in self.rows(connection, params):
+            if row[0] == 0:
+                head = row[1 : 1 + self.head_width]
+            else:
+                rows.append(row[1 + self.head_width :])
+        return head, rows
+
+
+def _nulls(count):
+    return ", ".join(["NULL"] * count)
+
+
+def update_statement(model, connection, changes, *, where, params, increment=(), computed=None):
+    """The SQL and parameters of ``update`` (to run as they are, or to embed: a PostgreSQL ``WITH``)."""
     connection = _wrapper(connection)
     quote = connection.ops.quote_name
     meta = model._meta
@@ -154,10 +186,21 @@ def update(model, connection, changes, *, where, params, increment=(), computed=
     for name in increment:
         column = quote(meta.get_field(name).column)
         assignments.append(f"{column} = {column} + 1")
+    return f"UPDATE {table(model, connection)} SET {', '.join(assignments)} WHERE {where}", [*values, *params]
+
+
+def update(model, connection, changes, *, where, params, increment=(), computed=None):
+    """``UPDATE`` the model's table: each field of ``changes`` set (its value prepared as the ORM saves it),
+    each field of ``computed`` set to an SQL expression (``{name: (sql, params)}``), each field of
+    ``increment`` plus one, in the rows that ``where`` (SQL on the table's own columns, with ``params``)
+    selects. Returns how many rows changed. As ``QuerySet.update``: no signals, no ``save()``.
+    """
+    connection = _wrapper(connection)
+    sql, values = update_statement(
+        model, connection, changes, where=where, params=params, increment=increment, computed=computed
+    )
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {table(model, connection)} SET {', '.join(assignments)} WHERE {where}", [*values, *params]
-        )
+        cursor.execute(sql, values)
         return cursor.rowcount
 
 

@@ -1,4 +1,4 @@
-"""A form's definition as a request reads it: once, in two statements written once as SQL.
+"""A form's definition as a request reads it: once, in one statement written once as SQL.
 
 A submit needs the published form, its fields and its tree's live version; a queryset for each
 cost more to compile than to run (``events.hotsql``). ``published_form`` gives the same objects:
@@ -9,7 +9,7 @@ from django.db import connection
 from django.http import Http404
 from django.utils.translation import gettext as _
 
-from events.hotsql import Columns, Statement, split, table
+from events.hotsql import Columns, HeadAndRows, split, table
 from events.models import RECORD_UPDATE, TreeVersion
 
 from .models import Field, Form
@@ -18,35 +18,39 @@ FORM_COLUMNS = Columns(Form, "f")
 VERSION_COLUMNS = Columns(TreeVersion, "v")
 FIELD_COLUMNS = Columns(Field, "fd")
 
-# The published form of a slug and the latest published version of its submission tree (NULLs before one).
-FORM_READ = Statement(
+# The published form of a slug and the latest published version of its submission tree (NULLs before
+# one), then its fields: one statement.
+FORM_READ = HeadAndRows(
+    (FORM_COLUMNS, VERSION_COLUMNS),
     lambda c: (
-        f"SELECT {FORM_COLUMNS.sql(c)}, {VERSION_COLUMNS.sql(c)} FROM {table(Form, c)} f"
+        f"FROM {table(Form, c)} f"
         f" LEFT OUTER JOIN {table(TreeVersion, c)} v ON v.id = ("
         f"SELECT latest.id FROM {table(TreeVersion, c)} latest"
         " WHERE latest.form_id = f.id AND latest.event = %s ORDER BY latest.number DESC LIMIT 1)"
         " WHERE f.slug = %s AND f.is_published = %s"
-    )
-)
-# Its fields, in their order (Field.Meta.ordering).
-FIELDS_READ = Statement(
+    ),
+    (FIELD_COLUMNS,),
     lambda c: (
-        f"SELECT {FIELD_COLUMNS.sql(c)} FROM {table(Field, c)} fd WHERE fd.form_id = %s ORDER BY fd.position, fd.id"
-    )
+        f"FROM {table(Field, c)} fd INNER JOIN {table(Form, c)} f ON f.id = fd.form_id"
+        " WHERE f.slug = %s AND f.is_published = %s"
+    ),
 )
 
 
 def published_form(slug):
     """(the published form ``slug`` with its fields prefetched, its live TreeVersion or None); Http404 if none."""
-    found = FORM_READ.rows(connection, [RECORD_UPDATE, slug, True])
-    if not found:
+    head, field_rows = FORM_READ.read(connection, [RECORD_UPDATE, slug, True, slug, True])
+    if head is None:
         raise Http404(_("No such form."))
-    form_row, version_row = split(found[0], FORM_COLUMNS, VERSION_COLUMNS)
+    form_row, version_row = split(head, FORM_COLUMNS, VERSION_COLUMNS)
     form = FORM_COLUMNS.load(form_row, connection)
     version = VERSION_COLUMNS.load(version_row, connection)
     if version is not None:
         TreeVersion.form.field.set_cached_value(version, form)
-    fields = [FIELD_COLUMNS.load(row, connection) for row in FIELDS_READ.rows(connection, [form.pk])]
+    fields = sorted(
+        (FIELD_COLUMNS.load(row, connection) for row in field_rows),
+        key=lambda field: (field.position, field.id),  # Field.Meta.ordering
+    )
     for field in fields:
         Field.form.field.set_cached_value(field, form)
     # What prefetch_related("fields") leaves: form.fields.all() is a queryset holding these, read nothing more.

@@ -8,7 +8,7 @@ from django.db import connection
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from events.hotsql import Columns, Statement, db_value, split, table
+from events.hotsql import Columns, HeadAndRows, Statement, db_value, split, table
 from events.models import Node, Run, RunTask, failures_handled
 
 from .messages import render_message  # noqa: F401  (where the waiting page's words were always found)
@@ -135,31 +135,23 @@ TASK_COLUMNS = Columns(
 TaskRow = namedtuple("TaskRow", TASK_COLUMNS.attnames)  # id, parent_id, branch, ...
 
 # The record of a token, its form, its submission run (NULLs without one) and the run's tasks: one
-# statement, one round trip. Its first row (kind 0) holds the record, its form and its run, each further
-# row (kind 1) one task; the columns the other kind fills are NULL. Both halves are indexed reads: the
-# token, then the run by its record and the tasks by their run.
-HEAD_COLUMNS = (RECORD_COLUMNS, FORM_COLUMNS, RUN_COLUMNS)
-
-
-def _nulls(count):
-    return ", ".join(["NULL"] * count)
-
-
-SUBMISSION = Statement(
+# statement, one round trip. Both halves are indexed reads: the token, then the run by its record and
+# the tasks by their run.
+SUBMISSION = HeadAndRows(
+    (RECORD_COLUMNS, FORM_COLUMNS, RUN_COLUMNS),
     lambda connection: (
-        f"SELECT 0, {RECORD_COLUMNS.sql(connection)}, {FORM_COLUMNS.sql(connection)}, {RUN_COLUMNS.sql(connection)},"
-        f" {_nulls(len(TASK_COLUMNS))}"
-        f" FROM {table(Record, connection)} rec"
+        f"FROM {table(Record, connection)} rec"
         f" INNER JOIN {table(Form, connection)} f ON f.id = rec.form_id"
         f" LEFT OUTER JOIN {table(Run, connection)} r ON r.record_id = rec.id AND r.is_submission = %s"
         " WHERE rec.token = %s"
-        " UNION ALL"
-        f" SELECT 1, {_nulls(sum(map(len, HEAD_COLUMNS)))}, {TASK_COLUMNS.sql(connection)}"
-        f" FROM {table(RunTask, connection)} t"
+    ),
+    (TASK_COLUMNS,),
+    lambda connection: (
+        f"FROM {table(RunTask, connection)} t"
         f" INNER JOIN {table(Run, connection)} r ON r.id = t.run_id"
         f" INNER JOIN {table(Record, connection)} rec ON rec.id = r.record_id"
         " WHERE rec.token = %s AND r.is_submission = %s"
-    )
+    ),
 )
 # A run's tasks, as the page shows them: one read by the run's index.
 TASKS = Statement(
@@ -173,18 +165,16 @@ def submission_of(token):
     The task rows are named rows (``TaskRow``) in no particular order. Raises Record.DoesNotExist for
     an unknown token.
     """
-    found = SUBMISSION.rows(connection, [True, token, token, True])
-    heads = [row for row in found if row[0] == 0]
-    if not heads:
+    head, task_rows = SUBMISSION.read(connection, [True, token, token, True])
+    if head is None:
         raise Record.DoesNotExist(f"No record has the token {token!r}.")
-    record_row, form_row, run_row = split(heads[0][1:], *HEAD_COLUMNS)
+    record_row, form_row, run_row = split(head, *SUBMISSION.head)
     record = RECORD_COLUMNS.load(record_row, connection)
     Record.form.field.set_cached_value(record, FORM_COLUMNS.load(form_row, connection))
     run = RUN_COLUMNS.load(run_row, connection)
     if run is not None:
         Run.record.field.set_cached_value(run, record)
-    skip = 1 + sum(map(len, HEAD_COLUMNS))
-    rows = [TaskRow(*TASK_COLUMNS.values(row[skip:], connection)) for row in found if row[0] == 1]
+    rows = [TaskRow(*TASK_COLUMNS.values(row, connection)) for row in task_rows]
     return record, run, rows
 
 

@@ -211,7 +211,7 @@ def run_finish_if_done(*, run: Run, check_failures: bool = False) -> bool:
                 run_fail(run=run, error=failure_message(unhandled))
                 return False
         # Hot statements (the end of every run): written as SQL, not compiled per call (events.hotsql).
-        won = hotsql.update(
+        finish, finish_params = hotsql.update_statement(
             Run,
             connection,
             {"status": Run.Status.COMPLETE, "finished_at": effects.now()},
@@ -221,8 +221,24 @@ def run_finish_if_done(*, run: Run, check_failures: bool = False) -> bool:
             ),
             params=[run_id, Run.Status.RUNNING, run_id, *RunTask.OPEN],
         )
-        if won and run.is_submission:
-            hotsql.update(record_model(), connection, {"is_complete": True}, where="id = %s", params=[run.record_id])
+        if run.is_submission and connection.vendor == "postgresql":
+            # The run and its record's flag in one statement: one round trip fewer at every submission's end.
+            record_done, record_params = hotsql.update_statement(
+                record_model(), connection, {"is_complete": True}, where="id IN (SELECT record_id FROM won)", params=[]
+            )
+            won = hotsql.rows(
+                connection,
+                f"WITH won AS ({finish} RETURNING record_id), done AS ({record_done}) SELECT count(*) FROM won",
+                [*finish_params, *record_params],
+            )[0][0]
+        else:
+            with connection.cursor() as cursor:
+                cursor.execute(finish, finish_params)
+                won = cursor.rowcount
+            if won and run.is_submission:
+                hotsql.update(
+                    record_model(), connection, {"is_complete": True}, where="id = %s", params=[run.record_id]
+                )
     return bool(won)
 
 

@@ -3,11 +3,12 @@
 import uuid
 
 import pytest
-from django.db import connection, transaction
+from django.db import connection, models, transaction
 from django.http import Http404
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from events.engine import run_finish_if_done
 from events.engine.reads import run_tasks_of_nodes, task_with_run
 from events.hotsql import Columns, Statement, db_value, insert, table, update
 from events.models import Run, RunTask, TreeVersion
@@ -16,7 +17,7 @@ from forms_app.definitions import published_form
 from forms_app.models import Form, Record
 from forms_app.services import record_submit
 from forms_app.waiting import run_task_rows, submission_of
-from tests.factories import RecordFactory, add_node
+from tests.factories import FieldFactory, FormFactory, RecordFactory, add_node
 
 pytestmark = pytest.mark.django_db
 
@@ -175,15 +176,18 @@ def test_an_insert_reads_back_automatic_keys_and_fills_auto_now_add_in_as_many_b
         assert record.created_at is not None and record._state.adding is False
 
 
-def test_a_submit_reads_the_form_its_fields_and_its_live_version_in_two_queries(form):
+def test_a_submit_reads_the_form_its_fields_and_its_live_version_in_one_query(form):
     add_node(form, "set_flag", config={"flag": "one"})
     add_node(form, "set_flag", config={"flag": "two"})  # publishes version 2
+    form.fields.update(position=models.F("position") + 1)
+    FieldFactory(form=form, name="first", position=0)  # added last, shown first
+    FieldFactory(form=FormFactory(), name="elsewhere")  # another form's field
 
     with CaptureQueriesContext(connection) as queries:
         found, version = published_form(form.slug)
         names = [field.name for field in found.fields.all()]
-    assert len(queries) == 2
-    assert names == [field.name for field in form.fields.all()] and names
+    assert len(queries) == 1
+    assert names == [field.name for field in form.fields.all()] and names[0] == "first" and len(names) > 1
     assert version == TreeVersion.objects.live(form) and version.number == 2
     assert field_values(found) == field_values(form)
 
@@ -210,6 +214,30 @@ def test_a_queue_job_of_one_step_is_one_transaction_with_no_savepoint_of_its_own
     assert statements.count("SAVEPOINT") == 1, statements
     assert Run.objects.get(pk=container.run_id).status == Run.Status.COMPLETE
     assert Record.objects.get(pk=submitted.record.pk).flags == {"done": True}
+
+
+@pytest.mark.parametrize("is_submission", [True, False])
+def test_a_run_s_end_writes_the_run_and_a_submission_s_record_flag_together_on_postgresql(
+    form, submit_queued, is_submission
+):
+    background = add_node(form, "background", name="later")
+    add_node(form, "set_flag", parent=background, config={"flag": "done"})
+    submitted = submit_queued()
+    run = Run.objects.get(record=submitted.record)
+    Run.objects.filter(pk=run.pk).update(is_submission=is_submission)
+    run.refresh_from_db()
+    RunTask.objects.filter(run=run).update(status=RunTask.Status.COMPLETE)
+
+    with CaptureQueriesContext(connection) as queries:
+        won = run_finish_if_done(run=run)
+        again = run_finish_if_done(run=run)  # the run is over: nothing more to win
+
+    writes = [query["sql"] for query in queries if query["sql"].split()[0].upper() in ("UPDATE", "WITH")]
+    postgresql_together = connection.vendor == "postgresql" and is_submission
+    assert (won, again) == (True, False)
+    assert len(writes) == (2 if postgresql_together else 2 + is_submission), writes
+    assert Run.objects.get(pk=run.pk).status == Run.Status.COMPLETE
+    assert Record.objects.get(pk=submitted.record.pk).is_complete is is_submission
 
 
 def test_on_postgresql_a_hot_statement_is_prepared_once_per_connection_and_reads_the_same(submitted):
