@@ -947,6 +947,9 @@ class Bench:
                 )
             finally:
                 self.processes.stop(worker, grace=40)
+            # What the window left undone goes, as the reference clears its queue after each drain: each
+            # round's drain starts from that round's submits, not from jobs a stopped worker held.
+            self.main.call("runs_cancel", slugs=["bench-submit"], timeout=120)
         except BenchError as exc:
             result = {"error": str(exc)}
         self.sample(kind="drain", round=round_, name="ours", **result)
