@@ -409,7 +409,10 @@ class RunTaskQuerySet(models.QuerySet):
         return self.filter(status=RunTask.Status.AWAITING, deadline_at__lte=now or effects.now())
 
     def due_for_dispatch(self, now=None):
-        """Containers and retries whose time has come and that no one has handed to the queue yet."""
+        """Containers and retries whose time has come and that no one has handed to the queue yet.
+
+        (The worker's dispatcher asks this as SQL, ``events.queue.DUE_UNSENT``: keep the two alike.)
+        """
         now = now or effects.now()
         # Actions get a due time only to be re-run by a worker (a retry, or a repair by the sweep).
         return self.filter(status=RunTask.Status.PENDING, due_at__lte=now, enqueued_at__isnull=True)
@@ -498,6 +501,13 @@ class RunTask(models.Model):
             models.Index(fields=["status", "is_container", "due_at"], name="task_dispatch_idx"),
             # The sweep asks, per run, whether anything is still moving.
             models.Index(fields=["run", "status"], name="task_run_status_idx"),
+            # The dispatcher's question, several times a second (RunTaskQuerySet.due_for_dispatch): only
+            # tasks not handed off yet are in it, so a backlog of jobs waiting for a worker costs nothing.
+            models.Index(
+                fields=["due_at"],
+                condition=models.Q(status="pending", enqueued_at__isnull=True),
+                name="task_due_unsent_idx",
+            ),
         ]
 
     def __str__(self):

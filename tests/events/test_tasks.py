@@ -186,6 +186,31 @@ def test_dispatch_due_sends_an_early_delivered_delay_again_when_it_is_due(
     assert record.is_complete
 
 
+def test_dispatch_due_sends_the_due_tasks_no_one_handed_off_oldest_first(
+    delay_tree, submit_queued, django_capture_on_commit_callbacks
+):
+    now = timezone.now()
+    older, newer, handed_off, later = (task_of(submit_queued().record, delay_tree) for _ in range(4))
+    for task, due, enqueued in [
+        (older, now - datetime.timedelta(seconds=9), None),
+        (newer, now - datetime.timedelta(seconds=1), None),
+        (handed_off, now - datetime.timedelta(seconds=20), now),  # a backlog job waiting for a worker
+        (later, now + datetime.timedelta(seconds=60), None),
+    ]:
+        RunTask.objects.filter(pk=task.pk).update(due_at=due, enqueued_at=enqueued)
+    OrmQ.objects.all().delete()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        first = dispatch_due(limit=1)
+    sent_first = [job.args() for job in OrmQ.objects.all()]
+    with django_capture_on_commit_callbacks(execute=True):
+        rest = dispatch_due()
+
+    assert (first, rest) == (1, 1)
+    assert sent_first == [(str(older.pk),)]
+    assert sorted(job.args() for job in OrmQ.objects.all()) == sorted([(str(older.pk),), (str(newer.pk),)])
+
+
 @pytest.fixture
 def delays(trail_form, add_mark):
     """Six delays of one run, created but not walked: tests set their due time and state directly."""
