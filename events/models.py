@@ -596,6 +596,19 @@ class RunTask(models.Model):
 
     def finish(self, status, *, logs=(), output=None, error="", failure="", debug=None):
         """active | awaiting → complete | failed | cancelled, appending logs. True if this call made the change."""
+        sql, params, changes = self.finish_statement(
+            status, logs=logs, output=output, error=error, failure=failure, debug=debug
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            won = cursor.rowcount
+        if won:
+            self.finished(changes)
+        return bool(won)
+
+    def finish_statement(self, status, *, logs=(), output=None, error="", failure="", debug=None):
+        """``finish`` as (its UPDATE, its parameters, the changes): to run inside another statement
+        (a PostgreSQL ``WITH``); when it changed the row, ``finished(changes)`` brings this copy along."""
         now = effects.now()
         changes = {
             "status": status,
@@ -610,17 +623,18 @@ class RunTask(models.Model):
             changes["logs"] = RunTask.capped_logs(self.logs, logs)
         if debug is not None:
             changes["debug"] = self.debug + [debug]
-        won = hotsql.update(
+        sql, params = hotsql.update_statement(
             RunTask,
             connection,
             changes,
             where="id = %s AND status IN (%s, %s)",
             params=[hotsql.db_value(RunTask, "id", self.pk, connection), self.Status.ACTIVE, self.Status.AWAITING],
         )
-        if won:
-            for key, value in changes.items():
-                setattr(self, key, value)
-        return bool(won)
+        return sql, params, changes
+
+    def finished(self, changes):
+        for key, value in changes.items():
+            setattr(self, key, value)
 
     def set_subtext(self, text):
         RunTask.objects.filter(pk=self.pk).update(subtext=text[:SUBTEXT_MAX_LENGTH])

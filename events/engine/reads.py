@@ -8,11 +8,12 @@ from functools import cache
 
 from django.db import connection
 
-from ..hotsql import Columns, Statement, db_value, rows, split, table
-from ..models import Run, RunTask, record_model
+from ..hotsql import Columns, HeadAndRows, Statement, db_value, rows, split, table
+from ..models import Node, Run, RunTask, record_model
 
 TASK_COLUMNS = Columns(RunTask, "t")
 RUN_COLUMNS = Columns(Run, "r")
+CHILD_COLUMNS = Columns(RunTask, "c")
 
 
 @cache
@@ -51,8 +52,13 @@ def task_with_run(task_id, *, with_record=False, lock=False):
     found = statements[with_record, lock].rows(connection, [db_value(RunTask, "id", task_id, connection)])
     if not found:
         return None
+    return _task_loaded(found[0], with_record)
+
+
+def _task_loaded(row, with_record):
+    record_columns, form_columns, _ = _task_reads()
     parts = (TASK_COLUMNS, RUN_COLUMNS, record_columns, form_columns) if with_record else (TASK_COLUMNS, RUN_COLUMNS)
-    loaded = [columns.load(row, connection) for columns, row in zip(parts, split(found[0], *parts), strict=True)]
+    loaded = [columns.load(values, connection) for columns, values in zip(parts, split(row, *parts), strict=True)]
     task, run = loaded[0], loaded[1]
     RunTask.run.field.set_cached_value(task, run)
     if with_record:
@@ -60,6 +66,44 @@ def task_with_run(task_id, *, with_record=False, lock=False):
         Run.record.field.set_cached_value(run, record)
         type(record).form.field.set_cached_value(record, form)
     return task
+
+
+@cache
+def _job_read():
+    """A queue job's one read: its task with run, record and form, then the task's main-branch children."""
+    record_columns, form_columns, _ = _task_reads()
+    record = record_columns.model
+    form = form_columns.model
+    return HeadAndRows(
+        (TASK_COLUMNS, RUN_COLUMNS, record_columns, form_columns),
+        lambda c: (
+            f"FROM {table(RunTask, c)} t INNER JOIN {table(Run, c)} r ON r.id = t.run_id"
+            f" INNER JOIN {table(record, c)} rec ON rec.id = r.record_id"
+            f" INNER JOIN {table(form, c)} f ON f.id = rec.form_id WHERE t.id = %s"
+        ),
+        (CHILD_COLUMNS,),
+        lambda c: f"FROM {table(RunTask, c)} c WHERE c.parent_id = %s AND c.branch = %s",
+    )
+
+
+def job_task(task_id):
+    """A queue job's task as ``task_with_run(task_id, with_record=True)`` gives it, and the task's
+    main-branch children (a deferred container's steps, which its walk needs; each with ``task.run``
+    attached), in one statement: (None, []) when there is no such task.
+
+    The children are read before the job's walk claims their container, as a read inside its
+    transaction could be overtaken just the same: each step is claimed on its own (pending → active),
+    and a claim that finds a step changed reports it.
+    """
+    key = db_value(RunTask, "id", task_id, connection)
+    head, child_rows = _job_read().read(connection, [key, key, Node.Branch.MAIN])
+    if head is None:
+        return None, []
+    task = _task_loaded(head, with_record=True)
+    children = [CHILD_COLUMNS.load(row, connection) for row in child_rows]
+    for child in children:
+        RunTask.run.field.set_cached_value(child, task.run)
+    return task, children
 
 
 def run_tasks_of_nodes(run, node_ids):

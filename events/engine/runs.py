@@ -186,13 +186,16 @@ RUN_LOCK = hotsql.Statement(
 )
 
 
-def run_finish_if_done(*, run: Run, check_failures: bool = False) -> bool:
+def run_finish_if_done(*, run: Run, check_failures: bool = False, first=None) -> bool:
     """running → complete once no task is open any more. Safe when two last tasks finish at once.
 
     A running run never holds a failure that nothing handled: a failure commits
     with its consequence (the run failing, or its error branch created). An older
     version's crash between two commits could leave one: ``check_failures`` (the
     sweep) looks for it first and fails the run instead.
+    ``first``: (UPDATE, parameters, a function called if it changed a row) to run before, in the
+    statement that locks the run where the database has row locks (a container's finish: one round
+    trip fewer), else on its own.
     """
     # No savepoint inside a caller's transaction (a walk's, a callback's): its statements commit or roll
     # back with the caller's, and SAVEPOINT/RELEASE would be two more round trips at every run's end.
@@ -200,7 +203,25 @@ def run_finish_if_done(*, run: Run, check_failures: bool = False) -> bool:
         run_id = hotsql.db_value(Run, "id", run.pk, connection)
         if connection.features.has_select_for_update:
             # The row lock serialises two last tasks finishing at once (SQLite's write lock already does).
-            RUN_LOCK.rows(connection, [run_id])
+            # A write that rides along is in the same statement: the run's end, a statement later, sees it.
+            if first is not None:
+                sql, params, changed = first
+                locked = hotsql.rows(
+                    connection,
+                    f"WITH first AS ({sql} RETURNING 1) SELECT (SELECT count(*) FROM first)"
+                    f" FROM {hotsql.table(Run, connection)} WHERE id = %s FOR UPDATE",
+                    [*params, run_id],
+                )
+                if locked and locked[0][0]:
+                    changed()
+            else:
+                RUN_LOCK.rows(connection, [run_id])
+        elif first is not None:
+            sql, params, changed = first
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                if cursor.rowcount:
+                    changed()
         if check_failures:
             unhandled = (
                 run.tasks.filter(status=RunTask.Status.FAILED)

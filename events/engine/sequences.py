@@ -30,10 +30,15 @@ def sequence_of(run, task):
     return owner, branch, node.get("on_error" if branch == "on_error" else "children", [])
 
 
+def _all_steps_handled():
+    """The log line of a container whose steps are all done (stamped when written)."""
+    return RunTask.log_line("all steps handled")
+
+
 def container_settle(task, outcome, *, output=None):
     """Record how a walk of a container's children ended (without finishing the run)."""
     if outcome is Outcome.DONE:
-        task.finish(RunTask.Status.COMPLETE, logs=[RunTask.log_line("all steps handled")], output=output)
+        task.finish(RunTask.Status.COMPLETE, logs=[_all_steps_handled()], output=output)
     elif outcome is Outcome.FAILED:
         task.finish(RunTask.Status.FAILED, logs=[RunTask.log_line("a step failed")], error="A step inside failed.")
     elif outcome is Outcome.STOPPED:
@@ -49,9 +54,12 @@ def container_settle(task, outcome, *, output=None):
 
 def container_conclude(*, run, task, outcome):
     """Record how a deferred container's walk ended; when it is done, the run may be too."""
-    container_settle(task, outcome)
     if outcome is Outcome.DONE:
-        run_finish_if_done(run=run)
+        # The container's completion goes with the run's lock: one statement (see run_finish_if_done).
+        sql, params, changes = task.finish_statement(RunTask.Status.COMPLETE, logs=[_all_steps_handled()])
+        run_finish_if_done(run=run, first=(sql, params, lambda: task.finished(changes)))
+        return outcome
+    container_settle(task, outcome)
     return outcome
 
 

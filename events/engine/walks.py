@@ -28,7 +28,7 @@ from ..nodes.base import NodeContext, NodeError, Waiting
 from ..retry import RetryPolicy
 from .callbacks import task_await, task_store_waiting
 from .failures import error_branch_open, failure_consequence, task_retry_later
-from .reads import run_tasks_of_nodes, task_with_run
+from .reads import job_task, run_tasks_of_nodes
 from .runs import Outcome, failure_message, run_fail, run_finish_if_done, run_start, runs_as_own_run
 from .sequences import container_conclude, container_settle, sequence_hand_on, sequence_of, walk_hand_back
 from .snapshot import snapshot_node, subtree_node_ids
@@ -156,16 +156,20 @@ def run_inline(*, run: Run) -> Outcome:
         return sequence_finish(run=run, owner=None, branch="main", outcome=outcome, inline=True)
 
 
-def sequence_walk(*, run, nodes, start=0, inline=False, holders=()):
+def sequence_walk(*, run, nodes, start=0, inline=False, holders=(), known=None):
     """Handle ``nodes[start:]`` in order: run actions now, hand deferred containers to the queue.
 
     ``inline`` is true in the request: a go_async marker then hands the rest
     of the sequence to the queue and ends the walk. ``holders`` are the ids of
     the containers this walk holds (a worker's heartbeat renews their leases):
     when the worker stops, they are put back and the walk ends before its next step.
+    ``known``: the nodes' tasks, read already (a queue job reads its container's with the container).
     """
     writes.begin()
-    tasks = {task.node_id: task for task in run_tasks_of_nodes(run, [node["id"] for node in nodes[start:]])}
+    node_ids = [node["id"] for node in nodes[start:]]
+    tasks = {task.node_id: task for task in known or ()}
+    if any(node_id not in tasks for node_id in node_ids):
+        tasks = {task.node_id: task for task in run_tasks_of_nodes(run, node_ids)}
     for node in nodes[start:]:
         # No look at the run's status here: a stopped run's pending tasks are cancelled, so
         # the next claim (or hand-off) fails and reports it.
@@ -499,9 +503,10 @@ def task_job(*, task_id: uuid.UUID | str) -> Outcome:
 
 
 def _task_job(task_id):
-    # The run, its record and form come with the task: the walk's steps need them. Read before the
-    # walk's transaction begins: on SQLite that takes the write lock, which the queue's own writes wait for.
-    task = task_with_run(task_id, with_record=True)
+    # The run, its record and form come with the task, and a container's steps with it: the walk needs
+    # them. Read before the walk's transaction begins: on SQLite that takes the write lock, which the
+    # queue's own writes wait for.
+    task, children = job_task(task_id)
     writes.begin()
     if task is None:
         return Outcome.STOPPED
@@ -520,7 +525,7 @@ def _task_job(task_id):
     task.logs.append(RunTask.log_line(f"attempt {task.attempt} started"))
     if runs_as_own_run(node):
         return container_run_branch(run=run, task=task, node=node)
-    outcome = sequence_walk(run=run, nodes=node.get("children", []), holders=(task.pk,))
+    outcome = sequence_walk(run=run, nodes=node.get("children", []), holders=(task.pk,), known=children)
     return container_conclude(run=run, task=task, outcome=outcome)
 
 

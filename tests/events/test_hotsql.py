@@ -9,7 +9,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from events.engine import run_finish_if_done
-from events.engine.reads import run_tasks_of_nodes, task_with_run
+from events.engine.reads import job_task, run_tasks_of_nodes, task_with_run
 from events.hotsql import Columns, Statement, db_value, insert, table, update
 from events.models import Run, RunTask, TreeVersion
 from events.tasks import task_job
@@ -238,6 +238,59 @@ def test_a_run_s_end_writes_the_run_and_a_submission_s_record_flag_together_on_p
     assert len(writes) == (2 if postgresql_together else 2 + is_submission), writes
     assert Run.objects.get(pk=run.pk).status == Run.Status.COMPLETE
     assert Record.objects.get(pk=submitted.record.pk).is_complete is is_submission
+
+
+def test_a_job_reads_its_task_with_run_record_form_and_its_container_s_steps_in_one_query(form, submit_queued):
+    background = add_node(form, "background", name="later")
+    for flag in ("one", "two"):
+        add_node(form, "set_flag", parent=background, config={"flag": flag})
+    condition = add_node(
+        form,
+        "condition",
+        parent=background,
+        config={"match": "all", "rules": [{"field": "name", "operator": "is_set"}]},
+    )
+    add_node(form, "set_flag", parent=condition, config={"flag": "inner"})  # a grandchild: not a step of it
+    submitted = submit_queued()
+    container = RunTask.objects.get(run__record_id=submitted.record.pk, parent__isnull=True)
+
+    with CaptureQueriesContext(connection) as queries:
+        task, children = job_task(container.pk)
+        run, record, form_title = task.run, task.run.record, task.run.record.form.title
+        runs = {child.run for child in children}
+
+    assert len(queries) == 1
+    assert field_values(task) == field_values(container) and field_values(run) == field_values(container.run)
+    assert field_values(record) == field_values(submitted.record) and form_title == form.title
+    expected = RunTask.objects.filter(parent=container, branch="main").order_by("position")
+    assert [field_values(child) for child in sorted(children, key=lambda child: child.position)] == [
+        field_values(child) for child in expected
+    ]
+    assert len(children) == 3 and runs == {run}
+    assert job_task(uuid.uuid4()) == (None, [])
+
+
+def test_a_one_step_container_job_makes_no_read_of_its_steps_and_ends_the_container_with_the_run_lock(
+    form, submit_queued
+):
+    background = add_node(form, "background", name="later")
+    add_node(form, "set_flag", parent=background, config={"flag": "done"})
+    submitted = submit_queued()
+    container = RunTask.objects.get(run__record_id=submitted.record.pk, parent__isnull=True)
+
+    with CaptureQueriesContext(connection) as queries:
+        task_job(str(container.pk))
+
+    statements = [query["sql"] for query in queries if query["sql"].split()[0].upper() not in ("SAVEPOINT", "RELEASE")]
+    # Read (task, run, record, form, steps); claim container and step; the flag; end the step; then
+    # PostgreSQL: end the container with the run's lock, end the run with the record's flag (7);
+    # SQLite: end the container, end the run, the record's flag (8).
+    assert len(statements) == (7 if connection.vendor == "postgresql" else 8), statements
+    finished = RunTask.objects.get(pk=container.pk)
+    assert finished.status == RunTask.Status.COMPLETE and finished.logs[-1]["line"] == "all steps handled"
+    assert Run.objects.get(pk=container.run_id).status == Run.Status.COMPLETE
+    assert Record.objects.get(pk=submitted.record.pk).flags == {"done": True}
+    assert Record.objects.get(pk=submitted.record.pk).is_complete
 
 
 def test_on_postgresql_a_hot_statement_is_prepared_once_per_connection_and_reads_the_same(submitted):
