@@ -1,6 +1,7 @@
 import json
 import re
 import secrets
+import string
 
 from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
@@ -156,8 +157,13 @@ class Field(models.Model):
                 )
 
 
+TOKEN_FIRST_CHARACTERS = string.ascii_letters + string.digits
+
+
 def new_record_token():
-    return secrets.token_urlsafe(24)
+    """32 URL-safe characters (192 random bits), never beginning with "-": a token is also a command-line
+    argument (``test_tree --record TOKEN``), where a leading "-" reads as an option."""
+    return secrets.choice(TOKEN_FIRST_CHARACTERS) + secrets.token_urlsafe(24)[1:]
 
 
 class JsonKeySet:

@@ -239,6 +239,15 @@ def test_the_command_prints_the_timeline_and_what_would_be_sent(seed_tree, trail
     assert counts() == before and mail.outbox == []
 
 
+def test_the_command_takes_a_record_whose_older_token_begins_with_a_dash(seed_tree, trail_form, submit, capsys):
+    record = submit(email="bob@example.com", trail="").record
+    type(record).objects.filter(pk=record.pk).update(token="-" + record.token[1:])  # as tokens could begin
+
+    call_command("test_tree", trail_form.slug, f"--record=-{record.token[1:]}")
+
+    assert "Run: record_update — complete" in capsys.readouterr().out
+
+
 def test_the_command_refuses_an_unknown_record_and_bad_data(trail_form, db):
     with pytest.raises(CommandError, match="no record with the token"):
         call_command("test_tree", trail_form.slug, "--record", "nope")
