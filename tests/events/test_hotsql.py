@@ -33,6 +33,16 @@ def submitted(form):
     return record_submit(form=form, data={"name": "Ada"})
 
 
+@pytest.fixture
+def queued_one_step(form, submit_queued):
+    """A submission whose tree is one background container holding one set_flag, its job left queued:
+    (the submission, the container's task)."""
+    background = add_node(form, "background", name="later")
+    add_node(form, "set_flag", parent=background, config={"flag": "done"})
+    submitted = submit_queued()
+    return submitted, RunTask.objects.get(run__record_id=submitted.record.pk, parent__isnull=True)
+
+
 def test_a_model_loaded_from_its_columns_equals_the_orm_s_instance_field_by_field(submitted):
     run = Run.objects.get(record=submitted)
     run.properties = {"nested": {"list": [1, 2]}, "text": "é"}
@@ -200,11 +210,8 @@ def test_a_submit_s_read_finds_no_unpublished_form_and_no_version_before_the_fir
         published_form(form.slug)
 
 
-def test_a_queue_job_of_one_step_is_one_transaction_with_no_savepoint_of_its_own(form, submit_queued):
-    background = add_node(form, "background", name="later")
-    add_node(form, "set_flag", parent=background, config={"flag": "done"})
-    submitted = submit_queued()
-    container = RunTask.objects.get(run__record_id=submitted.record.pk, parent__isnull=True)
+def test_a_queue_job_of_one_step_is_one_transaction_with_no_savepoint_of_its_own(queued_one_step):
+    submitted, container = queued_one_step
 
     with CaptureQueriesContext(connection) as queries:
         task_job(str(container.pk))
@@ -218,12 +225,10 @@ def test_a_queue_job_of_one_step_is_one_transaction_with_no_savepoint_of_its_own
 
 @pytest.mark.parametrize("is_submission", [True, False])
 def test_a_run_s_end_writes_the_run_and_a_submission_s_record_flag_together_on_postgresql(
-    form, submit_queued, is_submission
+    queued_one_step, is_submission
 ):
-    background = add_node(form, "background", name="later")
-    add_node(form, "set_flag", parent=background, config={"flag": "done"})
-    submitted = submit_queued()
-    run = Run.objects.get(record=submitted.record)
+    submitted, container = queued_one_step
+    run = container.run
     Run.objects.filter(pk=run.pk).update(is_submission=is_submission)
     run.refresh_from_db()
     RunTask.objects.filter(run=run).update(status=RunTask.Status.COMPLETE)
@@ -271,12 +276,9 @@ def test_a_job_reads_its_task_with_run_record_form_and_its_container_s_steps_in_
 
 
 def test_a_one_step_container_job_makes_no_read_of_its_steps_and_ends_the_container_with_the_run_lock(
-    form, submit_queued
+    queued_one_step,
 ):
-    background = add_node(form, "background", name="later")
-    add_node(form, "set_flag", parent=background, config={"flag": "done"})
-    submitted = submit_queued()
-    container = RunTask.objects.get(run__record_id=submitted.record.pk, parent__isnull=True)
+    submitted, container = queued_one_step
 
     with CaptureQueriesContext(connection) as queries:
         task_job(str(container.pk))
