@@ -145,7 +145,7 @@ class HeadAndRows(Statement):
     """
 
     def __init__(self, head, head_from, rows, rows_from):
-        self.head, self.rows_columns = head, rows
+        self.head = head
         self.head_width, self.rows_width = sum(map(len, head)), sum(map(len, rows))
         super().__init__(
             lambda connection: (

@@ -26,13 +26,10 @@ def _task_reads():
     def build(with_record, lock):
         def sql(c):
             selected = [TASK_COLUMNS.sql(c), RUN_COLUMNS.sql(c)]
-            joins = f" INNER JOIN {table(Run, c)} r ON r.id = t.run_id"
             if with_record:
                 selected += [record_columns.sql(c), form_columns.sql(c)]
-                joins += f" INNER JOIN {table(record, c)} rec ON rec.id = r.record_id"
-                joins += f" INNER JOIN {table(form, c)} f ON f.id = rec.form_id"
             locked = " FOR UPDATE" if lock and c.features.has_select_for_update else ""
-            return f"SELECT {', '.join(selected)} FROM {table(RunTask, c)} t{joins} WHERE t.id = %s{locked}"
+            return f"SELECT {', '.join(selected)} {_task_from(c, with_record)}{locked}"
 
         return Statement(sql)
 
@@ -55,6 +52,18 @@ def task_with_run(task_id, *, with_record=False, lock=False):
     return _task_loaded(found[0], with_record)
 
 
+def _task_from(c, with_record):
+    """``FROM`` a task ``t`` (``WHERE t.id = %s``) joined to its run ``r`` and, ``with_record``, its record
+    ``rec`` and form ``f``."""
+    record = record_model()
+    form = record._meta.get_field("form").related_model
+    joins = f" INNER JOIN {table(Run, c)} r ON r.id = t.run_id"
+    if with_record:
+        joins += f" INNER JOIN {table(record, c)} rec ON rec.id = r.record_id"
+        joins += f" INNER JOIN {table(form, c)} f ON f.id = rec.form_id"
+    return f"FROM {table(RunTask, c)} t{joins} WHERE t.id = %s"
+
+
 def _task_loaded(row, with_record):
     record_columns, form_columns, _ = _task_reads()
     parts = (TASK_COLUMNS, RUN_COLUMNS, record_columns, form_columns) if with_record else (TASK_COLUMNS, RUN_COLUMNS)
@@ -72,15 +81,9 @@ def _task_loaded(row, with_record):
 def _job_read():
     """A queue job's one read: its task with run, record and form, then the task's main-branch children."""
     record_columns, form_columns, _ = _task_reads()
-    record = record_columns.model
-    form = form_columns.model
     return HeadAndRows(
         (TASK_COLUMNS, RUN_COLUMNS, record_columns, form_columns),
-        lambda c: (
-            f"FROM {table(RunTask, c)} t INNER JOIN {table(Run, c)} r ON r.id = t.run_id"
-            f" INNER JOIN {table(record, c)} rec ON rec.id = r.record_id"
-            f" INNER JOIN {table(form, c)} f ON f.id = rec.form_id WHERE t.id = %s"
-        ),
+        lambda c: _task_from(c, with_record=True),
         (CHILD_COLUMNS,),
         lambda c: f"FROM {table(RunTask, c)} c WHERE c.parent_id = %s AND c.branch = %s",
     )
