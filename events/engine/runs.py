@@ -130,9 +130,10 @@ def tasks_for(run, nodes, *, parent_id=None, branch="main", debug=False, positio
     def add(nodes, parent_id, branch, debug):
         for node in nodes:
             node_type = registry.get(node["type"])
-            task = RunTask(
+            task = hotsql.new(
+                RunTask,
                 id=uuid.uuid4(),
-                run=run,
+                run_id=run.pk,
                 parent_id=parent_id,
                 node_id=node["id"],
                 position=position + len(tasks),
@@ -145,6 +146,7 @@ def tasks_for(run, nodes, *, parent_id=None, branch="main", debug=False, positio
                 max_attempts=RetryPolicy.of_document(node.get("retry")).attempts,
                 collect_debug=debug or bool(node.get("config", {}).get("collect_debug")),
             )
+            RunTask.run.field.set_cached_value(task, run)
             tasks.append(task)
             if not runs_as_own_run(node):
                 add(node.get("children", []), task.id, "main", task.collect_debug)

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from events.engine import run_finish_if_done
 from events.engine.reads import job_task, run_tasks_of_nodes, task_with_run
-from events.hotsql import Columns, Statement, db_value, insert, table, update
+from events.hotsql import Columns, Statement, db_value, insert, new, table, update
 from events.models import Run, RunTask, TreeVersion
 from events.tasks import task_job
 from forms_app.definitions import published_form
@@ -184,6 +184,49 @@ def test_an_insert_reads_back_automatic_keys_and_fills_auto_now_add_in_as_many_b
     for record in records:
         assert field_values(stored[record.pk]) == field_values(record)
         assert record.created_at is not None and record._state.adding is False
+
+
+def test_an_insert_stores_every_kind_of_value_as_the_orm_saves_it_and_one_time_stamp_for_all_rows(submitted):
+    run = Run.objects.get(record=submitted)
+    when = timezone.now()
+    tasks = [
+        # Values the insert passes as they are (str, int, bool, UUID, None, empty JSON) and values it
+        # hands to the field (a text enum, a number as text, a time, JSON with content, a UUID as text).
+        RunTask(run=run, node_id=9001, position=3, type="pause", name="a'\"é", visible=True, logs=[], output={}),
+        RunTask(
+            id=str(uuid.uuid4()),
+            run=run,
+            node_id="9002",
+            position=4,
+            type="pause",
+            status=RunTask.Status.AWAITING,
+            due_at=when,
+            enqueued_at=when,
+            handoff_id=2**40,
+            logs=[{"at": "x", "message": "é"}],
+            output={"nested": [1, None, True]},
+            debug={"steps": []},
+        ),
+    ]
+
+    insert(tasks, connection)
+
+    for task in tasks:
+        stored = RunTask.objects.get(pk=task.pk)
+        expected = field_values(task) | {"id": uuid.UUID(str(task.pk)), "node_id": int(task.node_id)}
+        assert field_values(stored) == expected
+    assert tasks[0].created_at == tasks[1].created_at  # one insert, one time stamp
+
+
+def test_a_new_instance_built_positionally_equals_the_keyword_one_and_refuses_an_unknown_name(submitted):
+    run = Run.objects.get(record=submitted)
+    key = uuid.uuid4()
+    built = new(RunTask, id=key, run_id=run.pk, node_id=5, position=1, type="pause", label="Pause")
+    expected = RunTask(id=key, run=run, node_id=5, position=1, type="pause", label="Pause")
+    assert field_values(built) == field_values(expected) | {"created_at": built.created_at}
+    assert built.logs == [] and built.logs is not new(RunTask, id=key, run_id=run.pk).logs  # defaults are fresh
+    with pytest.raises(TypeError, match="'run'"):
+        new(RunTask, id=key, run=run)
 
 
 def test_a_submit_reads_the_form_its_fields_and_its_live_version_in_one_query(form):
