@@ -1,7 +1,6 @@
 """Runs: start one pinned to a snapshot, and end it (complete, failed, cancelled)."""
 
 import enum
-import uuid
 from typing import Any
 
 from django.conf import settings
@@ -9,6 +8,7 @@ from django.db import connection, models, transaction
 from django.db.models import Exists, OuterRef, Q
 
 from .. import effects, hotsql, queue
+from ..ids import uuid7
 from ..models import RECORD_UPDATE, Run, RunTask, TreeVersion, record_model
 from ..nodes import registry
 from ..nodes.base import NodeContext, NodeError
@@ -132,7 +132,7 @@ def tasks_for(run, nodes, *, parent_id=None, branch="main", debug=False, positio
             node_type = registry.get(node["type"])
             task = hotsql.new(
                 RunTask,
-                id=uuid.uuid4(),
+                id=uuid7(),
                 run_id=run.pk,
                 parent_id=parent_id,
                 node_id=node["id"],

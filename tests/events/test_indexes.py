@@ -8,9 +8,13 @@ writes and serves no read the other does not.
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
+from events.ids import uuid7
 from events.models import Run, RunTask
 from forms_app.models import Record
+from forms_app.services import record_submit
+from tests.factories import add_node
 
 pytestmark = pytest.mark.django_db
 
@@ -66,3 +70,70 @@ def test_the_dispatcher_s_question_is_answered_by_its_partial_index():
             plan = "\n".join(str(row[-1]) for row in cursor.fetchall())
 
     assert "task_due_unsent_idx" in plan, plan  # (SQLite: the statement names it; this says it can serve it)
+
+
+def plan_of(sql, params):
+    """The database's plan for ``sql`` (PostgreSQL: with sequential scans off, as a test's tables are tiny)."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SET enable_seqscan = off")
+            try:
+                cursor.execute(f"EXPLAIN {sql}", params)
+                return "\n".join(row[0] for row in cursor.fetchall())
+            finally:
+                cursor.execute("RESET enable_seqscan")
+        cursor.execute(f"EXPLAIN QUERY PLAN {sql}", params)
+        return "\n".join(str(row[-1]) for row in cursor.fetchall())
+
+
+def plan_of_queryset(queryset):
+    sql, params = queryset.query.sql_with_params()
+    return plan_of(sql, params)
+
+
+def test_a_submit_s_rows_go_into_no_index_by_a_column_they_leave_empty(form):
+    """An index entry is written for a NULL too: a step has no due time, a top-level task no parent,
+    a submission's run no parent run. Those columns' indexes hold only the rows that have a value."""
+    background = add_node(form, "background", name="later")
+    add_node(form, "set_flag", parent=background, config={"flag": "done"})
+    record = record_submit(form=form, data={"email": "a@example.com"})
+    rows = {Run: list(Run.objects.filter(record=record)), RunTask: list(RunTask.objects.filter(run__record=record))}
+    assert len(rows[RunTask]) == 2
+
+    for model, instances in rows.items():
+        by_column = {field.column: field.attname for field in model._meta.concrete_fields}
+        for name, columns in indexes(model).items():
+            empty = [obj for obj in instances if all(getattr(obj, by_column[column]) is None for column in columns)]
+            assert empty == [], f"{name} {columns}: an entry for each row that has no value"
+
+
+@pytest.mark.parametrize(
+    "queryset",
+    [
+        lambda: RunTask.objects.filter(parent_id="00000000000000000000000000000001"),
+        lambda: RunTask.objects.filter(
+            parent__in=["00000000000000000000000000000001", "00000000000000000000000000000002"]
+        ),
+    ],
+    ids=["one parent", "parents (a cascade)"],
+)
+def test_a_task_s_steps_are_found_by_the_partial_parent_index(db, queryset):
+    assert "task_parent_idx" in plan_of_queryset(queryset())
+
+
+@pytest.mark.parametrize("column", ["parent_run", "parent_task"])
+def test_the_runs_another_started_are_found_by_a_partial_index(db, column):
+    assert f"run_{column}_idx" in plan_of_queryset(Run.objects.filter(**{f"{column}__in": [uuid7(), uuid7()]}))
+
+
+@pytest.mark.parametrize(
+    "queryset",
+    [
+        lambda now: RunTask.objects.awaiting_past_deadline(now),  # the sweep: callbacks that timed out
+        lambda now: RunTask.objects.filter(status=RunTask.Status.ACTIVE, lease_expires_at__lt=now),  # leases
+        lambda now: RunTask.objects.filter(status=RunTask.Status.PENDING, enqueued_at__lt=now),  # lost hand-offs
+    ],
+    ids=["deadlines", "leases", "hand-offs"],
+)
+def test_the_sweep_s_questions_begin_with_a_status_and_read_no_finished_task(db, queryset):
+    assert "task_dispatch_idx" in plan_of_queryset(queryset(timezone.now()))
