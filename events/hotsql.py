@@ -325,5 +325,5 @@ def _defaults(model):
     found = model.__dict__.get("_hotsql_defaults")
     if found is None:
         found = [(field.attname, field.get_default) for field in model._meta.concrete_fields]
-        setattr(model, "_hotsql_defaults", found)
+        model._hotsql_defaults = found
     return found

@@ -13,10 +13,7 @@ from .models import Record
 logger = logging.getLogger("forms_app.services")
 
 
-LIVE = object()  # record_submit reads the tree's live version itself
-
-
-def record_submit(*, form, data, version=LIVE):
+def record_submit(*, form, data, version=engine.LIVE):
     """Store a submission and fire the form's Record Update event.
 
     The record, its run (pinned to the tree's live version: the latest published one, never the
@@ -24,9 +21,10 @@ def record_submit(*, form, data, version=LIVE):
     the inline phase run, so nothing irreversible happens while the transaction could still roll back.
     It runs in the caller's web request: each of its steps waits at most
     EVENTS_INLINE_STEP_MAX_SECONDS for any one thing (a pause, a connection, an answer).
-    ``version``: the live version, when the caller read it with the form (``published_form``).
+    ``version``: the live version (None: none is published), when the caller read it with the form
+    (``published_form``); by default it is read here.
     """
-    if version is LIVE:
+    if version is engine.LIVE:
         version = TreeVersion.objects.live(form, RECORD_UPDATE)
     with transaction.atomic(durable=True):
         record = Record(form=form, data=data, is_complete=not (version and version.snapshot))

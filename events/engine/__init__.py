@@ -25,13 +25,14 @@ from .callbacks import (
     task_store_waiting,
 )
 from .failures import leases_release, task_redrive
-from .runs import Outcome, run_cancel, run_fail, run_finish_if_done, run_start
+from .runs import LIVE, Outcome, run_cancel, run_fail, run_finish_if_done, run_start
 from .sequences import run_repair
 from .snapshot import snapshot_node, tree_order
 from .walks import error_branch_job, run_inline, run_trigger, sequence_resume, task_job
 
 __all__ = [
     "CALLBACK_PATH",
+    "LIVE",
     "CallbackResult",
     "Outcome",
     "awaiting_expire",

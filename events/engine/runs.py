@@ -14,6 +14,8 @@ from ..nodes import registry
 from ..nodes.base import NodeContext, NodeError
 from ..retry import RetryPolicy
 
+LIVE = object()  # run_start's default version: the live one, which it reads
+
 
 class Outcome(enum.Enum):
     DONE = "done"
@@ -32,17 +34,17 @@ def run_start(
     parent_task: RunTask | None = None,
     is_submission: bool = False,
     snapshot: list[dict[str, Any]] | None = None,
-    version: TreeVersion | None = None,
+    version: TreeVersion | None | object = LIVE,
     debug: bool = False,
 ) -> Run:
     """Create a run pinned to the live version of the tree of (form, event) and a pending task per node.
 
     Call it inside the caller's transaction: the record, the run and its tasks
     commit together. Nothing here has a side effect outside the database.
-    The run executes ``version``'s snapshot (default: the latest published version of (form, event);
-    none published yet: an empty tree) and records that version. ``snapshot`` replaces the event's
-    tree (a container's branch run as its own run): such a run records ``version``, or else its
-    parent run's, the version its steps come from.
+    The run executes ``version``'s snapshot (default ``LIVE``: the latest published version of (form,
+    event), read here; None: none is published, an empty tree) and records that version.
+    ``snapshot`` replaces the event's tree (a container's branch run as its own run): such a run
+    records ``version``, or else its parent run's, the version its steps come from.
     ``debug``: every task collects a debug trace (the container's collect_debug), as the form's switch does.
     """
     depth = parent_run.depth + 1 if parent_run is not None else 0
@@ -51,13 +53,15 @@ def run_start(
             f"Stopped a runaway chain of events: “{event}” would be run number {depth + 1} in one chain "
             f"(EVENTS_MAX_EVENT_DEPTH is {settings.EVENTS_MAX_EVENT_DEPTH})."
         )
-    if snapshot is None and version is None:
+    if snapshot is None and (version is LIVE or version is None):
         snapshot = effects.tree_override(record.form_id, event)  # a test run of drafts: the event's draft
     if snapshot is None:
-        version = version or TreeVersion.objects.live(record.form_id, event)
+        if version is LIVE:
+            version = TreeVersion.objects.live(record.form_id, event)
         snapshot = version.snapshot if version is not None else []
         version_id = version.pk if version is not None else None
     else:
+        version = None if version is LIVE else version
         version_id = version.pk if version is not None else getattr(parent_run, "version_id", None)
     now = effects.now()
     run = Run(

@@ -253,6 +253,17 @@ def test_a_submit_s_read_finds_no_unpublished_form_and_no_version_before_the_fir
         published_form(form.slug)
 
 
+def test_a_submit_of_a_form_with_no_published_tree_does_not_look_for_its_version_again(form, client):
+    with CaptureQueriesContext(connection) as queries:
+        response = client.post(f"/f/{form.slug}/", {"email": "a@example.com", "seats": "1"})
+
+    assert response.status_code == 303
+    record = Record.objects.get(form=form)
+    assert record.is_complete and Run.objects.get(record=record).version is None
+    versions = [query["sql"] for query in queries if TreeVersion._meta.db_table in query["sql"]]
+    assert len(versions) == 1, versions  # the form's read, which found none
+
+
 def test_a_queue_job_of_one_step_is_one_transaction_with_no_savepoint_of_its_own(queued_one_step):
     submitted, container = queued_one_step
 
