@@ -13,9 +13,10 @@ and prepare parameters with ``db_value``. Anything not on such a path uses the O
 """
 
 import uuid
+from contextlib import contextmanager
 from functools import cached_property
 
-from django.db import connections, models
+from django.db import connections, models, transaction
 
 
 def _wrapper(connection):
@@ -230,6 +231,10 @@ def insert(objs, connection):
     head = f"INSERT INTO {table(model, connection)} ({', '.join(quote(field.column) for field in fields)}) VALUES "
     row = f"({', '.join(['%s'] * len(fields))})"
     returning = f" RETURNING {quote(pk.column)}" if read_back else ""
+    batch = getattr(connection, "_hotsql_batch", None)
+    if batch is not None:
+        batch.add(objs, pk, head, returning, _row_values(objs, fields, savers))
+        return objs
     size = max(connection.ops.bulk_batch_size(fields, objs), 1)
     with connection.cursor() as cursor:
         for start in range(0, len(objs), size):
@@ -254,7 +259,7 @@ def _row_values(objs, fields, savers):
             value = getattr(obj, attname) if plain else field.pre_save(obj, True)
             last, prepared = previous[index]
             if value is not last:  # one value shared by the rows (a time stamp, a hand-off time) is prepared once
-                prepared = prepare(value)
+                prepared = value if type(value) is Key else prepare(value)
                 previous[index] = (value, prepared)
             values.append(prepared)
     return values
@@ -327,3 +332,114 @@ def _defaults(model):
         found = [(field.attname, field.get_default) for field in model._meta.concrete_fields]
         model._hotsql_defaults = found
     return found
+
+
+# --- One statement for several inserts (PostgreSQL) ----------------------------------------------
+
+
+class NotOneStatement(Exception):  # noqa: N818 (not an error: the caller's signal to use a transaction)
+    """Something else than ``insert`` asked the database inside ``one_statement``: nothing was sent."""
+
+
+class Key:
+    """A key the database gives when ``one_statement`` sends its inserts: row ``index`` of insert ``number``.
+
+    It stands for the key in the rows inserted after it (a run's record, a task's broker row), as SQL
+    that reads it from that insert's RETURNING, and is replaced by the key itself once the statement ran.
+    """
+
+    __slots__ = ("number", "index", "sql")
+
+    def __init__(self, number, index, column):
+        self.number, self.index = number, index
+        self.sql = f"(SELECT {column} FROM i{number} ORDER BY {column} LIMIT 1 OFFSET {index})"
+
+
+@contextmanager
+def one_statement(connection):
+    """The ``insert`` calls inside go to the database as one statement at the end (PostgreSQL).
+
+    A submit's record, run, tasks and broker rows were four INSERTs in a transaction: with BEGIN and
+    COMMIT, six round trips to the server. Here they are one data-modifying ``WITH``, in the caller's
+    transaction or, outside one, atomic by itself. An automatic key read back (the record's, a broker
+    row's) is a ``Key`` until then: the rows inserted after it refer to it in SQL. The rows of one
+    insert get their keys in their order (one VALUES list: the sequence is drawn row by row).
+    Any other statement inside raises ``NotOneStatement`` (caught, the end raises it again), and so does
+    ``outside_one_statement``: nothing was sent, and the caller does it all again in a transaction.
+    Elsewhere (SQLite: no server, no round trips) this is ``transaction.atomic(durable=True)``.
+    """
+    connection = _wrapper(connection)
+    if connection.vendor != "postgresql":
+        with transaction.atomic(using=connection.alias, durable=True):
+            yield
+        return
+    batch = connection._hotsql_batch = _Batch(connection)
+    try:
+        with connection.execute_wrapper(batch.refuse):
+            yield
+    finally:
+        connection._hotsql_batch = None
+    if batch.refused:
+        raise NotOneStatement(batch.refused)
+    batch.send()
+
+
+def outside_one_statement(connection, reason):
+    """Refuse ``one_statement`` where what follows needs a transaction of its own (an on-commit hook)."""
+    batch = getattr(_wrapper(connection), "_hotsql_batch", None)
+    if batch is not None and not batch.connection.in_atomic_block:
+        batch.refused = reason
+        raise NotOneStatement(reason)
+
+
+class _Batch:
+    LIMIT = 65535  # PostgreSQL's parameters per statement
+
+    def __init__(self, connection):
+        self.connection, self.refused = connection, ""
+        self.inserts = []  # (objs, pk field, SQL, parameters, keyed)
+
+    def refuse(self, execute, sql, params, many, context):
+        self.refused = f"another statement: {sql[:60]}"
+        raise NotOneStatement(self.refused)
+
+    def add(self, objs, pk, head, returning, values):
+        number, width = len(self.inserts), len(values) // len(objs)
+        if returning:
+            column = self.connection.ops.quote_name(pk.column)
+            for index, obj in enumerate(objs):
+                setattr(obj, pk.attname, Key(number, index, column))
+        rows, params = [], []
+        for start in range(0, len(values), width):
+            row = values[start : start + width]
+            rows.append("(" + ", ".join(value.sql if type(value) is Key else "%s" for value in row) + ")")
+            params.extend(value for value in row if type(value) is not Key)
+        self.inserts.append((objs, pk, head + ", ".join(rows) + returning, params, bool(returning)))
+        if sum(len(insert[3]) for insert in self.inserts) > self.LIMIT:
+            self.refused = "too many values for one statement"
+            raise NotOneStatement(self.refused)
+
+    def send(self):
+        if not self.inserts:
+            return
+        keyed = [number for number, insert in enumerate(self.inserts) if insert[4]]
+        quote = self.connection.ops.quote_name
+        ctes = ", ".join(f"i{number} AS ({insert[2]})" for number, insert in enumerate(self.inserts))
+        read = " UNION ALL ".join(
+            f"SELECT {number}, {quote(self.inserts[number][1].column)} FROM i{number}" for number in keyed
+        )
+        with self.connection.cursor() as cursor:
+            cursor.execute(
+                f"WITH {ctes} {read + ' ORDER BY 1, 2' if keyed else 'SELECT 1'}",
+                [param for insert in self.inserts for param in insert[3]],
+            )
+            found = cursor.fetchall() if keyed else []
+        keys = {}
+        for number, key in found:
+            keys.setdefault(number, []).append(key)
+        for objs, _, _, _, _ in self.inserts:
+            for obj in objs:
+                for name, value in list(obj.__dict__.items()):
+                    if type(value) is Key:
+                        obj.__dict__[name] = keys[value.number][value.index]
+                obj._state.adding, obj._state.db = False, self.connection.alias

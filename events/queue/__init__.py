@@ -90,6 +90,8 @@ def task_jobs_send(*, task_ids: Iterable[uuid.UUID | str]) -> list[int | None]:
     transaction that inserts them (their ``enqueued_at`` and ``handoff_id`` go in
     with the rows).
     """
+    if Conf.SYNC:  # each job runs when the transaction commits: there must be one
+        hotsql.outside_one_statement(connection, "django-q2's sync mode runs a job on commit")
     if Conf.SYNC or effects.sandbox() is not None:
         return [_send(TASK_JOB, str(task_id), name=f"task-{task_id}") for task_id in task_ids]
     broker = get_broker()
