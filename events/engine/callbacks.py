@@ -15,7 +15,7 @@ from django.db.models import QuerySet
 from django.urls import reverse_lazy
 
 from .. import effects
-from ..hotsql import db_value, update
+from ..hotsql import db_value, rows, update_statement
 from ..models import Run, RunTask, secret_hash
 from ..storable import SUBTEXT_MAX_LENGTH
 from .failures import failure_consequence
@@ -116,11 +116,8 @@ def task_callback(
         }
         if subtext is not None:
             changes["subtext"] = subtext[:SUBTEXT_MAX_LENGTH]
-            update(Run, connection, {"subtext": changes["subtext"]}, where="id = %s", params=[run_id])
         # Hot statements (every callback): written as SQL, not compiled per call (events.hotsql).
-        if not update(
-            RunTask, connection, changes, where="id = %s AND status = %s", params=[task_pk, RunTask.Status.AWAITING]
-        ):
+        if not _answer_write(run_id, task_pk, changes):
             row.refresh_from_db(fields=["status", "callback_digest"])
             return CallbackResult(applied=False, status=row.status, duplicate=row.callback_digest == digest)
         for key, value in changes.items():
@@ -133,6 +130,27 @@ def task_callback(
                 run=row.run, task=row, node=snapshot_node(row.run.snapshot, row.node_id) or {}, hand_off=True
             )
     return CallbackResult(applied=True, status=changes["status"])
+
+
+def _answer_write(run_id, task_pk, changes):
+    """The awaiting task's answer, and the run's subtext when the answer brings one (on PostgreSQL in
+    one statement: one round trip fewer). Returns whether the task was still awaiting."""
+    answer, answer_params = update_statement(
+        RunTask, connection, changes, where="id = %s AND status = %s", params=[task_pk, RunTask.Status.AWAITING]
+    )
+    statements = [(answer, answer_params)]
+    if "subtext" in changes:
+        subtext, subtext_params = update_statement(
+            Run, connection, {"subtext": changes["subtext"]}, where="id = %s", params=[run_id]
+        )
+        if connection.vendor == "postgresql":
+            answer = f"WITH subtext AS ({subtext}) {answer} RETURNING 1"
+            return bool(rows(connection, answer, [*subtext_params, *answer_params]))
+        statements.insert(0, (subtext, subtext_params))
+    with connection.cursor() as cursor:
+        for sql, params in statements:
+            cursor.execute(sql, params)
+        return bool(cursor.rowcount)
 
 
 def task_progress(*, task_id: uuid.UUID | str, subtext: str | None, logs: Sequence[str] = ()) -> tuple[bool, str]:

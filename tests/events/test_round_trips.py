@@ -12,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_q.models import OrmQ
 
-from events import queue, tasks
+from events import engine, queue, tasks
 from events.models import ApiKey, Run, RunTask
 from events.nodes import registry
 from events.nodes.base import NodeType
@@ -118,6 +118,30 @@ def test_a_submit_that_cannot_be_one_statement_is_stored_in_a_transaction(trail_
     task = RunTask.objects.get(run__record=record, name="later")
     assert Run.objects.filter(record=record).count() == 1
     assert OrmQ.objects.filter(pk=task.handoff_id).exists()
+
+
+@pytest.mark.parametrize("subtext", [None, "Seat held"])
+def test_on_postgresql_a_callback_s_subtext_for_the_run_rides_with_the_task_s_answer(trail_form, subtext):
+    add_node(trail_form, "set_flag", name="first", config={"flag": "a"})
+    add_node(trail_form, "set_flag", name="second", config={"flag": "b"})
+    record = record_submit(form=trail_form, data={"email": "ann@example.com", "trail": ""})
+    run = Run.objects.get(record=record)
+    Run.objects.filter(pk=run.pk).update(status=Run.Status.RUNNING, finished_at=None)
+    RunTask.objects.filter(run=run, name="first").update(status=RunTask.Status.AWAITING, finished_at=None)
+    RunTask.objects.filter(run=run, name="second").update(status=RunTask.Status.COMPLETE)
+    task = RunTask.objects.get(run=run, name="first")
+
+    with CaptureQueriesContext(connection) as queries:
+        result = engine.task_callback(task_id=task.pk, status="SUCCESS", subtext=subtext, output={"ok": 1})
+
+    assert result.applied and RunTask.objects.get(pk=task.pk).status == RunTask.Status.COMPLETE
+    assert Run.objects.get(pk=run.pk).subtext == (subtext or "")
+    assert RunTask.objects.get(pk=task.pk).subtext == (subtext or "")
+    run_updates = [q["sql"] for q in queries if q["sql"].startswith(f'UPDATE "{Run._meta.db_table}"')]
+    if subtext and connection.vendor != "postgresql":
+        assert len(run_updates) == 1  # its own statement on SQLite
+    else:
+        assert run_updates == []  # none, or inside the answer's WITH
 
 
 def test_a_submit_of_an_empty_tree_stores_a_complete_run(trail_form):
