@@ -269,12 +269,9 @@ _UNSET = object()
 
 # Django's own fields whose saved value is the Python value itself when it is one of these exact types
 # (and None for each of them): ``get_db_prep_save`` took 1 to 4 µs a value, more than a row's insert.
-_AS_IS = (
-    (models.BooleanField, (bool,)),
-    (models.IntegerField, (int,)),
-    (models.CharField, (str,)),
-    (models.TextField, (str,)),
-)
+# (An int goes to the backend's ``adapt_integerfield_value``, as Django's IntegerField sends it: on
+# PostgreSQL the parameter's type is then the column's, not one chosen by the value's size.)
+_AS_IS = ((models.BooleanField, (bool,)), (models.CharField, (str,)), (models.TextField, (str,)))
 _PREPARING = ("get_db_prep_save", "get_db_prep_value", "get_prep_value", "to_python")
 
 
@@ -303,6 +300,11 @@ def _preparer(field, connection):
         if connection.features.has_native_uuid_field:
             return lambda value: value if value is None or type(value) is uuid.UUID else slow(value)
         return lambda value: None if value is None else value.hex if type(value) is uuid.UUID else slow(value)
+    if _inherits(target, models.IntegerField, _PREPARING):
+        adapt, internal_type = connection.ops.adapt_integerfield_value, target.get_internal_type()
+        return lambda value: (
+            value if value is None else adapt(value, internal_type) if type(value) is int else slow(value)
+        )
     for base, types in _AS_IS:
         if _inherits(target, base, _PREPARING):
             return lambda value: value if value is None or type(value) in types else slow(value)
@@ -348,11 +350,20 @@ class Key:
     that reads it from that insert's RETURNING, and is replaced by the key itself once the statement ran.
     """
 
-    __slots__ = ("number", "index", "sql")
+    __slots__ = ("batch", "number", "index", "sql")
 
-    def __init__(self, number, index, column):
-        self.number, self.index = number, index
+    def __init__(self, batch, number, index, column):
+        self.batch, self.number, self.index = batch, number, index
         self.sql = f"(SELECT {column} FROM i{number} ORDER BY {column} LIMIT 1 OFFSET {index})"
+
+    def _refuse(self, *args):
+        self.batch.refused = "a key used before the database gave it"
+        raise NotOneStatement(self.batch.refused)
+
+    __int__ = __index__ = __str__ = __format__ = __float__ = _refuse
+
+    def __repr__(self):
+        return f"<Key: row {self.index} of insert {self.number}>"
 
 
 @contextmanager
@@ -360,16 +371,19 @@ def one_statement(connection):
     """The ``insert`` calls inside go to the database as one statement at the end (PostgreSQL).
 
     A submit's record, run, tasks and broker rows were four INSERTs in a transaction: with BEGIN and
-    COMMIT, six round trips to the server. Here they are one data-modifying ``WITH``, in the caller's
-    transaction or, outside one, atomic by itself. An automatic key read back (the record's, a broker
-    row's) is a ``Key`` until then: the rows inserted after it refer to it in SQL. The rows of one
-    insert get their keys in their order (one VALUES list: the sequence is drawn row by row).
-    Any other statement inside raises ``NotOneStatement`` (caught, the end raises it again), and so does
-    ``outside_one_statement``: nothing was sent, and the caller does it all again in a transaction.
-    Elsewhere (SQLite: no server, no round trips) this is ``transaction.atomic(durable=True)``.
+    COMMIT, six round trips to the server. Here they are one data-modifying ``WITH``, sent in
+    autocommit, atomic by itself. An automatic key read back (the record's, a broker row's) is a
+    ``Key`` until then: the rows inserted after it refer to it in SQL, and any other use of it (a
+    number, a text) refuses. The rows of one insert get their keys in their order (one VALUES list:
+    the sequence is drawn row by row). Any other statement inside raises ``NotOneStatement``
+    (caught, the end raises it again), and so does ``outside_one_statement``: nothing was sent, and
+    the caller does it all again in a transaction. In a transaction already, or elsewhere (SQLite: no
+    server, no round trips), this is ``transaction.atomic(durable=True)``.
     """
     connection = _wrapper(connection)
-    if connection.vendor != "postgresql":
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        # Inside a caller's transaction a durable block refuses, as a submit must not run its inline
+        # phase in a transaction that could still roll back (a test's transaction is let through).
         with transaction.atomic(using=connection.alias, durable=True):
             yield
         return
@@ -377,6 +391,10 @@ def one_statement(connection):
     try:
         with connection.execute_wrapper(batch.refuse):
             yield
+    except Exception as error:
+        if batch.refused:  # what failed was the use of a key not given yet, or what followed a refusal
+            raise NotOneStatement(batch.refused) from error
+        raise
     finally:
         connection._hotsql_batch = None
     if batch.refused:
@@ -387,7 +405,7 @@ def one_statement(connection):
 def outside_one_statement(connection, reason):
     """Refuse ``one_statement`` where what follows needs a transaction of its own (an on-commit hook)."""
     batch = getattr(_wrapper(connection), "_hotsql_batch", None)
-    if batch is not None and not batch.connection.in_atomic_block:
+    if batch is not None:
         batch.refused = reason
         raise NotOneStatement(reason)
 
@@ -408,7 +426,7 @@ class _Batch:
         if returning:
             column = self.connection.ops.quote_name(pk.column)
             for index, obj in enumerate(objs):
-                setattr(obj, pk.attname, Key(number, index, column))
+                setattr(obj, pk.attname, Key(self, number, index, column))
         rows, params = [], []
         for start in range(0, len(values), width):
             row = values[start : start + width]

@@ -94,11 +94,12 @@ def task_jobs_send(*, task_ids: Iterable[uuid.UUID | str]) -> list[int | None]:
         hotsql.outside_one_statement(connection, "django-q2's sync mode runs a job on commit")
     if Conf.SYNC or effects.sandbox() is not None:
         return [_send(TASK_JOB, str(task_id), name=f"task-{task_id}") for task_id in task_ids]
-    broker = get_broker()
     rows = hotsql.insert(
         [
             OrmQ(
-                key=broker.list_key or Conf.CLUSTER_NAME,
+                # The queue get_broker() would name (not built here: in autocommit, as in one_statement, its
+                # ORM broker closes the connection if it is old, and then checks it with a round trip).
+                key=Conf.CLUSTER_NAME,
                 payload=_package(TASK_JOB, str(task_id), name=f"task-{task_id}"),
                 lock=timezone.now(),
             )

@@ -218,6 +218,22 @@ def test_an_insert_stores_every_kind_of_value_as_the_orm_saves_it_and_one_time_s
     assert tasks[0].created_at == tasks[1].created_at  # one insert, one time stamp
 
 
+def test_an_insert_sends_each_value_as_the_field_would_with_its_type(submitted):
+    """Not only the same value: the same parameter (on PostgreSQL Django sends an int as the column's
+    integer type, Int2/Int4/Int8; a bare int would be typed by its size)."""
+    from events.hotsql import _row_values, _saver
+
+    run = Run.objects.get(record=submitted)
+    tasks = list(RunTask.objects.filter(run=run)) + [
+        RunTask(run=run, node_id=2**40, position=7, type="x", handoff_id=None, output={"a": 1}, logs=[])
+    ]
+    for model, objs in ((RunTask, tasks), (Run, [run])):
+        fields = [field for field in model._meta.concrete_fields if not getattr(field, "auto_now_add", False)]
+        sent = _row_values(objs, fields, [_saver(field, connection) for field in fields])
+        expected = [field.get_db_prep_save(field.pre_save(obj, True), connection) for obj in objs for field in fields]
+        assert [(type(value), str(value)) for value in sent] == [(type(value), str(value)) for value in expected]
+
+
 def test_a_new_instance_built_positionally_equals_the_keyword_one_and_refuses_an_unknown_name(submitted):
     run = Run.objects.get(record=submitted)
     key = uuid.uuid4()

@@ -7,7 +7,7 @@ transactions counted are the real ones.
 import re
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_q.models import OrmQ
@@ -76,12 +76,23 @@ def test_a_submit_with_a_background_branch_is_one_write_transaction_with_its_bro
     assert OrmQ.objects.filter(pk=bg.handoff_id).exists()
 
 
-def test_on_postgresql_a_submit_s_rows_are_one_statement_outside_any_transaction(trail_form):
+def test_on_postgresql_a_submit_s_rows_are_one_statement_outside_any_transaction(trail_form, monkeypatch):
     """The record, the run, the tasks and the broker rows: one data-modifying WITH, atomic by itself
-    (no BEGIN and COMMIT: SQLite, with no round trips to save, uses a transaction)."""
+    (no BEGIN and COMMIT: SQLite, with no round trips to save, uses a transaction). Counted at the
+    driver too: nothing else reaches the server (no connection check, as django-q2's broker makes)."""
     background = add_node(trail_form, "background", name="bg")
     add_node(trail_form, "set_flag", parent=background, name="flag", config={"flag": "done"})
     version = trail_form.tree_versions.order_by("-number").first()
+    sent = []
+    if connection.vendor == "postgresql":
+        import psycopg
+
+        execute = psycopg.Cursor.execute
+        monkeypatch.setattr(
+            psycopg.Cursor,
+            "execute",
+            lambda self, query, *args, **kwargs: sent.append(str(query)[:40]) or execute(self, query, *args, **kwargs),
+        )
 
     with CaptureQueriesContext(connection) as queries:
         record = record_submit(form=trail_form, data={"email": "ann@example.com", "trail": ""}, version=version)
@@ -89,6 +100,7 @@ def test_on_postgresql_a_submit_s_rows_are_one_statement_outside_any_transaction
     statements = [query["sql"] for query in queries]
     if connection.vendor == "postgresql":
         assert len(statements) == 1 and statements[0].startswith("WITH"), statements
+        assert len(sent) == 1 and sent[0].startswith("WITH"), sent
     else:
         assert [sql.split()[0] for sql in statements] == ["BEGIN", "INSERT", "INSERT", "INSERT", "INSERT", "COMMIT"]
     run = Run.objects.get(record=record)
@@ -99,15 +111,28 @@ def test_on_postgresql_a_submit_s_rows_are_one_statement_outside_any_transaction
     assert tasks["flag"].handoff_id is None and record.pk == run.record_id
 
 
-def test_a_submit_that_cannot_be_one_statement_is_stored_in_a_transaction(trail_form, monkeypatch):
-    """A node whose planning reads the database: on PostgreSQL the one statement is refused before
-    anything is sent, and the submit is made again in a transaction; either way all of it is stored."""
+def test_a_submit_inside_a_caller_s_transaction_is_refused_on_every_database(trail_form):
+    """Its inline phase would run while the caller's transaction could still roll back."""
+    add_node(trail_form, "set_flag", name="flag", config={"flag": "done"})
+
+    with pytest.raises(RuntimeError, match="durable"), transaction.atomic():
+        record_submit(form=trail_form, data={"email": "ann@example.com", "trail": ""})
+
+
+@pytest.mark.parametrize("use", ["a statement", "the record's key"])
+def test_a_submit_that_cannot_be_one_statement_is_stored_in_a_transaction(trail_form, monkeypatch, use):
+    """A node whose planning reads the database, or uses the record's key (not given yet inside the one
+    statement): on PostgreSQL the one statement is refused before anything is sent, and the submit is
+    made again in a transaction; either way all of it is stored, and the plan saw a real key."""
     from events.nodes.delay import Delay
 
-    due_at = Delay.due_at
+    due_at, keys = Delay.due_at, []
 
     def reading_due_at(self, ctx):
-        Run.objects.count()  # any statement
+        if use == "a statement":
+            Run.objects.count()
+        else:
+            keys.append(f"record {ctx.record.pk}")
         return due_at(self, ctx)
 
     monkeypatch.setattr(Delay, "due_at", reading_due_at)
@@ -118,6 +143,8 @@ def test_a_submit_that_cannot_be_one_statement_is_stored_in_a_transaction(trail_
     task = RunTask.objects.get(run__record=record, name="later")
     assert Run.objects.filter(record=record).count() == 1
     assert OrmQ.objects.filter(pk=task.handoff_id).exists()
+    if use == "the record's key":
+        assert keys[-1] == f"record {record.pk}"
 
 
 @pytest.mark.parametrize("subtext", [None, "Seat held"])
