@@ -4,6 +4,8 @@ What of django-q2 we rely on beyond ``async_task``, and why (check these when up
 
 - the database broker's table ``OrmQ`` and ``get_broker().enqueue``: a hand-off inserts its row in
   the caller's transaction (inside an atomic block the broker keeps our connection) and keeps its id;
+  a submit's rows are written by ``hotsql.insert`` with the key the database broker gives its queue,
+  ``Conf.CLUSTER_NAME``, without building a broker (outside an atomic block it checks the connection);
 - ``SignedPackage`` and the package's keys (id, name, func, args, kwargs, started, ack_failure):
   our rows must be what its pusher unpacks;
 - a taken row's ``lock`` is "taken at + Conf.RETRY": the sweep reads when a worker took a job;
