@@ -12,11 +12,15 @@ Write the statement with ``Columns.sql`` and ``table``, run it with ``rows``,
 and prepare parameters with ``db_value``. Anything not on such a path uses the ORM.
 """
 
+import datetime
+import json
 import uuid
 from contextlib import contextmanager
 from functools import cached_property
 
 from django.db import connections, models, transaction
+from django.db.models import signals
+from django.db.models.base import ModelState
 
 
 def _wrapper(connection):
@@ -222,7 +226,7 @@ def insert(objs, connection):
     read_back = pk.db_returning and getattr(objs[0], pk.attname) is None
     fields = [field for field in model._meta.concrete_fields if not (read_back and field is pk)]
     savers = [_saver(field, connection) for field in fields]
-    for field, (_, _, stamped) in zip(fields, savers, strict=True):
+    for field, (_, _, _, stamped) in zip(fields, savers, strict=True):
         if stamped:
             stamp = field.pre_save(objs[0], True)
             for obj in objs[1:]:
@@ -233,7 +237,7 @@ def insert(objs, connection):
     returning = f" RETURNING {quote(pk.column)}" if read_back else ""
     batch = getattr(connection, "_hotsql_batch", None)
     if batch is not None:
-        batch.add(objs, pk, head, returning, _row_values(objs, fields, savers))
+        batch.add(objs, pk, fields, read_back, _row_values(objs, fields, savers))
         return objs
     size = max(connection.ops.bulk_batch_size(fields, objs), 1)
     with connection.cursor() as cursor:
@@ -250,16 +254,16 @@ def insert(objs, connection):
 
 def _row_values(objs, fields, savers):
     plan = [
-        (field, field.attname, prepare, plain or stamped)  # a stamp is set already (``insert``)
-        for field, (prepare, plain, stamped) in zip(fields, savers, strict=True)
+        (field, field.attname, prepare, keeps_none, plain or stamped)  # a stamp is set already (``insert``)
+        for field, (prepare, keeps_none, plain, stamped) in zip(fields, savers, strict=True)
     ]
     values, previous = [], [(_UNSET, None)] * len(plan)
     for obj in objs:
-        for index, (field, attname, prepare, plain) in enumerate(plan):
+        for index, (field, attname, prepare, keeps_none, plain) in enumerate(plan):
             value = getattr(obj, attname) if plain else field.pre_save(obj, True)
             last, prepared = previous[index]
             if value is not last:  # one value shared by the rows (a time stamp, a hand-off time) is prepared once
-                prepared = value if type(value) is Key else prepare(value)
+                prepared = value if (value is None and keeps_none) or type(value) is Key else prepare(value)
                 previous[index] = (value, prepared)
             values.append(prepared)
     return values
@@ -267,16 +271,16 @@ def _row_values(objs, fields, savers):
 
 _UNSET = object()
 
-# Django's own fields whose saved value is the Python value itself when it is one of these exact types
-# (and None for each of them): ``get_db_prep_save`` took 1 to 4 µs a value, more than a row's insert.
+# Django's own fields whose saved value is the Python value itself, or the backend's adaptation of it, for
+# values of the usual types (and None): ``get_db_prep_save`` took 1 to 4 µs a value, more than a row's insert.
 # (An int goes to the backend's ``adapt_integerfield_value``, as Django's IntegerField sends it: on
 # PostgreSQL the parameter's type is then the column's, not one chosen by the value's size.)
-_AS_IS = ((models.BooleanField, (bool,)), (models.CharField, (str,)), (models.TextField, (str,)))
 _PREPARING = ("get_db_prep_save", "get_db_prep_value", "get_prep_value", "to_python")
 
 
 def _saver(field, connection):
-    """(value → what ``field`` saves, ``pre_save`` is a plain read, ``pre_save`` stamps the time)."""
+    """(value → what ``field`` saves, None is saved as None, ``pre_save`` is a plain read, ``pre_save`` stamps
+    the time)."""
     key = (connection.alias, connection.vendor)
     cache = field.__dict__.setdefault("_hotsql_savers", {})
     if key not in cache:
@@ -285,11 +289,13 @@ def _saver(field, connection):
             type(field).pre_save is models.Field.pre_save
             or type(field).pre_save in (models.DateField.pre_save, models.DateTimeField.pre_save)
         )
-        cache[key] = (_preparer(field, connection), plain, stamped)
+        cache[key] = (*_preparer(field, connection), plain, stamped)
     return cache[key]
 
 
 def _preparer(field, connection):
+    """(value → what ``field`` saves, the field saves None as None and the function need not see it)."""
+
     def slow(value):
         return field.get_db_prep_save(value, connection)
 
@@ -298,20 +304,27 @@ def _preparer(field, connection):
         target = field.target_field  # a ForeignKey saves None, or what its target field saves
     if _inherits(target, models.UUIDField, _PREPARING):
         if connection.features.has_native_uuid_field:
-            return lambda value: value if value is None or type(value) is uuid.UUID else slow(value)
-        return lambda value: None if value is None else value.hex if type(value) is uuid.UUID else slow(value)
+            return (lambda value: value if type(value) is uuid.UUID else slow(value)), True
+        return (lambda value: value.hex if type(value) is uuid.UUID else slow(value)), True
     if _inherits(target, models.IntegerField, _PREPARING):
         adapt, internal_type = connection.ops.adapt_integerfield_value, target.get_internal_type()
-        return lambda value: (
-            value if value is None else adapt(value, internal_type) if type(value) is int else slow(value)
-        )
-    for base, types in _AS_IS:
-        if _inherits(target, base, _PREPARING):
-            return lambda value: value if value is None or type(value) in types else slow(value)
+        return (lambda value: adapt(value, internal_type) if type(value) is int else slow(value)), True
+    if _inherits(target, models.DateTimeField, _PREPARING):
+        # An aware datetime is what the field hands its backend as it is (a naive one it warns about).
+        adapt = connection.ops.adapt_datetimefield_value
+        aware = datetime.datetime.utcoffset
+        return (
+            lambda value: adapt(value) if type(value) is datetime.datetime and aware(value) is not None else slow(value)
+        ), True
+    if _inherits(target, models.CharField, _PREPARING) or _inherits(target, models.TextField, _PREPARING):
+        # Any str as it is, a text enum's member too (to_python returns a str as it is).
+        return (lambda value: value if isinstance(value, str) else slow(value)), True
+    if _inherits(target, models.BooleanField, _PREPARING):
+        return (lambda value: value if type(value) is bool else slow(value)), True
     if _inherits(field, models.JSONField, _PREPARING):
         empty = {list: slow([]), dict: slow({})}  # a task's logs, output and debug start empty
-        return lambda value: empty[type(value)] if type(value) in empty and not value else slow(value)
-    return slow
+        return (lambda value: empty[type(value)] if type(value) in empty and not value else slow(value)), True
+    return slow, False
 
 
 def _inherits(field, base, methods):
@@ -320,19 +333,43 @@ def _inherits(field, base, methods):
 
 
 def new(model, **values):
-    """``model(**values)`` (values by attname, a missing one its field's default), built from positional
-    arguments: Django's keyword path took ~40 µs for a model of 30 fields, a few hundred per submit."""
-    args = [values.pop(attname) if attname in values else default() for attname, default in _defaults(model)]
-    if values:
-        raise TypeError(f"{model.__name__} has no field (by attname) {', '.join(map(repr, values))}")
-    return model(*args)
+    """``model(**values)`` (values by attname, a missing one its field's default), without ``Model.__init__``:
+    its keyword path took ~40 µs for a model of 30 fields, its positional one still ~15, a few hundred µs
+    per submit. The values go in the instance's ``__dict__`` as ``__init__`` would set them (a new instance
+    caches no related object); a model with ``pre_init``/``post_init`` receivers gets ``__init__``."""
+    constants, factories = _defaults(model)
+    unknown = values.keys() - constants.keys() - factories.keys()
+    if unknown:
+        raise TypeError(f"{model.__name__} has no field (by attname) {', '.join(map(repr, sorted(unknown)))}")
+    if signals.pre_init.has_listeners(model) or signals.post_init.has_listeners(model):
+        return model(**values)
+    obj = model.__new__(model)
+    obj._state = ModelState()
+    state = obj.__dict__
+    state.update(constants)
+    for attname, factory in factories.items():
+        if attname not in values:
+            state[attname] = factory()
+    state.update(values)
+    return obj
 
 
 def _defaults(model):
+    """The defaults of the model's concrete fields: ({attname: a constant default}, {attname: a callable one}).
+
+    A constant is what ``Field.get_default`` returns every time (a default that is not callable, the
+    same object; "" or None for a field without one); a callable default (and a database default's
+    expression) is made afresh for each instance."""
     found = model.__dict__.get("_hotsql_defaults")
     if found is None:
-        found = [(field.attname, field.get_default) for field in model._meta.concrete_fields]
-        model._hotsql_defaults = found
+        constants, factories = {}, {}
+        for field in model._meta.concrete_fields:
+            fresh = (field.has_default() and callable(field.default)) or field.has_db_default()
+            if fresh:
+                factories[field.attname] = field.get_default
+            else:
+                constants[field.attname] = field.get_default()
+        found = model._hotsql_defaults = (constants, factories)
     return found
 
 
@@ -346,15 +383,14 @@ class NotOneStatement(Exception):  # noqa: N818 (not an error: the caller's sign
 class Key:
     """A key the database gives when ``one_statement`` sends its inserts: row ``index`` of insert ``number``.
 
-    It stands for the key in the rows inserted after it (a run's record, a task's broker row), as SQL
-    that reads it from that insert's RETURNING, and is replaced by the key itself once the statement ran.
+    It stands for the key in the rows inserted after it (a run's record, a task's broker row), which
+    read it from that insert's RETURNING, and is replaced by the key itself once the statement ran.
     """
 
-    __slots__ = ("batch", "number", "index", "sql")
+    __slots__ = ("batch", "number", "index")
 
-    def __init__(self, batch, number, index, column):
+    def __init__(self, batch, number, index):
         self.batch, self.number, self.index = batch, number, index
-        self.sql = f"(SELECT {column} FROM i{number} ORDER BY {column} LIMIT 1 OFFSET {index})"
 
     def _refuse(self, *args):
         self.batch.refused = "a key used before the database gave it"
@@ -402,6 +438,51 @@ def one_statement(connection):
     batch.send()
 
 
+# What a column's values are written as in ``_Batch``'s JSON, by the internal type of the field (of the
+# target field for a foreign key): "text" (a string, as it is) or the type a string is cast to. A field
+# of any other type can only be NULL there; a value refuses the one statement.
+_JSON_KINDS = {
+    **dict.fromkeys(["CharField", "TextField", "SlugField", "EmailField", "URLField"], "text"),
+    **dict.fromkeys(["AutoField", "IntegerField", "PositiveIntegerField"], "integer"),
+    **dict.fromkeys(["BigAutoField", "BigIntegerField", "PositiveBigIntegerField"], "bigint"),
+    **dict.fromkeys(["SmallAutoField", "SmallIntegerField", "PositiveSmallIntegerField"], "smallint"),
+    "BooleanField": "boolean",
+    "UUIDField": "uuid",
+    "DateTimeField": "timestamp with time zone",
+    "JSONField": "jsonb",
+}
+
+
+def _json_kind(field):
+    kind = field.__dict__.get("_hotsql_json_kind", _UNSET)
+    if kind is _UNSET:
+        target = field.target_field if field.is_relation else field
+        kind = field._hotsql_json_kind = _JSON_KINDS.get(target.get_internal_type())
+    return kind
+
+
+def _as_json(kind, value):
+    """A value prepared for PostgreSQL (``get_db_prep_save``) as ``_Batch`` writes it; _UNSET: not this way."""
+    if kind == "text":
+        return value if isinstance(value, str) else _UNSET
+    if kind == "boolean":
+        return value if type(value) is bool else _UNSET
+    if kind in ("integer", "bigint", "smallint"):
+        return int(value) if isinstance(value, int) and type(value) is not bool else _UNSET
+    if kind == "uuid":
+        return str(value) if type(value) is uuid.UUID else _UNSET
+    if kind == "timestamp with time zone":
+        aware = type(value) is datetime.datetime and value.utcoffset() is not None
+        return value.isoformat() if aware else _UNSET
+    if kind == "jsonb":  # psycopg's Jsonb, with the field's encoder: its text, which the cast parses
+        dumps = getattr(value, "dumps", None)
+        if dumps is None or not hasattr(value, "obj"):
+            return _UNSET
+        text = dumps(value.obj)
+        return text.decode() if isinstance(text, bytes) else text
+    return _UNSET
+
+
 def outside_one_statement(connection, reason):
     """Refuse ``one_statement`` where what follows needs a transaction of its own (an on-commit hook)."""
     batch = getattr(_wrapper(connection), "_hotsql_batch", None)
@@ -411,31 +492,83 @@ def outside_one_statement(connection, reason):
 
 
 class _Batch:
-    LIMIT = 65535  # PostgreSQL's parameters per statement
+    """The inserts of ``one_statement``, each one a JSON parameter: one document of rows, not a parameter per value.
+
+    psycopg rewrites a statement's placeholders in Python, and caches that only for statements of at
+    most 50 parameters and 4 KB: a submit's VALUES lists took ~5 µs per value, half a millisecond for a
+    form with one background branch. Each insert's rows go in as one JSON array, read back by
+    ``json_array_elements`` in their order, each value cast to its column's type; the statement's
+    text is the same for every submit of a tree, and psycopg caches it. A key from an earlier insert
+    is its row number in the document, read from that insert's RETURNING.
+    """
 
     def __init__(self, connection):
         self.connection, self.refused = connection, ""
-        self.inserts = []  # (objs, pk field, SQL, parameters, keyed)
+        self.inserts = []  # (objs, pk field, SQL, document, keyed)
 
     def refuse(self, execute, sql, params, many, context):
         self.refused = f"another statement: {sql[:60]}"
         raise NotOneStatement(self.refused)
 
-    def add(self, objs, pk, head, returning, values):
-        number, width = len(self.inserts), len(values) // len(objs)
-        if returning:
-            column = self.connection.ops.quote_name(pk.column)
+    def _refuse_value(self, field, value):
+        self.refused = f"{field.model.__name__}.{field.name}: a {type(value).__name__} is not written as JSON here"
+        raise NotOneStatement(self.refused)
+
+    def add(self, objs, pk, fields, read_back, values):
+        number, width, quote = len(self.inserts), len(fields), self.connection.ops.quote_name
+        if read_back:
             for index, obj in enumerate(objs):
-                setattr(obj, pk.attname, Key(self, number, index, column))
-        rows, params = [], []
+                setattr(obj, pk.attname, Key(self, number, index))
+        kinds = [_json_kind(field) for field in fields]
+        keys_from = [None] * width  # per column: the insert whose keys it holds
+        plain = [False] * width  # per column: it holds a value that is not a key
+        previous = [(_UNSET, None)] * width
+        rows = []
         for start in range(0, len(values), width):
             row = values[start : start + width]
-            rows.append("(" + ", ".join(value.sql if type(value) is Key else "%s" for value in row) + ")")
-            params.extend(value for value in row if type(value) is not Key)
-        self.inserts.append((objs, pk, head + ", ".join(rows) + returning, params, bool(returning)))
-        if sum(len(insert[3]) for insert in self.inserts) > self.LIMIT:
-            self.refused = "too many values for one statement"
-            raise NotOneStatement(self.refused)
+            for column, value in enumerate(row):
+                if value is None:
+                    continue
+                if type(value) is Key:
+                    if keys_from[column] not in (None, value.number):
+                        self.refused = "keys of two inserts in one column"
+                        raise NotOneStatement(self.refused)
+                    keys_from[column] = value.number
+                    row[column] = value.index
+                    continue
+                plain[column] = True
+                last, written = previous[column]
+                if value is not last:
+                    written = _as_json(kinds[column], value)
+                    if written is _UNSET:
+                        self._refuse_value(fields[column], value)
+                    previous[column] = (value, written)
+                row[column] = written
+            rows.append(row)
+        selected = []
+        for column, kind in enumerate(kinds):
+            item = f"r.v->>{column}"
+            if keys_from[column] is not None:
+                if plain[column]:
+                    self.refused = "keys and other values in one column"
+                    raise NotOneStatement(self.refused)
+                source = self.inserts[keys_from[column]][1].column
+                selected.append(
+                    f"CASE WHEN {item} IS NULL THEN NULL ELSE (SELECT {quote(source)} FROM i{keys_from[column]}"
+                    f" ORDER BY {quote(source)} LIMIT 1 OFFSET CAST({item} AS integer)) END"
+                )
+            elif kind is None:
+                selected.append("NULL")  # a column of a type not written as JSON here, NULL in every row
+            else:
+                # Text goes in as text: the column's own type checks its length (a cast would cut it).
+                selected.append(item if kind == "text" else f"CAST({item} AS {kind})")
+        sql = (
+            f"INSERT INTO {table(pk.model, self.connection)} ({', '.join(quote(field.column) for field in fields)})"
+            f" SELECT {', '.join(selected)} FROM json_array_elements(%s::json) WITH ORDINALITY AS r(v, n)"
+            f" ORDER BY r.n{f' RETURNING {quote(pk.column)}' if read_back else ''}"
+        )
+        document = json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
+        self.inserts.append((objs, pk, sql, document, read_back))
 
     def send(self):
         if not self.inserts:
@@ -449,7 +582,7 @@ class _Batch:
         with self.connection.cursor() as cursor:
             cursor.execute(
                 f"WITH {ctes} {read + ' ORDER BY 1, 2' if keyed else 'SELECT 1'}",
-                [param for insert in self.inserts for param in insert[3]],
+                [insert[3] for insert in self.inserts],
             )
             found = cursor.fetchall() if keyed else []
         keys = {}
