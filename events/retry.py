@@ -56,6 +56,11 @@ class RetryPolicy:
         retry = retry or {}
         return cls(**{attr: _tuple(retry[key]) for attr, key in cls.DOCUMENT_KEYS.items() if key in retry})
 
+    @classmethod
+    def attempts_of_document(cls, retry):
+        """``of_document(retry).attempts``, without building the policy (every task of every submit)."""
+        return retry["max_attempts"] if retry and "max_attempts" in retry else cls.attempts
+
     def as_document(self):
         """The ``retry`` dict of a snapshot and of the form file; ``non_retryable`` only when there are some."""
         document = {key: _list(getattr(self, attr)) for attr, key in self.DOCUMENT_KEYS.items()}

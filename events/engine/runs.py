@@ -147,7 +147,7 @@ def tasks_for(run, nodes, *, parent_id=None, branch="main", debug=False, positio
                 visible=node.get("visible", False),
                 is_container=node_type.is_container,
                 branch=branch,
-                max_attempts=RetryPolicy.of_document(node.get("retry")).attempts,
+                max_attempts=RetryPolicy.attempts_of_document(node.get("retry")),
                 collect_debug=debug or bool(node.get("config", {}).get("collect_debug")),
             )
             RunTask.run.field.set_cached_value(task, run)

@@ -245,6 +245,25 @@ def test_a_new_instance_built_positionally_equals_the_keyword_one_and_refuses_an
         new(RunTask, id=key, run=run)
 
 
+def test_a_new_instance_goes_through_init_when_a_receiver_listens_to_its_model_s_post_init(submitted):
+    """``new`` skips ``Model.__init__``, and with it the init signals: only where no receiver would miss them."""
+    run = Run.objects.get(record=submitted)
+    seen = []
+
+    def receiver(sender, instance, **kwargs):
+        seen.append(instance)
+
+    models.signals.post_init.connect(receiver, sender=RunTask)
+    try:
+        built = new(RunTask, id=uuid.uuid4(), run_id=run.pk, node_id=5, position=1, type="pause")
+        with pytest.raises(TypeError, match="'run'"):
+            new(RunTask, id=uuid.uuid4(), run=run)
+    finally:
+        models.signals.post_init.disconnect(receiver, sender=RunTask)
+    assert seen == [built] and built.run_id == run.pk and built.status == RunTask.Status.PENDING
+    assert new(RunTask, id=uuid.uuid4(), run_id=run.pk) not in seen
+
+
 def test_a_submit_reads_the_form_its_fields_and_its_live_version_in_one_query(form):
     add_node(form, "set_flag", config={"flag": "one"})
     add_node(form, "set_flag", config={"flag": "two"})  # publishes version 2

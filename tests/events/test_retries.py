@@ -101,6 +101,13 @@ def test_each_try_is_a_new_attempt_of_the_same_task_counted_before_its_side_effe
 # Backoff ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "retry", [None, {}, {"max_attempts": 4}, {"backoff_seconds": 5}, {"max_attempts": 1, "non_retryable": ["x"]}]
+)
+def test_the_attempts_of_a_snapshot_s_retry_are_read_as_the_whole_policy_reads_them(retry):
+    assert RetryPolicy.attempts_of_document(retry) == RetryPolicy.of_document(retry).attempts
+
+
 def test_retry_delay_bounds_grow_exponentially_up_to_the_cap():
     bounds = [RetryPolicy(attempts=6, backoff_seconds=10, backoff_max_seconds=60).delay_bounds(n) for n in range(1, 6)]
 
