@@ -13,6 +13,7 @@ and prepare parameters with ``db_value``. Anything not on such a path uses the O
 """
 
 import datetime
+import functools
 import json
 import uuid
 from contextlib import contextmanager
@@ -224,17 +225,12 @@ def insert(objs, connection):
     model = type(objs[0])
     pk = model._meta.pk
     read_back = pk.db_returning and getattr(objs[0], pk.attname) is None
-    fields = [field for field in model._meta.concrete_fields if not (read_back and field is pk)]
-    savers = [_saver(field, connection) for field in fields]
+    fields, savers, head, row, returning = _insert_plan(model, read_back, connection)
     for field, (_, _, _, stamped) in zip(fields, savers, strict=True):
         if stamped:
             stamp = field.pre_save(objs[0], True)
             for obj in objs[1:]:
                 setattr(obj, field.attname, stamp)
-    quote = connection.ops.quote_name
-    head = f"INSERT INTO {table(model, connection)} ({', '.join(quote(field.column) for field in fields)}) VALUES "
-    row = f"({', '.join(['%s'] * len(fields))})"
-    returning = f" RETURNING {quote(pk.column)}" if read_back else ""
     batch = getattr(connection, "_hotsql_batch", None)
     if batch is not None:
         batch.add(objs, pk, fields, read_back, _row_values(objs, fields, savers))
@@ -250,6 +246,26 @@ def insert(objs, connection):
     for obj in objs:
         obj._state.adding, obj._state.db = False, connection.alias
     return objs
+
+
+def _insert_plan(model, read_back, connection):
+    """(fields, their savers, "INSERT INTO ... VALUES ", one row's placeholders, " RETURNING pk" or ""), built
+    once per model and backend."""
+    key = (connection.alias, connection.vendor, read_back)
+    plans = model.__dict__.get("_hotsql_insert_plans")
+    if plans is None:
+        plans = model._hotsql_insert_plans = {}
+    if key not in plans:
+        pk, quote = model._meta.pk, connection.ops.quote_name
+        fields = [field for field in model._meta.concrete_fields if not (read_back and field is pk)]
+        plans[key] = (
+            fields,
+            [_saver(field, connection) for field in fields],
+            f"INSERT INTO {table(model, connection)} ({', '.join(quote(field.column) for field in fields)}) VALUES ",
+            f"({', '.join(['%s'] * len(fields))})",
+            f" RETURNING {quote(pk.column)}" if read_back else "",
+        )
+    return plans[key]
 
 
 def _row_values(objs, fields, savers):
@@ -453,6 +469,9 @@ _JSON_KINDS = {
 }
 
 
+_KEYLESS_KINDS = {"text", "boolean", "timestamp with time zone", "jsonb"}  # a key the database gives is not of these
+
+
 def _json_kind(field):
     kind = field.__dict__.get("_hotsql_json_kind", _UNSET)
     if kind is _UNSET:
@@ -461,26 +480,45 @@ def _json_kind(field):
     return kind
 
 
-def _as_json(kind, value):
-    """A value prepared for PostgreSQL (``get_db_prep_save``) as ``_Batch`` writes it; _UNSET: not this way."""
-    if kind == "text":
-        return value if isinstance(value, str) else _UNSET
-    if kind == "boolean":
-        return value if type(value) is bool else _UNSET
-    if kind in ("integer", "bigint", "smallint"):
-        return int(value) if isinstance(value, int) and type(value) is not bool else _UNSET
-    if kind == "uuid":
-        return str(value) if type(value) is uuid.UUID else _UNSET
-    if kind == "timestamp with time zone":
-        aware = type(value) is datetime.datetime and value.utcoffset() is not None
-        return value.isoformat() if aware else _UNSET
-    if kind == "jsonb":  # psycopg's Jsonb, with the field's encoder: its text, which the cast parses
-        dumps = getattr(value, "dumps", None)
-        if dumps is None or not hasattr(value, "obj"):
-            return _UNSET
+def _json_value(value):
+    """``json.dumps``'s ``default`` in ``_Batch``: what a value PostgreSQL's fields prepare (``get_db_prep_save``)
+    and JSON has no type for is written as, the text its column's type reads (str, int, bool, float and
+    None are JSON's own)."""
+    if type(value) is uuid.UUID:
+        return str(value)
+    if type(value) is datetime.datetime and value.utcoffset() is not None:
+        return value.isoformat()
+    dumps = getattr(value, "dumps", None)  # psycopg's Jsonb, with the field's encoder: its text
+    if dumps is not None and hasattr(value, "obj"):
         text = dumps(value.obj)
         return text.decode() if isinstance(text, bytes) else text
-    return _UNSET
+    raise TypeError(f"a {type(value).__name__} is not written as JSON here")
+
+
+@functools.lru_cache(maxsize=256)
+def _json_insert_sql(alias, model, fields, read_back, sources):
+    """``_Batch``'s INSERT of ``fields`` from one JSON document of rows; ``sources`` as in ``_Batch.add``."""
+    quote = connections[alias].ops.quote_name
+    selected = []
+    for column, field in enumerate(fields):
+        item, kind = f"r.v->>{column}", _json_kind(field)
+        if sources[column] is not None:
+            number, key = sources[column][0], quote(sources[column][1])
+            selected.append(
+                f"CASE WHEN {item} IS NULL THEN NULL ELSE (SELECT {key} FROM i{number}"
+                f" ORDER BY {key} LIMIT 1 OFFSET CAST({item} AS integer)) END"
+            )
+        elif kind is None:
+            selected.append("NULL")  # a column of a type not written as JSON here, NULL in every row
+        else:
+            # Text goes in as text: the column's own type checks its length (a cast would cut it).
+            selected.append(item if kind == "text" else f"CAST({item} AS {kind})")
+    pk = quote(model._meta.pk.column)
+    return (
+        f"INSERT INTO {table(model, connections[alias])} ({', '.join(quote(field.column) for field in fields)})"
+        f" SELECT {', '.join(selected)} FROM json_array_elements(%s::json) WITH ORDINALITY AS r(v, n)"
+        f" ORDER BY r.n{f' RETURNING {pk}' if read_back else ''}"
+    )
 
 
 def outside_one_statement(connection, reason):
@@ -515,59 +553,39 @@ class _Batch:
         raise NotOneStatement(self.refused)
 
     def add(self, objs, pk, fields, read_back, values):
-        number, width, quote = len(self.inserts), len(fields), self.connection.ops.quote_name
+        number, width = len(self.inserts), len(fields)
         if read_back:
             for index, obj in enumerate(objs):
                 setattr(obj, pk.attname, Key(self, number, index))
-        kinds = [_json_kind(field) for field in fields]
-        keys_from = [None] * width  # per column: the insert whose keys it holds
-        plain = [False] * width  # per column: it holds a value that is not a key
-        previous = [(_UNSET, None)] * width
-        rows = []
-        for start in range(0, len(values), width):
-            row = values[start : start + width]
-            for column, value in enumerate(row):
-                if value is None:
-                    continue
+        rows = [values[start : start + width] for start in range(0, len(values), width)]
+        sources = [None] * width  # per column: None, or (the insert whose keys it holds, its key column)
+        for column, field in enumerate(fields):
+            kind = _json_kind(field)
+            if kind in _KEYLESS_KINDS and not field.is_relation:
+                continue  # no key here (a Key left in such a column refuses, in _json_value)
+            found, plain = None, False
+            for row in rows:
+                value = row[column]
                 if type(value) is Key:
-                    if keys_from[column] not in (None, value.number):
+                    if found not in (None, value.number):
                         self.refused = "keys of two inserts in one column"
                         raise NotOneStatement(self.refused)
-                    keys_from[column] = value.number
-                    row[column] = value.index
-                    continue
-                plain[column] = True
-                last, written = previous[column]
-                if value is not last:
-                    written = _as_json(kinds[column], value)
-                    if written is _UNSET:
-                        self._refuse_value(fields[column], value)
-                    previous[column] = (value, written)
-                row[column] = written
-            rows.append(row)
-        selected = []
-        for column, kind in enumerate(kinds):
-            item = f"r.v->>{column}"
-            if keys_from[column] is not None:
-                if plain[column]:
+                    found, row[column] = value.number, value.index
+                elif value is not None:
+                    if kind is None:
+                        self._refuse_value(field, value)
+                    plain = True
+            if found is not None:
+                if plain:
                     self.refused = "keys and other values in one column"
                     raise NotOneStatement(self.refused)
-                source = self.inserts[keys_from[column]][1].column
-                selected.append(
-                    f"CASE WHEN {item} IS NULL THEN NULL ELSE (SELECT {quote(source)} FROM i{keys_from[column]}"
-                    f" ORDER BY {quote(source)} LIMIT 1 OFFSET CAST({item} AS integer)) END"
-                )
-            elif kind is None:
-                selected.append("NULL")  # a column of a type not written as JSON here, NULL in every row
-            else:
-                # Text goes in as text: the column's own type checks its length (a cast would cut it).
-                selected.append(item if kind == "text" else f"CAST({item} AS {kind})")
-        sql = (
-            f"INSERT INTO {table(pk.model, self.connection)} ({', '.join(quote(field.column) for field in fields)})"
-            f" SELECT {', '.join(selected)} FROM json_array_elements(%s::json) WITH ORDINALITY AS r(v, n)"
-            f" ORDER BY r.n{f' RETURNING {quote(pk.column)}' if read_back else ''}"
-        )
-        document = json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
+                sources[column] = (found, self.inserts[found][1].column)
+        sql = _json_insert_sql(self.connection.alias, pk.model, tuple(fields), read_back, tuple(sources))
+        try:
+            document = json.dumps(rows, ensure_ascii=False, separators=(",", ":"), default=_json_value)
+        except (TypeError, ValueError) as error:
+            self.refused = f"{pk.model.__name__}: {error}"
+            raise NotOneStatement(self.refused) from error
         self.inserts.append((objs, pk, sql, document, read_back))
 
     def send(self):
