@@ -287,6 +287,19 @@ def awaiting(make_awaiting):
 
 
 @pytest.fixture
+def throttle_clock(monkeypatch):
+    """The throttles' clock stopped in the middle of a minute: their windows are aligned to the clock,
+    so a test whose requests straddled a window's end would see its count start again (a flaky 303)."""
+    import types
+
+    from events import throttle
+
+    now = [1_000_000 * 60 + 30.0]
+    monkeypatch.setattr(throttle, "time", types.SimpleNamespace(time=lambda: now[0]))
+    return now
+
+
+@pytest.fixture
 def api_key(db):
     """(ApiKey row, the key in clear)."""
     return ApiKey.issue(name="billing-service")

@@ -22,7 +22,7 @@ WINDOW = 60
 
 
 @pytest.fixture(autouse=True)
-def limits(db, settings):
+def limits(db, settings, throttle_clock):
     settings.EVENTS_API_AUTH_FAILURE_LIMIT = LIMIT
     settings.EVENTS_API_AUTH_FAILURE_WINDOW_SECONDS = WINDOW
     cache.clear()

@@ -19,7 +19,7 @@ TYPED = {"email": "ann@example.com", "seats": "3"}
 
 
 @pytest.fixture(autouse=True)
-def limits(db, settings):
+def limits(db, settings, throttle_clock):
     settings.EVENTS_FORM_POST_LIMIT = LIMIT
     settings.EVENTS_FORM_POST_WINDOW_SECONDS = WINDOW
     cache.clear()

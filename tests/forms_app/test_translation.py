@@ -111,7 +111,7 @@ def test_the_public_form_page_and_its_errors_are_all_translated(client, loud_for
     assert untranslated(html) == []
 
 
-def test_the_throttled_form_is_translated(client, loud_form, shouting_catalogue, settings):
+def test_the_throttled_form_is_translated(client, loud_form, shouting_catalogue, settings, throttle_clock):
     settings.EVENTS_FORM_POST_LIMIT = 1
     cache.clear()
     client.post("/f/loud/", {"email": ""})
