@@ -22,6 +22,9 @@ from functools import cached_property
 from django.db import connections, models, transaction
 from django.db.models import signals
 from django.db.models.base import ModelState
+from django.db.models.fields import AutoFieldMixin
+from django.db.models.fields.related_descriptors import ForeignKeyDeferredAttribute
+from django.db.models.query_utils import DeferredAttribute
 
 
 def _wrapper(connection):
@@ -238,10 +241,10 @@ def insert(objs, connection):
     size = max(connection.ops.bulk_batch_size(fields, objs), 1)
     with connection.cursor() as cursor:
         for start in range(0, len(objs), size):
-            batch = objs[start : start + size]
-            cursor.execute(head + ", ".join([row] * len(batch)) + returning, _row_values(batch, fields, savers))
+            chunk = objs[start : start + size]
+            cursor.execute(head + ", ".join([row] * len(chunk)) + returning, _row_values(chunk, fields, savers))
             if read_back:
-                for obj, (key,) in zip(batch, cursor.fetchall(), strict=True):
+                for obj, (key,) in zip(chunk, cursor.fetchall(), strict=True):
                     setattr(obj, pk.attname, key)
     for obj in objs:
         obj._state.adding, obj._state.db = False, connection.alias
@@ -352,12 +355,14 @@ def new(model, **values):
     """``model(**values)`` (values by attname, a missing one its field's default), without ``Model.__init__``:
     its keyword path took ~40 µs for a model of 30 fields, its positional one still ~15, a few hundred µs
     per submit. The values go in the instance's ``__dict__`` as ``__init__`` would set them (a new instance
-    caches no related object); a model with ``pre_init``/``post_init`` receivers gets ``__init__``."""
-    constants, factories = _defaults(model)
+    caches no related object). A model this cannot stand in for gets ``__init__``: one with init signal
+    receivers, its own ``__init__``, a generated field, or an attribute of a field's that is not Django's
+    plain one (a descriptor that would see the value set)."""
+    constants, factories, plain = _defaults(model)
     unknown = values.keys() - constants.keys() - factories.keys()
     if unknown:
         raise TypeError(f"{model.__name__} has no field (by attname) {', '.join(map(repr, sorted(unknown)))}")
-    if signals.pre_init.has_listeners(model) or signals.post_init.has_listeners(model):
+    if not plain or signals.pre_init.has_listeners(model) or signals.post_init.has_listeners(model):
         return model(**values)
     obj = model.__new__(model)
     obj._state = ModelState()
@@ -371,7 +376,8 @@ def new(model, **values):
 
 
 def _defaults(model):
-    """The defaults of the model's concrete fields: ({attname: a constant default}, {attname: a callable one}).
+    """The defaults of the model's concrete fields: ({attname: a constant default}, {attname: a callable
+    one}, ``new`` may set the attributes itself).
 
     A constant is what ``Field.get_default`` returns every time (a default that is not callable, the
     same object; "" or None for a field without one); a callable default (and a database default's
@@ -379,14 +385,23 @@ def _defaults(model):
     found = model.__dict__.get("_hotsql_defaults")
     if found is None:
         constants, factories = {}, {}
-        for field in model._meta.concrete_fields:
+        fields = model._meta.concrete_fields
+        for field in fields:
             fresh = (field.has_default() and callable(field.default)) or field.has_db_default()
             if fresh:
                 factories[field.attname] = field.get_default
             else:
                 constants[field.attname] = field.get_default()
-        found = model._hotsql_defaults = (constants, factories)
+        plain = model.__init__ is models.Model.__init__ and all(
+            not field.generated and type(model.__dict__.get(field.attname)) in _PLAIN_ATTRIBUTES for field in fields
+        )
+        found = model._hotsql_defaults = (constants, factories, plain)
     return found
+
+
+# The class attributes Django gives a field's attname: reading a deferred value; a foreign key's id,
+# which forgets a cached related object when set (a new instance has none).
+_PLAIN_ATTRIBUTES = (DeferredAttribute, ForeignKeyDeferredAttribute)
 
 
 # --- One statement for several inserts (PostgreSQL) ----------------------------------------------
@@ -426,14 +441,16 @@ def one_statement(connection):
     COMMIT, six round trips to the server. Here they are one data-modifying ``WITH``, sent in
     autocommit, atomic by itself. An automatic key read back (the record's, a broker row's) is a
     ``Key`` until then: the rows inserted after it refer to it in SQL, and any other use of it (a
-    number, a text) refuses. The rows of one insert get their keys in their order (one VALUES list:
-    the sequence is drawn row by row). Any other statement inside raises ``NotOneStatement``
+    number, a text) refuses. The rows of one insert get their keys in their order (an auto-increment's
+    sequence is drawn row by row, as ``INSERT ... SELECT ... ORDER BY`` hands the rows over, which is
+    what PostgreSQL does though it does not promise it; a key of another kind is not read back here:
+    it refuses). Any other statement inside raises ``NotOneStatement``
     (caught, the end raises it again), and so does ``outside_one_statement``: nothing was sent, and
     the caller does it all again in a transaction. In a transaction already, or elsewhere (SQLite: no
     server, no round trips), this is ``transaction.atomic(durable=True)``.
     """
     connection = _wrapper(connection)
-    if connection.vendor != "postgresql" or connection.in_atomic_block:
+    if connection.vendor != "postgresql" or connection.in_atomic_block or not connection.get_autocommit():
         # Inside a caller's transaction a durable block refuses, as a submit must not run its inline
         # phase in a transaction that could still roll back (a test's transaction is let through).
         with transaction.atomic(using=connection.alias, durable=True):
@@ -469,14 +486,19 @@ _JSON_KINDS = {
 }
 
 
-_KEYLESS_KINDS = {"text", "boolean", "timestamp with time zone", "jsonb"}  # a key the database gives is not of these
+# A key the database gives is not of these kinds: such a column is not searched for keys, and a Key left in
+# it refuses (in ``_json_value``) instead of being written through a cast.
+_KEYLESS_KINDS = {"text", "boolean", "timestamp with time zone", "jsonb"}
 
 
 def _json_kind(field):
+    """The field's kind in ``_JSON_KINDS``; None for a field class not Django's own (a subclass may prepare
+    values, or name a column type, of its own: its values refuse the one statement)."""
     kind = field.__dict__.get("_hotsql_json_kind", _UNSET)
     if kind is _UNSET:
         target = field.target_field if field.is_relation else field
-        kind = field._hotsql_json_kind = _JSON_KINDS.get(target.get_internal_type())
+        own = all(type(f).__module__.startswith("django.db.models.fields") for f in (field, target))
+        kind = field._hotsql_json_kind = _JSON_KINDS.get(target.get_internal_type()) if own else None
     return kind
 
 
@@ -555,6 +577,10 @@ class _Batch:
 
     def add(self, objs, pk, fields, read_back, values):
         number, width = len(self.inserts), len(fields)
+        if read_back and not isinstance(pk, AutoFieldMixin):
+            # Keys are matched to rows by their order, which only a sequence's keys follow.
+            self.refused = f"{pk.model.__name__}: a key that is not an auto-increment"
+            raise NotOneStatement(self.refused)
         if read_back:
             for index, obj in enumerate(objs):
                 setattr(obj, pk.attname, Key(self, number, index))
@@ -568,8 +594,8 @@ class _Batch:
             for row in rows:
                 value = row[column]
                 if type(value) is Key:
-                    if found not in (None, value.number):
-                        self.refused = "keys of two inserts in one column"
+                    if found not in (None, value.number) or value.number >= number:
+                        self.refused = "keys of two inserts in one column, or of this insert"
                         raise NotOneStatement(self.refused)
                     found, row[column] = value.number, value.index
                 elif value is not None:

@@ -234,7 +234,7 @@ def test_an_insert_sends_each_value_as_the_field_would_with_its_type(submitted):
         assert [(type(value), str(value)) for value in sent] == [(type(value), str(value)) for value in expected]
 
 
-def test_a_new_instance_built_positionally_equals_the_keyword_one_and_refuses_an_unknown_name(submitted):
+def test_a_new_instance_equals_the_one_init_builds_and_refuses_an_unknown_name(submitted):
     run = Run.objects.get(record=submitted)
     key = uuid.uuid4()
     built = new(RunTask, id=key, run_id=run.pk, node_id=5, position=1, type="pause", label="Pause")
@@ -262,6 +262,19 @@ def test_a_new_instance_goes_through_init_when_a_receiver_listens_to_its_model_s
         models.signals.post_init.disconnect(receiver, sender=RunTask)
     assert seen == [built] and built.run_id == run.pk and built.status == RunTask.Status.PENDING
     assert new(RunTask, id=uuid.uuid4(), run_id=run.pk) not in seen
+
+
+def test_only_django_s_own_field_classes_are_written_as_json_in_the_one_statement():
+    """A subclass may prepare its values, or name its column's type, in its own way: its values refuse."""
+    from events.hotsql import _json_kind
+
+    class Shouting(models.CharField):
+        def get_prep_value(self, value):
+            return str(value).upper()
+
+    assert _json_kind(RunTask._meta.get_field("name")) == "text"
+    assert _json_kind(RunTask._meta.get_field("run")) == "uuid"
+    assert _json_kind(Shouting(max_length=5)) is None
 
 
 def test_a_submit_reads_the_form_its_fields_and_its_live_version_in_one_query(form):

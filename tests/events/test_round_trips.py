@@ -6,6 +6,7 @@ transactions counted are the real ones.
 
 import re
 import uuid
+import zoneinfo
 
 import pytest
 from django.db import connection, transaction
@@ -156,6 +157,7 @@ def test_on_postgresql_the_one_statement_stores_every_kind_of_value_as_the_orm_s
 
     ours_form = trail_form
     run_id, when = uuid.uuid4(), timezone.now().replace(microsecond=0)  # a time without microseconds, too
+    elsewhere = timezone.now().astimezone(zoneinfo.ZoneInfo("Asia/Kolkata"))  # +05:30
     text = "a'\"é\\ \n\t{}[]%s %(x)s 😀"
     with hotsql.one_statement(connection):
         record = Record(form=ours_form, data={"nested": [1, None, True, 2.5, text]}, flags={})
@@ -163,7 +165,12 @@ def test_on_postgresql_the_one_statement_stores_every_kind_of_value_as_the_orm_s
         run = Run(id=run_id, form=ours_form, record=record, event="e", snapshot=[{"id": 1}], depth=3, subtext=text)
         hotsql.insert([run], connection)
         brokered = hotsql.insert(
-            [OrmQ(key="k", payload=text, lock=when), OrmQ(key="k", payload="p", lock=when)], connection
+            [
+                OrmQ(key="k", payload=text, lock=when),
+                OrmQ(key="k", payload="p", lock=when),
+                OrmQ(key="k", payload="q", lock=elsewhere),
+            ],
+            connection,
         )
         tasks = [
             RunTask(
@@ -176,24 +183,28 @@ def test_on_postgresql_the_one_statement_stores_every_kind_of_value_as_the_orm_s
                 type="pause",
                 status=RunTask.Status.AWAITING,
                 due_at=when,
+                enqueued_at=elsewhere,
                 logs=[{"at": "x", "message": text}],
                 output={"n": None},
                 handoff_id=None,
             ),
             RunTask(run=run, node_id=3, position=2, type="pause", handoff_id=brokered[0].pk),
+            RunTask(run=run, node_id=4, position=3, type="pause", handoff_id=brokered[2].pk),
         ]
         hotsql.insert(tasks, connection)
 
     assert Record.objects.get(pk=record.pk).data == {"nested": [1, None, True, 2.5, text]}
     stored_run = Run.objects.get(pk=run_id)
     assert stored_run.record_id == record.pk and stored_run.subtext == text and stored_run.depth == 3
-    assert [row.payload for row in OrmQ.objects.filter(pk__in=[b.pk for b in brokered]).order_by("pk")] == [text, "p"]
+    stored_rows = OrmQ.objects.filter(pk__in=[b.pk for b in brokered]).order_by("pk")
+    assert [(row.payload, row.lock) for row in stored_rows] == [(text, when), ("p", when), ("q", elsewhere)]
     for task in tasks:
         stored = RunTask.objects.get(pk=task.pk)
         assert {field.attname: getattr(stored, field.attname) for field in RunTask._meta.concrete_fields} == {
             field.attname: getattr(task, field.attname) for field in RunTask._meta.concrete_fields
         }
-    assert [task.handoff_id for task in tasks] == [brokered[1].pk, None, brokered[0].pk]
+    assert [task.handoff_id for task in tasks] == [brokered[1].pk, None, brokered[0].pk, brokered[2].pk]
+    assert RunTask.objects.get(pk=tasks[1].pk).enqueued_at == elsewhere  # the same instant
 
 
 @only_postgresql
