@@ -11,8 +11,8 @@ from django_htmx.http import HttpResponseClientRedirect
 from events.middleware import DATABASE_UNAVAILABLE
 from events.throttle import Throttle
 
-from .builder import build_form_class, record_data
-from .definitions import published_form
+from .builder import record_data
+from .definitions import published_form, submission_class
 from .models import Record
 from .services import record_submit
 from .waiting import record_progress, submission_of
@@ -40,7 +40,7 @@ def form_detail(request, slug):
         last_known_forms[slug] = form
         if request.method == "POST" and (wait := FORM_POSTS.hit(request)):
             return form_throttled(request, form, wait)
-        submission = build_form_class(form)(request.POST if request.method == "POST" else None)
+        submission = submission_class(form)(request.POST if request.method == "POST" else None)
         if request.method == "POST" and submission.is_valid():
             record = record_submit(form=form, data=record_data(form, submission.cleaned_data), version=version)
             return HttpResponseSeeOther(record.get_absolute_url())
@@ -54,7 +54,7 @@ def form_throttled(request, form, wait):
     logger.info("Form %s: too many posts from one address; answered 429 (try again in %s s)", form.slug, wait)
     context = {
         "form_obj": form,
-        "submission": build_form_class(form)(request.POST),
+        "submission": submission_class(form)(request.POST),
         "throttled": too_many_message(wait),
     }
     response = render(request, "forms_app/form_detail.html", context, status=429)
@@ -88,7 +88,7 @@ def form_unavailable(request, slug, error):
     )
     context = {
         "form_obj": form,
-        "submission": build_form_class(form)(posted) if form is not None else None,
+        "submission": submission_class(form)(posted) if form is not None else None,
         "kept": kept,
         "unavailable": NOT_SAVED if posted is not None else NOT_SHOWN,
     }
