@@ -164,6 +164,17 @@ def test_the_status_partial_is_only_the_status_section(client, form):
     assert "<html" not in html
     assert "<noscript" not in html
     assert 'hx-trigger="every 2s"' in html
+    assert f'hx-get="{status_url(record)}?shown=' in html  # the next poll asks the same address
+
+
+def test_a_poll_under_the_sites_prefix_asks_the_same_address_next(client, form):
+    """Served under a path prefix (SCRIPT_NAME), a poll's next address keeps it."""
+    add_pending_delay(form)
+    record = submit_inline_only(form)
+
+    poll = client.get(status_url(record), SCRIPT_NAME="/forms", headers={"HX-Request": "true"}).content.decode()
+
+    assert f'hx-get="/forms{status_url(record)}?shown=' in poll
 
 
 def test_the_waiting_page_shows_visible_steps_with_their_state(client, form):
