@@ -46,7 +46,8 @@ def record_submit(*, form, data, version=engine.LIVE):
 
 def _store(form, data, version):
     """The record, its run and the run's tasks (the caller's one statement or transaction)."""
-    record = Record(form=form, data=data, is_complete=not (version and version.snapshot))
+    record = hotsql.new(Record, form_id=form.pk, data=data, is_complete=not (version and version.snapshot))
+    Record.form.field.set_cached_value(record, form)
     hotsql.insert([record], connection)  # a hot statement (every submit): written as SQL, not compiled per call
     run = engine.run_start(record=record, event=RECORD_UPDATE, is_submission=True, version=version)
     return record, run

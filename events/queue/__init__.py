@@ -98,7 +98,8 @@ def task_jobs_send(*, task_ids: Iterable[uuid.UUID | str]) -> list[int | None]:
         return [_send(TASK_JOB, str(task_id), name=f"task-{task_id}") for task_id in task_ids]
     rows = hotsql.insert(
         [
-            OrmQ(
+            hotsql.new(
+                OrmQ,
                 # The queue get_broker() would name (not built here: in autocommit, as in one_statement, its
                 # ORM broker closes the connection if it is old, and then checks it with a round trip).
                 key=Conf.CLUSTER_NAME,

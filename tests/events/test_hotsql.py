@@ -8,7 +8,7 @@ from django.http import Http404
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from events.engine import run_finish_if_done
+from events.engine import run_finish_if_done, run_start
 from events.engine.reads import job_task, run_tasks_of_nodes, task_with_run
 from events.hotsql import Columns, Statement, db_value, insert, new, table, update
 from events.models import Run, RunTask, TreeVersion
@@ -243,6 +243,27 @@ def test_a_new_instance_equals_the_one_init_builds_and_refuses_an_unknown_name(s
     assert built.logs == [] and built.logs is not new(RunTask, id=key, run_id=run.pk).logs  # defaults are fresh
     with pytest.raises(TypeError, match="'run'"):
         new(RunTask, id=key, run=run)
+
+
+def test_a_started_run_holds_its_record_and_parents_and_stores_them(submitted):
+    parent = Run.objects.get(record=submitted)
+    task = parent.tasks.get(name="later")
+    with transaction.atomic():
+        child = run_start(record=submitted, event="follow_up", parent_run=parent, parent_task=task, snapshot=[])
+
+    with CaptureQueriesContext(connection) as queries:
+        assert (child.record, child.parent_run, child.parent_task) == (submitted, parent, task)
+    assert len(queries) == 0
+    stored = Run.objects.get(pk=child.pk)
+    assert (stored.record_id, stored.parent_run_id, stored.parent_task_id) == (submitted.pk, parent.pk, task.pk)
+    assert (stored.form_id, stored.depth, stored.event, stored.version_id) == (
+        submitted.form_id,
+        1,
+        "follow_up",
+        parent.version_id,
+    )
+    top = Run.objects.get(pk=parent.pk)
+    assert (top.parent_run_id, top.parent_task_id, top.depth) == (None, None, 0)
 
 
 def test_a_new_instance_goes_through_init_when_a_receiver_listens_to_its_model_s_post_init(submitted):
