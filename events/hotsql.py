@@ -238,6 +238,16 @@ def insert(objs, connection):
     if batch is not None:
         batch.add(objs, pk, fields, read_back, _row_values(objs, fields, savers))
         return objs
+    if connection.vendor == "sqlite" and not read_back and len(objs) > 1:
+        # One row's statement for each row: SQLite runs it as fast as one of many rows, and Django's
+        # rewrite of every %s into ? (a regular expression over the text) is done on one row's text,
+        # not on all of them (72 µs for ten task rows of 32 columns, 15 for one).
+        values, width = _row_values(objs, fields, savers), len(fields)
+        with connection.cursor() as cursor:
+            cursor.executemany(head + row, [values[start : start + width] for start in range(0, len(values), width)])
+        for obj in objs:
+            obj._state.adding, obj._state.db = False, connection.alias
+        return objs
     size = max(connection.ops.bulk_batch_size(fields, objs), 1)
     with connection.cursor() as cursor:
         for start in range(0, len(objs), size):

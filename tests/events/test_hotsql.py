@@ -186,6 +186,22 @@ def test_an_insert_reads_back_automatic_keys_and_fills_auto_now_add_in_as_many_b
         assert record.created_at is not None and record._state.adding is False
 
 
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's way; PostgreSQL sends one multi-row statement")
+def test_on_sqlite_rows_without_keys_to_read_back_go_as_one_row_s_statement_run_for_each(submitted):
+    run = Run.objects.get(record=submitted)
+    tasks = [new(RunTask, id=uuid.uuid4(), run_id=run.pk, node_id=900 + n, position=n, label=f"n{n}") for n in range(4)]
+
+    with CaptureQueriesContext(connection) as queries:
+        insert(tasks, connection)
+
+    assert len(queries) == 1 and queries[0]["sql"].startswith("4 times: INSERT")
+    assert queries[0]["sql"].count("%s") == len(RunTask._meta.concrete_fields)  # one row's placeholders
+    stored = {task.pk: task for task in RunTask.objects.filter(run=run, node_id__gte=900)}
+    assert sorted(stored) == sorted(task.pk for task in tasks)
+    for task in tasks:
+        assert field_values(stored[task.pk]) == field_values(task) and task._state.adding is False
+
+
 def test_an_insert_stores_every_kind_of_value_as_the_orm_saves_it_and_one_time_stamp_for_all_rows(submitted):
     run = Run.objects.get(record=submitted)
     when = timezone.now()
