@@ -105,7 +105,9 @@ def test_on_postgresql_a_submit_s_rows_are_one_statement_outside_any_transaction
         assert len(statements) == 1 and statements[0].startswith("WITH"), statements
         assert len(sent) == 1 and sent[0].startswith("WITH"), sent
     else:
-        assert [sql.split()[0] for sql in statements] == ["BEGIN", "INSERT", "INSERT", "INSERT", "INSERT", "COMMIT"]
+        # The tasks' rows: one row's INSERT run for each ("2 times: INSERT ...").
+        assert [sql.split()[0] for sql in statements] == ["BEGIN", "INSERT", "INSERT", "INSERT", "2", "COMMIT"]
+        assert statements[4].startswith('2 times: INSERT INTO "events_runtask"')
     run = Run.objects.get(record=record)
     tasks = {task.name: task for task in RunTask.objects.filter(run=run)}
     assert run.record_id == record.pk and set(tasks) == {"bg", "flag"}

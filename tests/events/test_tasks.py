@@ -1,4 +1,5 @@
 import datetime
+import re
 
 import pytest
 from django.db import connection, transaction
@@ -31,7 +32,9 @@ def test_a_leading_container_is_handed_off_in_the_transaction_that_stores_the_ru
     [job] = OrmQ.objects.all()
     assert (task.handoff_id, job.args()) == (job.pk, (str(task.pk),))
     assert task.enqueued_at is not None and task.due_at <= task.enqueued_at
-    inserts = [q["sql"].split('"')[1] for q in queries.captured_queries if q["sql"].startswith("INSERT")]
+    # An executemany is logged as "3 times: INSERT ...".
+    statements = [re.sub(r"^\d+ times: ", "", q["sql"]) for q in queries.captured_queries]
+    inserts = [sql.split('"')[1] for sql in statements if sql.startswith("INSERT")]
     assert sorted(inserts) == ["django_q_ormq", "events_run", "events_runtask", "forms_app_record"]
 
 
