@@ -3,7 +3,6 @@ import logging
 from django.conf import settings
 from django.http import Http404, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
-from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_GET, require_http_methods
@@ -14,7 +13,7 @@ from events.throttle import Throttle
 
 from .builder import record_data
 from .definitions import published_form, submission_class
-from .models import Record
+from .models import Record, token_url
 from .services import record_submit
 from .waiting import record_progress, submission_of
 
@@ -109,7 +108,7 @@ def record_wait(request, token):
         return record_unavailable(request, token, error)
     if progress.state == "done" and progress.redirect_url:
         return HttpResponseRedirect(progress.redirect_url)
-    status_url = reverse("forms_app:record_status", kwargs={"token": token})
+    status_url = token_url("forms_app:record_status", token)
     return render(
         request, "forms_app/record_wait.html", {"record": record, "progress": progress, "status_url": status_url}
     )
