@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from django.db import connection
 from django.utils import timezone
+from django.utils.text import slugify
 from django.utils.translation import gettext_lazy as _
 
 from events.hotsql import Columns, HeadAndRows, Statement, db_value, split, table
@@ -40,6 +41,8 @@ STEP_STATE_TEXTS = {
     HANDLED_STATE: _("failed — handled"),
     HANDLING_STATE: _("failed — being handled"),
 }
+# Computed once: slugify in the template was called for every step of every poll.
+STEP_STATE_CLASSES = {state: slugify(state) for state in STEP_STATE_TEXTS}
 CANCELLED_MESSAGE = _("The processing of your submission was cancelled before it finished.")
 # The page's title and heading once the run is over (while it works: the form's waiting title).
 FINISHED_TITLES = {
@@ -60,6 +63,11 @@ class Step:
     @property
     def state_text(self):
         return STEP_STATE_TEXTS[self.state]
+
+    @property
+    def state_class(self):
+        """The state as a CSS class name (``step-{{ step.state_class }}``): "failed — handled" → "failed-handled"."""
+        return STEP_STATE_CLASSES[self.state]
 
 
 @dataclass

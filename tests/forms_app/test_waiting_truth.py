@@ -8,11 +8,12 @@ says so; error-branch steps show where they ran: right under the step whose fail
 import re
 
 import pytest
+from django.utils.text import slugify
 
 from events import engine
 from events.models import Node, Run, RunTask
 from forms_app.services import record_submit
-from forms_app.waiting import record_progress
+from forms_app.waiting import STEP_STATE_TEXTS, Step, record_progress
 from tests.factories import RecordFactory, add_node
 
 
@@ -302,3 +303,10 @@ def test_the_form_admin_tells_which_variables_the_messages_see(admin_client, for
     html = admin_client.get(f"/admin/forms_app/form/{form.pk}/change/").content.decode()
 
     assert "handled_failures" in html
+
+
+def test_every_step_state_has_the_css_class_slugify_gives_it():
+    assert {state: Step("x", state).state_class for state in STEP_STATE_TEXTS} == {
+        state: slugify(state) for state in STEP_STATE_TEXTS
+    }
+    assert Step("x", "failed — being handled").state_class == "failed-being-handled"
