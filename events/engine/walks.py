@@ -8,6 +8,7 @@ waiting for something outside (SUSPENDED; the sequence resumes later at the
 next sibling).
 """
 
+import copy
 import json
 import logging
 import threading
@@ -240,7 +241,9 @@ def _error_context(run, failed):
         "message": failed.error,
         "type": failed.failure or RunTask.Failure.RAISED,
         "node": failed.name or failed.label or failed.type,
-        "payload": {"config": node.get("config", {}), "output": failed.output},
+        # A copy: a template can call a dict's methods ({{ error.payload.config.clear }}), and the
+        # snapshot is shared (forms_app.definitions gives the same one to every submit of a version).
+        "payload": {"config": copy.deepcopy(node.get("config", {})), "output": failed.output},
     }
 
 

@@ -69,3 +69,29 @@ def test_submits_share_the_definition_and_leave_its_snapshot_as_published(client
     runs = Run.objects.filter(record__in=Record.objects.filter(form=form))
     assert [run.snapshot for run in runs] == [published, published]
     assert sorted(record.data["seats"] for record in Record.objects.filter(form=form)) == [1, 2]
+
+
+def test_a_template_calling_a_method_of_the_error_payload_changes_no_later_submit(client, form):
+    """An error branch's template sees the failed step's config; calling its methods ({{ ....popitem }})
+    must not change the snapshot every later submit of the version shares."""
+    FieldFactory(form=form, name="caught", label="Caught", type="hidden")
+    boom = add_node(form, "fail", name="boom", config={"message": "no seats", "extra": "kept"})
+    add_node(
+        form,
+        "update_field",
+        parent=boom,
+        branch="on_error",
+        name="catch",
+        config={"field": "caught", "value": "{{ error.payload.config.popitem }}|{{ error.payload.config.clear }}"},
+    )
+    published = TreeVersion.objects.live(form).snapshot
+
+    for _ in range(2):
+        assert client.post(f"/f/{form.slug}/", {"email": "ann@example.com", "seats": "1"}).status_code == 303
+
+    _, version = published_form(form.slug)
+    assert version.snapshot == published
+    runs = Run.objects.filter(record__form=form).order_by("created_at")
+    assert [run.snapshot for run in runs] == [published, published]
+    caught = [record.data["caught"] for record in Record.objects.filter(form=form)]
+    assert caught == ["('extra', 'kept')|None", "('extra', 'kept')|None"]  # the copy changed, both times
