@@ -3,7 +3,7 @@
 import uuid
 
 import pytest
-from django.db import connection, models, transaction
+from django.db import IntegrityError, connection, models, transaction
 from django.http import Http404
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -200,6 +200,20 @@ def test_on_sqlite_rows_without_keys_to_read_back_go_as_one_row_s_statement_run_
     assert sorted(stored) == sorted(task.pk for task in tasks)
     for task in tasks:
         assert field_values(stored[task.pk]) == field_values(task) and task._state.adding is False
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's way; PostgreSQL sends one multi-row statement")
+@pytest.mark.django_db(transaction=True)
+def test_on_sqlite_rows_inserted_in_autocommit_go_in_all_or_none(submitted):
+    run = Run.objects.get(record=submitted)
+    taken = RunTask.objects.filter(run=run).first().node_id
+    tasks = [new(RunTask, id=uuid.uuid4(), run_id=run.pk, node_id=node, position=0) for node in (901, 902, taken)]
+
+    assert connection.get_autocommit() and not connection.in_atomic_block
+    with pytest.raises(IntegrityError):
+        insert(tasks, connection)  # the third row's node is taken in this run (one_task_per_node_per_run)
+
+    assert not RunTask.objects.filter(run=run, node_id__in=[901, 902]).exists()
 
 
 def test_an_insert_stores_every_kind_of_value_as_the_orm_saves_it_and_one_time_stamp_for_all_rows(submitted):
