@@ -94,4 +94,5 @@ def test_a_template_calling_a_method_of_the_error_payload_changes_no_later_submi
     runs = Run.objects.filter(record__form=form).order_by("created_at")
     assert [run.snapshot for run in runs] == [published, published]
     caught = [record.data["caught"] for record in Record.objects.filter(form=form)]
-    assert caught == ["('extra', 'kept')|None", "('extra', 'kept')|None"]  # the copy changed, both times
+    last = list(published[0]["config"].items())[-1]  # PostgreSQL's jsonb orders keys its own way
+    assert caught == [f"{last!r}|None", f"{last!r}|None"]  # the copy changed, both times
