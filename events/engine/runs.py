@@ -97,8 +97,9 @@ def run_start(
 def _hand_off_leading_containers(run, record, tasks):
     """Give the deferred containers before the first step that must run inline their due time now.
 
-    Those due now are handed to the queue in the caller's transaction (their
-    broker rows, inserted together, commit with the run), so the inline phase
+    Those due now are handed to the queue in the caller's transaction (the
+    first one's broker row commits with the run; the dispatcher sends the others
+    at its next pass, as ``queue.task_jobs_send`` says), so the inline phase
     starts after them. Returns how many top-level nodes are settled this way. A
     container whose due time cannot be computed stops the planning: the walk
     meets it and fails it.
@@ -120,15 +121,16 @@ def _hand_off_leading_containers(run, record, tasks):
             due_now.append(task)
     if due_now:
         try:
-            handoff_ids = queue.task_jobs_send(task_ids=[task.id for task in due_now])
+            sent = queue.task_jobs_send(task_ids=[task.id for task in due_now])
         except Exception:
             # The walk meets them again, and fails each that still cannot be handed off.
             for task in by_node.values():
                 task.due_at = None
             return 0
         handed_at = effects.now()
-        for task, handoff_id in zip(due_now, handoff_ids, strict=True):
-            task.enqueued_at, task.handoff_id = handed_at, handoff_id
+        for task in due_now:
+            if task.id in sent:  # the others stay due and unsent: the dispatcher sends them
+                task.enqueued_at, task.handoff_id = handed_at, sent[task.id]
     return planned
 
 

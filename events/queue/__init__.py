@@ -85,32 +85,40 @@ def task_enqueue(*, task_id: uuid.UUID | str, due_at: datetime | None = None, on
     return True
 
 
-def task_jobs_send(*, task_ids: Iterable[uuid.UUID | str]) -> list[int | None]:
-    """Broker rows for jobs of tasks being created in this transaction, in one insert; returns their ids.
+def task_jobs_send(*, task_ids: list[uuid.UUID | str]) -> dict[uuid.UUID | str, int | None]:
+    """Hand off tasks being created in this transaction: {task id: its broker row's id} for those sent.
 
     For ``run_start``, which hands off a run's leading containers in the
     transaction that inserts them (their ``enqueued_at`` and ``handoff_id`` go in
-    with the rows).
+    with the rows). The first gets a broker row; the others stay due and unsent,
+    and the dispatcher (``dispatch_due``, every EVENTS_DISPATCH_INTERVAL in each
+    worker) hands them off at its next pass, as it does a delay that came due: a
+    submit writes one broker row, whatever the number of branches it starts. A
+    broker row is a signed pickle and an insert, the largest part of a submit's
+    cost per branch. In django-q2's sync mode (tests) and a test run's sandbox there is no
+    dispatcher: every task is sent.
     """
     if Conf.SYNC:  # each job runs when the transaction commits: there must be one
         hotsql.outside_one_statement(connection, "django-q2's sync mode runs a job on commit")
     if Conf.SYNC or effects.sandbox() is not None:
-        return [_send(TASK_JOB, str(task_id), name=f"task-{task_id}") for task_id in task_ids]
-    rows = hotsql.insert(
+        return {task_id: _send(TASK_JOB, str(task_id), name=f"task-{task_id}") for task_id in task_ids}
+    if not task_ids:
+        return {}
+    first = task_ids[0]
+    (row,) = hotsql.insert(
         [
             hotsql.new(
                 OrmQ,
                 # The queue get_broker() would name (not built here: in autocommit, as in one_statement, its
                 # ORM broker closes the connection if it is old, and then checks it with a round trip).
                 key=Conf.CLUSTER_NAME,
-                payload=_package(TASK_JOB, str(task_id), name=f"task-{task_id}"),
+                payload=_package(TASK_JOB, str(first), name=f"task-{first}"),
                 lock=timezone.now(),
             )
-            for task_id in task_ids
         ],
         connection,
     )
-    return [row.pk for row in rows]
+    return {first: row.pk}
 
 
 def task_resend(*, task_id: uuid.UUID | str, enqueued_at: datetime) -> bool:

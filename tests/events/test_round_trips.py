@@ -79,6 +79,43 @@ def test_a_submit_with_a_background_branch_is_one_write_transaction_with_its_bro
     assert OrmQ.objects.filter(pk=bg.handoff_id).exists()
 
 
+def test_a_submit_of_several_branches_writes_one_broker_row_and_the_dispatcher_sends_the_others(trail_form, add_mark):
+    """A broker row is a signed pickle and an insert, most of what a branch costs a submit: the first
+    branch due now gets the submit's one row, the others stay due and unsent, and the worker's
+    dispatcher sends them at its next pass. Each then runs from its own row."""
+    for name, letter in (("one", "X"), ("two", "Y"), ("three", "Z")):
+        add_mark(letter, parent=add_node(trail_form, "background", name=name))
+
+    record = record_submit(form=trail_form, data={"email": "ann@example.com", "trail": ""})
+
+    tasks = {task.name: task for task in RunTask.objects.filter(run__record=record, parent=None)}
+    assert list(OrmQ.objects.values_list("pk", flat=True)) == [tasks["one"].handoff_id]
+    assert tasks["one"].enqueued_at is not None
+    for name in ("two", "three"):
+        assert tasks[name].due_at <= timezone.now() and tasks[name].enqueued_at is None, name
+        assert tasks[name].handoff_id is None and tasks[name].status == RunTask.Status.PENDING
+
+    assert queue.dispatch_due() == 2
+
+    handed = {task.name: task for task in RunTask.objects.filter(run__record=record, parent=None)}
+    assert {name: task.handoff_id is not None for name, task in handed.items()} == dict.fromkeys(tasks, True)
+    assert OrmQ.objects.count() == 3 and len({task.handoff_id for task in handed.values()}) == 3
+    assert queue.dispatch_due() == 0  # sent once
+    for row in OrmQ.objects.order_by("pk"):
+        tasks_job_of(row)
+    record.refresh_from_db()
+    assert record.is_complete and sorted(record.data["trail"]) == ["X", "Y", "Z"]
+
+
+def tasks_job_of(row):
+    """Run a broker row's job here, as a django-q2 worker would (by its package's function and arguments)."""
+    from django_q.signing import SignedPackage
+
+    package = SignedPackage.loads(row.payload)
+    assert package["func"] == queue.TASK_JOB
+    tasks.task_job(*package["args"])
+
+
 def test_on_postgresql_a_submit_s_rows_are_one_statement_outside_any_transaction(trail_form, monkeypatch):
     """The record, the run, the tasks and the broker rows: one data-modifying WITH, atomic by itself
     (no BEGIN and COMMIT: SQLite, with no round trips to save, uses a transaction). Counted at the
