@@ -229,11 +229,7 @@ def insert(objs, connection):
     pk = model._meta.pk
     read_back = pk.db_returning and getattr(objs[0], pk.attname) is None
     fields, savers, head, row, returning = _insert_plan(model, read_back, connection)
-    for field, (_, _, _, stamped) in zip(fields, savers, strict=True):
-        if stamped:
-            stamp = field.pre_save(objs[0], True)
-            for obj in objs[1:]:
-                setattr(obj, field.attname, stamp)
+    _stamp(objs, fields, savers)
     batch = getattr(connection, "_hotsql_batch", None)
     if batch is not None:
         batch.add(objs, pk, fields, read_back, _row_values(objs, fields, savers))
@@ -260,6 +256,39 @@ def insert(objs, connection):
     for obj in objs:
         obj._state.adding, obj._state.db = False, connection.alias
     return objs
+
+
+def _stamp(objs, fields, savers):
+    """Each ``auto_now``/``auto_now_add`` field's ``pre_save`` once: every row of one insert gets the same time."""
+    for field, (_, _, _, stamped) in zip(fields, savers, strict=True):
+        if stamped:
+            stamp = field.pre_save(objs[0], True)
+            for obj in objs[1:]:
+                setattr(obj, field.attname, stamp)
+
+
+def insert_where(objs, connection, where):
+    """PostgreSQL: (SQL, parameters) of an ``INSERT`` of ``objs`` that inserts them only if ``where`` (SQL
+    without parameters) holds, as ``one_statement`` writes an insert: to embed in a data-modifying
+    ``WITH``. Their keys must be given (none is read back). Once it ran and inserted them, ``inserted``.
+    Raises ``NotOneStatement`` for a value JSON does not carry here: nothing was sent.
+    """
+    connection = _wrapper(connection)
+    model = type(objs[0])
+    fields, savers, _, _, _ = _insert_plan(model, False, connection)
+    _stamp(objs, fields, savers)
+    batch = _Batch(connection)
+    batch.add(objs, model._meta.pk, fields, False, _row_values(objs, fields, savers))
+    _, _, sql, document, _ = batch.inserts[0]
+    head, ordered = sql.rsplit(" ORDER BY r.n", 1)
+    return f"{head} WHERE {where} ORDER BY r.n{ordered}", [document]
+
+
+def inserted(objs, connection):
+    """``objs`` were inserted (by a statement of ``insert_where``): they are saved instances now."""
+    alias = _wrapper(connection).alias
+    for obj in objs:
+        obj._state.adding, obj._state.db = False, alias
 
 
 def _insert_plan(model, read_back, connection):

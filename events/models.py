@@ -589,8 +589,13 @@ class RunTask(models.Model):
         cut = f"{text[:max_chars]} … [line cut: {len(text) - max_chars} more characters]"
         return {**entry, "line": cut} if isinstance(entry, dict) else cut
 
-    def claim(self, *, now=None, require_due=False):
-        """Move pending → active and count the attempt. True for the one caller that wins."""
+    def claim(self, *, now=None, require_due=False, steps=None):
+        """Move pending → active and count the attempt. True for the one caller that wins.
+
+        ``steps``: the unsaved rows of a deferred container's steps, which its first start creates: the
+        claim wins only while the container has none (the caller read none before, and a start since
+        would have created them), and inserts them with it (on PostgreSQL in the same statement).
+        """
         now = now or effects.now()
         lease = now + timedelta(seconds=settings.EVENTS_TASK_LEASE_SECONDS)
         owner = lease_owner()
@@ -602,7 +607,13 @@ class RunTask(models.Model):
         if require_due:
             where += " AND (due_at IS NULL OR due_at <= %s)"
             params.append(hotsql.db_value(RunTask, "due_at", now, connection))
-        won = hotsql.update(
+        if steps is not None:
+            where += (
+                f" AND NOT EXISTS (SELECT 1 FROM {hotsql.table(RunTask, connection)} c"
+                f" WHERE c.parent_id = %s AND c.branch = '{Node.Branch.MAIN}')"
+            )
+            params.append(params[0])
+        sql, params = hotsql.update_statement(
             RunTask,
             connection,
             {"status": self.Status.ACTIVE, "started_at": now, "lease_expires_at": lease, "lease_owner": owner},
@@ -610,6 +621,28 @@ class RunTask(models.Model):
             where=where,
             params=params,
         )
+        together = None
+        if steps and connection.vendor == "postgresql":
+            try:
+                together = hotsql.insert_where(steps, connection, "EXISTS (SELECT 1 FROM claimed)")
+            except hotsql.NotOneStatement:
+                pass  # a value JSON does not carry: the steps go in on their own, after the claim
+        if together is not None:
+            # The claim and its steps' rows in one statement: one round trip fewer at every container's start.
+            insert_sql, insert_params = together
+            won = hotsql.rows(
+                connection,
+                f"WITH claimed AS ({sql} RETURNING 1), steps AS ({insert_sql}) SELECT count(*) FROM claimed",
+                [*params, *insert_params],
+            )[0][0]
+            if won:
+                hotsql.inserted(steps, connection)
+        else:
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                won = cursor.rowcount
+            if won and steps:
+                hotsql.insert(steps, connection)
         if won:
             # Nothing changes a pending task's attempt count, so this copy's count plus one is the row's.
             self.status, self.attempt, self.started_at = self.Status.ACTIVE, self.attempt + 1, now

@@ -9,6 +9,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 from django.utils.translation import gettext_lazy as _
 
+from events.engine import steps_not_started
 from events.hotsql import Columns, HeadAndRows, Statement, db_value, split, table
 from events.models import Node, Run, RunTask, failures_handled
 
@@ -132,6 +133,15 @@ def is_done_before(row, stopped_at):
     return not cancelled_by_stop
 
 
+# The state of a step that has no row yet, by its container's: waiting for it, skipped with it, or never
+# to run (the container was cancelled, or failed before it started).
+NOT_STARTED_STATUS = {
+    RunTask.Status.PENDING: RunTask.Status.PENDING,
+    RunTask.Status.ACTIVE: RunTask.Status.PENDING,
+    RunTask.Status.AWAITING: RunTask.Status.PENDING,
+    RunTask.Status.SKIPPED: RunTask.Status.SKIPPED,
+}
+
 RECORD_COLUMNS = Columns(Record, "rec")
 FORM_COLUMNS = Columns(Form, "f")
 RUN_COLUMNS = Columns(Run, "r")
@@ -208,6 +218,23 @@ def record_progress(record, run=False, rows=None):
         rows = []
     else:
         rows = list(rows) if rows is not None else run_task_rows(run)  # sorted here, below
+        # A deferred container's steps have rows once it starts; until then the snapshot says what they are.
+        rows += [
+            TaskRow(
+                None,
+                container.id,
+                Node.Branch.MAIN,
+                node["id"],
+                position,
+                node.get("name", ""),
+                node.get("label", "")[:200],
+                NOT_STARTED_STATUS.get(container.status, RunTask.Status.CANCELLED),
+                node.get("visible", False),
+                "",
+                None,
+            )
+            for node, container, position in steps_not_started(run.snapshot, rows)
+        ]
         if any(row.branch == Node.Branch.ON_ERROR for row in rows):
             # Error-branch tasks are created when their step fails, after every other: the snapshot
             # says where they go.

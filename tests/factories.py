@@ -57,3 +57,18 @@ def publish(form, event=RECORD_UPDATE, **kwargs):
 def fields_of(form):
     """A form's fields as config forms take them: name → type."""
     return dict(form.fields.values_list("name", "type"))
+
+
+def steps_created(record, container_name):
+    """The rows of a deferred container's steps, as its first start creates them (without starting it):
+    for a test that sets up a state of those steps before the container's job runs. Returns them."""
+    from django.db import connection
+
+    from events import hotsql
+    from events.engine.runs import container_steps
+    from events.engine.snapshot import snapshot_node
+    from events.models import RunTask
+
+    container = RunTask.objects.select_related("run").get(run__record=record, name=container_name)
+    node = snapshot_node(container.run.snapshot, container.node_id)
+    return hotsql.insert(container_steps(run=container.run, task=container, node=node), connection)

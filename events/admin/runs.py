@@ -126,7 +126,7 @@ def node_row(node, *, depth, is_error_step, why):
         "depth": depth,
         "indent": depth * 2,
         "status_class": "not-run",
-        "status_label": "Did not run",
+        "status_label": "Not started" if (why or {}).get("waiting") else "Did not run",
         "is_error_step": is_error_step,
         "why": why or {},
     }
@@ -135,13 +135,15 @@ def node_row(node, *, depth, is_error_step, why):
 def why_not_run(node, task, *, branch, child_runs):
     """Why the nodes in ``branch`` ("children" or "on_error") of ``node`` have no task in this run, or None.
 
-    ``task`` is the node's task. A container's steps get their tasks with the run, unless the container
-    records them as a run of its own (event_type): then they are that run's tasks. An error branch's
-    steps get theirs only when their step fails.
+    ``task`` is the node's task. A deferred container's steps (background, delay) get their tasks when
+    it starts, unless it records them as a run of its own (event_type): then they are that run's
+    tasks. An error branch's steps get theirs only when their step fails.
     """
     if branch == "children":
         if runs_as_own_run(node):
             return {"kind": "own_run", "container": task, "runs": child_runs.get(task.pk, [])}
+        if task.is_container and task.started_at is None:
+            return {"kind": "not_started", "container": task, "waiting": not task.is_finished}
         return None
     if task.status == RunTask.Status.FAILED:
         return None

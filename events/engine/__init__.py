@@ -25,7 +25,7 @@ from .callbacks import (
     task_store_waiting,
 )
 from .failures import leases_release, task_redrive
-from .runs import LIVE, Outcome, run_cancel, run_fail, run_finish_if_done, run_start
+from .runs import LIVE, Outcome, run_cancel, run_fail, run_finish_if_done, run_start, steps_not_started
 from .sequences import run_repair
 from .snapshot import snapshot_node, tree_order
 from .walks import error_branch_job, run_inline, run_trigger, sequence_resume, task_job
@@ -48,6 +48,7 @@ __all__ = [
     "run_trigger",
     "sequence_resume",
     "snapshot_node",
+    "steps_not_started",
     "task_await",
     "task_callback",
     "task_job",

@@ -135,10 +135,16 @@ def _hand_off_leading_containers(run, record, tasks):
 
 
 def tasks_for(run, nodes, *, parent_id=None, branch="main", debug=False, position=0):
-    """Task rows for ``nodes`` and their main-branch descendants (error branches wait until needed)."""
+    """Task rows for ``nodes`` and their main-branch steps, numbered in tree order from ``position``.
+
+    A deferred container's steps are not among them: they get their rows when a worker starts the
+    container (``container_steps``), at the positions kept free for them here, so a submit writes a
+    row for each first-level node and the steps of those that run inline (a condition's), not for
+    every step of every branch. Error branches wait until needed.
+    """
     tasks = []
 
-    def add(nodes, parent_id, branch, debug):
+    def add(nodes, parent_id, branch, debug, position):
         for node in nodes:
             node_type = registry.get(node["type"])
             task = hotsql.new(
@@ -147,7 +153,7 @@ def tasks_for(run, nodes, *, parent_id=None, branch="main", debug=False, positio
                 run_id=run.pk,
                 parent_id=parent_id,
                 node_id=node["id"],
-                position=position + len(tasks),
+                position=position,
                 type=node["type"],
                 name=node.get("name", ""),
                 label=node.get("label", "")[:200],
@@ -159,11 +165,64 @@ def tasks_for(run, nodes, *, parent_id=None, branch="main", debug=False, positio
             )
             RunTask.run.field.set_cached_value(task, run)
             tasks.append(task)
-            if not runs_as_own_run(node):
-                add(node.get("children", []), task.id, "main", task.collect_debug)
+            position += 1
+            if runs_as_own_run(node):
+                continue
+            if node_type.is_deferred:
+                position += steps_count(node.get("children", []))
+            else:
+                position = add(node.get("children", []), task.id, "main", task.collect_debug, position)
+        return position
 
-    add(nodes, parent_id, branch, debug)
+    add(nodes, parent_id, branch, debug, position)
     return tasks
+
+
+def steps_count(nodes):
+    """How many tasks ``nodes`` and their main-branch steps have, once every one of them has started."""
+    return sum(1 for _ in _main_tree(nodes))
+
+
+def steps_not_started(snapshot, tasks):
+    """The steps whose rows a deferred container creates when it starts, for the containers among
+    ``tasks`` (a run's tasks: objects or rows with node_id and position) that have not started:
+    [(step's node, its container's task, the position its task will have)], in tree order."""
+    by_node = {task.node_id: task for task in tasks}
+    found = []
+
+    def visit(nodes):
+        for node in nodes:
+            task = by_node.get(node["id"])
+            children = node.get("children") or ()
+            if task is None or runs_as_own_run(node):
+                continue
+            for branch in (children, node.get("on_error") or ()):
+                if branch and branch[0]["id"] in by_node:
+                    visit(branch)
+            if children and children[0]["id"] not in by_node and registry.get(node["type"]).is_deferred:
+                position = task.position + 1
+                for step in _main_tree(children):
+                    found.append((step, task, position))
+                    position += 1
+
+    visit(snapshot)
+    return found
+
+
+def _main_tree(nodes):
+    """``nodes`` and their main-branch steps in tree order, as ``tasks_for`` numbers them."""
+    for node in nodes:
+        yield node
+        if not runs_as_own_run(node):
+            yield from _main_tree(node.get("children", []))
+
+
+def container_steps(*, run, task, node):
+    """The task rows (unsaved) of a deferred container's steps, at the positions ``tasks_for`` kept free
+    for them: its first start inserts them with its claim (``RunTask.claim(steps=...)``)."""
+    return tasks_for(
+        run, node.get("children", []), parent_id=task.pk, debug=task.collect_debug, position=task.position + 1
+    )
 
 
 def runs_as_own_run(node):

@@ -30,7 +30,15 @@ from ..retry import RetryPolicy
 from .callbacks import task_await, task_store_waiting
 from .failures import error_branch_open, failure_consequence, task_retry_later
 from .reads import job_task, run_tasks_of_nodes
-from .runs import Outcome, failure_message, run_fail, run_finish_if_done, run_start, runs_as_own_run
+from .runs import (
+    Outcome,
+    container_steps,
+    failure_message,
+    run_fail,
+    run_finish_if_done,
+    run_start,
+    runs_as_own_run,
+)
 from .sequences import container_conclude, container_settle, sequence_hand_on, sequence_of, walk_hand_back
 from .snapshot import snapshot_node, subtree_node_ids
 
@@ -522,12 +530,18 @@ def _task_job(task_id):
             _forget_early_delivery(task_id)
             return Outcome.ELSEWHERE
         return sequence_walk_from(run=run, task=task)
-    if not task.claim(require_due=True):
+    # A container's steps get their rows at its first start, with its claim (a crash leaves both or
+    # neither). None read: this must be that first start, or the claim is lost (a start since the read).
+    first = not children and bool(node.get("children")) and not runs_as_own_run(node)
+    steps = container_steps(run=run, task=task, node=node) if first else None
+    if not task.claim(require_due=True, steps=steps):
         _forget_early_delivery(task_id)
         return Outcome.ELSEWHERE
     task.logs.append(RunTask.log_line(f"attempt {task.attempt} started"))
     if runs_as_own_run(node):
         return container_run_branch(run=run, task=task, node=node)
+    if first:
+        children = steps
     outcome = sequence_walk(run=run, nodes=node.get("children", []), holders=(task.pk,), known=children)
     return container_conclude(run=run, task=task, outcome=outcome)
 

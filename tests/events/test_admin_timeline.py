@@ -95,11 +95,29 @@ def test_the_timeline_of_a_cancelled_run_keeps_the_tree_order(admin_client, form
     run = Run.objects.get(record=record)
     engine.run_cancel(run=run)
 
-    rows, _ = timeline_rows(admin_client, run)
+    rows, html = timeline_rows(admin_client, run)
 
     assert [(label, indent) for label, indent, _ in rows] == [
         ("Charge card", 0),
         ("Pay later", 2),
         ("Follow-up", 0),
-        ("Followed up", 2),
     ]
+    # The delay never started, so its step has no task: a row of the snapshot says so, after it.
+    delay = run.tasks.get(label="Follow-up")
+    step = re.search(r'<tr id="node-\d+" class="events-not-run">.*?</tr>', html, re.S)
+    assert step.start() > html.index(f'<tr id="task-{delay.pk}"')
+    assert "Followed up" in step.group(0) and ">Did not run<" in step.group(0)
+    assert "“Follow-up” ended (cancelled) before it started" in step.group(0)
+
+
+def test_the_steps_of_a_container_that_has_not_started_are_listed_as_not_started(admin_client, form):
+    later = add_node(form, "delay", label="Follow-up", config={"after_seconds": 600})
+    add_node(form, "set_flag", parent=later, label="Followed up", config={"flag": "f"})
+    record = record_submit(form=form, data={"email": "ann@example.com", "seats": 1})
+
+    rows, html = timeline_rows(admin_client, Run.objects.get(record=record))
+
+    assert rows == [("Follow-up", 0, "Queued")]
+    step = re.search(r'<tr id="node-\d+" class="events-not-run">.*?</tr>', html, re.S).group(0)
+    assert "Followed up" in step and ">Not started<" in step
+    assert "its task is created when “Follow-up” starts" in step

@@ -50,7 +50,8 @@ def test_when_the_condition_does_not_hold_its_steps_are_skipped_and_the_run_stil
     record = submit(seats=1).record
 
     tasks = tasks_of(record)
-    assert {tasks[name].status for name in ("one", "bg", "mail")} == {RunTask.Status.SKIPPED}
+    assert {tasks[name].status for name in ("one", "bg")} == {RunTask.Status.SKIPPED}
+    assert "mail" not in tasks  # the skipped background never started
     assert tasks["cond"].status == RunTask.Status.COMPLETE
     assert tasks["cond"].output == {"matched": False}
     assert tasks["after"].status == RunTask.Status.COMPLETE

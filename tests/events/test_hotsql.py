@@ -17,7 +17,7 @@ from forms_app.definitions import published_form
 from forms_app.models import Form, Record
 from forms_app.services import record_submit
 from forms_app.waiting import run_task_rows, submission_of
-from tests.factories import FieldFactory, FormFactory, RecordFactory, add_node
+from tests.factories import FieldFactory, FormFactory, RecordFactory, add_node, steps_created
 
 pytestmark = pytest.mark.django_db
 
@@ -30,7 +30,9 @@ def field_values(instance):
 def submitted(form):
     background = add_node(form, "background", name="later", label="Later", visible=True)
     add_node(form, "set_flag", parent=background, config={"flag": "done"})
-    return record_submit(form=form, data={"name": "Ada"})
+    record = record_submit(form=form, data={"name": "Ada"})
+    steps_created(record, "later")  # as its first start creates them: a run with a step's row
+    return record
 
 
 @pytest.fixture
@@ -411,6 +413,8 @@ def test_a_job_reads_its_task_with_run_record_form_and_its_container_s_steps_in_
     add_node(form, "set_flag", parent=condition, config={"flag": "inner"})  # a grandchild: not a step of it
     submitted = submit_queued()
     container = RunTask.objects.get(run__record_id=submitted.record.pk, parent__isnull=True)
+    assert job_task(container.pk)[1] == []  # not started: no steps yet
+    steps_created(submitted.record, "later")
 
     with CaptureQueriesContext(connection) as queries:
         task, children = job_task(container.pk)
@@ -437,10 +441,13 @@ def test_a_one_step_container_job_makes_no_read_of_its_steps_and_ends_the_contai
         task_job(str(container.pk))
 
     statements = [query["sql"] for query in queries if query["sql"].split()[0].upper() not in ("SAVEPOINT", "RELEASE")]
-    # Read (task, run, record, form, steps); claim container and step; the flag; end the step; then
+    # Read (task, run, record, form, steps: none, its first start); claim the container and insert its
+    # step's row (PostgreSQL: one statement; SQLite: two); claim the step; the flag; end the step; then
     # PostgreSQL: end the container with the run's lock, end the run with the record's flag (7);
-    # SQLite: end the container, end the run, the record's flag (8).
-    assert len(statements) == (7 if connection.vendor == "postgresql" else 8), statements
+    # SQLite: end the container, end the run, the record's flag (9).
+    assert len(statements) == (7 if connection.vendor == "postgresql" else 9), statements
+    (step,) = RunTask.objects.filter(parent=container)
+    assert step.status == RunTask.Status.COMPLETE and step.position == container.position + 1
     finished = RunTask.objects.get(pk=container.pk)
     assert finished.status == RunTask.Status.COMPLETE and finished.logs[-1]["line"] == "all steps handled"
     assert Run.objects.get(pk=container.run_id).status == Run.Status.COMPLETE

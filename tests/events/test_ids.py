@@ -38,6 +38,7 @@ def test_ids_made_later_sort_later_and_the_rest_is_random():
 def test_a_submission_s_tasks_have_such_ids_and_its_run_a_random_one(form):
     background = add_node(form, "background", name="later")
     add_node(form, "set_flag", parent=background, config={"flag": "done"})
+    add_node(form, "set_flag", config={"flag": "now"})
 
     record = record_submit(form=form, data={"email": "a@example.com"})
 

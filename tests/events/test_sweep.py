@@ -11,7 +11,7 @@ from django_q.models import OrmQ
 from events import engine, queue, tasks
 from events.models import Repair, Replay, Run, RunTask, lease_owner
 from events.sweep import sweep
-from tests.factories import RecordFactory, add_node
+from tests.factories import RecordFactory, add_node, steps_created
 
 NOTHING = {
     "lease_expired_retried": 0,
@@ -96,6 +96,7 @@ def test_a_step_inside_a_dead_container_waits_for_the_containers_walk_which_comp
     b = add_mark("B", parent=background)
     add_mark("C", parent=background)
     run = start()
+    steps_created(run.record, "bg")  # it started: its steps have rows
     held_by_a_dead_worker(run, background)
     held_by_a_dead_worker(run, b)
     now = timezone.now()
@@ -198,6 +199,7 @@ def test_a_step_whose_lease_runs_out_after_its_containers_is_re_run_on_its_own_a
     add_mark("B", parent=background)
     c = add_mark("C", parent=background)
     run = start()
+    steps_created(run.record, "bg")  # it started: its steps have rows
     held_by_a_dead_worker(run, background)
     step = row(run, c)
     assert step.claim()  # claimed later than its container: its lease has not run out yet

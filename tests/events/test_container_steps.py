@@ -1,0 +1,159 @@
+"""A deferred container's steps get their task rows when a worker first starts it (issue 9, figure 3).
+
+A submit writes a row for each first-level node (DESIGN §5.1), not one for every step of every
+branch: the steps' rows are inserted with the container's claim, at the positions kept free for
+them, and the waiting page and admin show the steps of a container that has not started from the
+run's snapshot.
+"""
+
+import pytest
+from django.db import IntegrityError
+from django.urls import reverse
+
+from events import engine
+from events.engine import reads
+from events.models import Run, RunTask
+from forms_app.waiting import record_progress
+from tests.factories import add_node, steps_created
+
+
+def tasks_of(record):
+    return {task.name: task for task in RunTask.objects.filter(run__record=record)}
+
+
+@pytest.fixture
+def nested_tree(trail_form, add_mark):
+    """A, Background[B, Condition[C], Delay(1 h)[E], D], F: pre-order positions 0..8."""
+    add_mark("A")
+    background = add_node(trail_form, "background", name="bg")
+    add_mark("B", parent=background)
+    condition = add_node(
+        trail_form,
+        "condition",
+        parent=background,
+        name="cond",
+        config={"match": "all", "rules": [{"field": "email", "operator": "is_set"}]},
+    )
+    add_mark("C", parent=condition)
+    delay = add_node(trail_form, "delay", parent=background, name="later", config={"after_seconds": 3600})
+    add_mark("E", parent=delay)
+    add_mark("D", parent=background)
+    add_mark("F")
+    return background
+
+
+def test_a_submit_writes_the_first_level_and_a_worker_s_first_start_the_steps_at_their_tree_positions(
+    nested_tree, submit_queued, django_capture_on_commit_callbacks
+):
+    record = submit_queued().record
+
+    assert {name: task.position for name, task in tasks_of(record).items()} == {"a": 0, "bg": 1, "f": 8}
+
+    engine.task_job(task_id=tasks_of(record)["bg"].pk)
+
+    tasks = tasks_of(record)
+    # The condition's step with the condition; the delay's step waits for the delay's own start.
+    assert {name: task.position for name, task in tasks.items()} == {
+        "a": 0,
+        "bg": 1,
+        "b": 2,
+        "cond": 3,
+        "c": 4,
+        "later": 5,
+        "d": 7,
+        "f": 8,
+    }
+    assert {tasks[name].parent_id for name in ("b", "cond", "later", "d")} == {tasks["bg"].pk}
+    assert tasks["c"].parent_id == tasks["cond"].pk
+    record.refresh_from_db()
+    assert record.data["trail"] == "AFBCD"
+    assert tasks["later"].status == RunTask.Status.PENDING
+
+
+def test_a_delivery_that_read_no_steps_loses_its_claim_once_another_start_created_them(
+    trail_form, add_mark, submit_queued
+):
+    """A worker reads the container (no steps yet); another starts it, creates its steps and is
+    stopped (the container goes back to pending): the first worker's claim must not win and create
+    them again."""
+    background = add_node(trail_form, "background", name="bg")
+    add_mark("B", parent=background)
+    record = submit_queued().record
+    container, stale_children = reads.job_task(tasks_of(record)["bg"].pk)
+    assert stale_children == []
+    created = steps_created(record, "bg")  # the other worker's first start, since put back
+
+    node = engine.snapshot_node(container.run.snapshot, container.node_id)
+    steps = engine.runs.container_steps(run=container.run, task=container, node=node)
+
+    assert container.claim(require_due=True, steps=steps) is False
+    assert list(RunTask.objects.filter(parent=container).values_list("pk", flat=True)) == [created[0].pk]
+    assert RunTask.objects.get(pk=container.pk).status == RunTask.Status.PENDING
+
+
+def test_a_first_start_whose_steps_cannot_be_written_leaves_the_container_unclaimed(
+    trail_form, add_mark, submit_queued, monkeypatch
+):
+    background = add_node(trail_form, "background", name="bg")
+    add_mark("B", parent=background)
+    record = submit_queued().record
+    container = tasks_of(record)["bg"]
+
+    def clashing(*, run, task, node):
+        steps = engine.runs.tasks_for(run, node["children"], parent_id=task.pk, position=task.position + 1)
+        steps[0].node_id = task.node_id  # the container's own node: the unique constraint refuses the row
+        return steps
+
+    monkeypatch.setattr("events.engine.walks.container_steps", clashing)
+    with pytest.raises(IntegrityError):
+        engine.task_job(task_id=container.pk)
+
+    container.refresh_from_db()
+    assert (container.status, container.attempt, container.started_at) == (RunTask.Status.PENDING, 0, None)
+    assert not RunTask.objects.filter(parent=container).exists()
+
+
+def test_the_waiting_page_counts_and_shows_the_steps_of_containers_that_have_not_started(form, submit_queued, client):
+    form.poll_seconds = 2
+    form.save()
+    later = add_node(form, "delay", name="later", label="Later", visible=True, config={"after_seconds": 3600})
+    add_node(form, "set_subtext", parent=later, label="Reminder sent", visible=True, config={"text": "x"})
+    add_node(form, "set_flag", parent=later, label="Quiet step", config={"flag": "f"})
+    record = submit_queued().record
+
+    progress = record_progress(record)
+
+    assert [(step.label, step.state) for step in progress.steps] == [("Later", "queued"), ("Reminder sent", "queued")]
+    assert (progress.done_count, progress.total) == (0, 3)
+    html = client.get(reverse("forms_app:record_status", args=[record.token]), HTTP_HX_REQUEST="true").content
+    assert b"Reminder sent" in html
+
+    engine.run_cancel(run=Run.objects.get(record=record))
+    record.refresh_from_db()
+
+    stopped = record_progress(record)
+    assert [(step.label, step.state) for step in stopped.steps] == [
+        ("Later", "cancelled"),
+        ("Reminder sent", "cancelled"),
+    ]
+    assert (stopped.done_count, stopped.total) == (0, 3)
+
+
+def test_the_steps_of_a_container_a_condition_skipped_are_shown_skipped(form, submit_queued):
+    condition = add_node(
+        form,
+        "condition",
+        name="cond",
+        config={"match": "all", "rules": [{"field": "seats", "operator": "greater_than", "value": "2"}]},
+    )
+    background = add_node(form, "background", parent=condition, name="bg", label="Extras", visible=True)
+    add_node(form, "set_flag", parent=background, label="Extra seat booked", visible=True, config={"flag": "x"})
+    record = submit_queued({"email": "ann@example.com", "seats": 1}).record
+
+    progress = record_progress(record)
+
+    assert [(step.label, step.state) for step in progress.steps] == [
+        ("Extras", "skipped"),
+        ("Extra seat booked", "skipped"),
+    ]
+    assert progress.state == "done" and (progress.done_count, progress.total) == (3, 3)
