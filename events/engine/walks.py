@@ -257,6 +257,8 @@ def _error_context(run, failed):
 
 def _claim_or_report(task, require_due=False):
     """Claim a pending task, or say why not: done already, held elsewhere, or stopped."""
+    if task.__dict__.pop("claimed_here", False):
+        return None  # inserted claimed, with its container's first start (RunTask.claim)
     if task.claim(require_due=require_due):
         return None
     task.refresh_from_db(fields=["status", "due_at"])
@@ -534,7 +536,10 @@ def _task_job(task_id):
     # neither). None read: this must be that first start, or the claim is lost (a start since the read).
     first = not children and bool(node.get("children")) and not runs_as_own_run(node)
     steps = container_steps(run=run, task=task, node=node) if first else None
-    if not task.claim(require_due=True, steps=steps):
+    # Its first step goes in claimed by this walk, which claims it next anyway (a deferred one is not
+    # claimed: it gets a due time), unless the worker is stopping: then the walk hands it back unclaimed.
+    first_step_claimed = bool(steps) and not registry.get(steps[0].type).is_deferred and not queue.worker_stopping()
+    if not task.claim(require_due=True, steps=steps, first_step_claimed=first_step_claimed):
         _forget_early_delivery(task_id)
         return Outcome.ELSEWHERE
     task.logs.append(RunTask.log_line(f"attempt {task.attempt} started"))

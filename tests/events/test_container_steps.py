@@ -157,3 +157,44 @@ def test_the_steps_of_a_container_a_condition_skipped_are_shown_skipped(form, su
         ("Extra seat booked", "skipped"),
     ]
     assert progress.state == "done" and (progress.done_count, progress.total) == (3, 3)
+
+
+def test_a_worker_that_is_stopping_creates_the_steps_unclaimed_and_hands_the_container_back(
+    trail_form, add_mark, submit_queued, monkeypatch
+):
+    background = add_node(trail_form, "background", name="bg")
+    add_mark("B", parent=background)
+    record = submit_queued().record
+    monkeypatch.setattr("events.queue.worker_stopping", lambda: True)
+
+    assert engine.task_job(task_id=tasks_of(record)["bg"].pk) is engine.Outcome.ELSEWHERE
+
+    tasks = tasks_of(record)
+    assert (tasks["bg"].status, tasks["bg"].attempt) == (RunTask.Status.PENDING, 0)
+    assert (tasks["b"].status, tasks["b"].attempt, tasks["b"].lease_owner) == (RunTask.Status.PENDING, 0, "")
+    monkeypatch.undo()
+
+    engine.task_job(task_id=tasks["bg"].pk)  # the next worker: the steps are there, nothing is created again
+
+    tasks = tasks_of(record)
+    assert (tasks["b"].status, tasks["b"].attempt) == (RunTask.Status.COMPLETE, 1)
+    assert RunTask.objects.filter(run__record=record).count() == 2
+    record.refresh_from_db()
+    assert record.data["trail"] == "B" and record.is_complete
+
+
+def test_a_first_step_that_is_a_delay_is_not_claimed_with_its_container_but_scheduled(
+    trail_form, add_mark, submit_queued
+):
+    background = add_node(trail_form, "background", name="bg")
+    delay = add_node(trail_form, "delay", parent=background, name="later", config={"after_seconds": 600})
+    add_mark("L", parent=delay)
+    add_mark("B", parent=background)
+    record = submit_queued().record
+
+    engine.task_job(task_id=tasks_of(record)["bg"].pk)
+
+    tasks = tasks_of(record)
+    assert (tasks["later"].status, tasks["later"].attempt) == (RunTask.Status.PENDING, 0)
+    assert tasks["later"].due_at is not None and tasks["b"].status == RunTask.Status.COMPLETE
+    assert "l" not in tasks

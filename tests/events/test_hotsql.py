@@ -442,12 +442,13 @@ def test_a_one_step_container_job_makes_no_read_of_its_steps_and_ends_the_contai
 
     statements = [query["sql"] for query in queries if query["sql"].split()[0].upper() not in ("SAVEPOINT", "RELEASE")]
     # Read (task, run, record, form, steps: none, its first start); claim the container and insert its
-    # step's row (PostgreSQL: one statement; SQLite: two); claim the step; the flag; end the step; then
-    # PostgreSQL: end the container with the run's lock, end the run with the record's flag (7);
-    # SQLite: end the container, end the run, the record's flag (9).
-    assert len(statements) == (7 if connection.vendor == "postgresql" else 9), statements
+    # step's row, claimed already (PostgreSQL: one statement; SQLite: two); the flag; end the step; then
+    # PostgreSQL: end the container with the run's lock, end the run with the record's flag (6);
+    # SQLite: end the container, end the run, the record's flag (8).
+    assert len(statements) == (6 if connection.vendor == "postgresql" else 8), statements
     (step,) = RunTask.objects.filter(parent=container)
     assert step.status == RunTask.Status.COMPLETE and step.position == container.position + 1
+    assert step.attempt == 1 and step.started_at is not None and step.lease_owner
     finished = RunTask.objects.get(pk=container.pk)
     assert finished.status == RunTask.Status.COMPLETE and finished.logs[-1]["line"] == "all steps handled"
     assert Run.objects.get(pk=container.run_id).status == Run.Status.COMPLETE
