@@ -614,11 +614,19 @@ class RunTask(models.Model):
             where += " AND (due_at IS NULL OR due_at <= %s)"
             params.append(hotsql.db_value(RunTask, "due_at", now, connection))
         if steps is not None:
+            # And only while its run is running, its row share-locked until this start commits: a run
+            # failing or cancelled meanwhile either comes first (the claim loses) or waits, and then
+            # cancels the steps' rows it can see. (Without the lock, a cancel's UPDATE, blocked on the
+            # container's row, would find it active and never see the steps being inserted: they would
+            # stay pending, and this walk would run them.)
+            share = " FOR SHARE" if connection.features.has_select_for_update else ""
             where += (
                 f" AND NOT EXISTS (SELECT 1 FROM {hotsql.table(RunTask, connection)} c"
                 f" WHERE c.parent_id = %s AND c.branch = '{Node.Branch.MAIN}')"
+                f" AND EXISTS (SELECT 1 FROM {hotsql.table(Run, connection)} r"
+                f" WHERE r.id = %s AND r.status = '{Run.Status.RUNNING}'{share})"
             )
-            params.append(params[0])
+            params += [params[0], hotsql.db_value(Run, "id", self.run_id, connection)]
         sql, params = hotsql.update_statement(
             RunTask,
             connection,

@@ -231,7 +231,7 @@ def record_progress(record, run=False, rows=None):
                 NOT_STARTED_STATUS.get(container.status, RunTask.Status.CANCELLED),
                 node.get("visible", False),
                 "",
-                None,
+                container.finished_at,  # ended with it: before the run stopped, or by the stop
             )
             for node, container, position in steps_not_started(run.snapshot, rows)
         ]

@@ -142,7 +142,7 @@ def why_not_run(node, task, *, branch, child_runs):
     if branch == "children":
         if runs_as_own_run(node):
             return {"kind": "own_run", "container": task, "runs": child_runs.get(task.pk, [])}
-        if task.is_container and task.started_at is None:
+        if task.is_container:  # a deferred one: a condition's steps have their tasks with it
             return {"kind": "not_started", "container": task, "waiting": not task.is_finished}
         return None
     if task.status == RunTask.Status.FAILED:

@@ -9,7 +9,7 @@ from django.db.models import F, Max, QuerySet
 
 from .. import effects, queue
 from ..models import Run, RunTask, record_model
-from .runs import Outcome, failure_message, run_fail, tasks_for
+from .runs import Outcome, failure_message, run_fail, steps_count, tasks_for
 from .snapshot import snapshot_node, subtree_node_ids
 
 
@@ -41,7 +41,8 @@ def error_branch_open(*, run, task, node):
     first = run.tasks.filter(node_id=first_node_id).first()
     if first is not None:
         return first
-    start = (run.tasks.aggregate(last=Max("position"))["last"] or 0) + 1
+    # After every task's position, and after those kept for the steps of containers not started yet.
+    start = max((run.tasks.aggregate(last=Max("position"))["last"] or 0) + 1, steps_count(run.snapshot))
     branch = tasks_for(
         run, node["on_error"], parent_id=task.pk, branch="on_error", debug=task.collect_debug, position=start
     )

@@ -107,7 +107,7 @@ def test_the_timeline_of_a_cancelled_run_keeps_the_tree_order(admin_client, form
     step = re.search(r'<tr id="node-\d+" class="events-not-run">.*?</tr>', html, re.S)
     assert step.start() > html.index(f'<tr id="task-{delay.pk}"')
     assert "Followed up" in step.group(0) and ">Did not run<" in step.group(0)
-    assert "“Follow-up” ended (cancelled) before it started" in step.group(0)
+    assert "“Follow-up” ended (cancelled) before its steps started" in step.group(0)
 
 
 def test_the_steps_of_a_container_that_has_not_started_are_listed_as_not_started(admin_client, form):

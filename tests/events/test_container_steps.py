@@ -6,13 +6,17 @@ them, and the waiting page and admin show the steps of a container that has not 
 run's snapshot.
 """
 
+import threading
+import time
+
 import pytest
-from django.db import IntegrityError
+from django.db import IntegrityError, connection, transaction
 from django.urls import reverse
 
 from events import engine
 from events.engine import reads
 from events.models import Run, RunTask
+from forms_app.services import record_submit
 from forms_app.waiting import record_progress
 from tests.factories import add_node, steps_created
 
@@ -91,6 +95,7 @@ def test_a_delivery_that_read_no_steps_loses_its_claim_once_another_start_create
     assert RunTask.objects.get(pk=container.pk).status == RunTask.Status.PENDING
 
 
+@pytest.mark.django_db(transaction=True)  # the walk's own transaction, not a test's: its rollback is real
 def test_a_first_start_whose_steps_cannot_be_written_leaves_the_container_unclaimed(
     trail_form, add_mark, submit_queued, monkeypatch
 ):
@@ -198,3 +203,89 @@ def test_a_first_step_that_is_a_delay_is_not_claimed_with_its_container_but_sche
     assert (tasks["later"].status, tasks["later"].attempt) == (RunTask.Status.PENDING, 0)
     assert tasks["later"].due_at is not None and tasks["b"].status == RunTask.Status.COMPLETE
     assert "l" not in tasks
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_cancelled_while_a_container_first_starts_cancels_the_steps_that_start_created(trail_form, add_mark):
+    """Two connections: a worker's first start of a container (its claim and its steps' rows, not
+    committed yet) and an admin's cancel of the run. Whichever order the database gives them, no step
+    of the cancelled run is left pending for the walk to run."""
+    background = add_node(trail_form, "background", name="bg")
+    add_mark("B", parent=background)
+    add_mark("C", parent=background)
+    record = record_submit(form=trail_form, data={"email": "ann@example.com", "trail": ""})
+    container = RunTask.objects.select_related("run").get(run__record=record, name="bg")
+    node = engine.snapshot_node(container.run.snapshot, container.node_id)
+    claimed, results = threading.Event(), {}
+
+    def start():
+        try:
+            with transaction.atomic():
+                steps = engine.runs.container_steps(run=container.run, task=container, node=node)
+                results["claimed"] = container.claim(require_due=True, steps=steps)
+                claimed.set()
+                time.sleep(0.5)  # the cancel is sent meanwhile
+        finally:
+            claimed.set()
+            connection.close()
+
+    def cancel():
+        try:
+            claimed.wait(10)
+            results["cancelled"] = engine.run_cancel(run=Run.objects.get(pk=container.run_id))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=start), threading.Thread(target=cancel)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert results == {"claimed": True, "cancelled": True}
+    steps = RunTask.objects.filter(parent=container)
+    assert sorted(steps.values_list("status", flat=True)) == [RunTask.Status.CANCELLED] * 2
+    assert Run.objects.get(pk=container.run_id).status == Run.Status.CANCELLED
+
+
+def test_a_container_whose_run_stopped_does_not_start_nor_create_its_steps(trail_form, add_mark, submit_queued):
+    background = add_node(trail_form, "background", name="bg")
+    add_mark("B", parent=background)
+    record = submit_queued().record
+    Run.objects.filter(record=record).update(status=Run.Status.FAILED)  # its container not cancelled yet
+
+    assert engine.task_job(task_id=tasks_of(record)["bg"].pk) is engine.Outcome.ELSEWHERE
+
+    assert set(tasks_of(record)) == {"bg"} and tasks_of(record)["bg"].status == RunTask.Status.PENDING
+
+
+def test_an_error_branch_opened_before_a_container_started_is_numbered_after_that_container_s_steps(form, submit):
+    step = add_node(form, "fail", name="boom", config={"message": "no"})
+    add_node(form, "set_flag", parent=step, branch="on_error", name="caught", config={"flag": "caught"})
+    background = add_node(form, "background", name="bg")
+    for flag in ("x", "y"):
+        add_node(form, "set_flag", parent=background, name=flag, config={"flag": flag})
+
+    tasks = tasks_of(submit().record)  # sync queue: the error branch in the request, then the background
+
+    assert tasks["caught"].branch == "on_error"
+    positions = [task.position for task in tasks.values()]
+    assert len(set(positions)) == len(positions) == 5
+    assert tasks["caught"].position > max(tasks[name].position for name in ("boom", "bg", "x", "y"))
+
+
+def test_the_steps_of_a_container_that_ended_before_the_run_stopped_stay_counted_when_it_stops(form, submit_queued):
+    broken = add_node(form, "delay", name="broken", config={"rule": "field", "field": "seats"})
+    add_node(form, "set_flag", parent=broken, label="Never", visible=True, config={"flag": "never"})
+    add_node(form, "set_flag", parent=broken, branch="on_error", name="caught", config={"flag": "caught"})
+    add_node(form, "delay", name="later", config={"after_seconds": 3600})
+    record = submit_queued({"email": "ann@example.com"}).record  # no seats: the first delay cannot be scheduled
+    assert tasks_of(record)["broken"].status == RunTask.Status.FAILED
+    before = record_progress(record)
+
+    engine.run_cancel(run=Run.objects.get(record=record))
+    record.refresh_from_db()
+    after = record_progress(record)
+
+    assert ("Never", "cancelled") in [(step.label, step.state) for step in before.steps]
+    assert before.done_count == after.done_count == 3  # broken, caught and its step that will never run
