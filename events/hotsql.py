@@ -19,6 +19,7 @@ import uuid
 from contextlib import contextmanager
 from functools import cached_property
 
+from django.conf import settings
 from django.db import connections, models, transaction
 from django.db.models import signals
 from django.db.models.base import ModelState
@@ -228,34 +229,114 @@ def insert(objs, connection):
     model = type(objs[0])
     pk = model._meta.pk
     read_back = pk.db_returning and getattr(objs[0], pk.attname) is None
-    fields, savers, head, row, returning = _insert_plan(model, read_back, connection)
+    fields, savers, _, _, _ = _insert_plan(model, read_back, connection)
     _stamp(objs, fields, savers)
+    _write(model, objs, _row_values(objs, fields, savers), read_back, connection)
+    return objs
+
+
+def insert_rows(rows, connection):
+    """``INSERT`` the rows a ``Rows`` gave (``Rows.row``), all of one model, as ``insert`` writes instances."""
+    connection = _wrapper(connection)
+    if rows:
+        _write(rows[0].model, (), [value for row in rows for value in row.values], False, connection)
+
+
+def _write(model, objs, values, read_back, connection):
+    """Send the prepared ``values`` (a row after another, the fields of ``_insert_plan``); ``objs`` (none for
+    ``insert_rows``) are the instances they came from, saved once they are in."""
+    fields, _, head, row, returning = _insert_plan(model, read_back, connection)
+    pk, width = model._meta.pk, len(fields)
     batch = getattr(connection, "_hotsql_batch", None)
     if batch is not None:
-        batch.add(objs, pk, fields, read_back, _row_values(objs, fields, savers))
-        return objs
-    if connection.vendor == "sqlite" and not read_back and len(objs) > 1:
+        batch.add(objs, pk, fields, read_back, values)
+        return
+    if connection.vendor == "sqlite" and not read_back and len(values) > width:
         # One row's statement for each row: SQLite runs it as fast as one of many rows, and Django's
         # rewrite of every %s into ? (a regular expression over the text) is done on one row's text,
         # not on all of them (72 µs for ten task rows of 32 columns, 15 for one).
         # In autocommit each row would commit on its own: all or none, as one statement of many rows.
-        values, width = _row_values(objs, fields, savers), len(fields)
         with transaction.atomic(using=connection.alias, savepoint=False), connection.cursor() as cursor:
             cursor.executemany(head + row, [values[start : start + width] for start in range(0, len(values), width)])
-        for obj in objs:
-            obj._state.adding, obj._state.db = False, connection.alias
-        return objs
-    size = max(connection.ops.bulk_batch_size(fields, objs), 1)
-    with connection.cursor() as cursor:
-        for start in range(0, len(objs), size):
-            chunk = objs[start : start + size]
-            cursor.execute(head + ", ".join([row] * len(chunk)) + returning, _row_values(chunk, fields, savers))
-            if read_back:
-                for obj, (key,) in zip(chunk, cursor.fetchall(), strict=True):
-                    setattr(obj, pk.attname, key)
+    else:
+        count = len(values) // width
+        size = max(connection.ops.bulk_batch_size(fields, range(count)), 1) if count > 1 else 1
+        with connection.cursor() as cursor:
+            for start in range(0, count, size):
+                chunk = values[start * width : (start + size) * width]
+                cursor.execute(head + ", ".join([row] * (len(chunk) // width)) + returning, chunk)
+                if read_back:
+                    for obj, (key,) in zip(objs[start : start + size], cursor.fetchall(), strict=True):
+                        setattr(obj, pk.attname, key)
     for obj in objs:
         obj._state.adding, obj._state.db = False, connection.alias
-    return objs
+
+
+class Rows:
+    """Rows of one model alike but for a few fields: the others' values prepared once, as ``insert`` would.
+
+    Made from unsaved instances (``objs``, of one model); ``row(i, values)`` is the row of ``objs[i]``
+    with the fields of ``values`` ({attname: value}, among ``varying``) set, for ``insert_rows``. A
+    field whose ``pre_save`` gives a time (``auto_now_add``) or is not a plain read must be among
+    ``varying``: a prepared row keeps the values it was made with. (A run's first tasks are the same
+    rows for every run of one tree version, but for their ids, run and times: ``engine.runs``.)
+    """
+
+    def __init__(self, objs, varying, connection):
+        connection = _wrapper(connection)
+        self.model = type(objs[0])
+        fields, savers, _, _, _ = _insert_plan(self.model, False, connection)
+        self.columns = {}
+        for index, (field, (prepare, keeps_none, plain, _)) in enumerate(zip(fields, savers, strict=True)):
+            if field.attname in varying:
+                self.columns[field.attname] = (index, prepare, keeps_none)
+            elif not plain:
+                raise ValueError(f"{self.model.__name__}.{field.attname}: its pre_save is not a plain read; vary it")
+        if set(varying) - self.columns.keys():
+            raise ValueError(f"{self.model.__name__} has no such fields: {sorted(set(varying) - self.columns.keys())}")
+        values, width = _row_values(objs, fields, savers), len(fields)
+        self.templates = [values[start : start + width] for start in range(0, len(values), width)]
+
+    def saved(self, attname, value):
+        """``value`` prepared for the field ``attname`` (among ``varying``), for many rows of ``row``."""
+        _, prepare, keeps_none = self.columns[attname]
+        return Saved(value if (value is None and keeps_none) or type(value) is Key else prepare(value))
+
+    def row(self, index, values):
+        row = self.templates[index].copy()
+        for attname, value in values.items():
+            column, prepare, keeps_none = self.columns[attname]
+            if type(value) is Saved:
+                row[column] = value.prepared
+            else:
+                row[column] = value if (value is None and keeps_none) or type(value) is Key else prepare(value)
+        return _Row(self.model, row)
+
+
+class _Row:
+    __slots__ = ("model", "values")
+
+    def __init__(self, model, values):
+        self.model, self.values = model, values
+
+
+class Saved:
+    """A value already prepared as its field saves it (``prepared``): ``insert`` and ``Rows.row`` write it as it is.
+
+    For a value the same for many rows or many inserts (a run's snapshot, the published tree's; the
+    run of many task rows): on an instance, set the attribute to it for the insert, and back to the
+    value itself after."""
+
+    __slots__ = ("prepared",)
+
+    def __init__(self, prepared):
+        self.prepared = prepared
+
+    @classmethod
+    def of(cls, model, name, value, connection):
+        field = model._meta.get_field(name)
+        prepare, keeps_none, _, _ = _saver(field, _wrapper(connection))
+        return cls(value if value is None and keeps_none else prepare(value))
 
 
 def _stamp(objs, fields, savers):
@@ -322,7 +403,10 @@ def _row_values(objs, fields, savers):
             value = getattr(obj, attname) if plain else field.pre_save(obj, True)
             last, prepared = previous[index]
             if value is not last:  # one value shared by the rows (a time stamp, a hand-off time) is prepared once
-                prepared = value if (value is None and keeps_none) or type(value) is Key else prepare(value)
+                if type(value) is Saved:
+                    prepared = value.prepared
+                else:
+                    prepared = value if (value is None and keeps_none) or type(value) is Key else prepare(value)
                 previous[index] = (value, prepared)
             values.append(prepared)
     return values
@@ -372,6 +456,17 @@ def _preparer(field, connection):
         # An aware datetime is what the field hands its backend as it is (a naive one it warns about).
         adapt = connection.ops.adapt_datetimefield_value
         aware = datetime.datetime.utcoffset
+        if connection.vendor == "sqlite" and settings.USE_TZ:
+            # SQLite's adaptation is the text of the time made naive in the connection's zone: a time
+            # in that zone already (timezone.now()'s) is its text without the zone, at a fifth of the cost.
+            zone = connection.timezone
+
+            def in_zone(value):
+                if type(value) is datetime.datetime and value.tzinfo is zone:
+                    return str(value.replace(tzinfo=None))
+                return adapt(value) if type(value) is datetime.datetime and aware(value) is not None else slow(value)
+
+            return in_zone, True
         return (
             lambda value: adapt(value) if type(value) is datetime.datetime and aware(value) is not None else slow(value)
         ), True
@@ -413,6 +508,22 @@ def new(model, **values):
             state[attname] = factory()
     state.update(values)
     return obj
+
+
+def copy(obj, **values):
+    """A new unsaved instance of ``obj``'s model with ``obj``'s field values and ``values`` (by attname):
+    ``new`` with them all, without going through them one by one. It caches no related object."""
+    model = type(obj)
+    constants, factories, plain = _defaults(model)
+    if not plain or signals.pre_init.has_listeners(model) or signals.post_init.has_listeners(model):
+        names = [field.attname for field in model._meta.concrete_fields]
+        return new(model, **{**{name: getattr(obj, name) for name in names}, **values})
+    copied = model.__new__(model)
+    state = copied.__dict__
+    state.update(obj.__dict__)
+    state.update(values)
+    copied._state = ModelState()
+    return copied
 
 
 def _defaults(model):
