@@ -663,14 +663,38 @@ def _json_value(value):
         return value.isoformat()
     dumps = getattr(value, "dumps", None)  # psycopg's Jsonb, with the field's encoder: its text
     if dumps is not None and hasattr(value, "obj"):
+        if not value.obj and type(value.obj) in _EMPTY_DOCUMENTS:  # a task's logs, output and debug at first
+            return _EMPTY_DOCUMENTS[type(value.obj)]
         text = dumps(value.obj)
         return text.decode() if isinstance(text, bytes) else text
     raise TypeError(f"a {type(value).__name__} is not written as JSON here")
 
 
+_KEY_COLUMNS = {}
+
+
+def _key_columns(fields):
+    """[(index, field, kind)] of the columns of ``fields`` (an ``_insert_plan``'s) ``_Batch.add`` looks at: those
+    that may hold a key (relations, and columns of a kind a key is of) and those of no kind (a value refuses)."""
+    found = _KEY_COLUMNS.get(id(fields))
+    if found is None or found[0] is not fields:
+        columns = [
+            (index, field, kind)
+            for index, field in enumerate(fields)
+            if (kind := _json_kind(field)) not in _KEYLESS_KINDS or field.is_relation
+        ]
+        found = _KEY_COLUMNS[id(fields)] = (fields, columns)
+    return found[1]
+
+
+_EMPTY_DOCUMENTS = {list: "[]", dict: "{}"}
+
+
 @functools.lru_cache(maxsize=256)
-def _json_insert_sql(alias, model, fields, read_back, sources):
-    """``_Batch``'s INSERT of ``fields`` from one JSON document of rows; ``sources`` as in ``_Batch.add``."""
+def _json_insert_sql(alias, model, read_back, sources):
+    """``_Batch``'s INSERT of the fields of ``_insert_plan(model, read_back)`` from one JSON document of rows;
+    ``sources`` as in ``_Batch.add``."""
+    fields = _insert_plan(model, read_back, connections[alias])[0]
     quote = connections[alias].ops.quote_name
     selected = []
     for column, field in enumerate(fields):
@@ -737,10 +761,7 @@ class _Batch:
                 setattr(obj, pk.attname, Key(self, number, index))
         rows = [values[start : start + width] for start in range(0, len(values), width)]
         sources = [None] * width  # per column: None, or (the insert whose keys it holds, its key column)
-        for column, field in enumerate(fields):
-            kind = _json_kind(field)
-            if kind in _KEYLESS_KINDS and not field.is_relation:
-                continue  # no key here (a Key left in such a column refuses, in _json_value)
+        for column, field, kind in _key_columns(fields):
             found, plain = None, False
             for row in rows:
                 value = row[column]
@@ -758,7 +779,8 @@ class _Batch:
                     self.refused = "keys and other values in one column"
                     raise NotOneStatement(self.refused)
                 sources[column] = (found, self.inserts[found][1].column)
-        sql = _json_insert_sql(self.connection.alias, pk.model, tuple(fields), read_back, tuple(sources))
+        # (The fields are those of _insert_plan: the model and read_back name them.)
+        sql = _json_insert_sql(self.connection.alias, pk.model, read_back, tuple(sources))
         try:
             document = json.dumps(rows, ensure_ascii=False, separators=(",", ":"), default=_json_value)
         except (TypeError, ValueError) as error:
