@@ -200,16 +200,20 @@ def update_statement(model, connection, changes, *, where, params, increment=(),
     return f"UPDATE {table(model, connection)} SET {', '.join(assignments)} WHERE {where}", [*values, *params]
 
 
-def update(model, connection, changes, *, where, params, increment=(), computed=None):
+def update(model, connection, changes, *, where, params, increment=(), computed=None, later_row=None):
     """``UPDATE`` the model's table: each field of ``changes`` set (its value prepared as the ORM saves it),
     each field of ``computed`` set to an SQL expression (``{name: (sql, params)}``), each field of
     ``increment`` plus one, in the rows that ``where`` (SQL on the table's own columns, with ``params``)
     selects. Returns how many rows changed. As ``QuerySet.update``: no signals, no ``save()``.
+    ``later_row``: the key of the one row it changes, when nobody needs the count: the update may then
+    go with a later statement of the transaction (``later``), and None is returned.
     """
     connection = _wrapper(connection)
     sql, values = update_statement(
         model, connection, changes, where=where, params=params, increment=increment, computed=computed
     )
+    if later_row is not None and later(connection, sql, values, (model, later_row)):
+        return None
     with connection.cursor() as cursor:
         cursor.execute(sql, values)
         return cursor.rowcount
@@ -812,3 +816,87 @@ class _Batch:
                     if type(value) is Key:
                         obj.__dict__[name] = keys[value.number][value.index]
                 obj._state.adding, obj._state.db = False, self.connection.alias
+
+
+# --- Writes that go with a later statement (PostgreSQL) ------------------------------------------
+
+
+class _Stage:
+    """The writes ``later`` kept back in one transaction (``atomic``): sent with, or just before, the next statement.
+
+    An execute wrapper: any statement of the connection first sends what is kept (a read sees every
+    write before it, a SAVEPOINT and its rollback come after them); ``with_later`` puts them in a
+    statement of its own instead, as parts of its ``WITH``.
+    """
+
+    def __init__(self, connection, atomic):
+        self.connection, self.atomic, self.kept = connection, atomic, []  # kept: (sql, params, row)
+
+    def __call__(self, execute, sql, params, many, context):
+        if self.kept:
+            self.send()
+        return execute(sql, params, many, context)
+
+    def send(self):
+        kept, self.kept = self.kept, []
+        with self.connection.cursor() as cursor:
+            for sql, params, _ in kept:
+                cursor.execute(sql, params)
+
+
+def stage_begin(connection, atomic):
+    """PostgreSQL: from now on, in ``atomic`` (a ``transaction.atomic`` just entered), ``later`` may keep
+    writes back: each round trip to the server saved is a good part of a queue job's time. The caller
+    ends it with ``stage_end`` before ``atomic`` exits. Elsewhere this does nothing."""
+    connection = _wrapper(connection)
+    if connection.vendor != "postgresql" or getattr(connection, "_hotsql_stage", None) is not None:
+        return
+    stage = connection._hotsql_stage = _Stage(connection, atomic)
+    connection.execute_wrappers.append(stage)
+
+
+def stage_end(connection, *, send):
+    """End ``stage_begin``: send what is kept (``send``: the transaction is about to commit) or drop it
+    (it rolls back)."""
+    connection = _wrapper(connection)
+    stage = getattr(connection, "_hotsql_stage", None)
+    if stage is None:
+        return
+    connection._hotsql_stage = None
+    connection.execute_wrappers.remove(stage)
+    if send and stage.kept:
+        stage.send()
+
+
+def later(connection, sql, params, row):
+    """Keep back an UPDATE of one row (``row``: (model, key)) whose count nobody waits for: it goes with
+    the next statement of the transaction. False when it cannot (no ``stage_begin``, or inside a block
+    nested in its transaction, which could roll back on its own): the caller runs it now.
+
+    An error of such an update surfaces at the statement it goes with, in the same transaction,
+    which it aborts all the same (PostgreSQL refuses everything after an error in a transaction).
+    """
+    connection = _wrapper(connection)
+    stage = getattr(connection, "_hotsql_stage", None)
+    if stage is None or not connection.atomic_blocks or connection.atomic_blocks[-1] is not stage.atomic:
+        return False
+    if any(kept_row == row for _, _, kept_row in stage.kept):
+        stage.send()  # two updates of one row in one statement: PostgreSQL would make only one of them
+    stage.kept.append((sql, params, row))
+    return True
+
+
+def with_later(connection, rows=()):
+    """(``WITH`` parts, their parameters) of the kept updates, for the caller's next statement, which puts
+    them before its own (``"WITH " + parts + ", ..."``): ("", []) if none. ``rows``: those the caller's
+    statement changes itself: a kept update of one of them is sent first, on its own."""
+    stage = getattr(_wrapper(connection), "_hotsql_stage", None)
+    if stage is None or not stage.kept:
+        return "", []
+    if any(row in rows for _, _, row in stage.kept):
+        stage.send()
+        return "", []
+    kept, stage.kept = stage.kept, []
+    return ", ".join(f"later{number} AS ({sql})" for number, (sql, _, _) in enumerate(kept)), [
+        value for _, params, _ in kept for value in params
+    ]

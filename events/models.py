@@ -663,11 +663,20 @@ class RunTask(models.Model):
             self.lease_expires_at, self.lease_owner = lease, owner
         return bool(won)
 
-    def finish(self, status, *, logs=(), output=None, error="", failure="", debug=None):
-        """active | awaiting → complete | failed | cancelled, appending logs. True if this call made the change."""
+    def finish(self, status, *, logs=(), output=None, error="", failure="", debug=None, later=False):
+        """active | awaiting → complete | failed | cancelled, appending logs. True if this call made the change.
+
+        ``later``: the caller does not need to know; in a walk's transaction on PostgreSQL the update
+        then goes with the next statement (``hotsql.later``), this copy takes the changes, and True is
+        returned. (Were the task no longer active or awaiting, the update would change nothing, as it
+        would now: a walk goes on either way, and its next claim finds the run stopped.)
+        """
         sql, params, changes = self.finish_statement(
             status, logs=logs, output=output, error=error, failure=failure, debug=debug
         )
+        if later and hotsql.later(connection, sql, params, (RunTask, self.pk)):
+            self.finished(changes)
+            return True
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
             won = cursor.rowcount

@@ -249,6 +249,7 @@ class Record(models.Model):
                 computed={attname: JsonKeySet.sql(connection.vendor, column, key, value)},
                 where="id = %s",
                 params=[self.pk],
+                later_row=self.pk,  # in a walk on PostgreSQL: with the next statement (hotsql.later)
             )
             getattr(self, attname)[key] = value
             return

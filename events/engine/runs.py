@@ -332,9 +332,9 @@ def run_finish_if_done(*, run: Run, check_failures: bool = False, first=None) ->
     with its consequence (the run failing, or its error branch created). An older
     version's crash between two commits could leave one: ``check_failures`` (the
     sweep) looks for it first and fails the run instead.
-    ``first``: (UPDATE, parameters, a function called if it changed a row) to run before, in the
-    statement that locks the run where the database has row locks (a container's finish: one round
-    trip fewer), else on its own.
+    ``first``: (UPDATE, parameters, a function called if it changed a row, (model, key) of that row) to
+    run before, in the statement that locks the run where the database has row locks (a container's
+    finish: one round trip fewer), else on its own.
     """
     # No savepoint inside a caller's transaction (a walk's, a callback's): its statements commit or roll
     # back with the caller's, and SAVEPOINT/RELEASE would be two more round trips at every run's end.
@@ -342,21 +342,31 @@ def run_finish_if_done(*, run: Run, check_failures: bool = False, first=None) ->
         run_id = hotsql.db_value(Run, "id", run.pk, connection)
         if connection.features.has_select_for_update:
             # The row lock serialises two last tasks finishing at once (SQLite's write lock already does).
-            # A write that rides along is in the same statement: the run's end, a statement later, sees it.
+            # Writes that ride along are in the same statement (a container's end, and what the walk kept
+            # back: its last step's end, a step's write to the record): the run's end, a statement later,
+            # sees them.
+            kept, kept_params = hotsql.with_later(connection, rows=[first[3]] if first is not None else [])
             if first is not None:
-                sql, params, changed = first
+                sql, params, changed, _ = first
+                parts = f"{kept}, first AS ({sql} RETURNING 1)" if kept else f"first AS ({sql} RETURNING 1)"
                 locked = hotsql.rows(
                     connection,
-                    f"WITH first AS ({sql} RETURNING 1) SELECT (SELECT count(*) FROM first)"
+                    f"WITH {parts} SELECT (SELECT count(*) FROM first)"
                     f" FROM {hotsql.table(Run, connection)} WHERE id = %s FOR UPDATE",
-                    [*params, run_id],
+                    [*kept_params, *params, run_id],
                 )
                 if locked and locked[0][0]:
                     changed()
+            elif kept:
+                hotsql.rows(
+                    connection,
+                    f"WITH {kept} SELECT id FROM {hotsql.table(Run, connection)} WHERE id = %s FOR UPDATE",
+                    [*kept_params, run_id],
+                )
             else:
                 RUN_LOCK.rows(connection, [run_id])
         elif first is not None:
-            sql, params, changed = first
+            sql, params, changed, _ = first
             with connection.cursor() as cursor:
                 cursor.execute(sql, params)
                 if cursor.rowcount:

@@ -57,7 +57,7 @@ def container_conclude(*, run, task, outcome):
     if outcome is Outcome.DONE:
         # The container's completion goes with the run's lock: one statement (see run_finish_if_done).
         sql, params, changes = task.finish_statement(RunTask.Status.COMPLETE, logs=[_all_steps_handled()])
-        run_finish_if_done(run=run, first=(sql, params, lambda: task.finished(changes)))
+        run_finish_if_done(run=run, first=(sql, params, lambda: task.finished(changes), (RunTask, task.pk)))
         return outcome
     container_settle(task, outcome)
     return outcome

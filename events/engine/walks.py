@@ -20,9 +20,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import models, transaction
+from django.db import connection, models, transaction
 
-from .. import effects, queue
+from .. import effects, hotsql, queue
 from ..models import Run, RunTask, record_model
 from ..nodes import registry
 from ..nodes.base import NodeContext, NodeError, Waiting
@@ -64,15 +64,23 @@ class WalkWrites(threading.local):
         if self.walking and self.atomic is None:
             self.atomic = transaction.atomic()
             self.atomic.__enter__()
+            # On PostgreSQL a step's end and its write to the record go with the next statement (hotsql.later).
+            hotsql.stage_begin(connection, self.atomic)
 
     def commit(self):
         if self.atomic is not None:
             atomic, self.atomic = self.atomic, None
+            try:
+                hotsql.stage_end(connection, send=True)
+            except BaseException as exc:
+                atomic.__exit__(type(exc), exc, exc.__traceback__)
+                raise
             atomic.__exit__(None, None, None)
 
     def roll_back(self, exc):
         if self.atomic is not None:
             atomic, self.atomic = self.atomic, None
+            hotsql.stage_end(connection, send=False)
             atomic.__exit__(type(exc), exc, exc.__traceback__)
 
 
@@ -335,6 +343,7 @@ def action_execute(*, run, task, node, inline=False, require_due=False):
         logs=ctx.logs,
         output=result or {},
         debug=_trace(task, seen, started, output=result or {}),
+        later=True,
     )
     walk_outputs_note(run, task)
     return Outcome.DONE

@@ -442,10 +442,14 @@ def test_a_one_step_container_job_makes_no_read_of_its_steps_and_ends_the_contai
 
     statements = [query["sql"] for query in queries if query["sql"].split()[0].upper() not in ("SAVEPOINT", "RELEASE")]
     # Read (task, run, record, form, steps: none, its first start); claim the container and insert its
-    # step's row, claimed already (PostgreSQL: one statement; SQLite: two); the flag; end the step; then
-    # PostgreSQL: end the container with the run's lock, end the run with the record's flag (6);
-    # SQLite: end the container, end the run, the record's flag (8).
-    assert len(statements) == (6 if connection.vendor == "postgresql" else 8), statements
+    # step's row, claimed already (PostgreSQL: one statement; SQLite: two); then PostgreSQL: the flag,
+    # the step's end and the container's end with the run's lock in one statement, the run's end with
+    # the record's flag (4); SQLite: the flag, end the step, end the container, end the run, the
+    # record's flag (8).
+    assert len(statements) == (4 if connection.vendor == "postgresql" else 8), statements
+    if connection.vendor == "postgresql":
+        together = statements[2]
+        assert together.count('UPDATE "') == 3 and "FOR UPDATE" in together and '"flags" = jsonb_set' in together
     (step,) = RunTask.objects.filter(parent=container)
     assert step.status == RunTask.Status.COMPLETE and step.position == container.position + 1
     assert step.attempt == 1 and step.started_at is not None and step.lease_owner

@@ -1,0 +1,134 @@
+"""Writes kept back for the next statement of a walk's transaction (events.hotsql.later, PostgreSQL).
+
+A kept-back update is sent before any other statement (so every read sees it, and a savepoint
+and its rollback come after it), with the statement that takes the run's lock when that comes
+next, at the commit otherwise, and never after a rollback.
+"""
+
+import pytest
+from django.db import connection, transaction
+
+from events import hotsql
+from forms_app.models import Record
+from tests.factories import RecordFactory
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's round trips; SQLite has none"),
+]
+
+
+def flag_update(record, value):
+    return hotsql.update_statement(Record, connection, {"flags": {"kept": value}}, where="id = %s", params=[record.pk])
+
+
+def stored_flags(record):
+    return Record.objects.get(pk=record.pk).flags
+
+
+@pytest.fixture
+def record(form):
+    return RecordFactory(form=form, flags={})
+
+
+def staged(block):
+    """Run ``block(atomic)`` in a transaction whose writes may be kept back, as a walk's are."""
+    atomic = transaction.atomic()
+    atomic.__enter__()
+    hotsql.stage_begin(connection, atomic)
+    try:
+        block(atomic)
+    except BaseException as exc:
+        hotsql.stage_end(connection, send=False)
+        atomic.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    hotsql.stage_end(connection, send=True)
+    atomic.__exit__(None, None, None)
+
+
+def test_a_kept_update_is_sent_before_the_next_statement_and_that_statement_sees_it(record):
+    def block(atomic):
+        sql, params = flag_update(record, 1)
+        assert hotsql.later(connection, sql, params, (Record, record.pk))
+        assert stored_flags(record) == {"kept": 1}  # the read came after it
+
+    staged(block)
+    assert stored_flags(record) == {"kept": 1}
+
+
+def test_a_kept_update_goes_in_the_with_of_the_statement_that_takes_it(record):
+    def block(atomic):
+        sql, params = flag_update(record, 2)
+        hotsql.later(connection, sql, params, (Record, record.pk))
+        parts, part_params = hotsql.with_later(connection)
+        assert parts.startswith("later0 AS (UPDATE") and part_params == params
+        assert hotsql.rows(connection, f"WITH {parts} SELECT 1", part_params) == [(1,)]
+        assert hotsql.with_later(connection) == ("", [])  # taken: not sent a second time
+
+    staged(block)
+    assert stored_flags(record) == {"kept": 2}
+
+
+def test_a_kept_update_of_a_row_the_statement_changes_itself_is_sent_on_its_own(record):
+    def block(atomic):
+        sql, params = flag_update(record, 3)
+        hotsql.later(connection, sql, params, (Record, record.pk))
+        assert hotsql.with_later(connection, rows=[(Record, record.pk)]) == ("", [])
+        assert Record.objects.filter(pk=record.pk, flags={"kept": 3}).exists()
+
+    staged(block)
+
+
+def test_two_updates_of_one_row_are_not_kept_in_one_statement(record):
+    def block(atomic):
+        for value in (4, 5):
+            sql, params = flag_update(record, value)
+            hotsql.later(connection, sql, params, (Record, record.pk))
+        parts, part_params = hotsql.with_later(connection)
+        assert parts.count("later") == 1  # the first one went before the second was kept
+        hotsql.rows(connection, f"WITH {parts} SELECT 1", part_params)
+
+    staged(block)
+    assert stored_flags(record) == {"kept": 5}
+
+
+def test_a_kept_update_is_sent_at_the_commit_and_dropped_with_a_rollback(record):
+    def commits(atomic):
+        sql, params = flag_update(record, 6)
+        hotsql.later(connection, sql, params, (Record, record.pk))
+
+    staged(commits)
+    assert stored_flags(record) == {"kept": 6}
+
+    def fails(atomic):
+        sql, params = flag_update(record, 7)
+        hotsql.later(connection, sql, params, (Record, record.pk))
+        raise RuntimeError("the walk broke")
+
+    with pytest.raises(RuntimeError):
+        staged(fails)
+    assert stored_flags(record) == {"kept": 6}
+
+
+def test_a_savepoint_rolled_back_takes_back_nothing_kept_before_it_and_nothing_is_kept_inside_it(record):
+    def block(atomic):
+        sql, params = flag_update(record, 8)
+        hotsql.later(connection, sql, params, (Record, record.pk))
+        try:
+            with transaction.atomic():  # its SAVEPOINT comes after the kept update
+                inner_sql, inner_params = flag_update(record, 9)
+                assert not hotsql.later(connection, inner_sql, inner_params, (Record, record.pk))
+                hotsql.rows(connection, inner_sql + " RETURNING 1", inner_params)
+                raise ValueError("undo the inner block")
+        except ValueError:
+            pass
+
+    staged(block)
+    assert stored_flags(record) == {"kept": 8}
+
+
+def test_nothing_is_kept_outside_a_staged_transaction(record):
+    sql, params = flag_update(record, 10)
+    assert not hotsql.later(connection, sql, params, (Record, record.pk))
+    with transaction.atomic():
+        assert not hotsql.later(connection, sql, params, (Record, record.pk))
