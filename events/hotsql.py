@@ -296,6 +296,9 @@ class Rows:
                 self.columns[field.attname] = (index, prepare, keeps_none)
             elif not plain:
                 raise ValueError(f"{self.model.__name__}.{field.attname}: its pre_save is not a plain read; vary it")
+            elif field.has_default() and callable(field.default) and field.get_default() != field.get_default():
+                # A default drawn afresh for each instance (a token, a key) would be the same in every row.
+                raise ValueError(f"{self.model.__name__}.{field.attname}: its default differs per instance; vary it")
         if set(varying) - self.columns.keys():
             raise ValueError(f"{self.model.__name__} has no such fields: {sorted(set(varying) - self.columns.keys())}")
         values, width = _row_values(objs, fields, savers), len(fields)
@@ -863,7 +866,8 @@ def stage_end(connection, *, send):
     if stage is None:
         return
     connection._hotsql_stage = None
-    connection.execute_wrappers.remove(stage)
+    if stage in connection.execute_wrappers:
+        connection.execute_wrappers.remove(stage)
     if send and stage.kept:
         stage.send()
 
@@ -887,16 +891,25 @@ def later(connection, sql, params, row):
 
 
 def with_later(connection, rows=()):
-    """(``WITH`` parts, their parameters) of the kept updates, for the caller's next statement, which puts
-    them before its own (``"WITH " + parts + ", ..."``): ("", []) if none. ``rows``: those the caller's
-    statement changes itself: a kept update of one of them is sent first, on its own."""
+    """(``WITH`` parts, their parameters, a condition) for the caller's next statement, which puts the kept
+    updates before its own parts (``"WITH " + parts + ", ..."``) and the condition in its ``WHERE``: ("",
+    [], "") if none. ``rows``: those the caller's statement changes itself: a kept update of one of them
+    is sent first, on its own.
+
+    The condition makes the statement run the kept updates before it reads (and locks) its own rows:
+    PostgreSQL runs a ``WITH`` part nothing reads after the statement's main part, which would take a
+    run's lock before the rows of a step and of its record, where a walk that sends them on their own
+    takes it after them; two walks of one run taking them in both orders could deadlock.
+    """
     stage = getattr(_wrapper(connection), "_hotsql_stage", None)
     if stage is None or not stage.kept:
-        return "", []
+        return "", [], ""
     if any(row in rows for _, _, row in stage.kept):
         stage.send()
-        return "", []
+        return "", [], ""
     kept, stage.kept = stage.kept, []
-    return ", ".join(f"later{number} AS ({sql})" for number, (sql, _, _) in enumerate(kept)), [
-        value for _, params, _ in kept for value in params
-    ]
+    names = [f"later{number}" for number in range(len(kept))]
+    parts = ", ".join(f"{name} AS ({sql} RETURNING 1)" for name, (sql, _, _) in zip(names, kept, strict=True))
+    # An uncorrelated condition: evaluated once, before the main part's first row.
+    condition = " + ".join(f"(SELECT count(*) FROM {name})" for name in names) + " >= 0"
+    return parts, [value for _, params, _ in kept for value in params], condition

@@ -178,7 +178,8 @@ class _StartPlan:
         """
         due, planned = {}, self.planned
         for position, number, node, node_type in self.leading:
-            task = hotsql.copy(self.prototypes[number], id=ids[number], run_id=run.pk)
+            # Its own lists and dicts: the prototype's are shared by every run of the version.
+            task = hotsql.copy(self.prototypes[number], id=ids[number], run_id=run.pk, logs=[], output={}, debug=[])
             RunTask.run.field.set_cached_value(task, run)
             try:
                 due[number] = node_type().due_at(NodeContext(run=run, task=task, record=record, node=node))
@@ -345,14 +346,15 @@ def run_finish_if_done(*, run: Run, check_failures: bool = False, first=None) ->
             # Writes that ride along are in the same statement (a container's end, and what the walk kept
             # back: its last step's end, a step's write to the record): the run's end, a statement later,
             # sees them.
-            kept, kept_params = hotsql.with_later(connection, rows=[first[3]] if first is not None else [])
+            kept, kept_params, kept_first = hotsql.with_later(connection, rows=[first[3]] if first is not None else [])
+            gate = f" AND {kept_first}" if kept else ""
             if first is not None:
                 sql, params, changed, _ = first
                 parts = f"{kept}, first AS ({sql} RETURNING 1)" if kept else f"first AS ({sql} RETURNING 1)"
                 locked = hotsql.rows(
                     connection,
                     f"WITH {parts} SELECT (SELECT count(*) FROM first)"
-                    f" FROM {hotsql.table(Run, connection)} WHERE id = %s FOR UPDATE",
+                    f" FROM {hotsql.table(Run, connection)} WHERE id = %s{gate} FOR UPDATE",
                     [*kept_params, *params, run_id],
                 )
                 if locked and locked[0][0]:
@@ -360,7 +362,7 @@ def run_finish_if_done(*, run: Run, check_failures: bool = False, first=None) ->
             elif kept:
                 hotsql.rows(
                     connection,
-                    f"WITH {kept} SELECT id FROM {hotsql.table(Run, connection)} WHERE id = %s FOR UPDATE",
+                    f"WITH {kept} SELECT id FROM {hotsql.table(Run, connection)} WHERE id = %s{gate} FOR UPDATE",
                     [*kept_params, run_id],
                 )
             else:

@@ -80,8 +80,10 @@ class WalkWrites(threading.local):
     def roll_back(self, exc):
         if self.atomic is not None:
             atomic, self.atomic = self.atomic, None
-            hotsql.stage_end(connection, send=False)
-            atomic.__exit__(type(exc), exc, exc.__traceback__)
+            try:
+                hotsql.stage_end(connection, send=False)
+            finally:
+                atomic.__exit__(type(exc), exc, exc.__traceback__)
 
 
 writes = WalkWrites()

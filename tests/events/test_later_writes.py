@@ -5,6 +5,10 @@ and its rollback come after it), with the statement that takes the run's lock wh
 next, at the commit otherwise, and never after a rollback.
 """
 
+import threading
+import time
+
+import psycopg
 import pytest
 from django.db import connection, transaction
 
@@ -60,10 +64,10 @@ def test_a_kept_update_goes_in_the_with_of_the_statement_that_takes_it(record):
     def block(atomic):
         sql, params = flag_update(record, 2)
         hotsql.later(connection, sql, params, (Record, record.pk))
-        parts, part_params = hotsql.with_later(connection)
+        parts, part_params, condition = hotsql.with_later(connection)
         assert parts.startswith("later0 AS (UPDATE") and part_params == params
-        assert hotsql.rows(connection, f"WITH {parts} SELECT 1", part_params) == [(1,)]
-        assert hotsql.with_later(connection) == ("", [])  # taken: not sent a second time
+        assert hotsql.rows(connection, f"WITH {parts} SELECT 1 WHERE {condition}", part_params) == [(1,)]
+        assert hotsql.with_later(connection) == ("", [], "")  # taken: not sent a second time
 
     staged(block)
     assert stored_flags(record) == {"kept": 2}
@@ -73,7 +77,8 @@ def test_a_kept_update_of_a_row_the_statement_changes_itself_is_sent_on_its_own(
     def block(atomic):
         sql, params = flag_update(record, 3)
         hotsql.later(connection, sql, params, (Record, record.pk))
-        assert hotsql.with_later(connection, rows=[(Record, record.pk)]) == ("", [])
+        assert hotsql.with_later(connection, rows=[(Record, record.pk)]) == ("", [], "")
+        assert connection._hotsql_stage.kept == []  # sent, not dropped:
         assert Record.objects.filter(pk=record.pk, flags={"kept": 3}).exists()
 
     staged(block)
@@ -84,9 +89,9 @@ def test_two_updates_of_one_row_are_not_kept_in_one_statement(record):
         for value in (4, 5):
             sql, params = flag_update(record, value)
             hotsql.later(connection, sql, params, (Record, record.pk))
-        parts, part_params = hotsql.with_later(connection)
+        parts, part_params, condition = hotsql.with_later(connection)
         assert parts.count("later") == 1  # the first one went before the second was kept
-        hotsql.rows(connection, f"WITH {parts} SELECT 1", part_params)
+        hotsql.rows(connection, f"WITH {parts} SELECT 1 WHERE {condition}", part_params)
 
     staged(block)
     assert stored_flags(record) == {"kept": 5}
@@ -132,3 +137,49 @@ def test_nothing_is_kept_outside_a_staged_transaction(record):
     assert not hotsql.later(connection, sql, params, (Record, record.pk))
     with transaction.atomic():
         assert not hotsql.later(connection, sql, params, (Record, record.pk))
+
+
+def test_the_run_lock_statement_takes_the_kept_rows_before_the_run_as_a_walk_sending_them_would(form, record):
+    """Another transaction holds the record's row and will want the run's: the statement that ends a
+    walk, with a kept write to that record, must wait for the record before it locks the run (else the
+    two wait for each other)."""
+    from events.engine import run_finish_if_done
+    from events.models import Run
+    from forms_app.services import record_submit
+    from tests.factories import add_node
+
+    branch = add_node(form, "background", name="later")
+    add_node(form, "set_flag", parent=branch, config={"flag": "x"})
+    submitted = record_submit(form=form, data={"email": "a@example.com"})
+    run = Run.objects.get(record=submitted)
+    settings = connection.settings_dict
+    holds, outcome = threading.Event(), {}
+
+    def other():
+        with psycopg.connect(
+            host=settings["HOST"], port=settings["PORT"] or 5432, user=settings["USER"], dbname=settings["NAME"]
+        ) as other_connection:
+            other_connection.execute("UPDATE forms_app_record SET flags = flags WHERE id = %s", [submitted.pk])
+            holds.set()
+            time.sleep(1.0)  # the walk's statement is waiting for the record's row by now
+            try:
+                other_connection.execute("SELECT id FROM events_run WHERE id = %s FOR UPDATE NOWAIT", [run.pk])
+                outcome["run_lock"] = "free"
+            except psycopg.errors.LockNotAvailable:
+                outcome["run_lock"] = "held by the walk"
+            other_connection.rollback()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    assert holds.wait(10)
+
+    def block(atomic):
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL lock_timeout = '10s'")
+        submitted.set_flag("walked")  # kept back
+        run_finish_if_done(run=run)
+
+    staged(block)
+    thread.join(10)
+    assert outcome == {"run_lock": "free"}
+    assert stored_flags(submitted) == {"walked": True}

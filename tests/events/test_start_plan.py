@@ -15,6 +15,7 @@ from events.engine.runs import run_start, tasks_for
 from events.hotsql import Rows, Saved, copy, insert, insert_rows, new
 from events.models import Run, RunTask, TreeVersion
 from forms_app.definitions import published_form
+from forms_app.models import Record
 from forms_app.services import record_submit
 from tests.factories import RecordFactory, add_node
 
@@ -44,6 +45,14 @@ def tree(form):
     add_node(form, "set_flag", parent=condition, name="inline", config={"flag": "inline"}, publish=False)
     add_node(form, "delay", name="later", config={"after_seconds": 3600}, max_attempts=3)
     return form
+
+
+def _counting(init, made):
+    def counted(self, snapshot, debug, *, cached):
+        made.append(debug)
+        init(self, snapshot, debug, cached=cached)
+
+    return counted
 
 
 def submit(form):
@@ -79,23 +88,27 @@ def test_the_leading_branches_are_handed_off_with_their_due_time_and_the_rest_is
     tasks = {task.name: task for task in Run.objects.get(record=record).tasks.all()}
     first, second = tasks["first"], tasks["second"]
     assert before <= first.due_at <= second.due_at  # due at once, each when it was planned
-    assert first.enqueued_at is not None  # one hand-off rides with the submit (sync mode: every one)
+    assert (
+        first.enqueued_at is not None and second.enqueued_at is None
+    )  # one broker row; the dispatcher sends the other
     # The delay after the condition is not planned at submit: the inline walk hands it off itself.
     assert tasks["later"].due_at is not None and tasks["later"].due_at - before >= datetime.timedelta(seconds=3599)
     assert tasks["inline"].status == RunTask.Status.COMPLETE
 
 
-def test_the_plan_is_kept_on_the_version_and_made_again_for_a_new_one_or_the_debug_switch(tree):
+def test_the_plan_is_kept_on_the_version_and_made_again_for_a_new_one_or_the_debug_switch(tree, monkeypatch):
     form, version = published_form(tree.slug)
-    plans = []
+    made = []
+    monkeypatch.setattr(runs._StartPlan, "__init__", _counting(runs._StartPlan.__init__, made))
+    monkeypatch.setattr(form, "collect_debug", False)  # the process-wide definition: put back after
     for collect_debug in (False, False, True):
         form.collect_debug = collect_debug
         record = RecordFactory(form=form)
         with transaction.atomic():
             run = run_start(record=record, version=version)
-        plans.append(runs._StartPlan.of(version.snapshot, version, collect_debug))
         assert {task.collect_debug for task in run.tasks.all()} == {collect_debug}
-    assert plans[0] is plans[1] and plans[2] is not plans[0]
+    key = (connection.alias, connection.vendor)
+    assert made == [False, True] and set(version.__dict__["_start_plans"]) == {(*key, False), (*key, True)}
 
     add_node(tree, "set_flag", name="added", config={"flag": "added"})  # a new version
     form, newer = published_form(tree.slug)
@@ -157,12 +170,16 @@ def test_rows_made_once_and_varied_are_stored_as_insert_stores_the_instances(tre
         assert columns(RunTask.objects.get(pk=task.pk)) == columns(task)
 
 
-def test_rows_refuse_a_time_stamp_that_would_not_vary_and_a_name_that_is_no_field(tree):
+def test_rows_refuse_a_time_stamp_or_a_fresh_default_that_would_not_vary_and_a_name_that_is_no_field(tree):
     prototype = new(RunTask, id=None, run_id=None)
     with pytest.raises(ValueError, match="created_at"):
         Rows([prototype], ("id", "run_id"), connection)
     with pytest.raises(ValueError, match="nothing"):
         Rows([prototype], ("id", "created_at", "nothing"), connection)
+    record = new(Record, form_id=tree.pk, data={})
+    with pytest.raises(ValueError, match="token: its default differs per instance"):
+        Rows([record], ("id", "created_at", "updated_at"), connection)
+    assert Rows([record], ("id", "created_at", "updated_at", "token"), connection).templates
 
 
 def test_a_copy_has_the_values_of_its_original_and_its_own_state(tree):
