@@ -26,6 +26,12 @@ def flag_update(record, value):
     return hotsql.update_statement(Record, connection, {"flags": {"kept": value}}, where="id = %s", params=[record.pk])
 
 
+def keep(record, value):
+    """Keep back the update of ``record``'s flags to {"kept": value}; True if it was kept, and its parameters."""
+    sql, params = flag_update(record, value)
+    return hotsql.later(connection, sql, params, (Record, record.pk)), params
+
+
 def stored_flags(record):
     return Record.objects.get(pk=record.pk).flags
 
@@ -52,8 +58,7 @@ def staged(block):
 
 def test_a_kept_update_is_sent_before_the_next_statement_and_that_statement_sees_it(record):
     def block(atomic):
-        sql, params = flag_update(record, 1)
-        assert hotsql.later(connection, sql, params, (Record, record.pk))
+        assert keep(record, 1)[0]
         assert stored_flags(record) == {"kept": 1}  # the read came after it
 
     staged(block)
@@ -62,8 +67,7 @@ def test_a_kept_update_is_sent_before_the_next_statement_and_that_statement_sees
 
 def test_a_kept_update_goes_in_the_with_of_the_statement_that_takes_it(record):
     def block(atomic):
-        sql, params = flag_update(record, 2)
-        hotsql.later(connection, sql, params, (Record, record.pk))
+        _, params = keep(record, 2)
         parts, part_params, condition = hotsql.with_later(connection)
         assert parts.startswith("later0 AS (UPDATE") and part_params == params
         assert hotsql.rows(connection, f"WITH {parts} SELECT 1 WHERE {condition}", part_params) == [(1,)]
@@ -75,8 +79,7 @@ def test_a_kept_update_goes_in_the_with_of_the_statement_that_takes_it(record):
 
 def test_a_kept_update_of_a_row_the_statement_changes_itself_is_sent_on_its_own(record):
     def block(atomic):
-        sql, params = flag_update(record, 3)
-        hotsql.later(connection, sql, params, (Record, record.pk))
+        keep(record, 3)
         assert hotsql.with_later(connection, rows=[(Record, record.pk)]) == ("", [], "")
         assert connection._hotsql_stage.kept == []  # sent, not dropped:
         assert Record.objects.filter(pk=record.pk, flags={"kept": 3}).exists()
@@ -87,8 +90,7 @@ def test_a_kept_update_of_a_row_the_statement_changes_itself_is_sent_on_its_own(
 def test_two_updates_of_one_row_are_not_kept_in_one_statement(record):
     def block(atomic):
         for value in (4, 5):
-            sql, params = flag_update(record, value)
-            hotsql.later(connection, sql, params, (Record, record.pk))
+            keep(record, value)
         parts, part_params, condition = hotsql.with_later(connection)
         assert parts.count("later") == 1  # the first one went before the second was kept
         hotsql.rows(connection, f"WITH {parts} SELECT 1 WHERE {condition}", part_params)
@@ -99,15 +101,13 @@ def test_two_updates_of_one_row_are_not_kept_in_one_statement(record):
 
 def test_a_kept_update_is_sent_at_the_commit_and_dropped_with_a_rollback(record):
     def commits(atomic):
-        sql, params = flag_update(record, 6)
-        hotsql.later(connection, sql, params, (Record, record.pk))
+        keep(record, 6)
 
     staged(commits)
     assert stored_flags(record) == {"kept": 6}
 
     def fails(atomic):
-        sql, params = flag_update(record, 7)
-        hotsql.later(connection, sql, params, (Record, record.pk))
+        keep(record, 7)
         raise RuntimeError("the walk broke")
 
     with pytest.raises(RuntimeError):
@@ -117,8 +117,7 @@ def test_a_kept_update_is_sent_at_the_commit_and_dropped_with_a_rollback(record)
 
 def test_a_savepoint_rolled_back_takes_back_nothing_kept_before_it_and_nothing_is_kept_inside_it(record):
     def block(atomic):
-        sql, params = flag_update(record, 8)
-        hotsql.later(connection, sql, params, (Record, record.pk))
+        keep(record, 8)
         try:
             with transaction.atomic():  # its SAVEPOINT comes after the kept update
                 inner_sql, inner_params = flag_update(record, 9)
