@@ -182,3 +182,56 @@ def test_the_run_lock_statement_takes_the_kept_rows_before_the_run_as_a_walk_sen
     thread.join(10)
     assert outcome == {"run_lock": "free"}
     assert stored_flags(submitted) == {"walked": True}
+
+
+def test_a_run_s_end_takes_the_kept_step_end_with_the_container_s_and_sends_one_of_the_container_first(form):
+    """The statement that ends a container and locks its run carries what the walk kept back, unless a
+    kept update is of the container's own row: that one goes first, on its own (one row, one update)."""
+    from events.engine import run_finish_if_done
+    from events.models import Run, RunTask
+    from forms_app.services import record_submit
+    from tests.factories import add_node, steps_created
+
+    branch = add_node(form, "background", name="later")
+    add_node(form, "set_flag", parent=branch, name="flag", config={"flag": "x"})
+    submitted = record_submit(form=form, data={"email": "a@example.com"})
+    run = Run.objects.get(record=submitted)
+    container = run.tasks.get(name="later")
+    steps_created(submitted, "later")
+    RunTask.objects.filter(run=run).update(status=RunTask.Status.ACTIVE)
+    step = RunTask.objects.get(run=run, name="flag")
+
+    def block(atomic):
+        step.finish(RunTask.Status.COMPLETE, later=True)
+        container.finish(
+            RunTask.Status.COMPLETE, logs=[RunTask.log_line("kept")], later=True
+        )  # the container's own row
+        assert [row for _, _, row in connection._hotsql_stage.kept] == [(RunTask, step.pk), (RunTask, container.pk)]
+        sql, params, changes = container.finish_statement(RunTask.Status.COMPLETE)
+        finished = []
+        run_finish_if_done(run=run, first=(sql, params, lambda: finished.append(True), (RunTask, container.pk)))
+        assert connection._hotsql_stage.kept == []
+        assert finished == []  # the kept update ended the container already: the run's end found it done
+
+    staged(block)
+    assert RunTask.objects.get(pk=step.pk).status == RunTask.Status.COMPLETE
+    assert RunTask.objects.get(pk=container.pk).logs[-1]["line"] == "kept"
+    assert Run.objects.get(pk=run.pk).status == Run.Status.COMPLETE
+
+
+def test_a_kept_end_of_a_task_no_longer_running_changes_nothing(form):
+    from events.models import Run, RunTask
+    from forms_app.services import record_submit
+    from tests.factories import add_node
+
+    add_node(form, "background", name="later")
+    run = Run.objects.get(record=record_submit(form=form, data={"email": "a@example.com"}))
+    task = run.tasks.get(name="later")
+    RunTask.objects.filter(pk=task.pk).update(status=RunTask.Status.CANCELLED)
+
+    def block(atomic):
+        assert task.finish(RunTask.Status.COMPLETE, later=True)  # kept: the caller does not learn
+        assert task.status == RunTask.Status.COMPLETE  # this copy took the changes
+
+    staged(block)
+    assert RunTask.objects.get(pk=task.pk).status == RunTask.Status.CANCELLED
