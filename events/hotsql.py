@@ -307,16 +307,13 @@ class Rows:
     def saved(self, attname, value):
         """``value`` prepared for the field ``attname`` (among ``varying``), for many rows of ``row``."""
         _, prepare, keeps_none = self.columns[attname]
-        return Saved(value if (value is None and keeps_none) or type(value) is Key else prepare(value))
+        return Saved(_prepared(value, prepare, keeps_none))
 
     def row(self, index, values):
         row = self.templates[index].copy()
         for attname, value in values.items():
             column, prepare, keeps_none = self.columns[attname]
-            if type(value) is Saved:
-                row[column] = value.prepared
-            else:
-                row[column] = value if (value is None and keeps_none) or type(value) is Key else prepare(value)
+            row[column] = _prepared(value, prepare, keeps_none)
         return _Row(self.model, row)
 
 
@@ -341,9 +338,8 @@ class Saved:
 
     @classmethod
     def of(cls, model, name, value, connection):
-        field = model._meta.get_field(name)
-        prepare, keeps_none, _, _ = _saver(field, _wrapper(connection))
-        return cls(value if value is None and keeps_none else prepare(value))
+        prepare, keeps_none, _, _ = _saver(model._meta.get_field(name), _wrapper(connection))
+        return cls(_prepared(value, prepare, keeps_none))
 
 
 def _stamp(objs, fields, savers):
@@ -410,13 +406,18 @@ def _row_values(objs, fields, savers):
             value = getattr(obj, attname) if plain else field.pre_save(obj, True)
             last, prepared = previous[index]
             if value is not last:  # one value shared by the rows (a time stamp, a hand-off time) is prepared once
-                if type(value) is Saved:
-                    prepared = value.prepared
-                else:
-                    prepared = value if (value is None and keeps_none) or type(value) is Key else prepare(value)
+                prepared = _prepared(value, prepare, keeps_none)
                 previous[index] = (value, prepared)
             values.append(prepared)
     return values
+
+
+def _prepared(value, prepare, keeps_none):
+    """What a field (its saver's ``prepare``, ``keeps_none``) writes for ``value``: a ``Saved`` as it was prepared,
+    a ``Key`` as it is (``one_statement`` resolves it), None as None where the field saves it so."""
+    if type(value) is Saved:
+        return value.prepared
+    return value if (value is None and keeps_none) or type(value) is Key else prepare(value)
 
 
 _UNSET = object()

@@ -123,7 +123,6 @@ class _StartPlan:
         return plans[key]
 
     def __init__(self, snapshot, debug, *, cached):
-        self.snapshot = snapshot
         # The JSON of a snapshot many runs share, once; not for a run's own (it is written once anyway).
         self.snapshot_saved = hotsql.Saved.of(Run, "snapshot", snapshot, connection) if cached and snapshot else None
         self.prototypes = tasks_for(hotsql.new(Run, id=uuid7()), snapshot, debug=debug) if snapshot else []
